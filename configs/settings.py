@@ -1,0 +1,104 @@
+"""The one settings object of facefleet.
+
+Config flows one way: environment (``FACEFLEET_*``, nested with ``__``) or the
+``args:`` of ``serve_config.yaml`` -> :class:`Settings` -> constructor
+arguments. Nothing below this module reads the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Cosine-distance thresholds per embedding model, calibrated on LFW View 1
+#: DevTrain (see ``bench/accuracy.py``); a pair is "the same person" when the
+#: distance is <= the threshold.
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "dlib": 0.07,
+    "dlib-native": 0.07,
+    "deepface:Dlib": 0.07,
+}
+
+
+class ImageLimits(BaseModel):
+    """Limits applied to every incoming image before and during decoding."""
+
+    max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest encoded image accepted")
+    max_pixels: int = Field(40_000_000, gt=0, description="largest decoded width*height accepted")
+
+
+class UrlFetch(BaseModel):
+    """How images given as http(s) URLs are fetched."""
+
+    enabled: bool = True
+    timeout_s: float = Field(10.0, gt=0)
+    allow_private: bool = Field(
+        False, description="allow loopback / private / link-local targets (tests only)"
+    )
+
+
+class Runtime(BaseModel):
+    """Where and how models run; read in exactly one place (pipelines.runtime)."""
+
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    intra_op_threads: int = Field(1, ge=0, description="0 lets the runtime choose")
+    inter_op_threads: int = Field(1, ge=0)
+    cuda_device_id: int = 0
+
+
+class IndexSettings(BaseModel):
+    """The gallery: sharded FAISS over a durable store."""
+
+    shards: int = Field(2, ge=1, le=256)
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    database_url: str | None = Field(
+        None, description="postgresql://... when backend is postgres; SQLite file otherwise"
+    )
+    index_type: Literal["flat", "ivf"] = "flat"
+    ivf_nlist: int = Field(1024, ge=1)
+    ivf_nprobe: int = Field(32, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything facefleet can be told, with the local embedded defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACEFLEET_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path("data")
+    model_dir: Path | None = Field(
+        None, description="extra model weights and converted models (default: DATA_DIR/models)"
+    )
+    deepface_home: Path | None = Field(
+        None, description="DEEPFACE_HOME for DeepFace's model zoo (weights in .deepface/weights)"
+    )
+    default_detector: str = "blazeface-short"
+    default_embedder: str = "dlib"
+    thresholds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    images: ImageLimits = Field(default_factory=ImageLimits)
+    urls: UrlFetch = Field(default_factory=UrlFetch)
+    file_root: Path | None = Field(None, description="allow file-path images under this root")
+    runtime: Runtime = Field(default_factory=Runtime)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    api_key_sha256: list[str] = Field(
+        default_factory=list, description="hex SHA-256 of accepted API keys; empty: auth off"
+    )
+    max_faces: int = Field(64, ge=1, description="upper bound on faces returned per image")
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir if self.model_dir is not None else self.data_dir / "models"
+
+    def threshold_for(self, model: str) -> float | None:
+        return self.thresholds.get(model)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment; the entry points call this, nothing deeper."""
+    return Settings()

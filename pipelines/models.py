@@ -1,0 +1,90 @@
+"""Model interfaces shared by every detector, embedder and attribute model.
+
+Each model is a plain class with a ``load()`` that may raise
+``ModelNotInstalled`` (naming the missing file and where it goes) and a
+batched call. Registries of names live in ``pipelines/registry.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.errors import ModelNotInstalled
+from pipelines.runtime import RuntimeConfig
+from pipelines.types import ChipSpec, Face
+
+DLIB_CHIP = ChipSpec(150, 0.25)
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a model needs to find its weights and pick its runtime."""
+
+    models_dir: Path = Path("data/models")
+    deepface_home: Path | None = None
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+def require_file(path: Path, model: str, hint: str) -> Path:
+    """Return ``path`` if it exists, else raise a ModelNotInstalled naming it."""
+    if not path.is_file():
+        raise ModelNotInstalled(
+            f"model '{model}' is not installed: weights file {path} is missing ({hint})",
+            {"model": model, "missing_file": str(path)},
+        )
+    return path
+
+
+class Detector(ABC):
+    """Finds faces in decoded RGB images (uint8, HxWx3)."""
+
+    name: str = ""
+    #: whether the detector reports its own eye/nose/mouth points
+    gives_landmarks: bool = False
+
+    def load(self) -> None:  # noqa: B027 - optional hook
+        """Load weights; raise ModelNotInstalled when they are missing."""
+
+    @abstractmethod
+    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """Faces per image, in any order; landmarks may be NaN when unknown."""
+
+
+class Embedder(ABC):
+    """Turns aligned chips into L2-normalised embeddings."""
+
+    name: str = ""
+    dim: int = 0
+    chip: ChipSpec = DLIB_CHIP
+
+    def load(self) -> None:  # noqa: B027 - optional hook
+        """Load weights; raise ModelNotInstalled when they are missing."""
+
+    @abstractmethod
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """(N, size, size, 3) uint8 RGB chips -> (N, dim) float32 unit vectors."""
+
+
+class AttributeModel(ABC):
+    """Predicts one face attribute (age, gender, emotion, race) from chips."""
+
+    name: str = ""
+    action: str = ""
+    chip: ChipSpec = DLIB_CHIP
+
+    def load(self) -> None:  # noqa: B027 - optional hook
+        """Load weights; raise ModelNotInstalled when they are missing."""
+
+    @abstractmethod
+    def predict(self, chips: np.ndarray) -> list[dict]:
+        """One result dict per chip, in the API's shape for this action."""
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)

@@ -1,0 +1,124 @@
+"""The one place where the compute runtime is chosen.
+
+onnxruntime execution providers and session options, TensorFlow's device and
+thread pools, and BLAS / OpenMP thread counts all come from
+``configs.settings.Runtime`` through this module. ``device='cuda'`` fails
+loudly when CUDA is not usable; ``device='auto'`` falls back to the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pipelines.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+Device = Literal["cpu", "cuda", "auto"]
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How models run in this process (a plain copy of ``Settings.runtime``)."""
+
+    device: Device = "cpu"
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    cuda_device_id: int = 0
+
+    @classmethod
+    def from_settings(cls, runtime: Any) -> RuntimeConfig:
+        return cls(device=runtime.device, intra_op_threads=runtime.intra_op_threads,
+                   inter_op_threads=runtime.inter_op_threads,
+                   cuda_device_id=runtime.cuda_device_id)
+
+
+def limit_native_threads(threads: int) -> None:
+    """Cap BLAS/OpenMP pools; on small machines extra threads make matmuls slower.
+
+    Must run before numpy-heavy libraries spin up their pools, so replicas call
+    it first thing in their constructor.
+    """
+    n = str(max(threads, 1))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = n
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(max(threads, 1))
+    except Exception:  # threadpoolctl is optional  # noqa: BLE001
+        pass
+
+
+def onnx_providers(cfg: RuntimeConfig) -> list[Any]:
+    """Execution providers for onnxruntime according to ``cfg.device``.
+
+    Raises ``Unavailable`` when CUDA is requested but onnxruntime has no CUDA
+    provider (a CPU-only wheel, or no GPU visible).
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    cuda = "CUDAExecutionProvider" in available
+    if cfg.device == "cpu":
+        return ["CPUExecutionProvider"]
+    if cfg.device == "cuda" and not cuda:
+        raise Unavailable(
+            "runtime.device is 'cuda' but onnxruntime has no CUDAExecutionProvider "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu or set "
+            "FACEFLEET_RUNTIME__DEVICE=cpu",
+            {"available_providers": available},
+        )
+    if not cuda:
+        log.info("runtime.device=auto: CUDA not available, using the CPU")
+        return ["CPUExecutionProvider"]
+    # tf32 off keeps GPU embeddings within 1e-4 of the CPU reference (parity).
+    return [("CUDAExecutionProvider", {"device_id": cfg.cuda_device_id, "use_tf32": 0}),
+            "CPUExecutionProvider"]
+
+
+def onnx_session(path: str, cfg: RuntimeConfig, *, optimize: bool = True) -> Any:
+    """An onnxruntime InferenceSession for ``path`` on the configured device."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cfg.intra_op_threads
+    opts.inter_op_num_threads = cfg.inter_op_threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, sess_options=opts, providers=onnx_providers(cfg))
+
+
+_tf_configured = False
+
+
+def configure_tensorflow(cfg: RuntimeConfig) -> Any:
+    """Import TensorFlow with the configured threads and device; returns the module."""
+    global _tf_configured
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    if not _tf_configured:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(cfg.intra_op_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(cfg.inter_op_threads)
+            if cfg.device == "cpu":
+                tf.config.set_visible_devices([], "GPU")
+            elif cfg.device == "cuda" and not tf.config.list_physical_devices("GPU"):
+                raise Unavailable("runtime.device is 'cuda' but TensorFlow sees no GPU")
+        except RuntimeError:  # already initialised by an earlier import: keep its setup
+            pass
+        _tf_configured = True
+    return tf
+
+
+def tf_device(cfg: RuntimeConfig) -> str:
+    """TensorFlow device string for model placement."""
+    if cfg.device == "cpu":
+        return "CPU:0"
+    return f"GPU:{cfg.cuda_device_id}" if cfg.device == "cuda" else "CPU:0"

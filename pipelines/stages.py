@@ -1,0 +1,208 @@
+"""Batch-in, batch-out stages: what each Serve deployment runs.
+
+``DetectionStage`` decodes encoded images, finds faces, fits shapes and cuts
+the aligned chips each downstream model asked for. ``EmbeddingStage`` and
+``AnalysisStage`` run models over chips, grouping a batch by model so one
+forward pass serves many requests. A bad item yields its own error object in
+the results; it never fails the other items of its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.align import Aligner
+from pipelines.decode import decode_image
+from pipelines.errors import FacefleetError, ValidationError
+from pipelines.models import AttributeModel, Detector, Embedder, ModelContext
+from pipelines.registry import build_attribute, build_detector, build_embedder
+from pipelines.types import Box, ChipSpec, DetectedImage, Face
+
+log = logging.getLogger(__name__)
+
+
+class _ModelCache:
+    """Builds and loads each named model once; remembers load failures briefly."""
+
+    def __init__(self, build, ctx: ModelContext) -> None:
+        self._build = build
+        self._ctx = ctx
+        self._models: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str):
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        with self._lock:
+            model = self._models.get(name)
+            if model is None:
+                model = self._build(name, self._ctx)
+                model.load()  # may raise ModelNotInstalled: not cached, so a later install works
+                self._models[name] = model
+        return model
+
+    def loaded(self) -> list[str]:
+        return list(self._models)
+
+
+@dataclass(frozen=True)
+class DetectRequest:
+    """One image to detect in, with the chips its caller needs."""
+
+    data: bytes
+    detector: str
+    max_faces: int = 64
+    min_confidence: float = 0.0
+    chip_specs: tuple[ChipSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageLimitsCfg:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    work_max_side: int = 1600
+
+
+class DetectionStage:
+    """Decode + detect + align, for a batch of encoded images."""
+
+    def __init__(self, ctx: ModelContext, limits: ImageLimitsCfg,
+                 preload: list[str] | None = None) -> None:
+        self.ctx = ctx
+        self.limits = limits
+        self.detectors = _ModelCache(build_detector, ctx)
+        self.aligner = Aligner(ctx)
+        self.aligner.load()
+        for name in preload or []:
+            self.detectors.get(name)
+
+    def run(self, requests: list[DetectRequest]) -> list[DetectedImage | FacefleetError]:
+        results: list[DetectedImage | FacefleetError] = []
+        for req in requests:
+            t0 = time.perf_counter()
+            try:
+                results.append(self._one(req, t0))
+            except FacefleetError as exc:
+                results.append(exc)
+        return results
+
+    def _one(self, req: DetectRequest, t0: float) -> DetectedImage:
+        if req.max_faces < 1:
+            raise ValidationError("max_faces must be at least 1")
+        detector: Detector = self.detectors.get(req.detector)
+        img = decode_image(req.data, max_bytes=self.limits.max_bytes,
+                           max_pixels=self.limits.max_pixels,
+                           work_max_side=self.limits.work_max_side)
+        pixels = img.pixels
+        h, w = pixels.shape[:2]
+        faces = detector.detect([pixels])[0]
+        faces = [f for f in faces if f.confidence >= req.min_confidence]
+        faces = [_clip(f, w, h) for f in faces]
+        faces = [f for f in faces if f.box.w >= 8 and f.box.h >= 8]
+        faces.sort(key=lambda f: f.box.area, reverse=True)
+        faces = faces[: req.max_faces]
+        self.aligner.fit(pixels, faces)
+        chips = self.aligner.chips(pixels, faces, list(req.chip_specs))
+        scale = img.scale
+        if scale != 1.0:  # report in the original image's pixels
+            for f in faces:
+                b = f.box
+                f.box = Box(b.x * scale, b.y * scale, b.w * scale, b.h * scale)
+                f.landmarks = f.landmarks * scale
+                f.shape = f.shape * scale if f.shape is not None else None
+        return DetectedImage(width=img.original_width, height=img.original_height, faces=faces,
+                             chips=chips, detector=req.detector,
+                             time_ms=(time.perf_counter() - t0) * 1000)
+
+
+def _clip(face: Face, w: int, h: int) -> Face:
+    face.box = face.box.clipped(w, h)
+    return face
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    model: str
+    chips: np.ndarray  # (n, s, s, 3) uint8
+
+
+class EmbeddingStage:
+    """Embeds chips of many requests, one forward pass per model."""
+
+    def __init__(self, ctx: ModelContext, preload: list[str] | None = None) -> None:
+        self.models = _ModelCache(build_embedder, ctx)
+        for name in preload or []:
+            self.models.get(name)
+
+    def model(self, name: str) -> Embedder:
+        return self.models.get(name)
+
+    def run(self, requests: list[EmbedRequest]) -> list[np.ndarray | FacefleetError]:
+        results: list[np.ndarray | FacefleetError] = [None] * len(requests)  # type: ignore[list-item]
+        by_model: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_model.setdefault(r.model, []).append(i)
+        for name, idx in by_model.items():
+            try:
+                model = self.models.get(name)
+                parts = [requests[i].chips for i in idx]
+                sizes = [len(p) for p in parts]
+                nonempty = [p for p in parts if len(p)]
+                vecs = model.embed(np.concatenate(nonempty)) if nonempty else \
+                    np.zeros((0, model.dim), np.float32)
+                offsets = np.cumsum([0] + sizes)
+                for j, i in enumerate(idx):
+                    results[i] = vecs[offsets[j]:offsets[j + 1]]
+            except FacefleetError as exc:
+                for i in idx:
+                    results[i] = exc
+        return results
+
+
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    actions: tuple[str, ...]
+    chips: dict[str, np.ndarray] = field(default_factory=dict)  # ChipSpec.key -> chips
+
+
+class AnalysisStage:
+    """Runs attribute models over chips, batched per action across requests."""
+
+    def __init__(self, ctx: ModelContext, preload: list[str] | None = None) -> None:
+        self.models = _ModelCache(build_attribute, ctx)
+        for name in preload or []:
+            self.models.get(name)
+
+    def model(self, action: str) -> AttributeModel:
+        return self.models.get(action)
+
+    def run(self, requests: list[AnalyzeRequest]) -> list[list[dict] | FacefleetError]:
+        n_faces = [max((len(c) for c in r.chips.values()), default=0) for r in requests]
+        merged: list[list[dict]] = [[{} for _ in range(n)] for n in n_faces]
+        failed: dict[int, FacefleetError] = {}
+        actions = sorted({a for r in requests for a in r.actions})
+        for action in actions:
+            idx = [i for i, r in enumerate(requests) if action in r.actions and i not in failed]
+            try:
+                model = self.models.get(action)
+                parts = [requests[i].chips[model.chip.key] for i in idx]
+                nonempty = [p for p in parts if len(p)]
+                preds = model.predict(np.concatenate(nonempty)) if nonempty else []
+                k = 0
+                for i, p in zip(idx, parts, strict=True):
+                    for j in range(len(p)):
+                        merged[i][j].update(preds[k])
+                        k += 1
+            except FacefleetError as exc:
+                for i in idx:
+                    failed[i] = exc
+            except KeyError as exc:
+                for i in idx:
+                    failed[i] = ValidationError(f"chips for action '{action}' were not provided: {exc}")
+        return [failed.get(i, merged[i]) for i in range(len(requests))]

@@ -1,0 +1,92 @@
+"""Typed values passed between pipeline stages (and between Serve deployments).
+
+Plain dataclasses of numbers and small numpy arrays: cheap to pickle across
+Ray processes and independent of any model library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Names of the five reported landmarks, in the order of ``Face.landmarks``.
+#: "left"/"right" are the subject's own sides (the subject's left eye appears on
+#: the image's right), as DeepFace and MTCNN report them.
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """Axis-aligned face box in pixels of the decoded image."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+    @property
+    def area(self) -> float:
+        return max(self.w, 0.0) * max(self.h, 0.0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"x": int(round(self.x)), "y": int(round(self.y)),
+                "w": int(round(self.w)), "h": int(round(self.h))}
+
+    def iou(self, other: Box) -> float:
+        x1, y1 = max(self.x, other.x), max(self.y, other.y)
+        x2 = min(self.x + self.w, other.x + other.w)
+        y2 = min(self.y + self.h, other.y + other.h)
+        inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+    def clipped(self, width: int, height: int) -> Box:
+        x1, y1 = min(max(self.x, 0.0), width), min(max(self.y, 0.0), height)
+        x2 = min(max(self.x + self.w, 0.0), width)
+        y2 = min(max(self.y + self.h, 0.0), height)
+        return Box(x1, y1, x2 - x1, y2 - y1)
+
+
+@dataclass(slots=True)
+class Face:
+    """One detected face.
+
+    ``landmarks`` is a (5, 2) float32 array in ``LANDMARK_NAMES`` order;
+    ``shape`` holds dlib's 5-point shape (eye corners + nose base, (5, 2)), from
+    which every aligned chip is cut, so all models see dlib-style alignment.
+    """
+
+    box: Box
+    confidence: float
+    landmarks: np.ndarray
+    shape: np.ndarray | None = None
+
+    def landmarks_dict(self) -> dict[str, list[float]]:
+        return {name: [round(float(x), 1), round(float(y), 1)]
+                for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks, strict=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class ChipSpec:
+    """An aligned crop: dlib face chip of ``size`` px with ``padding``."""
+
+    size: int
+    padding: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.size}@{self.padding:g}"
+
+
+@dataclass(slots=True)
+class DetectedImage:
+    """Detection result for one image: faces (largest first) and their chips."""
+
+    width: int
+    height: int
+    faces: list[Face]
+    #: ChipSpec.key -> (n_faces, size, size, 3) uint8 RGB aligned chips
+    chips: dict[str, np.ndarray] = field(default_factory=dict)
+    detector: str = ""
+    time_ms: float = 0.0
