@@ -29,6 +29,9 @@ class ImageLimits(BaseModel):
 
     max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest encoded image accepted")
     max_pixels: int = Field(40_000_000, gt=0, description="largest decoded width*height accepted")
+    work_max_side: int = Field(
+        1600, ge=256, description="big photos are decoded/shrunk to about this longest side"
+    )
 
 
 class UrlFetch(BaseModel):
@@ -88,6 +91,11 @@ class Settings(BaseSettings):
     api_key_sha256: list[str] = Field(
         default_factory=list, description="hex SHA-256 of accepted API keys; empty: auth off"
     )
+    preload_actions: list[str] = Field(
+        default_factory=lambda: ["age", "gender", "emotion"],
+        description="attribute models loaded at start (race loads on first use)",
+    )
+    request_timeout_s: float = Field(60.0, gt=0)
     max_faces: int = Field(64, ge=1, description="upper bound on faces returned per image")
 
     @property

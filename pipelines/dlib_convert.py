@@ -388,12 +388,10 @@ def _emit_pool(g: _Graph, x: str, shape: tuple[int, int, int],
         return g.op("GlobalAveragePool", [x]), (c, 1, 1)
     (kh, kw), (sy, sx), (py, px) = pool.size, pool.stride, pool.pad
     if (py or px) and pool.kind == "avg":
-        # dlib averages over the in-image part of the window only
-        attrs = {"count_include_pad": 0}
-    else:
-        attrs = {}
+        # how dlib counts padded cells in an average is not pinned down here; refuse
+        raise ValueError("padded average pooling is not supported")
     op = "MaxPool" if pool.kind == "max" else "AveragePool"
-    out = g.op(op, [x], kernel_shape=[kh, kw], strides=[sy, sx], pads=[py, px, py, px], **attrs)
+    out = g.op(op, [x], kernel_shape=[kh, kw], strides=[sy, sx], pads=[py, px, py, px])
     return out, (c, _out_size(h, kh, sy, py), _out_size(w, kw, sx, px))
 
 
@@ -556,6 +554,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' replicas must read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

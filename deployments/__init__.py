@@ -1,0 +1,1 @@
+"""Ray Serve adapters over ``pipelines/`` and ``index/``: the only code that imports ray.serve."""

@@ -1,0 +1,53 @@
+"""The one typed place where the Serve application is wired: ``build_app(args)``.
+
+``serve_config.yaml`` points at ``deployments.app:build_app`` with ``args:``.
+``topology: separate`` (default) runs Detector, Embedder and Analyzer as their
+own deployments, each scaled and batched on its own; ``topology: fused`` runs
+all three stages in one FacePipeline replica, which saves two hops per request
+on small machines. The gallery deployment is added when ``gallery: true``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from configs.settings import Settings
+from deployments.ingress import Ingress
+from deployments.models import Analyzer, Detector, Embedder, FacePipeline
+
+
+class AppArgs(BaseModel):
+    """The ``args:`` of the application in ``serve_config.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topology: Literal["separate", "fused"] = "separate"
+    gallery: bool = True
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of configs.settings.Settings (environment FACEFLEET_* also applies)",
+    )
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    a = AppArgs.model_validate(args or {})
+    settings = Settings(**a.settings)
+    s = settings.model_dump(mode="json")
+    if a.topology == "fused":
+        pipe = FacePipeline.bind(s)
+        detector = embedder = analyzer = pipe
+    else:
+        detector, embedder, analyzer = Detector.bind(s), Embedder.bind(s), Analyzer.bind(s)
+    gallery = None
+    if a.gallery:
+        from deployments.gallery import Gallery
+
+        gallery = Gallery.bind(gallery_args(settings))
+    return Ingress.bind(s, detector, embedder, analyzer, gallery)
+
+
+def gallery_args(settings: Settings) -> dict[str, Any]:
+    return {**settings.index.model_dump(mode="json"), "data_dir": str(settings.data_dir)}

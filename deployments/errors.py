@@ -1,0 +1,91 @@
+"""Domain errors -> HTTP: the one place where codes become statuses.
+
+Every error response has the shape ``{"error": {code, message, request_id,
+details?}}``; unexpected exceptions are logged with their traceback and answer
+``internal_error`` without one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipelines.errors import ErrorCode, FacefleetError
+
+log = logging.getLogger("facefleet.http")
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.VALIDATION_ERROR: 422,
+    ErrorCode.IMAGE_DECODE_ERROR: 400,
+    ErrorCode.IMAGE_TOO_LARGE: 413,
+    ErrorCode.TOO_MANY_PIXELS: 413,
+    ErrorCode.NO_FACE_DETECTED: 422,
+    ErrorCode.MODEL_NOT_INSTALLED: 501,
+    ErrorCode.UNKNOWN_MODEL: 400,
+    ErrorCode.URL_FETCH_FAILED: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.COLLECTION_NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.MODEL_MISMATCH: 409,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+
+
+class Unauthorized(FacefleetError):
+    code = ErrorCode.UNAUTHORIZED
+
+
+def request_id_of(request: Request) -> str:
+    return getattr(request.state, "request_id", "") or ""
+
+
+def error_response(request: Request, code: ErrorCode, message: str,
+                   details: dict | None = None, status: int | None = None) -> JSONResponse:
+    body: dict = {"code": code.value, "message": message, "request_id": request_id_of(request)}
+    if details:
+        body["details"] = details
+    headers = {"WWW-Authenticate": "Bearer"} if code == ErrorCode.UNAUTHORIZED else None
+    return JSONResponse({"error": body}, status_code=status or STATUS[code], headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FacefleetError)
+    async def _domain(request: Request, exc: FacefleetError) -> JSONResponse:
+        log.info("request failed: %s", exc.code.value,
+                 extra={"request_id": request_id_of(request), "code": exc.code.value})
+        return error_response(request, exc.code, exc.message, _jsonable(exc.details))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
+                  for e in exc.errors()]
+        return error_response(request, ErrorCode.VALIDATION_ERROR, "request is invalid",
+                              {"errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
+                401: ErrorCode.UNAUTHORIZED, 422: ErrorCode.VALIDATION_ERROR}.get(
+            exc.status_code, ErrorCode.VALIDATION_ERROR if exc.status_code < 500
+            else ErrorCode.INTERNAL_ERROR)
+        return error_response(request, code, str(exc.detail), status=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"request_id": request_id_of(request)})
+        return error_response(request, ErrorCode.INTERNAL_ERROR,
+                              "internal error; see the server log for this request id")
+
+
+def _jsonable(details: dict) -> dict:
+    out = {}
+    for k, v in details.items():
+        out[k] = v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else str(v)
+    return out

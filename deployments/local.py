@@ -1,0 +1,158 @@
+"""Run a serve config on a local Ray instance bound to 127.0.0.1 (``make serve``).
+
+Starts Ray (loopback only, no usage stats), applies the config file exactly as
+``serve run`` would (deployment overrides and ``args`` included), waits until
+the application is RUNNING, and shuts everything down on SIGTERM or Ctrl-C.
+Also used by the app tests and benchmarks to start the real service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("facefleet.local")
+
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps the node IP at 127.0.0.1
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_DEDUP_LOGS": "0",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                port: int | None = None) -> dict[str, Any]:
+    """The serve config as a dict, with ``overrides`` merged into the app's args."""
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    config = copy.deepcopy(config)
+    if port is not None:
+        config.setdefault("http_options", {})["port"] = port
+    if overrides:
+        app = config["applications"][0]
+        _merge(app.setdefault("args", {}), overrides)
+    for app in config["applications"]:
+        _prune_deployments(app)
+    return config
+
+
+def _prune_deployments(app: dict[str, Any]) -> None:
+    """Drop overrides of deployments that the chosen args do not build.
+
+    Serve refuses a config naming a deployment the app lacks, so one file can
+    carry the settings of both topologies and of the optional gallery.
+    """
+    args = app.get("args") or {}
+    absent = set()
+    if args.get("topology", "separate") == "fused":
+        absent |= {"Detector", "Embedder", "Analyzer"}
+    else:
+        absent.add("FacePipeline")
+    if not args.get("gallery", True):
+        absent.add("Gallery")
+    app["deployments"] = [d for d in app.get("deployments", []) if d.get("name") not in absent]
+
+
+def _merge(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str | None = None,
+          timeout_s: float = 600.0) -> None:
+    """Start local Ray + Serve and deploy ``config``; returns when RUNNING."""
+    for k, v in LOOPBACK_ENV.items():
+        os.environ.setdefault(k, v)
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import ProxyLocation
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    repo = str(Path(__file__).resolve().parent.parent)
+    if not ray.is_initialized():
+        temp_dir = temp_dir or tempfile.mkdtemp(prefix="ff-ray-", dir="/tmp")
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", _temp_dir=temp_dir, log_to_driver=False,
+                 object_store_memory=512 * 1024 * 1024,
+                 runtime_env={"env_vars": {**LOOPBACK_ENV, "PYTHONPATH": repo}},
+                 namespace="serve")
+    client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
+                                   proxy_location=ProxyLocation(schema.proxy_location))
+    client.deploy_apps(schema, _blocking=False)
+    name = schema.applications[0].name
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = serve.status().applications.get(name)
+        status = st.status if st else "NOT_STARTED"
+        if status == "RUNNING":
+            return
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"application {name} failed to deploy: {st.message}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"application {name} not running after {timeout_s}s ({status})")
+        time.sleep(1.0)
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Run facefleet on a local Ray instance (127.0.0.1).")
+    p.add_argument("--config", default="serve_config.yaml")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--topology", choices=["separate", "fused"], default=None)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    overrides = {"topology": a.topology} if a.topology else None
+    config = load_config(a.config, overrides, a.port)
+    done = threading.Event()
+
+    def _stop(signum, _frame):
+        log.info("signal %s: shutting down", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    Path(config["applications"][0].get("args", {}).get("settings", {}).get("data_dir", "data")
+         ).mkdir(parents=True, exist_ok=True)
+    start(config)
+    port = config.get("http_options", {}).get("port", 8000)
+    log.info("facefleet is serving on http://127.0.0.1:%s (docs at /docs); Ctrl-C stops it", port)
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        stop()
+        log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

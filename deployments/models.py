@@ -1,0 +1,191 @@
+"""Model deployments: Detector, Embedder, Analyzer, and the fused FacePipeline.
+
+Each is a thin adapter over a ``pipelines.stages`` class: a ``@serve.batch``
+method gathers concurrent requests into one batch and runs the stage in a
+worker thread, so the replica's event loop keeps accepting requests. Batch
+size and wait come from ``user_config`` (``reconfigure``), replica counts and
+CPU/GPU shares from the deployment options in ``serve_config.yaml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+from ray import serve
+from ray.serve.metrics import Histogram
+
+from configs.settings import Settings
+from pipelines.errors import FacefleetError
+from pipelines.models import ModelContext
+from pipelines.runtime import RuntimeConfig, limit_native_threads
+from pipelines.stages import (AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest,
+                              EmbeddingStage, EmbedRequest, ImageLimitsCfg)
+
+log = logging.getLogger("facefleet.models")
+
+_BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
+
+
+def settings_from(d: dict[str, Any]) -> Settings:
+    return Settings(**d)
+
+
+def context_from(s: Settings) -> ModelContext:
+    return ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
+                        runtime=RuntimeConfig.from_settings(s.runtime))
+
+
+class _Batching:
+    """Batch knobs from user_config and batch-size observability."""
+
+    _methods: tuple[str, ...] = ()
+
+    def _init_metrics(self, name: str) -> None:
+        self._name = name
+        self._sizes: dict[str, Counter] = {m: Counter() for m in self._methods}
+        self._hist = Histogram("facefleet_batch_size", description="requests per model batch",
+                               boundaries=_BATCH_BUCKETS, tag_keys=("method",))
+
+    def _observe(self, method: str, n: int) -> None:
+        self._sizes[method][n] += 1
+        self._hist.observe(n, tags={"method": method})
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        size = int(user_config.get("max_batch_size", 16))
+        wait = float(user_config.get("batch_wait_timeout_s", 0.005))
+        for m in self._methods:
+            fn = getattr(self, m)
+            fn.set_max_batch_size(size)
+            fn.set_batch_wait_timeout_s(wait)
+        log.info("%s batching: max_batch_size=%d wait=%.3fs", self._name, size, wait)
+
+    async def stats(self) -> dict[str, Any]:
+        return {m: {str(k): v for k, v in sorted(c.items())} for m, c in self._sizes.items()}
+
+
+async def _in_thread(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class _DetectMixin(_Batching):
+    def _init_detect(self, s: Settings) -> None:
+        self.settings = s
+        self.detect_stage = DetectionStage(
+            context_from(s),
+            ImageLimitsCfg(s.images.max_bytes, s.images.max_pixels, s.images.work_max_side),
+            preload=[s.default_detector])
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def detect(self, requests: list[DetectRequest]) -> list[Any]:
+        self._observe("detect", len(requests))
+        return await _in_thread(self.detect_stage.run, requests)
+
+    async def detectors(self) -> list[str]:
+        from pipelines.registry import DETECTORS
+
+        return list(DETECTORS)
+
+
+class _EmbedMixin(_Batching):
+    def _init_embed(self, s: Settings) -> None:
+        self.embed_stage = EmbeddingStage(context_from(s), preload=[s.default_embedder])
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def embed(self, requests: list[EmbedRequest]) -> list[Any]:
+        self._observe("embed", len(requests))
+        return await _in_thread(self.embed_stage.run, requests)
+
+    async def embedder_info(self, name: str) -> dict[str, Any] | FacefleetError:
+        try:
+            m = await _in_thread(self.embed_stage.model, name)
+        except FacefleetError as exc:
+            return exc
+        return {"name": name, "dim": m.dim, "chip_size": m.chip.size, "chip_padding": m.chip.padding}
+
+
+class _AnalyzeMixin(_Batching):
+    def _init_analyze(self, s: Settings) -> None:
+        self.analyze_stage = AnalysisStage(context_from(s), preload=list(s.preload_actions))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def analyze(self, requests: list[AnalyzeRequest]) -> list[Any]:
+        self._observe("analyze", len(requests))
+        return await _in_thread(self.analyze_stage.run, requests)
+
+    async def attribute_info(self, action: str) -> dict[str, Any] | FacefleetError:
+        try:
+            m = await _in_thread(self.analyze_stage.model, action)
+        except FacefleetError as exc:
+            return exc
+        return {"action": action, "name": m.name, "chip_size": m.chip.size,
+                "chip_padding": m.chip.padding}
+
+
+def _prepare(settings: dict[str, Any]) -> Settings:
+    s = settings_from(settings)
+    limit_native_threads(max(s.runtime.intra_op_threads, 1))
+    logging.basicConfig(level=logging.INFO)
+    return s
+
+
+@serve.deployment(name="Detector", max_ongoing_requests=64,
+                  ray_actor_options={"num_cpus": 0.5})
+class Detector(_DetectMixin):
+    _methods = ("detect",)
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        s = _prepare(settings)
+        self._init_metrics("Detector")
+        self._init_detect(s)
+
+    async def ready(self) -> bool:
+        return True
+
+
+@serve.deployment(name="Embedder", max_ongoing_requests=64,
+                  ray_actor_options={"num_cpus": 0.5})
+class Embedder(_EmbedMixin):
+    _methods = ("embed",)
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        s = _prepare(settings)
+        self._init_metrics("Embedder")
+        self._init_embed(s)
+
+    async def ready(self) -> bool:
+        return True
+
+
+@serve.deployment(name="Analyzer", max_ongoing_requests=64,
+                  ray_actor_options={"num_cpus": 0.25})
+class Analyzer(_AnalyzeMixin):
+    _methods = ("analyze",)
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        s = _prepare(settings)
+        self._init_metrics("Analyzer")
+        self._init_analyze(s)
+
+    async def ready(self) -> bool:
+        return True
+
+
+@serve.deployment(name="FacePipeline", max_ongoing_requests=64,
+                  ray_actor_options={"num_cpus": 1})
+class FacePipeline(_DetectMixin, _EmbedMixin, _AnalyzeMixin):
+    """All three stages in one replica: fewer hops, for small machines."""
+
+    _methods = ("detect", "embed", "analyze")
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        s = _prepare(settings)
+        self._init_metrics("FacePipeline")
+        self._init_detect(s)
+        self._init_embed(s)
+        self._init_analyze(s)
+
+    async def ready(self) -> bool:
+        return True

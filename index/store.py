@@ -1,0 +1,743 @@
+"""The gallery's source of truth: collections, persons and face embeddings in a
+real database.
+
+Two backends share one schema and one set of statements: SQLite in WAL mode
+(the embedded default, one file under the data directory, safe for several
+processes thanks to ``BEGIN IMMEDIATE`` and a busy timeout) and PostgreSQL
+(production). Embeddings are stored as little-endian float32 bytes. Each face
+has a public string id (random, unguessable) and an int64 internal id taken
+from a counter that never hands out a value twice, which is what FAISS stores:
+shards rely on "never reused" to ignore late or repeated updates. A face's
+``bucket`` is a stable hash of its public id; its shard is ``bucket % N``.
+The schema is versioned; :data:`MIGRATIONS` is applied in order at open time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from index.errors import SchemaTooNew, StoreUnavailable
+from pipelines.errors import CollectionNotFound, Conflict, ModelMismatch, NotFound
+
+log = logging.getLogger(__name__)
+
+#: SQLite caps the number of ``?`` per statement; stay well under it.
+_IN_CHUNK = 500
+_BUCKET_MASK = 0x7FFFFFFF
+
+
+def face_bucket(face_id: str) -> int:
+    """Stable 31-bit hash of a public face id (same on every machine and run)."""
+    digest = hashlib.blake2b(face_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & _BUCKET_MASK
+
+
+def shard_of(bucket: int, nshards: int) -> int:
+    return bucket % nshards
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    id: int
+    name: str
+    model: str
+    dim: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PersonUpsert:
+    """A person to create, or to update where ``name`` / ``labels`` are not None."""
+
+    person_id: str
+    name: str | None = None
+    labels: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FaceRecord:
+    id: int
+    face_id: str
+    person_id: str
+    bucket: int
+    created_at: float
+    embedding: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class PersonRecord:
+    person_id: str
+    name: str | None
+    labels: dict[str, str]
+    created_at: float
+    faces: list[FaceRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class HitInfo:
+    face_id: str
+    person_id: str
+    name: str | None
+    labels: dict[str, str]
+
+
+@dataclass(slots=True)
+class AddResult:
+    """What a register committed (or had committed, for a replayed key).
+
+    ``ids``/``buckets``/``embeddings`` are the rows the shards must hold; on a
+    replay they are re-read so a retry also repairs shards that missed the add.
+    """
+
+    collection: CollectionInfo
+    face_ids: list[str]
+    person_ids: list[str]
+    ids: np.ndarray
+    buckets: np.ndarray
+    embeddings: np.ndarray
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedFace:
+    id: int
+    face_id: str
+    bucket: int
+
+
+class Store(Protocol):
+    """What the gallery needs from a durable store (both backends implement it)."""
+
+    backend: str
+
+    def schema_version(self) -> int: ...
+    def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo: ...
+    def get_collection(self, name: str) -> CollectionInfo: ...
+    def list_collections(self) -> list[CollectionInfo]: ...
+    def drop_collection(self, name: str) -> CollectionInfo: ...
+    def add_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
+                  person_ids: Sequence[str], embeddings: np.ndarray,
+                  persons: Sequence[PersonUpsert], *, create: bool = False,
+                  idempotency: tuple[str, str] | None = None) -> AddResult: ...
+    def get_face(self, cid: int, face_id: str, with_embedding: bool = False) -> FaceRecord: ...
+    def delete_faces(self, cid: int, face_ids: Sequence[str]) -> list[DeletedFace]: ...
+    def get_person(self, cid: int, person_id: str) -> PersonRecord: ...
+    def delete_person(self, cid: int, person_id: str) -> tuple[PersonRecord, list[DeletedFace]]: ...
+    def lookup(self, cid: int, ids: Sequence[int]) -> dict[int, HitInfo]: ...
+    def counts(self, cid: int) -> tuple[int, int]: ...
+    def face_ids_internal(self, cid: int) -> np.ndarray: ...
+    def iter_shard(self, shard: int, nshards: int,
+                   chunk: int = 20000) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]: ...
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "collections, persons, faces",
+        sqlite=(
+            """CREATE TABLE collections (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT NOT NULL UNIQUE, model TEXT NOT NULL, dim INTEGER NOT NULL,
+                created_at REAL NOT NULL)""",
+            """CREATE TABLE persons (
+                collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+                person_id TEXT NOT NULL, name TEXT, labels TEXT, created_at REAL NOT NULL,
+                PRIMARY KEY (collection_id, person_id))""",
+            """CREATE TABLE faces (
+                id INTEGER PRIMARY KEY, face_id TEXT NOT NULL UNIQUE,
+                collection_id INTEGER NOT NULL, person_id TEXT NOT NULL,
+                bucket INTEGER NOT NULL, embedding BLOB NOT NULL, created_at REAL NOT NULL,
+                FOREIGN KEY (collection_id, person_id)
+                    REFERENCES persons (collection_id, person_id) ON DELETE CASCADE)""",
+            "CREATE INDEX faces_by_person ON faces (collection_id, person_id)",
+            # AUTOINCREMENT-like counter for face ids that survives deleting the max row
+            "CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+            "INSERT INTO sequences (name, value) VALUES ('faces', 0)",
+        ),
+        postgres=(
+            """CREATE TABLE collections (
+                id BIGSERIAL PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE, model TEXT NOT NULL, dim INTEGER NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL)""",
+            """CREATE TABLE persons (
+                collection_id BIGINT NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+                person_id TEXT NOT NULL, name TEXT, labels TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (collection_id, person_id))""",
+            "CREATE SEQUENCE face_ids",
+            """CREATE TABLE faces (
+                id BIGINT PRIMARY KEY, face_id TEXT NOT NULL UNIQUE,
+                collection_id BIGINT NOT NULL, person_id TEXT NOT NULL,
+                bucket INTEGER NOT NULL, embedding BYTEA NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                FOREIGN KEY (collection_id, person_id)
+                    REFERENCES persons (collection_id, person_id) ON DELETE CASCADE)""",
+            "CREATE INDEX faces_by_person ON faces (collection_id, person_id)",
+        ),
+    ),
+    Migration(
+        2,
+        "idempotency keys for register",
+        sqlite=(
+            """CREATE TABLE idempotency_keys (
+                collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+                key TEXT NOT NULL, request_hash TEXT NOT NULL, response TEXT,
+                created_at REAL NOT NULL, PRIMARY KEY (collection_id, key))""",
+        ),
+        postgres=(
+            """CREATE TABLE idempotency_keys (
+                collection_id BIGINT NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+                key TEXT NOT NULL, request_hash TEXT NOT NULL, response TEXT,
+                created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (collection_id, key))""",
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+# --------------------------------------------------------------------------- shared SQL
+
+
+def _labels_out(text: str | None) -> dict[str, str]:
+    return json.loads(text) if text else {}
+
+
+def _labels_in(labels: dict[str, str] | None) -> str | None:
+    return None if labels is None else json.dumps(labels, sort_keys=True)
+
+
+def _vectors(blobs: list[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.empty((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(
+        np.float32, copy=False)
+
+
+class _SqlStore:
+    """Everything both backends share; subclasses supply connections and dialect."""
+
+    backend = "sql"
+    #: placeholder of the driver ("?" or "%s"); statements below are written with "?"
+    _ph = "?"
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._conns: list[Any] = []
+        self._conns_lock = threading.Lock()
+
+    # -- to implement
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    @contextmanager
+    def _tx(self, write: bool) -> Iterator[Any]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def _next_ids(self, cur: Any, n: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _insert_faces(self, cur: Any, rows: list[tuple]) -> None:
+        raise NotImplementedError
+
+    def _lock_collection(self, cur: Any, cid: int) -> None:
+        """Keep a collection from being dropped until this transaction ends."""
+
+    def _lock_person(self, cur: Any, cid: int, person_id: str) -> None:
+        """Serialise with registers to this person until this transaction ends."""
+
+    def _any(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column IN (...)`` (or ``= ANY``), as SQL text and parameters."""
+        return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
+    # -- helpers
+    def _q(self, sql: str) -> str:
+        if self._ph == "?":
+            return sql
+        # psycopg reads "%" as the start of a placeholder
+        return sql.replace("%", "%%").replace("?", self._ph)
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # closing a connection another thread owns may fail
+                log.debug("closing a store connection failed", exc_info=True)
+        self._local = threading.local()
+
+    def _migrate(self) -> None:
+        with self._tx(write=True) as cur:
+            self._migration_lock(cur)
+            cur.execute(self._q(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at "
+                + ("REAL" if self._ph == "?" else "DOUBLE PRECISION") + " NOT NULL)"))
+            cur.execute("SELECT version FROM schema_migrations")
+            applied = {int(r[0]) for r in cur.fetchall()}
+            if applied and max(applied) > LATEST_VERSION:
+                raise SchemaTooNew(
+                    f"the {self.backend} store has schema version {max(applied)}, "
+                    f"this facefleet knows up to {LATEST_VERSION}",
+                    {"schema_version": max(applied), "known": LATEST_VERSION})
+            for m in MIGRATIONS:
+                if m.version in applied:
+                    continue
+                for stmt in (m.sqlite if self.backend == "sqlite" else m.postgres):
+                    cur.execute(stmt)
+                cur.execute(self._q(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"),
+                    (m.version, m.name, time.time()))
+                log.info("store migrated to schema version %d (%s)", m.version, m.name)
+
+    def _migration_lock(self, cur: Any) -> None:
+        """Serialise concurrent first opens (SQLite's write lock already does)."""
+
+    def schema_version(self) -> int:
+        with self._tx(write=False) as cur:
+            cur.execute("SELECT MAX(version) FROM schema_migrations")
+            return int(cur.fetchone()[0] or 0)
+
+    # -- collections
+    @staticmethod
+    def _coll(row: Sequence[Any]) -> CollectionInfo:
+        return CollectionInfo(int(row[0]), row[1], row[2], int(row[3]), float(row[4]))
+
+    def _find_collection(self, cur: Any, name: str) -> CollectionInfo | None:
+        cur.execute(self._q(
+            "SELECT id, name, model, dim, created_at FROM collections WHERE name = ?"), (name,))
+        row = cur.fetchone()
+        return self._coll(row) if row else None
+
+    def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo:
+        with self._tx(write=True) as cur:
+            return self._create_collection(cur, name, model, dim)
+
+    def _create_collection(self, cur: Any, name: str, model: str, dim: int) -> CollectionInfo:
+        if self._find_collection(cur, name) is not None:
+            raise Conflict(f"collection {name!r} already exists", {"collection": name})
+        cur.execute(self._q(
+            "INSERT INTO collections (name, model, dim, created_at) VALUES (?, ?, ?, ?) "
+            "RETURNING id, name, model, dim, created_at"), (name, model, int(dim), time.time()))
+        return self._coll(cur.fetchone())
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        with self._tx(write=False) as cur:
+            info = self._find_collection(cur, name)
+        if info is None:
+            raise CollectionNotFound(f"collection {name!r} does not exist", {"collection": name})
+        return info
+
+    def list_collections(self) -> list[CollectionInfo]:
+        with self._tx(write=False) as cur:
+            cur.execute("SELECT id, name, model, dim, created_at FROM collections ORDER BY name")
+            return [self._coll(r) for r in cur.fetchall()]
+
+    def drop_collection(self, name: str) -> CollectionInfo:
+        with self._tx(write=True) as cur:
+            cur.execute(self._q(
+                "DELETE FROM collections WHERE name = ? "
+                "RETURNING id, name, model, dim, created_at"), (name,))
+            row = cur.fetchone()
+        if row is None:
+            raise CollectionNotFound(f"collection {name!r} does not exist", {"collection": name})
+        return self._coll(row)
+
+    # -- register
+    def add_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
+                  person_ids: Sequence[str], embeddings: np.ndarray,
+                  persons: Sequence[PersonUpsert], *, create: bool = False,
+                  idempotency: tuple[str, str] | None = None) -> AddResult:
+        emb = np.ascontiguousarray(embeddings, dtype="<f4")
+        n = len(face_ids)
+        if emb.shape != (n, dim) or len(person_ids) != n:
+            raise ValueError("face_ids, person_ids and embeddings must have matching lengths")
+        with self._tx(write=True) as cur:
+            info = self._find_collection(cur, collection)
+            if info is None:
+                if not create:
+                    raise CollectionNotFound(f"collection {collection!r} does not exist",
+                                             {"collection": collection})
+                info = self._create_collection(cur, collection, model, dim)
+            if info.model != model or info.dim != dim:
+                raise ModelMismatch(
+                    f"collection {collection!r} holds {info.model} ({info.dim}-d) embeddings, "
+                    f"not {model} ({dim}-d)",
+                    {"collection": collection, "collection_model": info.model,
+                     "collection_dim": info.dim, "model": model, "dim": dim})
+            self._lock_collection(cur, info.id)
+            if idempotency is not None:
+                replay = self._claim_key(cur, info, idempotency)
+                if replay is not None:
+                    return replay
+            now = time.time()
+            if persons:
+                cur.executemany(self._q(
+                    "INSERT INTO persons (collection_id, person_id, name, labels, created_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, person_id) DO UPDATE SET "
+                    "name = COALESCE(excluded.name, persons.name), "
+                    "labels = COALESCE(excluded.labels, persons.labels)"),
+                    [(info.id, p.person_id, p.name, _labels_in(p.labels), now) for p in persons])
+            ids = self._next_ids(cur, n)
+            buckets = np.fromiter((face_bucket(f) for f in face_ids), dtype=np.int64, count=n)
+            row_bytes = emb.reshape(n, dim)
+            self._insert_faces(cur, [
+                (int(ids[i]), face_ids[i], info.id, person_ids[i], int(buckets[i]),
+                 row_bytes[i].tobytes(), now) for i in range(n)])
+            if idempotency is not None:
+                cur.execute(self._q(
+                    "UPDATE idempotency_keys SET response = ? WHERE collection_id = ? AND key = ?"),
+                    (json.dumps([list(face_ids), list(person_ids)]), info.id, idempotency[0]))
+        return AddResult(info, list(face_ids), list(person_ids), ids, buckets, emb)
+
+    def _claim_key(self, cur: Any, info: CollectionInfo,
+                   idempotency: tuple[str, str]) -> AddResult | None:
+        key, request_hash = idempotency
+        # Inserting first makes a concurrent retry with the same key wait for this
+        # transaction (unique index), then find the stored response.
+        cur.execute(self._q(
+            "INSERT INTO idempotency_keys (collection_id, key, request_hash, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (collection_id, key) DO NOTHING RETURNING key"),
+            (info.id, key, request_hash, time.time()))
+        if cur.fetchone() is not None:
+            return None
+        cur.execute(self._q(
+            "SELECT request_hash, response FROM idempotency_keys "
+            "WHERE collection_id = ? AND key = ?"), (info.id, key))
+        stored_hash, response = cur.fetchone()
+        if stored_hash != request_hash or response is None:
+            raise Conflict(f"idempotency key {key!r} was used with a different request",
+                           {"idempotency_key": key})
+        face_ids, person_ids = json.loads(response)
+        rows = self._faces_by_public_id(cur, info.id, face_ids)
+        return AddResult(
+            info, face_ids, person_ids,
+            np.array([r[0] for r in rows], dtype=np.int64),
+            np.array([r[1] for r in rows], dtype=np.int64),
+            _vectors([bytes(r[2]) for r in rows], info.dim), replayed=True)
+
+    def _faces_by_public_id(self, cur: Any, cid: int, face_ids: Sequence[str]) -> list[tuple]:
+        rows: list[tuple] = []
+        for i in range(0, len(face_ids), _IN_CHUNK):
+            cond, params = self._any("face_id", face_ids[i:i + _IN_CHUNK])
+            cur.execute(self._q(
+                f"SELECT id, bucket, embedding FROM faces WHERE collection_id = ? AND {cond}"),
+                [cid, *params])
+            rows.extend(cur.fetchall())
+        return rows
+
+    # -- faces and persons
+    @staticmethod
+    def _face(row: Sequence[Any], dim: int | None = None) -> FaceRecord:
+        emb = None
+        if dim is not None and len(row) > 5:
+            emb = np.frombuffer(bytes(row[5]), dtype="<f4").astype(np.float32)
+        return FaceRecord(int(row[0]), row[1], row[2], int(row[3]), float(row[4]), emb)
+
+    def get_face(self, cid: int, face_id: str, with_embedding: bool = False) -> FaceRecord:
+        cols = "id, face_id, person_id, bucket, created_at" + (", embedding" if with_embedding else "")
+        with self._tx(write=False) as cur:
+            cur.execute(self._q(
+                f"SELECT {cols} FROM faces WHERE collection_id = ? AND face_id = ?"), (cid, face_id))
+            row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
+        return self._face(row, 0 if with_embedding else None)
+
+    def delete_faces(self, cid: int, face_ids: Sequence[str]) -> list[DeletedFace]:
+        out: list[DeletedFace] = []
+        with self._tx(write=True) as cur:
+            for i in range(0, len(face_ids), _IN_CHUNK):
+                cond, params = self._any("face_id", face_ids[i:i + _IN_CHUNK])
+                cur.execute(self._q(
+                    f"DELETE FROM faces WHERE collection_id = ? AND {cond} "
+                    "RETURNING id, face_id, bucket"), [cid, *params])
+                out.extend(DeletedFace(int(r[0]), r[1], int(r[2])) for r in cur.fetchall())
+        return out
+
+    def _person(self, cur: Any, cid: int, person_id: str) -> PersonRecord:
+        cur.execute(self._q(
+            "SELECT person_id, name, labels, created_at FROM persons "
+            "WHERE collection_id = ? AND person_id = ?"), (cid, person_id))
+        row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"person {person_id!r} does not exist", {"person_id": person_id})
+        person = PersonRecord(row[0], row[1], _labels_out(row[2]), float(row[3]))
+        cur.execute(self._q(
+            "SELECT id, face_id, person_id, bucket, created_at FROM faces "
+            "WHERE collection_id = ? AND person_id = ? ORDER BY id"), (cid, person_id))
+        person.faces = [self._face(r) for r in cur.fetchall()]
+        return person
+
+    def get_person(self, cid: int, person_id: str) -> PersonRecord:
+        with self._tx(write=False) as cur:
+            return self._person(cur, cid, person_id)
+
+    def delete_person(self, cid: int, person_id: str) -> tuple[PersonRecord, list[DeletedFace]]:
+        with self._tx(write=True) as cur:
+            self._lock_person(cur, cid, person_id)
+            person = self._person(cur, cid, person_id)
+            cur.execute(self._q(
+                "DELETE FROM faces WHERE collection_id = ? AND person_id = ? "
+                "RETURNING id, face_id, bucket"), (cid, person_id))
+            deleted = [DeletedFace(int(r[0]), r[1], int(r[2])) for r in cur.fetchall()]
+            cur.execute(self._q(
+                "DELETE FROM persons WHERE collection_id = ? AND person_id = ?"), (cid, person_id))
+        return person, deleted
+
+    def lookup(self, cid: int, ids: Sequence[int]) -> dict[int, HitInfo]:
+        ids = sorted({int(i) for i in ids})
+        out: dict[int, HitInfo] = {}
+        with self._tx(write=False) as cur:
+            for i in range(0, len(ids), _IN_CHUNK):
+                cond, params = self._any("f.id", ids[i:i + _IN_CHUNK])
+                cur.execute(self._q(
+                    "SELECT f.id, f.face_id, f.person_id, p.name, p.labels FROM faces f "
+                    "JOIN persons p ON p.collection_id = f.collection_id "
+                    f"AND p.person_id = f.person_id WHERE f.collection_id = ? AND {cond}"),
+                    [cid, *params])
+                for r in cur.fetchall():
+                    out[int(r[0])] = HitInfo(r[1], r[2], r[3], _labels_out(r[4]))
+        return out
+
+    def counts(self, cid: int) -> tuple[int, int]:
+        with self._tx(write=False) as cur:
+            cur.execute(self._q("SELECT COUNT(*) FROM faces WHERE collection_id = ?"), (cid,))
+            faces = int(cur.fetchone()[0])
+            cur.execute(self._q("SELECT COUNT(*) FROM persons WHERE collection_id = ?"), (cid,))
+            return faces, int(cur.fetchone()[0])
+
+    def face_ids_internal(self, cid: int) -> np.ndarray:
+        with self._tx(write=False) as cur:
+            cur.execute(self._q("SELECT id FROM faces WHERE collection_id = ? ORDER BY id"), (cid,))
+            return np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
+
+    # -- rebuild
+    def iter_shard(self, shard: int, nshards: int,
+                   chunk: int = 20000) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        """Yield ``(collection_id, dim, ids, vectors)`` chunks of one shard's faces."""
+        with self._tx(write=False) as cur:
+            cur.execute("SELECT id, dim FROM collections")
+            dims = {int(r[0]): int(r[1]) for r in cur.fetchall()}
+            yield from self._scan_shard(cur, dims, shard, nshards, chunk)
+
+    def _scan_cursor(self, cur: Any) -> Any:
+        return cur
+
+    def _scan_shard(self, cur: Any, dims: dict[int, int], shard: int, nshards: int,
+                    chunk: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        scan = self._scan_cursor(cur)
+        try:
+            scan.execute(self._q(
+                "SELECT collection_id, id, embedding FROM faces WHERE bucket % ? = ?"),
+                (nshards, shard))
+            yield from self._group_rows(scan, dims, chunk)
+        finally:
+            if scan is not cur:
+                scan.close()
+
+    @staticmethod
+    def _group_rows(scan: Any, dims: dict[int, int],
+                    chunk: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        while True:
+            rows = scan.fetchmany(chunk)
+            if not rows:
+                break
+            groups: dict[int, tuple[list[int], list[bytes]]] = {}
+            for cid, fid, blob in rows:
+                g = groups.setdefault(int(cid), ([], []))
+                g[0].append(fid)
+                g[1].append(blob)
+            for cid, (ids, blobs) in groups.items():
+                if cid in dims:  # a collection created after the snapshot of dims
+                    yield (cid, dims[cid], np.array(ids, dtype=np.int64),
+                           _vectors([bytes(b) for b in blobs], dims[cid]))
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+class SqliteStore(_SqlStore):
+    """Embedded store: one SQLite file in WAL mode, shared safely by processes."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0,
+                 synchronous: str = "FULL") -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy = busy_timeout_s
+        self._sync = synchronous
+        self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self._busy, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before register / forget are acknowledged
+        conn.execute(f"PRAGMA synchronous={self._sync}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy * 1000)}")
+        return conn
+
+    @contextmanager
+    def _tx(self, write: bool) -> Iterator[sqlite3.Cursor]:
+        conn = self._conn()
+        cur = conn.cursor()
+        # IMMEDIATE takes the write lock up front: a deferred transaction that
+        # upgrades later can fail with SQLITE_BUSY without waiting.
+        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield cur
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+        finally:
+            cur.close()
+
+    def _next_ids(self, cur: sqlite3.Cursor, n: int) -> np.ndarray:
+        cur.execute("UPDATE sequences SET value = value + ? WHERE name = 'faces' RETURNING value",
+                    (n,))
+        last = int(cur.fetchone()[0])
+        return np.arange(last - n + 1, last + 1, dtype=np.int64)
+
+    def _insert_faces(self, cur: sqlite3.Cursor, rows: list[tuple]) -> None:
+        cur.executemany(
+            "INSERT INTO faces (id, face_id, collection_id, person_id, bucket, embedding,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class PostgresStore(_SqlStore):
+    """Production store on PostgreSQL (psycopg 3); one connection per thread."""
+
+    backend = "postgres"
+    _ph = "%s"
+
+    def __init__(self, url: str, connect_timeout_s: float = 10.0) -> None:
+        super().__init__()
+        try:
+            import psycopg
+        except ImportError as e:  # pragma: no cover - psycopg is a dependency
+            raise StoreUnavailable("the postgres backend needs psycopg installed") from e
+        self._psycopg = psycopg
+        self.url = url
+        self._timeout = connect_timeout_s
+        self._migrate()
+
+    def _connect(self) -> Any:
+        try:
+            return self._psycopg.connect(self.url, autocommit=True,
+                                         connect_timeout=int(self._timeout))
+        except self._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"cannot connect to the postgres store: {e}") from e
+
+    @contextmanager
+    def _tx(self, write: bool) -> Iterator[Any]:
+        conn = self._conn()
+        if conn.closed or conn.broken:
+            self._local.conn = None
+            conn = self._conn()
+        with conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    def _migration_lock(self, cur: Any) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(7270014)")
+
+    def _lock_collection(self, cur: Any, cid: int) -> None:
+        cur.execute("SELECT 1 FROM collections WHERE id = %s FOR SHARE", (cid,))
+        if cur.fetchone() is None:  # dropped since this transaction looked it up
+            raise CollectionNotFound("the collection was dropped during the request",
+                                     {"collection_id": cid})
+
+    def _lock_person(self, cur: Any, cid: int, person_id: str) -> None:
+        cur.execute("SELECT 1 FROM persons WHERE collection_id = %s AND person_id = %s "
+                    "FOR UPDATE", (cid, person_id))
+
+    def _any(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?)", [list(values)]
+
+    def _next_ids(self, cur: Any, n: int) -> np.ndarray:
+        cur.execute("SELECT nextval('face_ids') FROM generate_series(1, %s)", (n,))
+        return np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
+
+    def _insert_faces(self, cur: Any, rows: list[tuple]) -> None:
+        with cur.copy("COPY faces (id, face_id, collection_id, person_id, bucket, embedding,"
+                      " created_at) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def _scan_cursor(self, cur: Any) -> Any:
+        # a server-side cursor streams the shard instead of loading it whole
+        return cur.connection.cursor(name=f"shard_scan_{threading.get_ident()}")
+
+    def _scan_shard(self, cur: Any, dims: dict[int, int], shard: int, nshards: int,
+                    chunk: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        cur.execute("SET LOCAL work_mem = '64MB'")
+        yield from super()._scan_shard(cur, dims, shard, nshards, chunk)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_store(backend: str = "sqlite", database_url: str | None = None,
+               data_dir: str | Path = "data") -> Store:
+    """Open (and migrate) the configured store.
+
+    SQLite: ``database_url`` is a file path or ``sqlite:///path``; by default
+    ``DATA_DIR/gallery.sqlite3``. PostgreSQL: ``database_url`` is required.
+    """
+    if backend == "sqlite":
+        path: str | Path = Path(data_dir) / "gallery.sqlite3"
+        if database_url:
+            path = database_url.removeprefix("sqlite:///") if database_url.startswith(
+                "sqlite:///") else database_url
+        return SqliteStore(path)
+    if backend == "postgres":
+        if not database_url:
+            raise StoreUnavailable("index.backend is postgres but index.database_url is not set")
+        return PostgresStore(database_url)
+    raise StoreUnavailable(f"unknown index backend {backend!r}")
