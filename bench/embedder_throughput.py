@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Versions: dlib {dlib.__version__}, onnxruntime {onnxruntime.__version__}, "
         f"numpy {np.__version__}, Python {platform.python_version()}; "
         f"{os.cpu_count()} CPUs ({platform.machine()}), OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; shared machine, timings indicative.",
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; shared machine (1-min load average at the end {os.getloadavg()[0]:.1f}), "
+        "timings indicative.",
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

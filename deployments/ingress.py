@@ -32,8 +32,7 @@ from deployments.errors import Unauthorized, error_response, install_error_handl
 from deployments.images import ImageResolver
 from deployments.schemas import (AnalyzeBody, DetectBody, DetectOut, EmbedBody, EmbedOut,
                                  ErrorOut, VerifyBody, VerifyOut)
-from pipelines.errors import (ErrorCode, FacefleetError, ModelNotInstalled, NoFaceDetected,
-                              ValidationError)
+from pipelines.errors import ErrorCode, FacefleetError, NoFaceDetected, ValidationError
 from pipelines.registry import DEEPFACE_MODELS, DETECTORS, EMBEDDERS, ATTRIBUTES
 from pipelines.stages import AnalyzeRequest, DetectRequest, EmbedRequest
 from pipelines.types import ChipSpec, DetectedImage
@@ -105,6 +104,16 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
         "multipart/form-data": {"schema": schema}}}}
 
 
+def _jpeg_b64(chip: np.ndarray) -> str:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(chip, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return base64.b64encode(buf.tobytes()).decode() if ok else ""
+
+
+# Helpers above the class: the deployment is serialised when decorated, so
+# module names defined after it are not visible inside the replica.
 @serve.deployment(name="Ingress", max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class Ingress:
@@ -117,6 +126,12 @@ class Ingress:
         self.images = ImageResolver(self.s)
         self._embed_info: dict[str, dict] = {}
         self._attr_info: dict[str, dict] = {}
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Rotate API keys without a restart: ``user_config: {api_key_sha256: [...]}``."""
+        keys = user_config.get("api_key_sha256", self.s.api_key_sha256) or []
+        app.state.api_key_sha256 = [str(k).lower() for k in keys]
+        log.info(json.dumps({"event": "auth", "api_keys": len(keys)}))
 
     # ---------------------------------------------------------------- helpers
     async def _parse(self, request: Request, model: type[B]) -> tuple[B, dict[str, bytes]]:
@@ -333,13 +348,3 @@ class Ingress:
             faces.append({"box": f.box.as_dict(), "confidence": round(f.confidence, 4), **p})
         return {"faces": faces, "actions": actions, "detector": det.detector}
 
-
-def _jpeg_b64(chip: np.ndarray) -> str:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(chip, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return base64.b64encode(buf.tobytes()).decode() if ok else ""
-
-
-__all__ = ["Ingress", "app", "ModelNotInstalled"]

@@ -91,7 +91,8 @@ class _DetectMixin(_Batching):
 
 class _EmbedMixin(_Batching):
     def _init_embed(self, s: Settings) -> None:
-        self.embed_stage = EmbeddingStage(context_from(s), preload=[s.default_embedder])
+        self.embed_stage = EmbeddingStage(context_from(s), preload=[s.default_embedder],
+                                          flip_average=s.flip_average)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def embed(self, requests: list[EmbedRequest]) -> list[Any]:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 import threading
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -40,6 +40,13 @@ MAX_LABELS = 32
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` random 128-bit ids as 32 hex characters, generated in one go (bulk
+    registers make a million of them)."""
+    raw = os.urandom(16 * n).hex()
+    return [raw[i:i + 32] for i in range(0, 32 * n, 32)]
 
 
 def check_collection_name(name: Any) -> str:
@@ -184,6 +191,8 @@ class GalleryCore:
         model, dim = _check_model(model, dim)
         if not items:
             raise ValidationError("nothing to register")
+        if not all(isinstance(item, Mapping) for item in items):
+            raise ValidationError("each item is a map with an 'embedding'")
         try:
             vectors = [item["embedding"] for item in items]
         except (KeyError, TypeError) as e:
@@ -193,7 +202,7 @@ class GalleryCore:
         persons: dict[str, PersonUpsert] = {}
         for item in items:
             pid = item.get("person_id")
-            pid = uuid.uuid4().hex if pid is None else _check_person_id(pid)
+            pid = new_ids(1)[0] if pid is None else _check_person_id(pid)
             name, labels = _check_name(item.get("name")), _check_labels(item.get("labels"))
             prev = persons.get(pid)
             if prev is not None:  # several faces of one person: keep what was given
@@ -211,7 +220,7 @@ class GalleryCore:
                 [[i.get("person_id"), i.get("name"), i.get("labels")] for i in items],
                 sort_keys=True, default=str).encode())
             idem = (idempotency_key, digest.hexdigest())
-        face_ids = [uuid.uuid4().hex for _ in items]
+        face_ids = new_ids(len(items))
         res = self.store.add_faces(collection, model, dim, face_ids, person_ids, emb,
                                    list(persons.values()), create=create_collection,
                                    idempotency=idem)
@@ -232,12 +241,12 @@ class GalleryCore:
         if n == 0:
             raise ValidationError("nothing to register")
         if person_ids is None:
-            pids = [uuid.uuid4().hex for _ in range(n)]
+            pids = new_ids(n)
         else:
             if len(person_ids) != n:
                 raise ValidationError("person_ids must match the embeddings one to one")
             pids = [_check_person_id(p) for p in person_ids]
-        face_ids = [uuid.uuid4().hex for _ in range(n)]
+        face_ids = new_ids(n)
         persons = [PersonUpsert(p) for p in dict.fromkeys(pids)]
         res = self.store.add_faces(collection, model, dim, face_ids, pids, emb, persons,
                                    create=create_collection)
@@ -257,6 +266,8 @@ class GalleryCore:
                 f"collection {collection!r} holds {info.model} embeddings, not {model}",
                 {"collection": collection, "collection_model": info.model, "model": model})
         queries = _unit_rows(vectors, info.dim, "query vectors")
+        if not len(queries):
+            raise ValidationError("no query vectors")
         return info, queries
 
     def resolve(self, info: CollectionInfo, scores: np.ndarray, ids: np.ndarray,

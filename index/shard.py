@@ -123,12 +123,13 @@ class _Part:
         t0 = time.perf_counter()
         n = self.ntotal
         ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        xb = faiss.rev_swig_ptr(self.index.index.get_xb(), n * self.dim).reshape(n, self.dim).copy()
+        xb = self.index.index.reconstruct_n(0, n)  # the flat storage, in id_map order
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, cfg.ivf_nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(cfg.seed)
-        sample = xb if n <= cfg.ivf_nlist * 256 else xb[rng.choice(n, cfg.ivf_nlist * 256,
-                                                                    replace=False)]
+        # 64 points per centroid train well enough and 4x faster than FAISS's 256
+        cap = cfg.ivf_nlist * 64
+        sample = xb if n <= cap else xb[rng.choice(n, cap, replace=False)]
         ivf.train(sample)
         ivf.add_with_ids(xb, ids)
         ivf.nprobe = cfg.ivf_nprobe

@@ -14,6 +14,7 @@ The schema is versioned; :data:`MIGRATIONS` is applied in order at open time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -241,8 +242,34 @@ def _vectors(blobs: list[bytes], dim: int) -> np.ndarray:
         np.float32, copy=False)
 
 
+def _guarded(fn: Any) -> Any:
+    """Retry transient conflicts (deadlock, serialisation) and map a store that
+    cannot be reached to :class:`StoreUnavailable` instead of a driver error."""
+
+    @functools.wraps(fn)
+    def wrapper(self: _SqlStore, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(5):
+            try:
+                return fn(self, *args, **kwargs)
+            except self._transient as e:
+                if attempt == 4:
+                    raise StoreUnavailable(f"the {self.backend} store is too busy: {e}") from e
+                log.info("retrying %s after a transient conflict: %s", fn.__name__, e)
+                time.sleep(0.01 * 2**attempt)
+            except self._unreachable as e:
+                raise StoreUnavailable(f"the {self.backend} store failed: {e}") from e
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
 class _SqlStore:
     """Everything both backends share; subclasses supply connections and dialect."""
+
+    #: errors after which the whole transaction is simply run again
+    _transient: tuple[type[BaseException], ...] = ()
+    #: errors that mean the store cannot serve (locked for too long, down)
+    _unreachable: tuple[type[BaseException], ...] = ()
 
     backend = "sql"
     #: placeholder of the driver ("?" or "%s"); statements below are written with "?"
@@ -331,6 +358,7 @@ class _SqlStore:
     def _migration_lock(self, cur: Any) -> None:
         """Serialise concurrent first opens (SQLite's write lock already does)."""
 
+    @_guarded
     def schema_version(self) -> int:
         with self._tx(write=False) as cur:
             cur.execute("SELECT MAX(version) FROM schema_migrations")
@@ -347,6 +375,7 @@ class _SqlStore:
         row = cur.fetchone()
         return self._coll(row) if row else None
 
+    @_guarded
     def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo:
         with self._tx(write=True) as cur:
             return self._create_collection(cur, name, model, dim)
@@ -359,6 +388,7 @@ class _SqlStore:
             "RETURNING id, name, model, dim, created_at"), (name, model, int(dim), time.time()))
         return self._coll(cur.fetchone())
 
+    @_guarded
     def get_collection(self, name: str) -> CollectionInfo:
         with self._tx(write=False) as cur:
             info = self._find_collection(cur, name)
@@ -366,11 +396,13 @@ class _SqlStore:
             raise CollectionNotFound(f"collection {name!r} does not exist", {"collection": name})
         return info
 
+    @_guarded
     def list_collections(self) -> list[CollectionInfo]:
         with self._tx(write=False) as cur:
             cur.execute("SELECT id, name, model, dim, created_at FROM collections ORDER BY name")
             return [self._coll(r) for r in cur.fetchall()]
 
+    @_guarded
     def drop_collection(self, name: str) -> CollectionInfo:
         with self._tx(write=True) as cur:
             cur.execute(self._q(
@@ -382,6 +414,7 @@ class _SqlStore:
         return self._coll(row)
 
     # -- register
+    @_guarded
     def add_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                   person_ids: Sequence[str], embeddings: np.ndarray,
                   persons: Sequence[PersonUpsert], *, create: bool = False,
@@ -415,7 +448,9 @@ class _SqlStore:
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, person_id) DO UPDATE SET "
                     "name = COALESCE(excluded.name, persons.name), "
                     "labels = COALESCE(excluded.labels, persons.labels)"),
-                    [(info.id, p.person_id, p.name, _labels_in(p.labels), now) for p in persons])
+                    # sorted: concurrent registers lock persons in one order (no deadlock)
+                    [(info.id, p.person_id, p.name, _labels_in(p.labels), now)
+                     for p in sorted(persons, key=lambda p: p.person_id)])
             ids = self._next_ids(cur, n)
             buckets = np.fromiter((face_bucket(f) for f in face_ids), dtype=np.int64, count=n)
             row_bytes = emb.reshape(n, dim)
@@ -472,16 +507,20 @@ class _SqlStore:
             emb = np.frombuffer(bytes(row[5]), dtype="<f4").astype(np.float32)
         return FaceRecord(int(row[0]), row[1], row[2], int(row[3]), float(row[4]), emb)
 
+    @_guarded
     def get_face(self, cid: int, face_id: str, with_embedding: bool = False) -> FaceRecord:
-        cols = "id, face_id, person_id, bucket, created_at" + (", embedding" if with_embedding else "")
+        cols = "id, face_id, person_id, bucket, created_at"
+        if with_embedding:
+            cols += ", embedding"
         with self._tx(write=False) as cur:
-            cur.execute(self._q(
-                f"SELECT {cols} FROM faces WHERE collection_id = ? AND face_id = ?"), (cid, face_id))
+            cur.execute(self._q(f"SELECT {cols} FROM faces WHERE collection_id = ? AND face_id = ?"),
+                        (cid, face_id))
             row = cur.fetchone()
         if row is None:
             raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
         return self._face(row, 0 if with_embedding else None)
 
+    @_guarded
     def delete_faces(self, cid: int, face_ids: Sequence[str]) -> list[DeletedFace]:
         out: list[DeletedFace] = []
         with self._tx(write=True) as cur:
@@ -507,10 +546,12 @@ class _SqlStore:
         person.faces = [self._face(r) for r in cur.fetchall()]
         return person
 
+    @_guarded
     def get_person(self, cid: int, person_id: str) -> PersonRecord:
         with self._tx(write=False) as cur:
             return self._person(cur, cid, person_id)
 
+    @_guarded
     def delete_person(self, cid: int, person_id: str) -> tuple[PersonRecord, list[DeletedFace]]:
         with self._tx(write=True) as cur:
             self._lock_person(cur, cid, person_id)
@@ -523,21 +564,25 @@ class _SqlStore:
                 "DELETE FROM persons WHERE collection_id = ? AND person_id = ?"), (cid, person_id))
         return person, deleted
 
+    @_guarded
     def lookup(self, cid: int, ids: Sequence[int]) -> dict[int, HitInfo]:
         ids = sorted({int(i) for i in ids})
         out: dict[int, HitInfo] = {}
         with self._tx(write=False) as cur:
             for i in range(0, len(ids), _IN_CHUNK):
                 cond, params = self._any("f.id", ids[i:i + _IN_CHUNK])
+                # by primary key only: with "f.collection_id = ?" in the WHERE, SQLite
+                # may walk the (collection_id, person_id) index over the whole collection
                 cur.execute(self._q(
-                    "SELECT f.id, f.face_id, f.person_id, p.name, p.labels FROM faces f "
-                    "JOIN persons p ON p.collection_id = f.collection_id "
-                    f"AND p.person_id = f.person_id WHERE f.collection_id = ? AND {cond}"),
-                    [cid, *params])
+                    "SELECT f.id, f.face_id, f.person_id, p.name, p.labels, f.collection_id "
+                    "FROM faces f JOIN persons p ON p.collection_id = f.collection_id "
+                    f"AND p.person_id = f.person_id WHERE {cond}"), params)
                 for r in cur.fetchall():
-                    out[int(r[0])] = HitInfo(r[1], r[2], r[3], _labels_out(r[4]))
+                    if int(r[5]) == cid:
+                        out[int(r[0])] = HitInfo(r[1], r[2], r[3], _labels_out(r[4]))
         return out
 
+    @_guarded
     def counts(self, cid: int) -> tuple[int, int]:
         with self._tx(write=False) as cur:
             cur.execute(self._q("SELECT COUNT(*) FROM faces WHERE collection_id = ?"), (cid,))
@@ -545,6 +590,7 @@ class _SqlStore:
             cur.execute(self._q("SELECT COUNT(*) FROM persons WHERE collection_id = ?"), (cid,))
             return faces, int(cur.fetchone()[0])
 
+    @_guarded
     def face_ids_internal(self, cid: int) -> np.ndarray:
         with self._tx(write=False) as cur:
             cur.execute(self._q("SELECT id FROM faces WHERE collection_id = ? ORDER BY id"), (cid,))
@@ -606,6 +652,8 @@ class SqliteStore(_SqlStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy = busy_timeout_s
+        # "database is locked" after the busy timeout, a missing or read-only file
+        self._unreachable = (sqlite3.OperationalError,)
         self._sync = synchronous
         self._migrate()
 
@@ -616,6 +664,8 @@ class SqliteStore(_SqlStore):
         # FULL: a commit is on disk before register / forget are acknowledged
         conn.execute(f"PRAGMA synchronous={self._sync}")
         conn.execute("PRAGMA foreign_keys=ON")
+        # give the WAL file back after checkpoints instead of keeping its peak size
+        conn.execute("PRAGMA journal_size_limit=67108864")
         conn.execute(f"PRAGMA busy_timeout={int(self._busy * 1000)}")
         return conn
 
@@ -664,6 +714,8 @@ class PostgresStore(_SqlStore):
         except ImportError as e:  # pragma: no cover - psycopg is a dependency
             raise StoreUnavailable("the postgres backend needs psycopg installed") from e
         self._psycopg = psycopg
+        self._transient = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+        self._unreachable = (psycopg.OperationalError,)
         self.url = url
         self._timeout = connect_timeout_s
         self._migrate()

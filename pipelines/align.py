@@ -43,13 +43,18 @@ class Aligner:
         self._sp = dlib.shape_predictor(str(path))
 
     def fit(self, image: np.ndarray, faces: list[Face]) -> None:
-        """Fill ``face.shape`` and the unknown landmarks of each face in place."""
+        """Fill ``face.shape`` and the unknown landmarks of each face in place.
+
+        The predictor starts from ``face.align_box`` when the detector set one
+        (its box mapped onto a dlib-HOG-like box): the shape predictor is only
+        as good as the box it starts from.
+        """
         import dlib
 
         if self._sp is None:
             self.load()
         for face in faces:
-            b = face.box
+            b = face.align_box or face.box
             rect = dlib.rectangle(int(round(b.x)), int(round(b.y)),
                                   int(round(b.x + b.w)) - 1, int(round(b.y + b.h)) - 1)
             det = self._sp(image, rect)

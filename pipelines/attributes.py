@@ -193,7 +193,8 @@ class EmotionModel(AttributeModel):
         # fer's scaling: [0, 255] -> [-1, 1].
         x = (grey.astype(np.float32) / np.float32(255.0) - np.float32(0.5)) * np.float32(2.0)
         x = x[..., None]
-        out = [self._fn(self._tf.constant(x[part])).numpy() for part in _chunks(len(x), self.max_batch)]
+        out = [self._fn(self._tf.constant(x[part])).numpy()
+               for part in _chunks(len(x), self.max_batch)]
         return np.concatenate(out) if out else np.zeros((0, len(EMOTION_LABELS)), np.float32)
 
     def predict(self, chips: np.ndarray) -> list[dict]:

@@ -51,6 +51,7 @@ class BlazeFaceDetector(Detector):
         self.ctx = ctx
         self.full = full
         self.name = "blazeface-full" if full else "blazeface-short"
+        self.box_to_dlib = (-0.026, -0.002, 0.966, 0.958) if full else (-0.038, -0.056, 1.013, 1.006)
         self._model = None
         self._lock = threading.Lock()  # a TFLite interpreter is not thread-safe
 
@@ -83,6 +84,39 @@ class BlazeFaceDetector(Detector):
                 # BlazeFace gives the mouth centre only: corners come from the shape fit.
                 lm[3] = lm[4] = np.nan
                 faces.append(Face(box=box, confidence=float(det.score), landmarks=lm))
+            out.append(faces)
+        return out
+
+
+class BlazeFaceBothDetector(Detector):
+    """Both BlazeFace models, merged: full range for small and distant faces,
+    short range for close-ups that the full-range model misses (about 1 in 200
+    LFW portraits). A short-range face is added only when no full-range face
+    overlaps it and its score is high, since short range alone fires on some
+    animal faces at scores near 0.5.
+    """
+
+    name = "blazeface"
+    gives_landmarks = True
+    SHORT_MIN_SCORE = 0.75
+
+    def __init__(self, ctx: ModelContext) -> None:
+        self.full = BlazeFaceDetector(ctx, full=True)
+        self.short = BlazeFaceDetector(ctx, full=False)
+
+    def load(self) -> None:
+        self.full.load()
+        self.short.load()
+
+    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        out = []
+        for image, far, near in zip(images, self.full.detect(images), self.short.detect(images),
+                                    strict=True):
+            faces = self.full.calibrate(far)
+            for f in self.short.calibrate(near):
+                if f.confidence >= self.SHORT_MIN_SCORE and all(
+                        f.box.iou(g.box) < 0.3 for g in faces):
+                    faces.append(f)
             out.append(faces)
         return out
 
@@ -125,6 +159,7 @@ class MtcnnDetector(Detector):
 
     name = "mtcnn"
     gives_landmarks = True
+    box_to_dlib = (-0.023, 0.053, 1.172, 0.864)
 
     def __init__(self, ctx: ModelContext) -> None:
         self.ctx = ctx
@@ -164,6 +199,7 @@ class HaarDetector(Detector):
     """OpenCV's frontal-face Haar cascade (fast, many false positives)."""
 
     name = "opencv-haar"
+    box_to_dlib = (-0.029, 0.073, 0.924, 0.915)
 
     def __init__(self, ctx: ModelContext) -> None:
         self.ctx = ctx

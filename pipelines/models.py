@@ -45,6 +45,18 @@ class Detector(ABC):
     name: str = ""
     #: whether the detector reports its own eye/nose/mouth points
     gives_landmarks: bool = False
+    #: (dx, dy, sw, sh): maps this detector's box onto the box dlib's 5-point
+    #: shape predictor was trained with (dlib HOG): centre shift in box widths /
+    #: heights and size ratios, medians over 600 LFW View 1 DevTrain images
+    #: (bench/box_calibration.py). Used for alignment only (``Face.align_box``);
+    #: reported boxes stay the detector's own.
+    box_to_dlib: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+    def calibrate(self, faces: list[Face]) -> list[Face]:
+        for f in faces:
+            if f.align_box is None:
+                f.align_box = f.box.mapped(*self.box_to_dlib)
+        return faces
 
     def load(self) -> None:  # noqa: B027 - optional hook
         """Load weights; raise ModelNotInstalled when they are missing."""

@@ -43,7 +43,14 @@ def _haar(ctx: ModelContext) -> Detector:
     return HaarDetector(ctx)
 
 
+def _blaze_both(ctx: ModelContext) -> Detector:
+    from pipelines.detectors import BlazeFaceBothDetector
+
+    return BlazeFaceBothDetector(ctx)
+
+
 DETECTORS: dict[str, Callable[[ModelContext], Detector]] = {
+    "blazeface": _blaze_both,
     "blazeface-short": _blaze_short,
     "blazeface-full": _blaze_full,
     "dlib-hog": _hog,
@@ -105,7 +112,7 @@ def build_embedder(name: str, ctx: ModelContext) -> Embedder:
     if name.startswith("deepface:") and name.split(":", 1)[1] in DEEPFACE_MODELS:
         from pipelines.embed_deepface import DeepFaceEmbedder
 
-        return DeepFaceEmbedder(ctx, name.split(":", 1)[1])
+        return DeepFaceEmbedder(name, ctx)
     available = list(EMBEDDERS) + [f"deepface:{m}" for m in DEEPFACE_MODELS]
     raise UnknownModel(f"unknown embedding model '{name}'; known: {', '.join(available)}",
                        {"model": name, "available": available})

@@ -19,7 +19,7 @@ import numpy as np
 from pipelines.align import Aligner
 from pipelines.decode import decode_image
 from pipelines.errors import FacefleetError, ValidationError
-from pipelines.models import AttributeModel, Detector, Embedder, ModelContext
+from pipelines.models import AttributeModel, Detector, Embedder, ModelContext, l2_normalise
 from pipelines.registry import build_attribute, build_detector, build_embedder
 from pipelines.types import Box, ChipSpec, DetectedImage, Face
 
@@ -107,7 +107,7 @@ class DetectionStage:
         faces = [f for f in faces if f.box.w >= 8 and f.box.h >= 8]
         faces.sort(key=lambda f: f.box.area, reverse=True)
         faces = faces[: req.max_faces]
-        self.aligner.fit(pixels, faces)
+        self.aligner.fit(pixels, detector.calibrate(faces))
         chips = self.aligner.chips(pixels, faces, list(req.chip_specs))
         scale = img.scale
         if scale != 1.0:  # report in the original image's pixels
@@ -135,10 +135,21 @@ class EmbedRequest:
 class EmbeddingStage:
     """Embeds chips of many requests, one forward pass per model."""
 
-    def __init__(self, ctx: ModelContext, preload: list[str] | None = None) -> None:
+    def __init__(self, ctx: ModelContext, preload: list[str] | None = None,
+                 flip_average: bool = True) -> None:
         self.models = _ModelCache(build_embedder, ctx)
+        self.flip_average = flip_average
         for name in preload or []:
             self.models.get(name)
+
+    def _forward(self, model: Embedder, chips: np.ndarray) -> np.ndarray:
+        if not self.flip_average:
+            return model.embed(chips)
+        # Mirror test-time augmentation: one batch of 2N, then the mean of each
+        # face's two unit vectors, renormalised.
+        n = len(chips)
+        both = model.embed(np.concatenate([chips, chips[:, :, ::-1]]))
+        return l2_normalise(both[:n] + both[n:])
 
     def model(self, name: str) -> Embedder:
         return self.models.get(name)
@@ -154,7 +165,7 @@ class EmbeddingStage:
                 parts = [requests[i].chips for i in idx]
                 sizes = [len(p) for p in parts]
                 nonempty = [p for p in parts if len(p)]
-                vecs = model.embed(np.concatenate(nonempty)) if nonempty else \
+                vecs = self._forward(model, np.concatenate(nonempty)) if nonempty else \
                     np.zeros((0, model.dim), np.float32)
                 offsets = np.cumsum([0] + sizes)
                 for j, i in enumerate(idx):

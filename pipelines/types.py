@@ -41,6 +41,12 @@ class Box:
         union = self.area + other.area - inter
         return inter / union if union > 0 else 0.0
 
+    def mapped(self, dx: float, dy: float, sw: float, sh: float) -> Box:
+        """Centre shifted by (dx*w, dy*h), size scaled by (sw, sh)."""
+        w, h = self.w * sw, self.h * sh
+        return Box(self.x + self.w / 2 + dx * self.w - w / 2,
+                   self.y + self.h / 2 + dy * self.h - h / 2, w, h)
+
     def clipped(self, width: int, height: int) -> Box:
         x1, y1 = min(max(self.x, 0.0), width), min(max(self.y, 0.0), height)
         x2 = min(max(self.x + self.w, 0.0), width)
@@ -61,6 +67,9 @@ class Face:
     confidence: float
     landmarks: np.ndarray
     shape: np.ndarray | None = None
+    #: the box handed to dlib's shape predictor when it differs from ``box``
+    #: (detectors map their boxes onto the dlib-HOG box the predictor expects)
+    align_box: Box | None = None
 
     def landmarks_dict(self) -> dict[str, list[float]]:
         return {name: [round(float(x), 1), round(float(y), 1)]

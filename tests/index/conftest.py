@@ -27,6 +27,11 @@ from index.store import PostgresStore, SqliteStore, Store
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # also declared in pyproject.toml; repeated so this folder runs on its own
+    config.addinivalue_line("markers", "ray: starts a local Ray / Serve instance")
+
+
 def _pg_bindir() -> Path | None:
     for cand in [os.environ.get("PG_BINDIR", ""),
                  *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:

@@ -92,6 +92,12 @@ def test_model_binding(store):
         g.register("c", "dlib", DIM, [{"embedding": np.zeros(DIM)}])
     with pytest.raises(ValidationError):
         g.register("c", "dlib", DIM, [{"embedding": np.full(DIM, np.nan)}])
+    with pytest.raises(ValidationError):
+        g.register("c", "dlib", DIM, [unit(1)[0]])  # an item is a map, not a bare vector
+    with pytest.raises(ValidationError):
+        g.search("c", "dlib", np.empty((0, DIM)), 1)
+    with pytest.raises(ValidationError):
+        g.search("c", "dlib", unit(1), 0)
 
 
 def test_register_persons_faces_and_round_trip(store):

@@ -1,0 +1,38 @@
+"""Prepare the offline model pack once, at install or before first start.
+
+Converts dlib's ResNet weights into the verified ONNX model under the models
+directory (``make install`` runs this), so Serve replicas start by loading a
+file rather than converting concurrently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from configs.settings import Settings
+from pipelines.models import ModelContext
+from pipelines.runtime import RuntimeConfig
+
+log = logging.getLogger("facefleet.prepare")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    s = Settings()
+    ctx = ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
+                       runtime=RuntimeConfig(device="cpu"))
+    ctx.models_dir.mkdir(parents=True, exist_ok=True)
+    from pipelines.embed_dlib import DlibOnnxEmbedder
+
+    emb = DlibOnnxEmbedder(ctx)
+    emb.load()
+    log.info("dlib ResNet ONNX model ready at %s", emb.onnx_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

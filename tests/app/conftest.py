@@ -1,0 +1,80 @@
+"""The real Serve application on a local Ray instance, once per test session.
+
+Started from ``serve_config.yaml`` exactly as ``make serve`` does, with data in
+a temp directory, on a free loopback port. A small HTTP server on 127.0.0.1
+serves the shared photos for the URL-input tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments import local
+
+REPO = Path(__file__).resolve().parent.parent.parent
+GALLERY = False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    def __init__(self, base_url: str, config: dict) -> None:
+        self.base_url = base_url
+        self.config = config
+        self.client = httpx.Client(base_url=base_url, timeout=120)
+
+    def redeploy(self, config: dict) -> None:
+        local.start(config)
+        self.config = config
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory) -> Iterator[Service]:
+    data = tmp_path_factory.mktemp("data")
+    port = free_port()
+    overrides = {"gallery": GALLERY, "settings": {"data_dir": str(data),
+                              "model_dir": str(REPO / "data" / "models"),
+                              "urls": {"allow_private": True, "timeout_s": 5},
+                              "images": {"max_bytes": 8 * 1024 * 1024}}}
+    config = local.load_config(REPO / "serve_config.yaml", overrides, port)
+    local.start(config, num_cpus=2)
+    svc = Service(f"http://127.0.0.1:{port}", config)
+    try:
+        yield svc
+    finally:
+        svc.client.close()
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def api(service) -> httpx.Client:
+    return service.client
+
+
+@pytest.fixture(scope="session")
+def photo_server(faces) -> Iterator[str]:
+    handler = functools.partial(_QuietHandler, directory=str(faces))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
