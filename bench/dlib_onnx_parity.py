@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Versions: dlib {dlib.__version__}, onnxruntime {onnxruntime.__version__}, "
         f"numpy {np.__version__}, Python {platform.python_version()}; "
-        f"{os.cpu_count()} CPUs ({platform.machine()}), shared machine (1-min load average at the end {os.getloadavg()[0]:.1f}), "
-        "timings indicative.",
+        f"{os.cpu_count()} CPUs ({platform.machine()}), shared machine "
+        f"(1-min load average at the end {os.getloadavg()[0]:.1f}), timings indicative.",
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -107,7 +107,7 @@ def pg_url(pg_server: PgServer) -> str:
     return pg_server.url(pg_server.new_database())
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path):
     """``open()`` gives a new connection set to the same fresh store of one backend."""
     opened: list[Store] = []
