@@ -262,6 +262,11 @@ class Gallery:
         store_ids = await self._store_call(self._store.face_ids_internal, info.id)
         return verify_ids(store_ids, index_ids)
 
+    async def ready(self) -> bool:
+        """Readiness probe: every shard answers (and has rebuilt from the store)."""
+        await self._shards_call("ready")
+        return True
+
     async def shard_info(self) -> list[dict[str, Any]]:
         return await self._shards_call("info")
 

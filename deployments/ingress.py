@@ -16,8 +16,10 @@ from typing import Any
 from ray import cloudpickle, serve
 
 from configs.settings import Settings
-from deployments import faces_api
+from deployments import compat_api, faces_api, gallery_api
+from deployments.compat_api import CompatApi
 from deployments.faces_api import FacesApi
+from deployments.gallery_api import GalleryApi
 from deployments.http_app import app
 from deployments.images import ImageResolver
 
@@ -26,13 +28,13 @@ log = logging.getLogger("facefleet.ingress")
 # Serve rewrites the route methods' signatures (to inject the replica instance)
 # and then pickles the app. Methods of importable mixin classes would be pickled
 # by reference and lose that rewrite, so their modules are pickled by value.
-for _module in (faces_api,):
+for _module in (faces_api, gallery_api, compat_api):
     cloudpickle.register_pickle_by_value(_module)
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
-class Ingress(FacesApi):
+class Ingress(FacesApi, GalleryApi, CompatApi):
     def __init__(self, settings: dict[str, Any], detector, embedder, analyzer,
                  gallery=None) -> None:
         self.s = Settings(**settings)

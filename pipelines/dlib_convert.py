@@ -148,7 +148,7 @@ class _Stream:
             raise self.fail("unexpected end of file")
         return self.data[self.pos]
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         # 1 control byte: low nibble = byte count, 0x80 = negative; then |v| little-endian
         ctrl = self.take(1)[0]
         n = ctrl & 0x0F
@@ -157,9 +157,9 @@ class _Stream:
         value = int.from_bytes(self.take(n), "little") if n else 0
         return -value if ctrl & 0x80 else value
 
-    def float(self) -> float:
+    def read_float(self) -> float:
         # the code writes the int64 mantissa first, then the int16 exponent
-        mantissa, exponent = self.int(), self.int()
+        mantissa, exponent = self.read_int(), self.read_int()
         if exponent == _F_INF:
             return float("inf")
         if exponent == _F_NINF:
@@ -168,14 +168,14 @@ class _Stream:
             return float("nan")
         return float(np.ldexp(np.float64(mantissa), exponent))
 
-    def bool(self) -> bool:
+    def read_bool(self) -> bool:
         ch = self.take(1)
         if ch not in (b"0", b"1"):
             raise self.fail(f"bad bool byte {ch!r}")
         return ch == b"1"
 
-    def string(self) -> str:
-        n = self.int()
+    def read_string(self) -> str:
+        n = self.read_int()
         if not 0 <= n <= 4096:
             raise self.fail(f"implausible string length {n}")
         try:
@@ -183,22 +183,22 @@ class _Stream:
         except UnicodeDecodeError:
             raise self.fail("non-ASCII record name") from None
 
-    def tensor(self) -> np.ndarray:
-        version = self.int()
+    def read_tensor(self) -> np.ndarray:
+        version = self.read_int()
         if version != 2:
             raise self.fail(f"unsupported tensor version {version}")
-        shape = tuple(self.int() for _ in range(4))
+        shape = tuple(self.read_int() for _ in range(4))
         if any(d < 0 for d in shape):
             raise self.fail(f"negative tensor shape {shape}")
         count = int(np.prod(shape))
         raw = self.take(4 * count)
         return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
 
-    def alias(self) -> tuple[int, ...]:
-        version = self.int()
+    def read_alias(self) -> tuple[int, ...]:
+        version = self.read_int()
         if version != 1:
             raise self.fail(f"unsupported alias_tensor version {version}")
-        return tuple(self.int() for _ in range(4))
+        return tuple(self.read_int() for _ in range(4))
 
     def expect(self, cond: bool, what: str) -> None:
         if not cond:
@@ -206,18 +206,18 @@ class _Stream:
 
 
 def _read_con(s: _Stream, name: str) -> Conv:
-    params = s.tensor().reshape(-1)
-    n_filters, nr, nc = s.int(), s.int(), s.int()
-    stride = (s.int(), s.int())
-    pad = (s.int(), s.int())
-    filters, _biases = s.alias(), s.alias()
+    params = s.read_tensor().reshape(-1)
+    n_filters, nr, nc = s.read_int(), s.read_int(), s.read_int()
+    stride = (s.read_int(), s.read_int())
+    pad = (s.read_int(), s.read_int())
+    filters, _biases = s.read_alias(), s.read_alias()
     for _ in range(4):  # learning-rate / weight-decay multipliers: training only
-        s.float()
+        s.read_float()
     use_bias = True
     if name in ("con_5", "con_6"):
-        use_bias = s.bool()
+        use_bias = s.read_bool()
     if name == "con_6":
-        s.bool()  # use_relu: a fused relu is only set by dlib's own fuse pass
+        s.read_bool()  # use_relu: a fused relu is only set by dlib's own fuse pass
     n_w = int(np.prod(filters))
     s.expect(filters[0] == n_filters and filters[2:] == (nr, nc), f"con filters {filters}")
     s.expect(params.size in (n_w, n_w + n_filters), f"con params size {params.size}")
@@ -227,33 +227,33 @@ def _read_con(s: _Stream, name: str) -> Conv:
 
 
 def _read_affine(s: _Stream, name: str) -> Affine:
-    params = s.tensor().reshape(-1)
-    gamma_shape, _beta_shape = s.alias(), s.alias()
-    mode = s.int()
+    params = s.read_tensor().reshape(-1)
+    gamma_shape, _beta_shape = s.read_alias(), s.read_alias()
+    mode = s.read_int()
     s.expect(mode == 0, f"affine mode {mode} (only per-channel CONV_MODE is supported)")
     if name == "affine_2":
-        s.expect(not s.bool(), "disabled affine layer")
+        s.expect(not s.read_bool(), "disabled affine layer")
     c = int(np.prod(gamma_shape))
     s.expect(params.size == 2 * c, f"affine params size {params.size}")
     return Affine(params[:c].copy(), params[c:].copy())
 
 
 def _read_pool(s: _Stream, kind: str) -> Pool:
-    size = (s.int(), s.int())
-    stride = (s.int(), s.int())
-    pad = (s.int(), s.int())
+    size = (s.read_int(), s.read_int())
+    stride = (s.read_int(), s.read_int())
+    pad = (s.read_int(), s.read_int())
     return Pool(kind, size, stride, pad)
 
 
 def _read_fc(s: _Stream, name: str) -> Fc:
-    n_out, n_in = s.int(), s.int()
-    params = s.tensor().reshape(-1)
-    _weights, _biases = s.alias(), s.alias()
-    bias_mode = s.int()
+    n_out, n_in = s.read_int(), s.read_int()
+    params = s.read_tensor().reshape(-1)
+    _weights, _biases = s.read_alias(), s.read_alias()
+    bias_mode = s.read_int()
     for _ in range(4):
-        s.float()
+        s.read_float()
     if name == "fc_3":
-        s.bool()  # use_bias, same information as bias_mode here
+        s.read_bool()  # use_bias, same information as bias_mode here
     s.expect(params.size in (n_in * n_out, (n_in + 1) * n_out), f"fc params size {params.size}")
     weight = params[:n_in * n_out].reshape(n_in, n_out).copy()
     # dlib keeps the bias as one extra input row; bias_mode 1 is FC_NO_BIAS
@@ -262,14 +262,14 @@ def _read_fc(s: _Stream, name: str) -> Fc:
 
 
 def _read_layer(s: _Stream) -> Layer:
-    name = s.string()
+    name = s.read_string()
     if name in ("con_4", "con_5", "con_6"):
         return _read_con(s, name)
     if name in ("affine_", "affine_2"):
         return _read_affine(s, name)
     if name in ("relu_", "relu_2"):
         if name == "relu_2":
-            s.expect(not s.bool(), "disabled relu layer")
+            s.expect(not s.read_bool(), "disabled relu layer")
         return Relu()
     if name == "max_pool_2":
         return _read_pool(s, "max")
@@ -285,34 +285,34 @@ def _read_layer(s: _Stream) -> Layer:
 def _read_trailer(s: _Stream, bottom: bool) -> None:
     # training state stored after each layer: 3 flags then gradient/cache tensors
     for _ in range(3):
-        s.bool()
-    s.tensor()  # x_grad
-    s.tensor()  # cached_output
-    s.tensor()  # params_grad, or grad_final for the bottom layer
+        s.read_bool()
+    s.read_tensor()  # x_grad
+    s.read_tensor()  # cached_output
+    s.read_tensor()  # params_grad, or grad_final for the bottom layer
     if bottom:
-        s.int()  # sample_expansion_factor
+        s.read_int()  # sample_expansion_factor
 
 
 def parse_dat(data: bytes, source: str = "<bytes>") -> DlibNet:
     """Parse the bytes of a dlib ``loss_metric`` network file."""
     s = _Stream(data, source)
-    s.expect(s.int() == 1, "bad loss layer version")
-    loss = s.string()
+    s.expect(s.read_int() == 1, "bad loss layer version")
+    loss = s.read_string()
     s.expect(loss == "loss_metric_2", f"not a metric network (loss record {loss!r})")
-    margin, threshold = s.float(), s.float()
+    margin, threshold = s.read_float(), s.read_float()
     # wrapper versions from the top of the net down: 2 = layer, 1 = tag/skip, 3 = bottom layer
     n_layers = 0
     while True:
-        version = s.int()
+        version = s.read_int()
         if version == 3:
             n_layers += 1
             break
         s.expect(version in (1, 2), f"bad layer wrapper version {version}")
         n_layers += version == 2
-    in_name = s.string()
+    in_name = s.read_string()
     s.expect(in_name == "input_rgb_image_sized", f"unsupported input record {in_name!r}")
-    mean = (s.float(), s.float(), s.float())
-    size = (s.int(), s.int())
+    mean = (s.read_float(), s.read_float(), s.read_float())
+    size = (s.read_int(), s.read_int())
     net = DlibNet(mean, size, margin=margin, distance_threshold=threshold)
     for i in range(n_layers):
         net.layers.append(_read_layer(s))

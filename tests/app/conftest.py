@@ -20,7 +20,7 @@ import pytest
 from deployments import local
 
 REPO = Path(__file__).resolve().parent.parent.parent
-GALLERY = False
+GALLERY = True
 
 
 def free_port() -> int:

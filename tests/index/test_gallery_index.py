@@ -141,7 +141,8 @@ def test_merge_keeps_the_largest_similarities():
     assert ids.tolist() == [[10, 11, -1, -1, -1]] and np.isneginf(scores[0, 2:]).all()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_concurrent_clients_keep_store_and_index_consistent(backend, tmp_path, request):
     if backend == "sqlite":
         store = SqliteStore(tmp_path / "g.sqlite3")
