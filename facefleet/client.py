@@ -1,0 +1,488 @@
+"""Python client of the facefleet HTTP API, synchronous and asynchronous.
+
+:class:`Client` and :class:`AsyncClient` expose the same methods with the same
+arguments; both build their requests through one set of ``_Endpoints``
+builders, so the two cannot drift apart, and differ only in how a request is
+sent. Images may be a path, raw bytes, an http(s) URL or a data URI; they
+travel as base64 in JSON. Answers come back as the dataclasses of
+:mod:`facefleet.types` and errors as the exceptions of :mod:`facefleet.errors`.
+Requests are retried with exponential backoff and jitter on 429, on 503 and on
+connection failures, but a request that may have changed server state is only
+repeated when a retry cannot apply it twice (see ``_retryable``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from facefleet.errors import TransportError, envelope, error_from_response
+from facefleet.types import (AnalyzeResult, BatchResult, Collection, Deleted, DetectResult,
+                             EmbedResult, Face, IdentifyResult, Person, VerifyResult)
+
+T = TypeVar("T")
+ImageInput = str | os.PathLike[str] | bytes
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+USER_AGENT = "facefleet-client/0.1"
+
+
+def encode_image(img: ImageInput) -> str:
+    """The ``img`` field for an image: URLs and data URIs pass through, the rest is base64."""
+    if isinstance(img, bytes | bytearray):
+        return base64.b64encode(bytes(img)).decode()
+    if isinstance(img, str) and img[:8].lower().startswith(("http://", "https://", "data:")):
+        return img
+    path = Path(img)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a request is repeated."""
+
+    max_retries: int = 4
+    backoff_s: float = 0.25
+    max_backoff_s: float = 8.0
+
+    def delay(self, attempt: int, response: httpx.Response | None = None) -> float:
+        """Seconds before retry number ``attempt`` (0-based): Retry-After when the server
+        sent one, else full-jitter exponential backoff so concurrent clients spread out."""
+        if response is not None:
+            after = _retry_after(response.headers.get("retry-after"))
+            if after is not None:
+                return min(after, self.max_backoff_s)
+        return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class EnrollItem:
+    """One image of a batch enrolment."""
+
+    img: ImageInput
+    person_id: str | None = None
+    name: str | None = None
+    labels: Mapping[str, str] | None = None
+
+
+@dataclass
+class _Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    json: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    # True when sending it twice has the effect of sending it once
+    idempotent: bool = True
+    ok_statuses: tuple[int, ...] = ()  # non-2xx answers that are results, not errors
+
+
+# Errors after which the request certainly never reached the server.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def _retryable(call: _Call[Any], response: httpx.Response | None,
+               exc: Exception | None) -> bool:
+    if exc is not None:
+        return isinstance(exc, _NOT_SENT) or (call.idempotent and isinstance(exc, httpx.TransportError))
+    assert response is not None
+    if response.status_code == 429:
+        return True
+    if response.status_code in (502, 503, 504):
+        # A bare 503 comes from Serve's proxy shedding load before the app saw the
+        # request; facefleet's own 503 may follow a committed write (a shard restarting).
+        return call.idempotent or envelope(response) is None
+    return False
+
+
+def _q(part: str) -> str:
+    return quote(str(part), safe="")
+
+
+def _body(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _json(r: httpx.Response) -> Any:
+    return r.json()
+
+
+class _Endpoints:
+    """Request builders shared by both clients: one per API operation."""
+
+    def _detect(self, img: ImageInput, detector: str | None, max_faces: int | None,
+                min_confidence: float, return_crops: bool,
+                enforce_detection: bool) -> _Call[DetectResult]:
+        return _Call("POST", "/v1/detect", lambda r: DetectResult.from_json(r.json()), _body(
+            img=encode_image(img), detector=detector, max_faces=max_faces,
+            min_confidence=min_confidence, return_crops=return_crops,
+            enforce_detection=enforce_detection))
+
+    def _embed(self, img: ImageInput, model: str | None, detector: str | None,
+               max_faces: int | None, enforce_detection: bool) -> _Call[EmbedResult]:
+        return _Call("POST", "/v1/embed", lambda r: EmbedResult.from_json(r.json()), _body(
+            img=encode_image(img), model=model, detector=detector, max_faces=max_faces,
+            enforce_detection=enforce_detection))
+
+    def _verify(self, img1: ImageInput, img2: ImageInput, model: str | None,
+                detector: str | None, threshold: float | None,
+                enforce_detection: bool) -> _Call[VerifyResult]:
+        return _Call("POST", "/v1/verify", lambda r: VerifyResult.from_json(r.json()), _body(
+            img1=encode_image(img1), img2=encode_image(img2), model=model, detector=detector,
+            threshold=threshold, enforce_detection=enforce_detection))
+
+    def _analyze(self, img: ImageInput, actions: Iterable[str], detector: str | None,
+                 max_faces: int | None, enforce_detection: bool) -> _Call[AnalyzeResult]:
+        return _Call("POST", "/v1/analyze", lambda r: AnalyzeResult.from_json(r.json()), _body(
+            img=encode_image(img), actions=list(actions), detector=detector,
+            max_faces=max_faces, enforce_detection=enforce_detection))
+
+    def _create_collection(self, name: str, model: str | None) -> _Call[Collection]:
+        # creating twice fails with 409 instead of duplicating: safe to retry
+        return _Call("POST", "/v1/collections", lambda r: Collection.from_json(r.json()),
+                     _body(name=name, model=model))
+
+    def _list_collections(self) -> _Call[list[Collection]]:
+        return _Call("GET", "/v1/collections",
+                     lambda r: [Collection.from_json(c) for c in r.json()["collections"]])
+
+    def _collection(self, name: str) -> _Call[Collection]:
+        return _Call("GET", f"/v1/collections/{_q(name)}",
+                     lambda r: Collection.from_json(r.json()))
+
+    def _drop_collection(self, name: str) -> _Call[Collection]:
+        return _Call("DELETE", f"/v1/collections/{_q(name)}",
+                     lambda r: Collection.from_json(r.json()))
+
+    def _register(self, collection: str, img: ImageInput, person_id: str | None,
+                  name: str | None, labels: Mapping[str, str] | None, model: str | None,
+                  detector: str | None, idempotency_key: str | None) -> _Call[Face]:
+        # A key per call (unless the caller brings one) makes our own retries safe.
+        key = idempotency_key or uuid.uuid4().hex
+        return _Call("POST", f"/v1/collections/{_q(collection)}/faces",
+                     lambda r: Face.from_json(r.json()), _body(
+                         img=encode_image(img), person_id=person_id, name=name,
+                         labels=dict(labels) if labels is not None else None, model=model,
+                         detector=detector), headers={"Idempotency-Key": key})
+
+    def _register_batch(self, collection: str, items: Sequence[EnrollItem],
+                        model: str | None, detector: str | None) -> _Call[BatchResult]:
+        body_items = [_body(img=encode_image(it.img), person_id=it.person_id, name=it.name,
+                            labels=dict(it.labels) if it.labels is not None else None)
+                      for it in items]
+        # The batch route takes no Idempotency-Key: a repeat after a committed write
+        # would enrol every face twice, so only unsent requests are retried.
+        return _Call("POST", f"/v1/collections/{_q(collection)}/faces:batch",
+                     lambda r: BatchResult.from_json(r.json()),
+                     _body(items=body_items, model=model, detector=detector), idempotent=False)
+
+    def _identify(self, collection: str, img: ImageInput, top_k: int, threshold: float | None,
+                  model: str | None, detector: str | None, max_faces: int | None,
+                  enforce_detection: bool) -> _Call[IdentifyResult]:
+        return _Call("POST", f"/v1/collections/{_q(collection)}/identify",
+                     lambda r: IdentifyResult.from_json(r.json()), _body(
+                         img=encode_image(img), top_k=top_k, threshold=threshold, model=model,
+                         detector=detector, max_faces=max_faces,
+                         enforce_detection=enforce_detection))
+
+    def _face(self, collection: str, face_id: str) -> _Call[Face]:
+        return _Call("GET", f"/v1/collections/{_q(collection)}/faces/{_q(face_id)}",
+                     lambda r: Face.from_json(r.json()))
+
+    def _delete_face(self, collection: str, face_id: str) -> _Call[Deleted]:
+        return _Call("DELETE", f"/v1/collections/{_q(collection)}/faces/{_q(face_id)}",
+                     lambda r: Deleted(collection, [face_id]))
+
+    def _person(self, collection: str, person_id: str) -> _Call[Person]:
+        return _Call("GET", f"/v1/collections/{_q(collection)}/persons/{_q(person_id)}",
+                     lambda r: Person.from_json(r.json()))
+
+    def _delete_person(self, collection: str, person_id: str) -> _Call[Deleted]:
+        def parse(r: httpx.Response) -> Deleted:
+            d = r.json()
+            return Deleted(d.get("collection", collection), list(d.get("deleted_faces", [])),
+                           d.get("person_id", person_id), d)
+        return _Call("DELETE", f"/v1/collections/{_q(collection)}/persons/{_q(person_id)}",
+                     parse)
+
+    def _get(self, path: str, ok_statuses: tuple[int, ...] = ()) -> _Call[Any]:
+        return _Call("GET", path, _json, ok_statuses=ok_statuses)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    h = {"User-Agent": USER_AGENT}
+    if api_key:
+        h["Authorization"] = f"Bearer {api_key}"
+    return h
+
+
+def _finish(call: _Call[T], r: httpx.Response) -> T:
+    if r.is_success or r.status_code in call.ok_statuses:
+        return call.parse(r)
+    raise error_from_response(r)
+
+
+class Client(_Endpoints):
+    """Blocking client. ``Client(url, api_key=...)``; use as a context manager or
+    call :meth:`close`. ``url`` and ``api_key`` default to ``FACEFLEET_URL`` and
+    ``FACEFLEET_API_KEY``."""
+
+    def __init__(self, url: str | None = None, *, api_key: str | None = None,
+                 timeout: float = 120.0, retry: RetryPolicy | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = (url or os.environ.get("FACEFLEET_URL") or DEFAULT_URL).rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
+                                  headers=_headers(api_key or os.environ.get("FACEFLEET_API_KEY")))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _run(self, call: _Call[T]) -> T:
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            try:
+                response = self._http.request(call.method, call.path, json=call.json,
+                                              headers=call.headers)
+            except httpx.TransportError as exc:
+                if attempt >= self.retry.max_retries or not _retryable(call, None, exc):
+                    raise TransportError(f"{call.method} {self.url}{call.path}: {exc!r}") from exc
+            else:
+                if attempt >= self.retry.max_retries or not _retryable(call, response, None):
+                    return _finish(call, response)
+            time.sleep(self.retry.delay(attempt, response))
+            attempt += 1
+
+    # -- ops
+    def health(self) -> dict[str, Any]:
+        return self._run(self._get("/health"))
+
+    def ready(self) -> dict[str, Any]:
+        """``{"ready": bool, "deployments": {...}}``; a 503 here is an answer, not an error."""
+        return self._run(self._get("/ready", (503,)))
+
+    def models(self) -> dict[str, Any]:
+        return self._run(self._get("/v1/models"))
+
+    def stats(self) -> dict[str, Any]:
+        return self._run(self._get("/v1/stats"))
+
+    # -- faces
+    def detect(self, img: ImageInput, *, detector: str | None = None,
+               max_faces: int | None = None, min_confidence: float = 0.0,
+               return_crops: bool = False, enforce_detection: bool = True) -> DetectResult:
+        return self._run(self._detect(img, detector, max_faces, min_confidence, return_crops,
+                                      enforce_detection))
+
+    def embed(self, img: ImageInput, *, model: str | None = None, detector: str | None = None,
+              max_faces: int | None = None, enforce_detection: bool = True) -> EmbedResult:
+        return self._run(self._embed(img, model, detector, max_faces, enforce_detection))
+
+    def verify(self, img1: ImageInput, img2: ImageInput, *, model: str | None = None,
+               detector: str | None = None, threshold: float | None = None,
+               enforce_detection: bool = True) -> VerifyResult:
+        return self._run(self._verify(img1, img2, model, detector, threshold, enforce_detection))
+
+    def analyze(self, img: ImageInput, *, actions: Iterable[str] = ("age", "gender", "emotion"),
+                detector: str | None = None, max_faces: int | None = None,
+                enforce_detection: bool = True) -> AnalyzeResult:
+        return self._run(self._analyze(img, actions, detector, max_faces, enforce_detection))
+
+    # -- gallery
+    def create_collection(self, name: str, *, model: str | None = None) -> Collection:
+        return self._run(self._create_collection(name, model))
+
+    def list_collections(self) -> list[Collection]:
+        return self._run(self._list_collections())
+
+    def collection(self, name: str) -> Collection:
+        """One collection with its face and person counts."""
+        return self._run(self._collection(name))
+
+    def drop_collection(self, name: str) -> Collection:
+        return self._run(self._drop_collection(name))
+
+    def register(self, collection: str, img: ImageInput, *, person_id: str | None = None,
+                 name: str | None = None, labels: Mapping[str, str] | None = None,
+                 model: str | None = None, detector: str | None = None,
+                 idempotency_key: str | None = None) -> Face:
+        """Enrol the largest face of ``img`` (the collection is created if needed)."""
+        return self._run(self._register(collection, img, person_id, name, labels, model,
+                                        detector, idempotency_key))
+
+    def register_batch(self, collection: str, items: Sequence[EnrollItem], *,
+                       model: str | None = None, detector: str | None = None) -> BatchResult:
+        """Enrol up to 256 images in one request; failures are reported per item."""
+        return self._run(self._register_batch(collection, items, model, detector))
+
+    def identify(self, collection: str, img: ImageInput, *, top_k: int = 5,
+                 threshold: float | None = None, model: str | None = None,
+                 detector: str | None = None, max_faces: int | None = None,
+                 enforce_detection: bool = True) -> IdentifyResult:
+        return self._run(self._identify(collection, img, top_k, threshold, model, detector,
+                                        max_faces, enforce_detection))
+
+    def face(self, collection: str, face_id: str) -> Face:
+        return self._run(self._face(collection, face_id))
+
+    def delete_face(self, collection: str, face_id: str) -> Deleted:
+        return self._run(self._delete_face(collection, face_id))
+
+    def person(self, collection: str, person_id: str) -> Person:
+        return self._run(self._person(collection, person_id))
+
+    def delete_person(self, collection: str, person_id: str) -> Deleted:
+        return self._run(self._delete_person(collection, person_id))
+
+
+class AsyncClient(_Endpoints):
+    """The same API as :class:`Client`, with every method a coroutine."""
+
+    def __init__(self, url: str | None = None, *, api_key: str | None = None,
+                 timeout: float = 120.0, retry: RetryPolicy | None = None,
+                 max_connections: int = 16,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = (url or os.environ.get("FACEFLEET_URL") or DEFAULT_URL).rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(
+            base_url=self.url, timeout=timeout, transport=transport,
+            limits=httpx.Limits(max_connections=max_connections),
+            headers=_headers(api_key or os.environ.get("FACEFLEET_API_KEY")))
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _run(self, call: _Call[T]) -> T:
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            try:
+                response = await self._http.request(call.method, call.path, json=call.json,
+                                                    headers=call.headers)
+            except httpx.TransportError as exc:
+                if attempt >= self.retry.max_retries or not _retryable(call, None, exc):
+                    raise TransportError(f"{call.method} {self.url}{call.path}: {exc!r}") from exc
+            else:
+                if attempt >= self.retry.max_retries or not _retryable(call, response, None):
+                    return _finish(call, response)
+            await asyncio.sleep(self.retry.delay(attempt, response))
+            attempt += 1
+
+    async def health(self) -> dict[str, Any]:
+        return await self._run(self._get("/health"))
+
+    async def ready(self) -> dict[str, Any]:
+        return await self._run(self._get("/ready", (503,)))
+
+    async def models(self) -> dict[str, Any]:
+        return await self._run(self._get("/v1/models"))
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._run(self._get("/v1/stats"))
+
+    async def detect(self, img: ImageInput, *, detector: str | None = None,
+                     max_faces: int | None = None, min_confidence: float = 0.0,
+                     return_crops: bool = False, enforce_detection: bool = True) -> DetectResult:
+        return await self._run(self._detect(img, detector, max_faces, min_confidence,
+                                            return_crops, enforce_detection))
+
+    async def embed(self, img: ImageInput, *, model: str | None = None,
+                    detector: str | None = None, max_faces: int | None = None,
+                    enforce_detection: bool = True) -> EmbedResult:
+        return await self._run(self._embed(img, model, detector, max_faces, enforce_detection))
+
+    async def verify(self, img1: ImageInput, img2: ImageInput, *, model: str | None = None,
+                     detector: str | None = None, threshold: float | None = None,
+                     enforce_detection: bool = True) -> VerifyResult:
+        return await self._run(self._verify(img1, img2, model, detector, threshold,
+                                            enforce_detection))
+
+    async def analyze(self, img: ImageInput, *,
+                      actions: Iterable[str] = ("age", "gender", "emotion"),
+                      detector: str | None = None, max_faces: int | None = None,
+                      enforce_detection: bool = True) -> AnalyzeResult:
+        return await self._run(self._analyze(img, actions, detector, max_faces,
+                                             enforce_detection))
+
+    async def create_collection(self, name: str, *, model: str | None = None) -> Collection:
+        return await self._run(self._create_collection(name, model))
+
+    async def list_collections(self) -> list[Collection]:
+        return await self._run(self._list_collections())
+
+    async def collection(self, name: str) -> Collection:
+        return await self._run(self._collection(name))
+
+    async def drop_collection(self, name: str) -> Collection:
+        return await self._run(self._drop_collection(name))
+
+    async def register(self, collection: str, img: ImageInput, *, person_id: str | None = None,
+                       name: str | None = None, labels: Mapping[str, str] | None = None,
+                       model: str | None = None, detector: str | None = None,
+                       idempotency_key: str | None = None) -> Face:
+        return await self._run(self._register(collection, img, person_id, name, labels, model,
+                                              detector, idempotency_key))
+
+    async def register_batch(self, collection: str, items: Sequence[EnrollItem], *,
+                             model: str | None = None,
+                             detector: str | None = None) -> BatchResult:
+        return await self._run(self._register_batch(collection, items, model, detector))
+
+    async def identify(self, collection: str, img: ImageInput, *, top_k: int = 5,
+                       threshold: float | None = None, model: str | None = None,
+                       detector: str | None = None, max_faces: int | None = None,
+                       enforce_detection: bool = True) -> IdentifyResult:
+        return await self._run(self._identify(collection, img, top_k, threshold, model,
+                                              detector, max_faces, enforce_detection))
+
+    async def face(self, collection: str, face_id: str) -> Face:
+        return await self._run(self._face(collection, face_id))
+
+    async def delete_face(self, collection: str, face_id: str) -> Deleted:
+        return await self._run(self._delete_face(collection, face_id))
+
+    async def person(self, collection: str, person_id: str) -> Person:
+        return await self._run(self._person(collection, person_id))
+
+    async def delete_person(self, collection: str, person_id: str) -> Deleted:
+        return await self._run(self._delete_person(collection, person_id))
