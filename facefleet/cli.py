@@ -220,7 +220,7 @@ def identify(ctx: Ctx, images: tuple[Path, ...], collection: str, top_k: int,
                 near = f.matches[0] if f.matches else None
                 rows.append([image.name, i, "{},{} {}x{}".format(*f.box.as_tuple()),
                              (near.label if near and near.match else "unknown"),
-                             f"{near.distance:.3f}" if near else "",
+                             f"{max(0.0, near.distance):.3f}" if near else "",
                              ("" if near is None or near.match
                               else f"nearest: {near.label}")])
     if out.as_json:

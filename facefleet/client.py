@@ -111,7 +111,8 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 def _retryable(call: _Call[Any], response: httpx.Response | None,
                exc: Exception | None) -> bool:
     if exc is not None:
-        return isinstance(exc, _NOT_SENT) or (call.idempotent and isinstance(exc, httpx.TransportError))
+        return isinstance(exc, _NOT_SENT) or (call.idempotent
+                                              and isinstance(exc, httpx.TransportError))
     assert response is not None
     if response.status_code == 429:
         return True
