@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.serve_throughput [--topologies separate,fused]
                                                [--concurrency 1,8,32] [--requests 96]
 
-For each topology (separate Detector/Embedder/Analyzer deployments, or all
-stages fused in one replica) it starts the service on a local Ray instance,
+For each topology (separate Detector/Embedder/Analyzer deployments from
+serve_config.yaml, or all stages fused into the Ingress replica from
+configs/serve_config.fused.yaml) it starts the service on a local Ray instance,
 drives /v1/embed with N concurrent clients over two photo sets (LFW 250 px
 portraits, and the large camera photos of deepface/), and reports images/s,
 faces/s, p50/p99 latency and the batch sizes the deployments saw. The same
@@ -110,8 +111,9 @@ def main() -> None:
     rows = []
     for topo in a.topologies.split(","):
         port = free_port()
-        cfg = local.load_config(REPO / "serve_config.yaml",
-                                {"topology": topo, "gallery": False}, port)
+        path = REPO / ("serve_config.yaml" if topo == "separate"
+                       else "configs/serve_config.fused.yaml")
+        cfg = local.load_config(path, {"topology": topo, "gallery": False}, port)
         local.start(cfg, num_cpus=2)
         base = f"http://127.0.0.1:{port}"
         try:

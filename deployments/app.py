@@ -3,8 +3,9 @@
 ``serve_config.yaml`` points at ``deployments.app:build_app`` with ``args:``.
 ``topology: separate`` (default) runs Detector, Embedder and Analyzer as their
 own deployments, each scaled and batched on its own; ``topology: fused`` runs
-all three stages in one FacePipeline replica, which saves two hops per request
-on small machines. The gallery deployment is added when ``gallery: true``.
+all three stages inside the Ingress replica, which saves the handle hops per
+request on small machines (scale it by Ingress replicas). The gallery
+deployment is added when ``gallery: true``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ray.serve import Application
 
 from configs.settings import Settings
 from deployments.ingress import Ingress
-from deployments.models import Analyzer, Detector, Embedder, FacePipeline
+from deployments.models import Analyzer, Detector, Embedder
 
 
 class AppArgs(BaseModel):
@@ -36,17 +37,14 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     a = AppArgs.model_validate(args or {})
     settings = Settings(**a.settings)
     s = settings.model_dump(mode="json")
-    if a.topology == "fused":
-        pipe = FacePipeline.bind(s)
-        detector = embedder = analyzer = pipe
-    else:
-        detector, embedder, analyzer = Detector.bind(s), Embedder.bind(s), Analyzer.bind(s)
     gallery = None
     if a.gallery:
         from deployments.gallery import Gallery
 
         gallery = Gallery.bind(gallery_args(settings))
-    return Ingress.bind(s, detector, embedder, analyzer, gallery)
+    if a.topology == "fused":
+        return Ingress.bind(s, None, None, None, gallery, fused=True)
+    return Ingress.bind(s, Detector.bind(s), Embedder.bind(s), Analyzer.bind(s), gallery)
 
 
 def gallery_args(settings: Settings) -> dict[str, Any]:

@@ -83,7 +83,7 @@ class CompatApi:
     # ---------------------------------------------------------------- helpers
     def _compat_error(self, request: Request, exc: FacefleetError) -> JSONResponse:
         status = STATUS.get(exc.code, 500)
-        if 400 <= status < 500 and status != 401 or exc.code == ErrorCode.MODEL_NOT_INSTALLED:
+        if (400 <= status < 500 and status != 401) or exc.code == ErrorCode.MODEL_NOT_INSTALLED:
             status = 400  # DeepFace answers every bad request (and unknown model) with 400
         err: dict[str, Any] = {"code": exc.code.value, "message": exc.message,
                                "request_id": request_id_of(request)}

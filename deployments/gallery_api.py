@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.http_app import app, body_schema, unwrap
-from pipelines.errors import FacefleetError, Unavailable, ValidationError
+from pipelines.errors import CollectionNotFound, FacefleetError, Unavailable, ValidationError
 
 
 class _Body(BaseModel):
@@ -84,6 +84,16 @@ class GalleryApi:
             raise Unavailable("the gallery is not enabled in this deployment (args.gallery)")
         return self.gallery
 
+    async def _collection_model(self, collection: str, requested: str | None) -> str | None:
+        """The model to embed with: the request's, else the collection's own, so
+        a collection created with a non-default model needs no model per call."""
+        if requested is not None:
+            return requested
+        try:
+            return (await self._gallery_handle().get_collection.remote(collection))["model"]
+        except CollectionNotFound:
+            return None  # created on first enrolment with the default model
+
     async def _largest_face_vector(self, img: str, files: dict[str, bytes], field: str,
                                    model: str | None, detector: str | None):
         data = await self._image(img, files, field)
@@ -117,8 +127,9 @@ class GalleryApi:
     async def register_face(self, collection: str, request: Request) -> Response:
         """Enrol the largest face of ``img``; ``Idempotency-Key`` makes retries safe."""
         body, files = await self._parse(request, RegisterBody)
-        box, vec, model = await self._largest_face_vector(body.img, files, "img", body.model,
-                                                          body.detector)
+        box, vec, model = await self._largest_face_vector(
+            body.img, files, "img", await self._collection_model(collection, body.model),
+            body.detector)
         g = self._gallery_handle()
         info = await self._embedder(model)
         res = await g.register.remote(
@@ -128,21 +139,22 @@ class GalleryApi:
             idempotency_key=request.headers.get("idempotency-key"), create_collection=True)
         face = res["faces"][0]
         rec = await g.get_face.remote(collection, face["face_id"])
-        out = _face_out({**rec, "name": body.name if rec.get("name") is None else rec["name"],
-                         "labels": rec.get("labels") or body.labels}, box)
+        out = _face_out(rec, box)
         out["replayed"] = bool(res.get("replayed"))
         return JSONResponse(out, status_code=200 if out["replayed"] else 201)
 
     @app.post("/v1/collections/{collection}/faces:batch", tags=["gallery"],
               openapi_extra=body_schema(RegisterBatchBody))
     async def register_batch(self, collection: str, request: Request) -> dict:
-        """Bulk enrolment: one result per item; failures are reported per item."""
+        """Bulk enrolment: one result per item; failures are reported per item.
+        An ``Idempotency-Key`` makes a retried batch return the first result."""
         body, files = await self._parse(request, RegisterBatchBody)
+        requested = await self._collection_model(collection, body.model)
 
         async def one(i: int, item: BatchItem):
             try:
                 return await self._largest_face_vector(item.img, files, f"items[{i}].img",
-                                                       body.model, body.detector)
+                                                       requested, body.detector)
             except FacefleetError as exc:
                 return exc
 
@@ -160,7 +172,7 @@ class GalleryApi:
                 collection, model, info["dim"],
                 [{"embedding": r[1], "person_id": body.items[i].person_id,
                   "name": body.items[i].name, "labels": body.items[i].labels} for i, r in ok],
-                create_collection=True)
+                idempotency_key=request.headers.get("idempotency-key"), create_collection=True)
             for (i, r), face in zip(ok, res["faces"], strict=True):
                 results[i] = {"index": i, "status": "created", "id": face["face_id"],
                               "person_id": face["person_id"], "box": r[0]}
@@ -175,7 +187,8 @@ class GalleryApi:
         body, files = await self._parse(request, IdentifyBody)
         data = await self._image(body.img, files, "img")
         det, vecs, model = await self._embed_faces(
-            data, _Embed(model=body.model, detector=body.detector, max_faces=body.max_faces,
+            data, _Embed(model=await self._collection_model(collection, body.model),
+                         detector=body.detector, max_faces=body.max_faces,
                          enforce_detection=body.enforce_detection))
         threshold = body.threshold if body.threshold is not None else self.s.threshold_for(model)
         if threshold is None:

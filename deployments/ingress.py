@@ -36,17 +36,26 @@ for _module in (faces_api, gallery_api, compat_api):
 @serve.ingress(app)
 class Ingress(FacesApi, GalleryApi, CompatApi):
     def __init__(self, settings: dict[str, Any], detector, embedder, analyzer,
-                 gallery=None) -> None:
+                 gallery=None, fused: bool = False) -> None:
         self.s = Settings(**settings)
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         app.state.api_key_sha256 = [k.lower() for k in self.s.api_key_sha256]
+        self._local = None
+        if fused:  # all model stages in this replica (topology: fused)
+            from deployments.models import LocalHandle, LocalPipeline
+
+            self._local = LocalPipeline(settings)
+            detector = embedder = analyzer = LocalHandle(self._local)
         self.detector, self.embedder, self.analyzer, self.gallery = detector, embedder, analyzer, gallery
         self.images = ImageResolver(self.s)
         self._embed_info: dict[str, dict] = {}
         self._attr_info: dict[str, dict] = {}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Rotate API keys without a restart: ``user_config: {api_key_sha256: [...]}``."""
+        """Rotate API keys without a restart (``user_config: {api_key_sha256: [...]}``);
+        with ``topology: fused`` also the batch knobs of the in-replica models."""
+        if self._local is not None and "max_batch_size" in user_config:
+            self._local.reconfigure(user_config)
         keys = user_config.get("api_key_sha256", self.s.api_key_sha256) or []
         app.state.api_key_sha256 = [str(k).lower() for k in keys]
         log.info(json.dumps({"event": "auth", "api_keys": len(keys)}))

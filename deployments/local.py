@@ -61,8 +61,6 @@ def _prune_deployments(app: dict[str, Any]) -> None:
     absent = set()
     if args.get("topology", "separate") == "fused":
         absent |= {"Detector", "Embedder", "Analyzer"}
-    else:
-        absent.add("FacePipeline")
     if not args.get("gallery", True):
         absent.add("Gallery")
     app["deployments"] = [d for d in app.get("deployments", []) if d.get("name") not in absent]
@@ -127,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run facefleet on a local Ray instance (127.0.0.1).")
     p.add_argument("--config", default="serve_config.yaml")
     p.add_argument("--port", type=int, default=None)
-    p.add_argument("--topology", choices=["separate", "fused"], default=None)
+    p.add_argument("--topology", choices=["separate", "fused"], default=None,
+                   help="override args.topology (configs/serve_config.fused.yaml tunes fused)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"topology": a.topology} if a.topology else None

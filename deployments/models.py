@@ -1,4 +1,4 @@
-"""Model deployments: Detector, Embedder, Analyzer, and the fused FacePipeline.
+"""Model deployments: Detector, Embedder, Analyzer, and the fused in-ingress pipeline.
 
 Each is a thin adapter over a ``pipelines.stages`` class: a ``@serve.batch``
 method gathers concurrent requests into one batch and runs the stage in a
@@ -174,19 +174,42 @@ class Analyzer(_AnalyzeMixin):
         return True
 
 
-@serve.deployment(name="FacePipeline", max_ongoing_requests=64,
-                  ray_actor_options={"num_cpus": 1})
-class FacePipeline(_DetectMixin, _EmbedMixin, _AnalyzeMixin):
-    """All three stages in one replica: fewer hops, for small machines."""
+class LocalPipeline(_DetectMixin, _EmbedMixin, _AnalyzeMixin):
+    """All three stages in the ingress replica itself (``topology: fused``).
+
+    On a small machine every Serve hop costs CPU that the models need (the
+    proxy and handle routing cost more than detection on 2 cores), so the
+    fused topology runs the stages where the request already is. Batching
+    still applies: concurrent requests meet in the same ``@serve.batch`` queues.
+    """
 
     _methods = ("detect", "embed", "analyze")
 
     def __init__(self, settings: dict[str, Any]) -> None:
         s = _prepare(settings)
-        self._init_metrics("FacePipeline")
+        self._init_metrics("Ingress")
         self._init_detect(s)
         self._init_embed(s)
         self._init_analyze(s)
 
     async def ready(self) -> bool:
         return True
+
+
+class LocalHandle:
+    """Makes an in-process object answer ``handle.method.remote(...)`` like a
+    DeploymentHandle, so the ingress code is the same for both topologies."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return _LocalMethod(getattr(self._target, name))
+
+
+class _LocalMethod:
+    def __init__(self, method: Any) -> None:
+        self._method = method
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(*args, **kwargs)  # a coroutine: awaited by the caller

@@ -295,7 +295,11 @@ class GalleryCore:
     def get_face(self, collection: str, face_id: str,
                  with_embedding: bool = False) -> dict[str, Any]:
         info = self.collection(collection)
-        return face_dict(self.store.get_face(info.id, str(face_id), with_embedding), info.name)
+        face = self.store.get_face(info.id, str(face_id), with_embedding)
+        out = face_dict(face, info.name)
+        person = self.store.get_person(info.id, face.person_id)  # name and labels live there
+        out["name"], out["labels"] = person.name, person.labels
+        return out
 
     def delete_faces(self, collection: str,
                      face_ids: Sequence[str]) -> tuple[list[str], Plan]:

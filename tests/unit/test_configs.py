@@ -30,7 +30,7 @@ def test_local_serve_config_is_loopback_cpu():
     schema = _load(REPO / "serve_config.yaml")
     assert schema.http_options.host == "127.0.0.1" and schema.http_options.port == 8000
     deps = _check_app(schema)
-    assert MODEL_DEPLOYMENTS | {"Ingress", "Gallery", "FacePipeline"} <= set(deps)
+    assert MODEL_DEPLOYMENTS | {"Ingress", "Gallery"} <= set(deps)
     for name in MODEL_DEPLOYMENTS:
         assert not deps[name].ray_actor_options.num_gpus
         assert deps[name].user_config["max_batch_size"] > 1
@@ -76,3 +76,11 @@ def test_gpu_image_swaps_in_gpu_runtimes_and_bakes_models():
     assert "python -m pipelines.prepare" in text
     for path in ("configs", "pipelines", "index", "deployments"):
         assert f"COPY {path} ./{path}" in text
+
+
+def test_fused_serve_config_puts_models_in_the_ingress():
+    schema = _load(REPO / "configs/serve_config.fused.yaml")
+    deps = _check_app(schema)
+    assert AppArgs.model_validate(schema.applications[0].args).topology == "fused"
+    assert set(deps) == {"Ingress", "Gallery"}
+    assert deps["Ingress"].user_config["max_batch_size"] > 1
