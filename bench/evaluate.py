@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import FacefleetError
-from pipelines.models import DLIB_CHIP, ModelContext
+from pipelines.models import ModelContext
 from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest,
                               ImageLimitsCfg)
 from pipelines.types import Box

@@ -99,7 +99,6 @@ class Settings(BaseSettings):
         default_factory=lambda: ["age", "gender", "emotion"],
         description="attribute models loaded at start (race loads on first use)",
     )
-    request_timeout_s: float = Field(60.0, gt=0)
     max_faces: int = Field(64, ge=1, description="upper bound on faces returned per image")
 
     @property
