@@ -137,11 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         log.info("signal %s: shutting down", signum)
         done.set()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     Path(config["applications"][0].get("args", {}).get("settings", {}).get("data_dir", "data")
          ).mkdir(parents=True, exist_ok=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
     start(config)
+    # ray.init installs its own SIGTERM handler (it aborts the process): take it back
+    # so that SIGTERM, like Ctrl-C, shuts Serve and Ray down cleanly.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    if done.is_set():
+        stop()
+        return 0
     port = config.get("http_options", {}).get("port", 8000)
     log.info("facefleet is serving on http://127.0.0.1:%s (docs at /docs); Ctrl-C stops it", port)
     try:
