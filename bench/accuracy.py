@@ -59,11 +59,20 @@ def main() -> None:
         "| faces on dogs.jpg | multiface.jpg | selfie-many-people.jpg | ms / LFW image (detect+embed) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    fresh = {}
     for det, acc_te, thr, acc_tr, missed, loo, tr_s, te_s, dogs, multi, selfie, ms in rows:
-        lines.append(
+        fresh[det] = (
             f"| {det} | {acc_te:.1%} | {thr:.4f} | {acc_tr:.1%} | {missed} | {loo:.1%} "
             f"| {tr_s.recall:.0%} / {tr_s.precision:.0%} | {te_s.recall:.0%} / {te_s.precision:.0%} "
             f"| {dogs} | {multi} | {selfie} | {ms:.1f} |")
+    # Rows of detectors not run this time are kept from the previous table.
+    previous = {}
+    if OUT.exists():
+        for line in OUT.read_text().splitlines():
+            cells = [c.strip() for c in line.split("|")]
+            if len(cells) > 2 and cells[1] in DETECTORS:
+                previous[cells[1]] = line
+    lines += [fresh.get(d) or previous[d] for d in DETECTORS if d in fresh or d in previous]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -40,6 +40,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from configs.settings import Settings
+
 REPO = Path(__file__).resolve().parent.parent
 FACES = REPO.parent / "shared" / "faces"
 RESULTS = REPO / "bench" / "results"
@@ -399,8 +401,8 @@ def write_report(rows: list[LevelResult], accs: list[Accuracy], args, meta: dict
         "workers; Ray's GCS, raylet, proxy, controller and replicas), sampled every 0.5 s.",
         f"- Accuracy: `POST /verify` on {args.pairs} LFW View 1 DevTest pairs (evenly "
         "spaced, half same-person), `enforce_detection: false`, each system with its own "
-        "default Dlib cosine threshold (DeepFace 0.07; facefleet 0.0882, calibrated on "
-        "DevTrain). A full 1000-pair run through DeepFace's API would take too long at its "
+        "default Dlib cosine threshold (DeepFace 0.07; facefleet "
+        f"{Settings().threshold_for('dlib')}, calibrated on DevTrain). A full 1000-pair run through DeepFace's API would take too long at its "
         f"speed; facefleet on the full DevTest split: {full_split_accuracy()} "
         "(bench/results/accuracy.md).",
         "",

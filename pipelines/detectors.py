@@ -104,7 +104,9 @@ class BlazeFaceDetector(Detector):
         h, w = image.shape[:2]
         scale = min(size_w / w, size_h / h)
         rw, rh = max(int(round(w * scale)), 1), max(int(round(h * scale)), 1)
-        resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA)
+        # bilinear, as the reference preprocessing does: area averaging measured
+        # one small face fewer on dlib's labelled photos
+        resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
         canvas = np.zeros((size_h, size_w, 3), dtype=np.float32)
         ox, oy = (size_w - rw) // 2, (size_h - rh) // 2
         canvas[oy:oy + rh, ox:ox + rw] = resized.astype(np.float32) * np.float32(2 / 255) - 1
