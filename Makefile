@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PG_BIN := /usr/lib/postgresql/15/bin
+# `make serve CONFIG=configs/serve_config.fused.yaml` runs the fused topology
+CONFIG ?= serve_config.yaml
 
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
@@ -26,7 +28,7 @@ models: $(STAMP)
 	$(BIN)/python -m pipelines.prepare
 
 serve: $(STAMP)
-	$(BIN)/python -m deployments.local
+	$(BIN)/python -m deployments.local --config $(CONFIG)
 
 postgres-bin:
 	@test -x $(PG_BIN)/initdb || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
