@@ -30,6 +30,9 @@ class ImageLimits(BaseModel):
 
     max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest encoded image accepted")
     max_pixels: int = Field(40_000_000, gt=0, description="largest decoded width*height accepted")
+    max_request_bytes: int = Field(
+        96 * 1024 * 1024, gt=0, description="largest request body (all images of a batch)"
+    )
     work_max_side: int = Field(
         1600, ge=256, description="big photos are decoded/shrunk to about this longest side"
     )

@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from deployments.http_app import app, body_schema, jpeg_b64, unwrap
 from deployments.schemas import (AnalyzeBody, DetectBody, DetectOut, EmbedBody, EmbedOut,
                                  VerifyBody, VerifyOut)
-from pipelines.errors import FacefleetError, NoFaceDetected, ValidationError
+from pipelines.errors import FacefleetError, ImageTooLarge, NoFaceDetected, ValidationError
 from pipelines.registry import ATTRIBUTES, DEEPFACE_MODELS, DETECTORS, EMBEDDERS
 from pipelines.stages import AnalyzeRequest, DetectRequest, EmbedRequest
 from pipelines.types import ChipSpec, DetectedImage
@@ -36,6 +36,11 @@ class FacesApi:
     async def _parse(self, request: Request, model: type[B]) -> tuple[B, dict[str, bytes]]:
         ctype = request.headers.get("content-type", "")
         files: dict[str, bytes] = {}
+        limit = self.s.images.max_request_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ImageTooLarge(f"request body is {declared} bytes; the limit is {limit}",
+                                {"bytes": int(declared), "max_request_bytes": limit})
         if ctype.startswith("multipart/form-data") or ctype.startswith(
                 "application/x-www-form-urlencoded"):
             form = await request.form(max_part_size=self.s.images.max_bytes + 1)
@@ -64,7 +69,7 @@ class FacesApi:
                 else:
                     data[key] = v
         else:
-            raw = await request.body()
+            raw = await self._read_body(request, limit)
             if not raw:
                 raise ValidationError("request body is empty; send JSON or multipart/form-data")
             try:
@@ -78,6 +83,18 @@ class FacesApi:
         except PydanticValidationError as exc:
             errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()]
             raise ValidationError("request is invalid", {"errors": errors}) from None
+
+    @staticmethod
+    async def _read_body(request: Request, limit: int) -> bytes:
+        """The body, read with a cap: a chunked upload has no length to check first."""
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ImageTooLarge(f"request body exceeds {limit} bytes",
+                                    {"max_request_bytes": limit})
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _image(self, value: str, files: dict[str, bytes], field: str) -> bytes:
         if value == f"@file:{field}" and field in files:

@@ -47,7 +47,8 @@ def service(tmp_path_factory) -> Iterator[Service]:
     overrides = {"gallery": GALLERY, "settings": {"data_dir": str(data),
                               "model_dir": str(REPO / "data" / "models"),
                               "urls": {"allow_private": True, "timeout_s": 5},
-                              "images": {"max_bytes": 8 * 1024 * 1024}}}
+                              "images": {"max_bytes": 8 * 1024 * 1024,
+                                         "max_request_bytes": 20 * 1024 * 1024}}}
     config = local.load_config(REPO / "serve_config.yaml", overrides, port)
     local.start(config, num_cpus=2)
     svc = Service(f"http://127.0.0.1:{port}", config)

@@ -180,6 +180,18 @@ def test_bad_inputs_are_typed_errors_and_service_survives(api, faces, photo_serv
 def test_oversized_image_is_413(api, faces):
     big = base64.b64encode(b"\xff\xd8" + b"\x00" * (8 * 1024 * 1024 + 10)).decode()
     check_error(api.post("/v1/detect", json={"img": big}), 413, "image_too_large")
+    # a body over max_request_bytes is refused from its length, and when streamed
+    huge = b'{"img": "' + b"A" * (21 * 1024 * 1024) + b'"}'
+    check_error(api.post("/v1/detect", content=huge,
+                         headers={"content-type": "application/json"}), 413, "image_too_large")
+
+    def chunks():
+        for i in range(0, len(huge), 1 << 20):
+            yield huge[i:i + (1 << 20)]
+
+    check_error(api.post("/v1/detect", content=chunks(),
+                         headers={"content-type": "application/json"}), 413, "image_too_large")
+    assert api.get("/health").status_code == 200
 
 
 def test_concurrent_requests_are_batched(api, faces):
