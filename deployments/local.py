@@ -75,8 +75,12 @@ def _merge(dst: dict, src: dict) -> None:
 
 
 def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str | None = None,
-          timeout_s: float = 600.0) -> None:
-    """Start local Ray + Serve and deploy ``config``; returns when RUNNING."""
+          timeout_s: float = 600.0, dashboard: bool = False) -> None:
+    """Start local Ray + Serve and deploy ``config``; returns when RUNNING.
+
+    ``dashboard``: also serve Ray's dashboard on 127.0.0.1:8265 (replica counts
+    and autoscaling can be watched and changed there); tests leave it off.
+    """
     for k, v in LOOPBACK_ENV.items():
         os.environ.setdefault(k, v)
     import ray
@@ -89,7 +93,8 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
     repo = str(Path(__file__).resolve().parent.parent)
     if not ray.is_initialized():
         temp_dir = temp_dir or tempfile.mkdtemp(prefix="ff-ray-", dir="/tmp")
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                 include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", _temp_dir=temp_dir, log_to_driver=False,
                  object_store_memory=512 * 1024 * 1024,
                  runtime_env={"env_vars": {**LOOPBACK_ENV, "PYTHONPATH": repo}},
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--topology", choices=["separate", "fused"], default=None,
                    help="override args.topology (configs/serve_config.fused.yaml tunes fused)")
+    p.add_argument("--no-dashboard", action="store_true",
+                   help="do not serve Ray's dashboard on 127.0.0.1:8265")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"topology": a.topology} if a.topology else None
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
          ).mkdir(parents=True, exist_ok=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
-    start(config)
+    start(config, dashboard=not a.no_dashboard)
     # ray.init installs its own SIGTERM handler (it aborts the process): take it back
     # so that SIGTERM, like Ctrl-C, shuts Serve and Ray down cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -151,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     port = config.get("http_options", {}).get("port", 8000)
     log.info("facefleet is serving on http://127.0.0.1:%s (docs at /docs); Ctrl-C stops it", port)
+    if not a.no_dashboard:
+        log.info("Ray dashboard (replicas, autoscaling, logs): http://127.0.0.1:8265")
     try:
         while not done.wait(1.0):
             pass
