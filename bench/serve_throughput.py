@@ -67,7 +67,8 @@ def in_process(images: list[bytes], batch: int = 16) -> tuple[float, float]:
     return len(images) / el, faces / el
 
 
-async def drive(base: str, images: list[str], conc: int, total: int) -> dict:
+async def drive(base: str, images: list[str], conc: int, total: int,
+                model: str | None = None) -> dict:
     lat: list[float] = []
     faces = 0
     errors = 0
@@ -79,8 +80,10 @@ async def drive(base: str, images: list[str], conc: int, total: int) -> dict:
             while queue:
                 i = queue.pop()
                 t = time.perf_counter()
-                r = await client.post("/v1/embed", json={"img": images[i % len(images)],
-                                                         "enforce_detection": False})
+                body = {"img": images[i % len(images)], "enforce_detection": False}
+                if model:
+                    body["model"] = model
+                r = await client.post("/v1/embed", json=body)
                 lat.append(time.perf_counter() - t)
                 if r.status_code == 200:
                     faces += len(r.json()["faces"])
@@ -105,10 +108,13 @@ def main() -> None:
     p.add_argument("--topologies", default="separate,fused")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--requests", type=int, default=96)
+    p.add_argument("--models", default="dlib,dlib-native",
+                   help="embedders compared through /v1/embed (separate topology, LFW)")
     a = p.parse_args()
     sets = photo_sets()
     ceiling = {name: in_process(imgs) for name, imgs in sets.items()}
     rows = []
+    model_rows = []
     for topo in a.topologies.split(","):
         port = free_port()
         path = REPO / ("serve_config.yaml" if topo == "separate"
@@ -129,6 +135,14 @@ def main() -> None:
                     res["ceiling"] = ceiling[name][0]
                     rows.append((topo, name, conc, res))
                     print(topo, name, conc, res, flush=True)
+            if topo == "separate":
+                b64 = [base64.b64encode(d).decode() for d in sets["lfw"]]
+                for model in filter(None, a.models.split(",")):
+                    asyncio.run(drive(base, b64, 2, 4, model))  # loads the model
+                    for conc in (1, 8):
+                        res = asyncio.run(drive(base, b64, conc, 48 if conc > 1 else 24, model))
+                        model_rows.append((model, conc, res))
+                        print(model, conc, res, flush=True)
         finally:
             local.stop()
     lines = ["In-process ceiling (one process, detect+embed, batches of 16): " + ", ".join(
@@ -139,6 +153,12 @@ def main() -> None:
         lines.append(f"| {topo} | {name} | {conc} | {r['img_s']:.1f} | {r['faces_s']:.1f} "
                      f"| {r['p50']:.0f} | {r['p99']:.0f} | {r['img_s'] / r['ceiling']:.2f} "
                      f"| {r['errors']} | {r['batches']} |")
+    if model_rows:
+        lines += ["", "Embedders through `/v1/embed` (separate topology, LFW photos, mirror "
+                  "averaging on):", "", "| model | clients | images/s | p50 ms | p99 ms |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {m} | {c} | {r['img_s']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} |"
+                  for m, c, r in model_rows]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
