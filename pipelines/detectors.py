@@ -143,8 +143,7 @@ class BlazeFaceBothDetector(Detector):
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         out = []
-        for image, far, near in zip(images, self.full.detect(images), self.short.detect(images),
-                                    strict=True):
+        for far, near in zip(self.full.detect(images), self.short.detect(images), strict=True):
             faces = self.full.calibrate(far)
             for f in self.short.calibrate(near):
                 if f.confidence >= self.SHORT_MIN_SCORE and all(
