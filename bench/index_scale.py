@@ -141,7 +141,9 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         rss = sum(i["rss_bytes"] or 0 for i in info) - sum(i["rss_bytes"] or 0 for i in base)
         idx = sum(i["index_bytes"] for i in info)
         per_m = 1_000_000 / args.n
-        db = sum(p.stat().st_size for p in (work / "data").glob("gallery.sqlite3*"))
+        files = {p.name: p.stat().st_size for p in (work / "data").glob("gallery.sqlite3*")}
+        log.info("store files: %s", {k: f"{v / 2**20:.0f} MiB" for k, v in files.items()})
+        db = sum(files.values())
         rows.append(("memory per million faces: shard actors' RSS growth (index structures)",
                      f"{rss * per_m / 2**20:,.0f} MiB ({idx * per_m / 2**20:,.0f} MiB)"))
         rows.append(("store on disk per million faces (SQLite, WAL)",
