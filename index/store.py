@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -685,6 +686,30 @@ class SqliteStore(_SqlStore):
             conn.commit()
         finally:
             cur.close()
+        if write:
+            self._bound_wal(conn)
+
+    #: WAL size that triggers a truncating checkpoint after a write
+    WAL_LIMIT = 256 * 1024 * 1024
+
+    def _bound_wal(self, conn: sqlite3.Connection) -> None:
+        """Keep the WAL from growing without bound under continuous writes.
+
+        SQLite's automatic checkpoints are passive: while writes keep coming
+        they never get to reset the log, and bulk enrolment of a million faces
+        left a 3.8 GB WAL beside an 836 MB database. A truncating checkpoint
+        once the log passes WAL_LIMIT waits (busy timeout) for the writers in
+        flight and gives the space back.
+        """
+        try:
+            size = os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return
+        if size > self.WAL_LIMIT:
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError:  # busy: the next write tries again
+                pass
 
     def _next_ids(self, cur: sqlite3.Cursor, n: int) -> np.ndarray:
         cur.execute("UPDATE sequences SET value = value + ? WHERE name = 'faces' RETURNING value",

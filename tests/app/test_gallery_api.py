@@ -101,6 +101,18 @@ def test_batch_reports_items(api, faces):
     assert api.get("/v1/collections/batchy").json()["faces"] == 2
 
 
+def test_create_and_drop_collection(api, faces):
+    r = api.post("/v1/collections", json={"name": "dropme", "model": "dlib"})
+    assert r.status_code == 201 and r.json()["model"] == "dlib" and r.json()["dim"] == 128
+    api.post("/v1/collections/dropme/faces", json={"img": b64(faces / "deepface/img1.jpg")})
+    assert api.get("/v1/collections/dropme").json()["faces"] == 1
+    assert api.delete("/v1/collections/dropme").status_code == 200
+    r = api.get("/v1/collections/dropme")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "collection_not_found"
+    names = [c["collection"] for c in api.get("/v1/collections").json()["collections"]]
+    assert "dropme" not in names
+
+
 def test_forget_face_and_person(api, faces):
     img = b64(faces / "deepface/img2.jpg")
     fid = api.post("/v1/collections/forget/faces", json={"img": img, "person_id": "x"}).json()["id"]
