@@ -38,10 +38,6 @@ STATUS: dict[ErrorCode, int] = {
 }
 
 
-class Unauthorized(FacefleetError):
-    code = ErrorCode.UNAUTHORIZED
-
-
 def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", "") or ""
 
@@ -79,9 +75,34 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"request_id": request_id_of(request)})
-        return error_response(request, ErrorCode.INTERNAL_ERROR,
-                              "internal error; see the server log for this request id")
+        return unexpected_response(request, exc)
+
+
+def unexpected_response(request: Request, exc: Exception) -> JSONResponse:
+    """An exception no handler knows: 503 for a backend outage, else a logged 500."""
+    if _is_backend_outage(exc):
+        # a replica or actor died, is restarting, or sheds load: worth a retry
+        log.warning("backend unavailable: %s", type(exc).__name__,
+                    extra={"request_id": request_id_of(request)})
+        response = error_response(request, ErrorCode.UNAVAILABLE,
+                                  "a backend deployment is unavailable; retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response
+    log.error("unhandled error", exc_info=exc, extra={"request_id": request_id_of(request)})
+    return error_response(request, ErrorCode.INTERNAL_ERROR,
+                          "internal error; see the server log for this request id")
+
+
+def _is_backend_outage(exc: Exception) -> bool:
+    """Ray's errors for a dead, restarting or overloaded replica (not a bug in one)."""
+    from ray import exceptions as rx
+    from ray.serve import exceptions as sx
+
+    if isinstance(exc, rx.RayTaskError):  # an exception raised by our own code
+        return False
+    return isinstance(exc, (rx.RayActorError, rx.ActorUnavailableError, rx.ObjectLostError,
+                            rx.GetTimeoutError, sx.BackPressureError,
+                            sx.DeploymentUnavailableError))
 
 
 def _jsonable(details: dict) -> dict:

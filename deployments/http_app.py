@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
-from deployments.errors import error_response, install_error_handlers
+from deployments.errors import error_response, install_error_handlers, unexpected_response
 from deployments.schemas import ErrorOut
 from pipelines.errors import ErrorCode, FacefleetError
 
@@ -52,10 +52,8 @@ async def request_context(request: Request, call_next):
                                       "missing or invalid API key (Authorization: Bearer or X-API-Key)")
         else:
             response = await call_next(request)
-    except Exception:  # noqa: BLE001 - last resort: never a traceback to the client
-        log.exception("unhandled error", extra={"request_id": request.state.request_id})
-        response = error_response(request, ErrorCode.INTERNAL_ERROR,
-                                  "internal error; see the server log for this request id")
+    except Exception as exc:  # noqa: BLE001 - last resort: never a traceback to the client
+        response = unexpected_response(request, exc)
     ms = (time.perf_counter() - t0) * 1000
     # Serve's proxy already echoes X-Request-Id (the client's, or the one it made,
     # which is the one read above), so it is not set twice here.

@@ -1,0 +1,40 @@
+"""Unexpected exceptions become typed answers: 503 for a backend outage, 500 otherwise."""
+
+from __future__ import annotations
+
+import json
+
+from ray import exceptions as rx
+from ray.serve import exceptions as sx
+from starlette.requests import Request
+
+from deployments.errors import STATUS, unexpected_response
+from pipelines.errors import ErrorCode, ImageDecodeError
+
+
+def _request() -> Request:
+    req = Request({"type": "http", "method": "POST", "path": "/v1/embed", "headers": []})
+    req.state.request_id = "rid-1"
+    return req
+
+
+def test_dead_or_overloaded_backends_are_503_with_retry_after():
+    for exc in (rx.RayActorError(), rx.ActorUnavailableError("restarting", None),
+                sx.BackPressureError(num_queued_requests=10, max_queued_requests=5)):
+        r = unexpected_response(_request(), exc)
+        body = json.loads(r.body)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert body["error"]["code"] == "unavailable" and body["error"]["request_id"] == "rid-1"
+
+
+def test_bugs_are_500_without_details():
+    r = unexpected_response(_request(), KeyError("secret internals"))
+    body = json.loads(r.body)
+    assert r.status_code == 500 and body["error"]["code"] == "internal_error"
+    assert "secret" not in r.body.decode()
+
+
+def test_every_domain_code_has_a_status():
+    assert set(STATUS) == set(ErrorCode)
+    assert all(400 <= s < 600 for s in STATUS.values())
+    assert ImageDecodeError("x").code == ErrorCode.IMAGE_DECODE_ERROR
