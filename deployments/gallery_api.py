@@ -47,6 +47,7 @@ class RegisterBatchBody(_Body):
 class IdentifyBody(_Body):
     img: str
     top_k: int = Field(5, ge=1, le=100)
+    per_person: bool = Field(False, description="at most one match (the nearest face) per person")
     threshold: float | None = Field(None, gt=0.0, le=2.0)
     model: str | None = None
     detector: str | None = None
@@ -76,6 +77,16 @@ def _face_out(rec: dict[str, Any], box: dict | None = None) -> dict[str, Any]:
     if box is not None:
         out["box"] = box
     return out
+
+
+def _nearest_per_person(row: list[dict], k: int) -> list[dict]:
+    seen: set[str] = set()
+    out = []
+    for hit in row:  # sorted nearest first
+        if hit["person_id"] not in seen:
+            seen.add(hit["person_id"])
+            out.append(hit)
+    return out[:k]
 
 
 class GalleryApi:
@@ -193,8 +204,12 @@ class GalleryApi:
         threshold = body.threshold if body.threshold is not None else self.s.threshold_for(model)
         if threshold is None:
             raise ValidationError(f"model '{model}' has no calibrated threshold; pass 'threshold'")
+        # per person: look further, then keep each person's nearest face
+        k = min(body.top_k * 5, 500) if body.per_person else body.top_k
         hits = [] if not len(vecs) else await self._gallery_handle().search.remote(
-            collection, model, vecs, body.top_k)
+            collection, model, vecs, k)
+        if body.per_person:
+            hits = [_nearest_per_person(row, body.top_k) for row in hits]
         faces = []
         for f, row in zip(det.faces, hits or [[]] * len(det.faces), strict=True):
             matches = [{"id": h["face_id"], "person_id": h["person_id"], "name": h.get("name"),

@@ -101,6 +101,26 @@ def test_batch_reports_items(api, faces):
     assert api.get("/v1/collections/batchy").json()["faces"] == 2
 
 
+def test_identify_per_person(api, faces):
+    imgs = sorted((faces / "lfw-dev/images/Colin_Powell").glob("*.jpg"))[:4]
+    for img in imgs[:3]:
+        assert api.post("/v1/collections/perperson/faces",
+                        json={"img": b64(img), "person_id": "colin"}).status_code == 201
+    api.post("/v1/collections/perperson/faces",
+             json={"img": b64(faces / "deepface/img1.jpg"), "person_id": "angelina"})
+    faces_first = _identify_in(api, "perperson", imgs[3], top_k=3)
+    assert [m["person_id"] for m in faces_first] == ["colin"] * 3
+    persons = _identify_in(api, "perperson", imgs[3], top_k=3, per_person=True)
+    assert [m["person_id"] for m in persons] == ["colin", "angelina"]
+    assert persons[0]["distance"] == faces_first[0]["distance"]
+
+
+def _identify_in(api, collection, path, **kw):
+    r = api.post(f"/v1/collections/{collection}/identify", json={"img": b64(path), **kw})
+    assert r.status_code == 200, r.text
+    return r.json()["faces"][0]["matches"]
+
+
 def test_create_and_drop_collection(api, faces):
     r = api.post("/v1/collections", json={"name": "dropme", "model": "dlib"})
     assert r.status_code == 201 and r.json()["model"] == "dlib" and r.json()["dim"] == 128
