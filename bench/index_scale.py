@@ -153,10 +153,19 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if a["namespace"] == NAMESPACE and a["name"].startswith("gallery-"))
         actors = [ray.get_actor(n, namespace=NAMESPACE) for n in names]
+        old_pids = {r["pid"] for r in ray.get([a.ready.remote() for a in actors])}
         t0 = time.perf_counter()
         for a in actors:
             ray.kill(a, no_restart=False)
-        ready = ray.get([a.ready.remote() for a in actors])
+        # a call can still reach a dying actor: wait for answers from new processes
+        while True:
+            try:
+                ready = ray.get([a.ready.remote() for a in actors])
+            except ray.exceptions.RayActorError:
+                ready = []
+            if ready and not {r["pid"] for r in ready} & old_pids:
+                break
+            time.sleep(0.05)
         restart_s = time.perf_counter() - t0
         rebuild = [r["rebuild_seconds"] for r in ready]
         stats = handle.stats.remote("bench").result()
