@@ -19,7 +19,6 @@ import logging
 import os
 import platform
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -31,13 +30,6 @@ import numpy as np
 log = logging.getLogger("bench.index_scale")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "index_scale.md"
-
-
-def _env() -> None:
-    for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-                       "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
-                       "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}.items():
-        os.environ[key] = value
 
 
 def unit_chunks(n: int, dim: int, chunk: int, seed: int) -> list[np.ndarray]:
@@ -76,22 +68,17 @@ def identify_concurrent(handle, model: str, queries: np.ndarray, k: int,
 
 
 def run(args: argparse.Namespace) -> list[tuple[str, str]]:
-    _env()
     import ray
     from ray import serve
 
+    from deployments import local
     from deployments.gallery import NAMESPACE, Gallery
 
     work = Path(tempfile.mkdtemp(prefix="ffb", dir=args.tmp))
     rows: list[tuple[str, str]] = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(work / "ray"), object_store_memory=400 * 1024 * 1024,
-             namespace="facefleet-bench",
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    local.init_ray(num_cpus=2, temp_dir=str(work / "ray"), object_store_mb=400,
+                   namespace="facefleet-bench")
+    serve.start(http_options={"host": "127.0.0.1", "port": local.free_port()})
     try:
         settings = {"shards": args.shards, "data_dir": str(work / "data"),
                     "search_batch_wait_s": 0.0005}

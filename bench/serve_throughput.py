@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -97,12 +96,6 @@ async def drive(base: str, images: list[str], conc: int, total: int,
             "p99": float(np.percentile(lat, 99)) * 1000, "errors": errors}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--topologies", default="separate,fused")
@@ -116,7 +109,7 @@ def main() -> None:
     rows = []
     model_rows = []
     for topo in a.topologies.split(","):
-        port = free_port()
+        port = local.free_port()
         path = REPO / ("serve_config.yaml" if topo == "separate"
                        else "configs/serve_config.fused.yaml")
         cfg = local.load_config(path, {"topology": topo, "gallery": False}, port)

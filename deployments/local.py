@@ -13,6 +13,7 @@ import copy
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -74,6 +75,37 @@ def _merge(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for tests and benchmarks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
+             object_store_mb: int = 512, namespace: str = "serve",
+             dashboard: bool = False) -> str:
+    """Start a local Ray kept on loopback, quiet and self-contained; returns its temp dir.
+
+    The one place where tests, benchmarks and ``make serve`` start Ray: the
+    loopback environment, a short temp dir (unix socket paths), a bounded
+    object store, and the repo on the workers' PYTHONPATH.
+    """
+    for k, v in LOOPBACK_ENV.items():
+        os.environ.setdefault(k, v)
+    import ray
+
+    temp_dir = temp_dir or tempfile.mkdtemp(prefix="ff-ray-", dir="/tmp")
+    repo = str(Path(__file__).resolve().parent.parent)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+             include_dashboard=dashboard, dashboard_host="127.0.0.1",
+             _node_ip_address="127.0.0.1", _temp_dir=temp_dir, log_to_driver=False,
+             object_store_memory=object_store_mb * 1024 * 1024,
+             runtime_env={"env_vars": {**LOOPBACK_ENV, "PYTHONPATH": repo}},
+             namespace=namespace)
+    return temp_dir
+
+
 def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str | None = None,
           timeout_s: float = 600.0, dashboard: bool = False) -> None:
     """Start local Ray + Serve and deploy ``config``; returns when RUNNING.
@@ -81,8 +113,6 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
     ``dashboard``: also serve Ray's dashboard on 127.0.0.1:8265 (replica counts
     and autoscaling can be watched and changed there); tests leave it off.
     """
-    for k, v in LOOPBACK_ENV.items():
-        os.environ.setdefault(k, v)
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api
@@ -90,15 +120,8 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
-    repo = str(Path(__file__).resolve().parent.parent)
     if not ray.is_initialized():
-        temp_dir = temp_dir or tempfile.mkdtemp(prefix="ff-ray-", dir="/tmp")
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
-                 include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", _temp_dir=temp_dir, log_to_driver=False,
-                 object_store_memory=512 * 1024 * 1024,
-                 runtime_env={"env_vars": {**LOOPBACK_ENV, "PYTHONPATH": repo}},
-                 namespace="serve")
+        init_ray(num_cpus=num_cpus, temp_dir=temp_dir, dashboard=dashboard)
     client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
                                    proxy_location=ProxyLocation(schema.proxy_location))
     client.deploy_apps(schema, _blocking=False)

@@ -83,11 +83,6 @@ class _DetectMixin(_Batching):
         self._observe("detect", len(requests))
         return await _in_thread(self.detect_stage.run, requests)
 
-    async def detectors(self) -> list[str]:
-        from pipelines.registry import DETECTORS
-
-        return list(DETECTORS)
-
 
 class _EmbedMixin(_Batching):
     def _init_embed(self, s: Settings) -> None:

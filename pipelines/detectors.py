@@ -45,7 +45,6 @@ class BlazeFaceDetector(Detector):
     OpenCV first: identical output, a fraction of the resize cost.
     """
 
-    gives_landmarks = True
 
     def __init__(self, ctx: ModelContext, full: bool = False) -> None:
         self.ctx = ctx
@@ -130,7 +129,6 @@ class BlazeFaceBothDetector(Detector):
     """
 
     name = "blazeface"
-    gives_landmarks = True
     SHORT_MIN_SCORE = 0.65
 
     def __init__(self, ctx: ModelContext) -> None:
@@ -190,7 +188,6 @@ class MtcnnDetector(Detector):
     """MTCNN (TensorFlow): slower, gives all five landmarks itself."""
 
     name = "mtcnn"
-    gives_landmarks = True
     box_to_dlib = (-0.023, 0.053, 1.172, 0.864)
 
     def __init__(self, ctx: ModelContext) -> None:

@@ -43,8 +43,6 @@ class Detector(ABC):
     """Finds faces in decoded RGB images (uint8, HxWx3)."""
 
     name: str = ""
-    #: whether the detector reports its own eye/nose/mouth points
-    gives_landmarks: bool = False
     #: (dx, dy, sw, sh): maps this detector's box onto the box dlib's 5-point
     #: shape predictor was trained with (dlib HOG): centre shift in box widths /
     #: heights and size ratios, medians over 600 LFW View 1 DevTrain images

@@ -47,9 +47,6 @@ class _ModelCache:
                 self._models[name] = model
         return model
 
-    def loaded(self) -> list[str]:
-        return list(self._models)
-
 
 @dataclass(frozen=True)
 class DetectRequest:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +20,6 @@ from deployments import local
 
 REPO = Path(__file__).resolve().parent.parent.parent
 GALLERY = True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Service:
@@ -43,7 +36,7 @@ class Service:
 @pytest.fixture(scope="session")
 def service(tmp_path_factory) -> Iterator[Service]:
     data = tmp_path_factory.mktemp("data")
-    port = free_port()
+    port = local.free_port()
     overrides = {"gallery": GALLERY, "settings": {"data_dir": str(data),
                               "model_dir": str(REPO / "data" / "models"),
                               "urls": {"allow_private": True, "timeout_s": 5},

@@ -3,10 +3,7 @@ that crashes restarts with every acknowledged face and without forgotten ones.""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,21 +19,13 @@ D = 32
 
 @pytest.fixture(scope="module")
 def serve_instance():
-    for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-                       "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
-                       "OMP_NUM_THREADS": "1"}.items():
-        os.environ[key] = value
     import ray
     from ray import serve
 
-    temp = tempfile.mkdtemp(prefix="ffr", dir="/tmp")  # short: unix socket paths
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             object_store_memory=300 * 1024 * 1024, namespace="facefleet-tests",
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    from deployments import local
+
+    temp = local.init_ray(num_cpus=2, object_store_mb=300, namespace="facefleet-tests")
+    serve.start(http_options={"host": "127.0.0.1", "port": local.free_port()})
     try:
         yield serve
     finally:
