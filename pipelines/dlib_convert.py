@@ -15,11 +15,8 @@ Run ``python -m pipelines.dlib_convert --out PATH`` to convert by hand.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import ModelNotInstalled
+from pipelines.model_files import atomic_write, load_sidecar, sha256_file, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -525,16 +523,6 @@ def synthetic_chip(size: int = 150) -> np.ndarray:
     return np.clip(np.rint(chip), 0, 255).astype(np.uint8)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sidecar_path(onnx_path: Path) -> Path:
-    return Path(onnx_path).with_suffix(".json")
 
 
 def dlib_reference(dat_path: Path, chip: np.ndarray) -> np.ndarray:
@@ -544,21 +532,6 @@ def dlib_reference(dat_path: Path, chip: np.ndarray) -> np.ndarray:
     model = dlib.face_recognition_model_v1(str(dat_path))
     return np.asarray(model.compute_face_descriptor(np.ascontiguousarray(chip)), dtype=np.float32)
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    # temp file in the same directory + rename: readers see the old file or the whole new one
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' replicas must read it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def convert(dat_path: Path, out_path: Path) -> dict[str, Any]:
@@ -583,19 +556,12 @@ def convert(dat_path: Path, out_path: Path) -> dict[str, Any]:
         "reference_embedding": [float(v) for v in reference],
     }
     # the model first: a sidecar only ever describes a complete ONNX file
-    _atomic_write(out_path, model.SerializeToString())
-    _atomic_write(sidecar_path(out_path), json.dumps(meta, indent=1).encode())
+    atomic_write(out_path, model.SerializeToString())
+    atomic_write(sidecar_path(out_path), json.dumps(meta, indent=1).encode())
     log.info("converted %s -> %s (%d params) in %.2f s", dat_path, out_path, net.n_params,
              time.perf_counter() - t0)
     return meta
 
-
-def load_sidecar(onnx_path: Path) -> dict[str, Any] | None:
-    """The sidecar of ``onnx_path``, or None when it is missing or unreadable."""
-    try:
-        return json.loads(sidecar_path(onnx_path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def is_current(onnx_path: Path, dat_path: Path) -> bool:

@@ -12,11 +12,8 @@ L2-normalised vectors, so their outputs are interchangeable in one index.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ import numpy as np
 
 from pipelines import dlib_convert
 from pipelines.errors import ModelNotInstalled, Unavailable, ValidationError
+from pipelines.model_files import exclusive, lock_path
 from pipelines.models import DLIB_CHIP, Embedder, ModelContext, l2_normalise, require_file
 from pipelines.runtime import onnx_providers, onnx_session
 
@@ -61,18 +59,6 @@ def _check_chips(chips: np.ndarray) -> np.ndarray:
             {"shape": list(chips.shape), "dtype": str(chips.dtype)},
         )
     return np.ascontiguousarray(chips)
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    # one converter per models dir: replicas starting together wait for the first
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class DlibOnnxEmbedder(Embedder):
@@ -114,9 +100,8 @@ class DlibOnnxEmbedder(Embedder):
                  session.get_providers()[0], self.verified_cosine)
 
     def _convert(self, dat: Path, force: bool = False) -> None:
-        lock = self.onnx_path.with_name(f".{self.onnx_path.name}.lock")
         try:
-            with _exclusive(lock):
+            with exclusive(lock_path(self.onnx_path)):
                 if force or not dlib_convert.is_current(self.onnx_path, dat):
                     dlib_convert.convert(dat, self.onnx_path)
         except OSError as exc:

@@ -1,0 +1,74 @@
+"""Files of converted models: hashing, atomic writes, one converter at a time.
+
+Every model that is converted at install or first load (dlib's ResNet, the
+TFLite models) writes its ONNX file and a JSON sidecar through these helpers:
+readers see either the old file or the whole new one, and replicas that start
+together wait for the first one to finish converting instead of racing it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file and a rename (never half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' replicas must read it
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) for the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def lock_path(model_path: Path) -> Path:
+    model_path = Path(model_path)
+    return model_path.with_name(f".{model_path.name}.lock")
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def load_sidecar(model_path: Path) -> dict[str, Any] | None:
+    """The sidecar of ``model_path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(sidecar_path(model_path).read_text())
+    except (OSError, ValueError):
+        return None
