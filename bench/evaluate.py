@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import FacefleetError
+from configs.errors import FacefleetError
 from pipelines.models import ModelContext
 from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest,
                               ImageLimitsCfg)

@@ -1,5 +1,6 @@
-"""Typed configuration: one settings object fed from YAML / environment."""
+"""Typed configuration and the domain errors every layer shares.
 
-from configs.settings import Settings, get_settings
-
-__all__ = ["Settings", "get_settings"]
+``configs.settings`` holds the one settings object (fed from YAML / the
+environment); ``configs.errors`` the error types that ``pipelines/``,
+``index/`` and ``deployments/`` raise, so no layer imports another for them.
+"""

@@ -28,7 +28,7 @@ from deployments.compat_schemas import (DEEPFACE_ACTIONS, AnalyzeBody, BuildInde
                                         unit_embedding)
 from deployments.errors import STATUS, request_id_of
 from deployments.http_app import app, body_schema, unwrap
-from pipelines.errors import (ErrorCode, FacefleetError, ModelNotInstalled, Unavailable,
+from configs.errors import (ErrorCode, FacefleetError, ModelNotInstalled, Unavailable,
                               ValidationError)
 from pipelines.registry import ATTRIBUTES, DEEPFACE_MODELS, DETECTORS, EMBEDDERS
 from pipelines.stages import AnalyzeRequest, EmbedRequest

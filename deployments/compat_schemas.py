@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipelines.errors import ValidationError
+from configs.errors import ValidationError
 
 #: DeepFace detector names -> facefleet detectors ("skip": no detection at all).
 DETECTOR_MAP: dict[str, str] = {

@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from deployments.http_app import app, body_schema, jpeg_b64, unwrap
 from deployments.schemas import (AnalyzeBody, DetectBody, DetectOut, EmbedBody, EmbedOut,
                                  VerifyBody, VerifyOut)
-from pipelines.errors import FacefleetError, ImageTooLarge, NoFaceDetected, ValidationError
+from configs.errors import FacefleetError, ImageTooLarge, NoFaceDetected, ValidationError
 from pipelines.registry import ATTRIBUTES, DEEPFACE_MODELS, DETECTORS, EMBEDDERS
 from pipelines.stages import AnalyzeRequest, DetectRequest, EmbedRequest
 from pipelines.types import ChipSpec, DetectedImage

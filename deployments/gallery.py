@@ -32,7 +32,7 @@ from index.gallery import GalleryCore, Plan, collection_dict, verify_ids
 from index.merge import merge_topk
 from index.shard import IndexConfig, ShardIndex
 from index.store import open_store
-from pipelines.errors import NotFound, Unavailable
+from configs.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.http_app import app, body_schema, unwrap
-from pipelines.errors import CollectionNotFound, FacefleetError, Unavailable, ValidationError
+from configs.errors import CollectionNotFound, FacefleetError, Unavailable, ValidationError
 
 
 class _Body(BaseModel):

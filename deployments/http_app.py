@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from deployments.errors import error_response, install_error_handlers, unexpected_response
 from deployments.schemas import ErrorOut
-from pipelines.errors import ErrorCode, FacefleetError
+from configs.errors import ErrorCode, FacefleetError
 
 log = logging.getLogger("facefleet.ingress")
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from configs.settings import Settings
-from pipelines.errors import ImageDecodeError, ImageTooLarge, UrlFetchFailed, ValidationError
+from configs.errors import ImageDecodeError, ImageTooLarge, UrlFetchFailed, ValidationError
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,",
                        re.IGNORECASE)

@@ -18,7 +18,7 @@ from ray import serve
 from ray.serve.metrics import Histogram
 
 from configs.settings import Settings
-from pipelines.errors import FacefleetError
+from configs.errors import FacefleetError
 from pipelines.models import ModelContext
 from pipelines.runtime import RuntimeConfig, limit_native_threads
 from pipelines.stages import (AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest,

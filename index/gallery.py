@@ -26,7 +26,7 @@ import numpy as np
 from index.merge import cosine_distance, merge_topk
 from index.shard import DropOp, IndexConfig, ShardIndex, ShardOp, shard_ops
 from index.store import CollectionInfo, DeletedFace, FaceRecord, PersonUpsert, Store
-from pipelines.errors import CollectionNotFound, ModelMismatch, NotFound, ValidationError
+from configs.errors import CollectionNotFound, ModelMismatch, NotFound, ValidationError
 
 Plan = list[list[ShardOp]]
 

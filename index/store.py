@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from index.errors import SchemaTooNew, StoreUnavailable
-from pipelines.errors import CollectionNotFound, Conflict, ModelMismatch, NotFound
+from configs.errors import CollectionNotFound, Conflict, ModelMismatch, NotFound
 
 log = logging.getLogger(__name__)
 

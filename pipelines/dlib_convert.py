@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import ModelNotInstalled
+from configs.errors import ModelNotInstalled
 from pipelines.model_files import atomic_write, load_sidecar, sha256_file, sidecar_path
 
 log = logging.getLogger(__name__)

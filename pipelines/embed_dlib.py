@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipelines import dlib_convert
-from pipelines.errors import ModelNotInstalled, Unavailable, ValidationError
+from configs.errors import ModelNotInstalled, Unavailable, ValidationError
 from pipelines.model_files import exclusive, lock_path
 from pipelines.models import DLIB_CHIP, Embedder, ModelContext, l2_normalise, require_file
 from pipelines.runtime import onnx_providers, onnx_session

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import ModelNotInstalled
+from configs.errors import ModelNotInstalled
 from pipelines.runtime import RuntimeConfig
 from pipelines.types import ChipSpec, Face
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipelines.errors import UnknownModel
+from configs.errors import UnknownModel
 from pipelines.models import AttributeModel, Detector, Embedder, ModelContext
 
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipelines.errors import Unavailable
+from configs.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

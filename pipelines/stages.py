@@ -18,7 +18,7 @@ import numpy as np
 
 from pipelines.align import Aligner
 from pipelines.decode import decode_image
-from pipelines.errors import FacefleetError, ValidationError
+from configs.errors import FacefleetError, ValidationError
 from pipelines.models import AttributeModel, Detector, Embedder, ModelContext, l2_normalise
 from pipelines.registry import build_attribute, build_detector, build_embedder
 from pipelines.types import Box, ChipSpec, DetectedImage, Face

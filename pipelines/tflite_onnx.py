@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import ModelNotInstalled, Unavailable
+from configs.errors import ModelNotInstalled, Unavailable
 from pipelines.model_files import (atomic_write, exclusive, load_sidecar, lock_path,
                                    sha256_file, sidecar_path)
 from pipelines.runtime import RuntimeConfig, onnx_providers, onnx_session

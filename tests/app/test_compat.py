@@ -14,7 +14,7 @@ import pytest
 
 from deployments.compat_schemas import (collection_for, confidence, detector_for,
                                         distance_from_similarity, embedder_for, threshold_in)
-from pipelines.errors import ValidationError
+from configs.errors import ValidationError
 
 pytestmark = pytest.mark.app
 

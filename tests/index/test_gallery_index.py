@@ -13,7 +13,7 @@ from index.gallery import Gallery
 from index.merge import merge_topk
 from index.shard import AddOp, DropOp, IndexConfig, RemoveOp, ShardIndex
 from index.store import SqliteStore
-from pipelines.errors import FacefleetError
+from configs.errors import FacefleetError
 
 D = 128
 K = 10

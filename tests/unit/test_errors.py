@@ -9,7 +9,7 @@ from ray.serve import exceptions as sx
 from starlette.requests import Request
 
 from deployments.errors import STATUS, unexpected_response
-from pipelines.errors import ErrorCode, ImageDecodeError
+from configs.errors import ErrorCode, ImageDecodeError
 
 
 def _request() -> Request:

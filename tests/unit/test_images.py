@@ -13,7 +13,7 @@ import pytest
 
 from configs.settings import Settings
 from deployments.images import ImageResolver
-from pipelines.errors import ImageDecodeError, ImageTooLarge, UrlFetchFailed, ValidationError
+from configs.errors import ImageDecodeError, ImageTooLarge, UrlFetchFailed, ValidationError
 
 
 def resolve(settings: Settings, value) -> bytes:

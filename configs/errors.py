@@ -1,8 +1,9 @@
 """Domain errors of facefleet, each with a stable error code.
 
-Raised inside ``pipelines/`` and ``index/``; mapped to HTTP statuses once, in
-the ingress (``deployments/errors.py``). Errors must survive pickling across
-Ray processes, so they keep their state in ``args``.
+Raised inside ``pipelines/``, ``index/`` and ``deployments/`` alike (this module
+depends on none of them); mapped to HTTP statuses once, in the ingress
+(``deployments/errors.py``). Errors must survive pickling across Ray
+processes, so they keep their state in ``args``.
 """
 
 from __future__ import annotations
