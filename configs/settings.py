@@ -68,6 +68,17 @@ class IndexSettings(BaseModel):
     index_type: Literal["flat", "ivf"] = "flat"
     ivf_nlist: int = Field(1024, ge=1)
     ivf_nprobe: int = Field(32, ge=1)
+    shard_replicas: int = Field(
+        1, ge=1, le=16, description="copies of each shard; searches spread over them")
+    shard_num_cpus: float = Field(0.0, ge=0, description="CPUs each shard actor reserves")
+    faiss_threads: int = Field(1, ge=1, description="FAISS threads per shard actor")
+    search_batch_size: int = Field(
+        32, ge=1, description="concurrent searches merged into one call per shard")
+    search_batch_wait_s: float = Field(0.002, ge=0)
+    sync_interval_s: float = Field(
+        2.0, gt=0, description="how often shards catch up on changes they missed, and how "
+        "long a Gallery replica trusts its cached view of a collection")
+    store_threads: int = Field(8, ge=1, le=64, description="store connections per Gallery replica")
 
 
 class Settings(BaseSettings):

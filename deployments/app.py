@@ -1,11 +1,14 @@
 """The one typed place where the Serve application is wired: ``build_app(args)``.
 
 ``serve_config.yaml`` points at ``deployments.app:build_app`` with ``args:``.
-``topology: separate`` (default) runs Detector, Embedder and Analyzer as their
-own deployments, each scaled and batched on its own; ``topology: fused`` runs
-all three stages inside the Ingress replica, which saves the handle hops per
-request on small machines (scale it by Ingress replicas). The gallery
-deployment is added when ``gallery: true``.
+The settings are validated here, once, and handed to every deployment as
+plain data. ``topology: separate`` (default) runs Detector, Embedder and
+Analyzer as their own deployments, each scaled and batched on its own;
+``topology: fused`` runs all three stages inside the Ingress replica, which
+saves the handle hops per request on small machines (scale it by Ingress
+replicas). Either way the request flow is the same code
+(``pipelines.flow.Flow``), over other backends. The Gallery deployment is
+added when ``gallery: true``.
 """
 
 from __future__ import annotations
@@ -35,17 +38,12 @@ class AppArgs(BaseModel):
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     a = AppArgs.model_validate(args or {})
-    settings = Settings(**a.settings)
-    s = settings.model_dump(mode="json")
+    s = Settings(**a.settings).model_dump(mode="json")
     gallery = None
     if a.gallery:
         from deployments.gallery import Gallery
 
-        gallery = Gallery.bind(gallery_args(settings))
+        gallery = Gallery.bind(s)
     if a.topology == "fused":
-        return Ingress.bind(s, None, None, None, gallery, fused=True)
+        return Ingress.bind(s, None, None, None, gallery)
     return Ingress.bind(s, Detector.bind(s), Embedder.bind(s), Analyzer.bind(s), gallery)
-
-
-def gallery_args(settings: Settings) -> dict[str, Any]:
-    return {**settings.index.model_dump(mode="json"), "data_dir": str(settings.data_dir)}

@@ -1,38 +1,45 @@
 """Ray layer of the gallery: ``IndexShard`` actors and the ``Gallery`` deployment.
 
 Each ``IndexShard`` is a named, detached Ray actor wrapping one
-``index.shard.ShardIndex``; it rebuilds its FAISS indexes from the store when
-it starts, so a crashed shard restarts (``max_restarts=-1``) with every
-acknowledged face and none of the forgotten ones, and calls in flight are
-retried on the restarted actor (``max_task_retries=-1``; shard ops are safe to
-repeat). Shards are shared by all replicas of ``Gallery`` (named actors,
-``get_if_exists``), never duplicated per replica. ``Gallery`` commits every
-write to the store first (``index.gallery.GalleryCore``, in a worker thread),
-then awaits the shard updates, then acknowledges. Concurrent searches are
-batched (``serve.batch``) into one call per shard and collection.
+``index.shard.ShardIndex``. It rebuilds from the store when it starts, so a
+crashed shard restarts (``max_restarts=-1``) with every acknowledged face and
+none of the forgotten ones, and calls in flight are retried on the restarted
+actor (``max_task_retries=-1``; shard ops are safe to repeat). It catches up
+from the store's change log on a gap and every ``index.sync_interval_s``, so a
+face committed by a Gallery replica that died before updating the shards is
+searchable within that period. Shards are shared by all replicas of
+``Gallery`` (named actors, ``get_if_exists``); with ``index.shard_replicas``
+> 1 each shard has several copies, every write goes to all of them and
+searches spread over them. ``Gallery`` *is* ``index.gallery.GalleryService``
+over those actors: it adds only the batching of concurrent searches
+(``serve.batch``, one call per shard and collection) and the two methods that
+take embedded images straight from the Embedder.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import ray
 from ray import serve
 
-from configs.settings import IndexSettings
-from index.gallery import GalleryCore, Plan, collection_dict, verify_ids
+from configs.errors import Unavailable
+from configs.settings import IndexSettings, Settings
+from index.gallery import GalleryService, Plan
 from index.merge import merge_topk
 from index.shard import IndexConfig, ShardIndex
 from index.store import open_store
-from configs.errors import NotFound, Unavailable
+from pipelines.flow import identify_embedded, register_embedded
 
 log = logging.getLogger(__name__)
 
@@ -41,39 +48,60 @@ NAMESPACE = "facefleet"
 
 @ray.remote
 class IndexShard:
-    """One shard as a Ray actor; its state is rebuilt from the store on (re)start."""
+    """One shard as a Ray actor; rebuilt from the store on (re)start, kept current
+    by the writes it is sent and by catching up on the ones it missed."""
 
     def __init__(self, shard_no: int, nshards: int, store: dict[str, Any],
-                 index: dict[str, Any], faiss_threads: int = 1) -> None:
+                 index: dict[str, Any], faiss_threads: int = 1,
+                 sync_interval_s: float = 2.0) -> None:
         import faiss
 
         # tiny per-query matmuls: more threads only add contention on small machines
         faiss.omp_set_num_threads(max(1, faiss_threads))
         self._shard = ShardIndex(shard_no, nshards, IndexConfig(**index))
-        st = open_store(**store)
-        try:
-            self._shard.rebuild(st)
-        finally:
-            st.close()  # the store is only read at start; keep no idle connections
+        self._store = open_store(**store)
+        self._shard.rebuild(self._store)
+        # calls run one at a time on the actor's thread; the periodic catch-up
+        # runs on its own thread, so both take this lock
+        self._lock = threading.Lock()
+        self._interval = sync_interval_s
+        threading.Thread(target=self._sync_forever, daemon=True, name="shard-sync").start()
+
+    def _sync_forever(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            try:
+                self.sync()
+            except Exception:  # noqa: BLE001 - a store outage: try again next period
+                log.warning("shard %d catch-up failed", self._shard.shard_no, exc_info=True)
 
     def ready(self) -> dict[str, Any]:
         return {"shard": self._shard.shard_no, "pid": os.getpid(),
                 "rebuild_seconds": self._shard.rebuild_seconds}
 
     def apply(self, ops: list[Any]) -> None:
-        self._shard.apply(ops)
+        with self._lock:
+            self._shard.apply(ops, self._store)
+
+    def sync(self) -> int:
+        with self._lock:
+            return self._shard.sync(self._store)
 
     def search(self, cid: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._shard.search(cid, queries, k)
+        with self._lock:
+            return self._shard.search(cid, queries, k)
 
     def size(self, cid: int) -> int:
-        return self._shard.size(cid)
+        with self._lock:
+            return self._shard.size(cid)
 
     def ids(self, cid: int) -> np.ndarray:
-        return self._shard.ids(cid)
+        with self._lock:
+            return self._shard.ids(cid)
 
     def info(self) -> dict[str, Any]:
-        out = self._shard.info()
+        with self._lock:
+            out = self._shard.info()
         out["pid"] = os.getpid()
         out["rss_bytes"] = _rss_bytes()
         return out
@@ -90,190 +118,138 @@ def _rss_bytes() -> int | None:
     return None
 
 
-def parse_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The deployment's constructor dict: ``IndexSettings`` fields plus ``data_dir``
-    and a few Ray knobs (``shard_num_cpus``, ``faiss_threads``, ``search_batch_size``,
-    ``search_batch_wait_s``)."""
-    known = set(IndexSettings.model_fields)
-    index = IndexSettings(**{k: v for k, v in settings.items() if k in known})
-    return {
-        "index": index,
-        "data_dir": str(Path(settings.get("data_dir", "data")).resolve()),
-        "shard_num_cpus": float(settings.get("shard_num_cpus", 0.0)),
-        "faiss_threads": int(settings.get("faiss_threads", 1)),
-        "search_batch_size": int(settings.get("search_batch_size", 32)),
-        "search_batch_wait_s": float(settings.get("search_batch_wait_s", 0.002)),
-    }
-
-
-def shard_handles(cfg: dict[str, Any]) -> list[Any]:
-    """Get or create the shard actors of this store + index configuration."""
-    index: IndexSettings = cfg["index"]
+def shard_handles(s: Settings) -> list[list[Any]]:
+    """Get or create the shard actors of this store + index configuration:
+    ``[shard][copy]``."""
+    index: IndexSettings = s.index
     store = {"backend": index.backend, "database_url": index.database_url,
-             "data_dir": cfg["data_dir"]}
+             "data_dir": str(s.data_dir.resolve())}
     icfg = {"index_type": index.index_type, "ivf_nlist": index.ivf_nlist,
             "ivf_nprobe": index.ivf_nprobe}
     # the name pins the store and index layout: another store never gets these shards
     key = hashlib.sha256(json.dumps([store, icfg, index.shards], sort_keys=True).encode())
     prefix = f"gallery-{key.hexdigest()[:12]}"
-    return [
+    return [[
         IndexShard.options(
-            name=f"{prefix}-{i}of{index.shards}", namespace=NAMESPACE, lifetime="detached",
-            get_if_exists=True, max_restarts=-1, max_task_retries=-1,
-            num_cpus=cfg["shard_num_cpus"],
-        ).remote(i, index.shards, store, icfg, cfg["faiss_threads"])
-        for i in range(index.shards)
-    ]
+            name=f"{prefix}-{i}of{index.shards}" + (f"-copy{r}" if r else ""),
+            namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1,
+            max_task_retries=-1, num_cpus=index.shard_num_cpus,
+        ).remote(i, index.shards, store, icfg, index.faiss_threads, index.sync_interval_s)
+        for r in range(index.shard_replicas)] for i in range(index.shards)]
+
+
+class RayShards:
+    """The shard set of ``index.gallery`` over shard actors (and their copies)."""
+
+    def __init__(self, handles: list[list[Any]]) -> None:
+        self.handles = handles
+        self.nshards = len(handles)
+        self._turn = itertools.count()
+
+    @staticmethod
+    async def _gather(calls: list[Any]) -> list[Any]:
+        try:
+            return list(await asyncio.gather(*calls))
+        except ray.exceptions.RayActorError as e:
+            # a committed write stays committed: a restarting shard rebuilds with it
+            raise Unavailable(f"an index shard is unavailable: {e}") from e
+
+    def _all(self, method: str, *args: Any) -> list[Any]:
+        return [getattr(copy, method).remote(*args) for copies in self.handles for copy in copies]
+
+    def _one_each(self, method: str, *args: Any) -> list[Any]:
+        turn = next(self._turn)
+        return [getattr(copies[turn % len(copies)], method).remote(*args)
+                for copies in self.handles]
+
+    async def apply(self, plan: Plan) -> None:
+        await self._gather([copy.apply.remote(ops)
+                            for copies, ops in zip(self.handles, plan, strict=True) if ops
+                            for copy in copies])
+
+    async def search(self, cid: int, queries: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+        return merge_topk(await self._gather(self._one_each("search", cid, queries, k)), k)
+
+    async def sizes(self, cid: int) -> list[int]:
+        return await self._gather(self._one_each("size", cid))
+
+    async def ids(self, cid: int) -> np.ndarray:
+        return np.concatenate(await self._gather(self._one_each("ids", cid)))
+
+    async def info(self) -> list[dict[str, Any]]:
+        return await self._gather(self._all("info"))
+
+    async def sync(self) -> int:
+        return sum(await self._gather(self._all("sync")))
+
+    async def ready(self) -> None:
+        await self._gather(self._all("ready"))
 
 
 @serve.deployment(max_ongoing_requests=64)
-class Gallery:
+class Gallery(GalleryService):
     """Register / identify / forget over sharded FAISS and the durable store."""
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any]) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        cfg = parse_settings(settings)
-        index: IndexSettings = cfg["index"]
-        self._store = open_store(index.backend, index.database_url, cfg["data_dir"])
-        self._core = GalleryCore(self._store, index.shards)
+        s = Settings.model_validate(settings)
+        index = s.index
         self._index_type = index.index_type
-        self._shards = shard_handles(cfg)
-        ray.get([s.ready.remote() for s in self._shards])  # rebuilt before serving
-        self._search_batched.set_max_batch_size(cfg["search_batch_size"])
-        self._search_batched.set_batch_wait_timeout_s(cfg["search_batch_wait_s"])
+        shards = RayShards(shard_handles(s))
+        ray.get([c.ready.remote() for copies in shards.handles for c in copies])
+        super().__init__(open_store(index.backend, index.database_url, s.data_dir.resolve()),
+                         shards, store_threads=index.store_threads,
+                         cache_ttl_s=index.sync_interval_s)
+        self._search_batched.set_max_batch_size(index.search_batch_size)
+        self._search_batched.set_batch_wait_timeout_s(index.search_batch_wait_s)
 
-    # -- plumbing
-    @staticmethod
-    async def _store_call(fn: Any, *args: Any) -> Any:
-        # store calls block (sqlite3 / psycopg): keep them off the event loop
-        return await asyncio.to_thread(fn, *args)
-
-    async def _shards_call(self, method: str, *args: Any) -> list[Any]:
-        try:
-            return await asyncio.gather(*[getattr(s, method).remote(*args) for s in self._shards])
-        except ray.exceptions.RayActorError as e:
-            raise Unavailable(f"an index shard is unavailable: {e}") from e
-
-    async def _apply(self, plan: Plan) -> None:
-        try:
-            await asyncio.gather(*[s.apply.remote(ops)
-                                   for s, ops in zip(self._shards, plan, strict=True) if ops])
-        except ray.exceptions.RayActorError as e:
-            # committed, so a restarting shard will hold it; the caller may retry
-            raise Unavailable(f"an index shard is unavailable: {e}") from e
-
-    # -- collections
-    async def create_collection(self, name: str, model: str, dim: int,
-                                exist_ok: bool = False) -> dict[str, Any]:
-        return await self._store_call(self._core.create_collection, name, model, dim, exist_ok)
-
-    async def get_collection(self, name: str) -> dict[str, Any]:
-        return collection_dict(await self._store_call(self._core.collection, name))
-
-    async def list_collections(self) -> list[dict[str, Any]]:
-        return await self._store_call(self._core.list_collections)
-
-    async def drop_collection(self, name: str) -> dict[str, Any]:
-        result, plan = await self._store_call(self._core.drop_collection, name)
-        await self._apply(plan)
-        return result
-
-    # -- faces
-    async def register(self, collection: str, model: str, dim: int,
-                       items: Sequence[Mapping[str, Any]], idempotency_key: str | None = None,
-                       create_collection: bool = False) -> dict[str, Any]:
-        result, plan = await self._store_call(self._core.register, collection, model, dim,
-                                              items, idempotency_key, create_collection)
-        await self._apply(plan)
-        return result
-
-    async def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
-                            person_ids: Sequence[str] | None = None,
-                            create_collection: bool = False) -> dict[str, Any]:
-        result, plan = await self._store_call(self._core.register_bulk, collection, model, dim,
-                                              embeddings, person_ids, create_collection)
-        await self._apply(plan)
-        return result
-
-    async def search(self, collection: str, model: str, vectors: Any, k: int = 10,
-                     max_distance: float | None = None) -> list[list[dict[str, Any]]]:
-        info, queries = await self._store_call(self._core.prepare_search, collection, model,
-                                               vectors, k)
-        rows = await asyncio.gather(*[self._search_batched((info.id, q, int(k)))
-                                      for q in queries])
-        scores = np.stack([r[0] for r in rows])
-        ids = np.stack([r[1] for r in rows])
-        return await self._store_call(self._core.resolve, info, scores, ids, max_distance)
+    async def _search_shards(self, cid: int, queries: np.ndarray,
+                             k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = await asyncio.gather(*[self._search_batched(cid, q, k) for q in queries])
+        return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _search_batched(self, requests: list[tuple[int, np.ndarray, int]]
-                              ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One ``(collection id, query vector, k)`` per call; concurrent ones go to
-        each shard as one batch per collection."""
-        cids = [r[0] for r in requests]
-        queries = [r[1] for r in requests]
-        ks = [r[2] for r in requests]
+    async def _search_batched(self, cids: list[int], queries: list[np.ndarray],
+                              ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One query vector per call; concurrent ones go to each shard as one batch
+        per collection."""
         out: list[Any] = [None] * len(cids)
         groups: dict[int, list[int]] = {}
         for i, cid in enumerate(cids):
             groups.setdefault(cid, []).append(i)
         for cid, members in groups.items():
             k = max(ks[i] for i in members)
-            batch = np.stack([queries[i] for i in members])
-            parts = await self._shards_call("search", cid, batch, k)
-            scores, ids = merge_topk(parts, k)
+            scores, ids = await self.shards.search(cid, np.stack([queries[i] for i in members]),
+                                                   k)
             for row, i in enumerate(members):
                 out[i] = (scores[row, :ks[i]], ids[row, :ks[i]])
         return out
 
-    async def get_face(self, collection: str, face_id: str,
-                       with_embedding: bool = False) -> dict[str, Any]:
-        return await self._store_call(self._core.get_face, collection, face_id, with_embedding)
-
-    async def delete_face(self, collection: str, face_id: str) -> dict[str, Any]:
-        deleted = await self.delete_faces(collection, [face_id])
-        if not deleted:
-            raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
-        return {"face_id": face_id, "collection": collection, "deleted": True}
-
-    async def delete_faces(self, collection: str, face_ids: Sequence[str]) -> list[str]:
-        deleted, plan = await self._store_call(self._core.delete_faces, collection, face_ids)
-        await self._apply(plan)
-        return deleted
-
-    async def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
-        return await self._store_call(self._core.get_person, collection, person_id)
-
-    async def delete_person(self, collection: str, person_id: str) -> dict[str, Any]:
-        result, plan = await self._store_call(self._core.delete_person, collection, person_id)
-        await self._apply(plan)
-        return result
-
     async def stats(self, collection: str) -> dict[str, Any]:
-        info, out = await self._store_call(self._core.stats, collection)
-        out["shard_sizes"] = await self._shards_call("size", info.id)
+        out = await super().stats(collection)
         out["index_type"] = self._index_type
         return out
 
-    async def verify(self, collection: str) -> dict[str, Any]:
-        """Store vs index ids of a collection (an admin / test check)."""
-        info = await self._store_call(self._core.collection, collection)
-        index_ids = np.concatenate(await self._shards_call("ids", info.id))
-        store_ids = await self._store_call(self._store.face_ids_internal, info.id)
-        return verify_ids(store_ids, index_ids)
+    # -- straight from the Embedder (model composition)
+    async def identify_embedded(self, embedded: Any, collection: str, k: int,
+                                per_person: bool = False) -> Any:
+        return await identify_embedded(self, embedded, collection, k, per_person)
+
+    async def register_embedded(self, collection: str, metas: Sequence[dict[str, Any]],
+                                idempotency_key: str | None, *embedded: Any) -> Any:
+        return await register_embedded(self, collection, metas, idempotency_key, embedded)
 
     async def ready(self) -> bool:
         """Readiness probe: every shard answers (and has rebuilt from the store)."""
-        await self._shards_call("ready")
+        await self.shards.ready()
         return True
-
-    async def shard_info(self) -> list[dict[str, Any]]:
-        return await self._shards_call("info")
 
     async def shutdown_shards(self) -> None:
         """Kill the shard actors (they are detached: deleting the app leaves them)."""
-        for s in self._shards:
-            ray.kill(s, no_restart=True)
+        for copies in self.shards.handles:
+            for copy in copies:
+                ray.kill(copy, no_restart=True)
 
 
-__all__ = ["Gallery", "IndexShard", "parse_settings", "shard_handles"]
+__all__ = ["Gallery", "IndexShard", "RayShards", "shard_handles"]

@@ -1,10 +1,15 @@
-"""The FastAPI application shared by every route group of the ingress.
+"""The FastAPI application of the ingress, built per replica by :func:`create_app`.
 
-Created once here, with the error handlers and the request middleware (request
-id, timing, API keys). Route groups (``faces_api``, ``gallery_api``,
-``compat_api``) register their routes on it as methods of mixin classes that
-the ``Ingress`` deployment combines.
+The app holds what every route needs in one :class:`Api` object on
+``app.state`` (the request flow, the settings, the image resolver); the route
+modules (``routes_faces``, ``routes_gallery``, ``routes_compat``) are plain
+``APIRouter`` functions that parse a request, call the flow and shape the
+answer. The middleware tags every request with an id, times it and checks API
+keys; domain errors become HTTP answers in ``deployments/errors.py``. Nothing
+here imports Ray: tests build the same app over in-process backends.
 """
+
+from __future__ import annotations
 
 import base64
 import hashlib
@@ -14,38 +19,77 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
+from configs.errors import ErrorCode
+from configs.settings import Settings
 from deployments.errors import error_response, install_error_handlers, unexpected_response
+from deployments.images import ImageResolver
+from deployments.request_body import parse_body
 from deployments.schemas import ErrorOut
-from configs.errors import ErrorCode, FacefleetError
+from pipelines.flow import Flow
 
 log = logging.getLogger("facefleet.ingress")
-
-app = FastAPI(
-    title="facefleet",
-    version="0.1.0",
-    description="Face detection, embedding, verification, analysis and 1:N identification.",
-    responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
-               501: {"model": ErrorOut}},
-)
-install_error_handlers(app)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _OPEN_PATHS = {"/health", "/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 
 
-@app.middleware("http")
+@dataclass
+class Api:
+    """What the routes of one ingress replica work with."""
+
+    flow: Flow
+    s: Settings
+    images: ImageResolver
+    #: hex SHA-256 of the accepted API keys (empty: auth off); rotated by reconfigure
+    api_key_sha256: list[str] = field(default_factory=list)
+
+    async def parse(self, request: Request, model: type[BaseModel]) -> tuple[Any, dict[str, bytes]]:
+        return await parse_body(request, model, self.s.images)
+
+    async def image(self, value: str, files: dict[str, bytes], field: str) -> bytes:
+        """The encoded bytes of an image field (a multipart file, or a string form)."""
+        if value == f"@file:{field}" and field in files:
+            return await self.images.resolve(files[field], field)
+        return await self.images.resolve(value, field)
+
+
+def api_of(request: Request) -> Api:
+    return request.app.state.api
+
+
+def create_app(flow: Flow, settings: Settings) -> FastAPI:
+    from deployments import routes_compat, routes_faces, routes_gallery
+
+    app = FastAPI(
+        title="facefleet",
+        version="0.1.0",
+        description="Face detection, embedding, verification, analysis and 1:N identification.",
+        responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
+                   501: {"model": ErrorOut}},
+    )
+    app.state.api = Api(flow, settings, ImageResolver(settings),
+                        [k.lower() for k in settings.api_key_sha256])
+    install_error_handlers(app)
+    app.middleware("http")(request_context)
+    app.include_router(routes_faces.router)
+    app.include_router(routes_gallery.router)
+    app.include_router(routes_compat.router)
+    return app
+
+
 async def request_context(request: Request, call_next):
     """Request id (taken from X-Request-Id when valid), timing, API-key check."""
     t0 = time.perf_counter()
     rid = request.headers.get("x-request-id", "")
     request.state.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
-    keys: list[str] = getattr(request.app.state, "api_key_sha256", [])
+    keys = api_of(request).api_key_sha256
     try:
         if keys and request.url.path not in _OPEN_PATHS and not _authorised(request, keys):
             response = error_response(request, ErrorCode.UNAUTHORIZED,
@@ -58,9 +102,10 @@ async def request_context(request: Request, call_next):
     # Serve's proxy already echoes X-Request-Id (the client's, or the one it made,
     # which is the one read above), so it is not set twice here.
     response.headers["X-Response-Time-Ms"] = f"{ms:.1f}"
-    log.info(json.dumps({"event": "request", "request_id": request.state.request_id,
-                         "method": request.method, "path": request.url.path,
-                         "status": response.status_code, "ms": round(ms, 1)}))
+    if log.isEnabledFor(logging.INFO):
+        log.info(json.dumps({"event": "request", "request_id": request.state.request_id,
+                             "method": request.method, "path": request.url.path,
+                             "status": response.status_code, "ms": round(ms, 1)}))
     return response
 
 
@@ -72,12 +117,6 @@ def _authorised(request: Request, keys: list[str]) -> bool:
         return False
     digest = hashlib.sha256(token.encode()).hexdigest()
     return any(hmac.compare_digest(digest, k.lower()) for k in keys)
-
-
-def unwrap(result: Any) -> Any:
-    if isinstance(result, FacefleetError):
-        raise result
-    return result
 
 
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:

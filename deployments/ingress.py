@@ -1,55 +1,51 @@
-"""The HTTP ingress deployment: FastAPI under ``@serve.ingress``.
+"""The HTTP ingress deployment: one FastAPI app per replica over the request flow.
 
-It authenticates, tags every request with an id, parses JSON or multipart
-bodies, resolves image fields to bytes, and composes the model deployments
-(detect -> embed / analyze) and the gallery. It holds no model and no gallery
-state; domain errors raised anywhere are mapped to HTTP in
-``deployments/errors.py``. Route groups live in their own modules as mixins.
+The replica builds its :class:`pipelines.flow.Flow` from the backends of its
+topology (handles of the Detector, Embedder, Analyzer and Gallery
+deployments, or, with ``topology: fused``, the model stages inside this very
+replica), then Serve asks it for its ASGI app (``__serve_build_asgi_app__``),
+which ``deployments.http_app.create_app`` builds. It holds no model (unless
+fused) and no gallery state.
 """
 
-# No `from __future__ import annotations`: FastAPI must resolve the route
-# signatures of the class-based ingress at decoration time.
+from __future__ import annotations
+
 import json
 import logging
 from typing import Any
 
-from ray import cloudpickle, serve
+from ray import serve
 
 from configs.settings import Settings
-from deployments import compat_api, faces_api, gallery_api
-from deployments.compat_api import CompatApi
-from deployments.faces_api import FacesApi
-from deployments.gallery_api import GalleryApi
-from deployments.http_app import app
-from deployments.images import ImageResolver
+from deployments.backends import (LocalAnalyzer, LocalDetector, LocalEmbedder, ServeAnalyzer,
+                                  ServeDetector, ServeEmbedder, ServeGallery)
+from deployments.http_app import create_app
+from pipelines.flow import Flow
 
 log = logging.getLogger("facefleet.ingress")
 
-# Serve rewrites the route methods' signatures (to inject the replica instance)
-# and then pickles the app. Methods of importable mixin classes would be pickled
-# by reference and lose that rewrite, so their modules are pickled by value.
-for _module in (faces_api, gallery_api, compat_api):
-    cloudpickle.register_pickle_by_value(_module)
-
 
 @serve.deployment(name="Ingress", max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
-@serve.ingress(app)
-class Ingress(FacesApi, GalleryApi, CompatApi):
-    def __init__(self, settings: dict[str, Any], detector, embedder, analyzer,
-                 gallery=None, fused: bool = False) -> None:
-        self.s = Settings(**settings)
+@serve.ingress()
+class Ingress:
+    def __init__(self, settings: dict[str, Any], detector: Any = None, embedder: Any = None,
+                 analyzer: Any = None, gallery: Any = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        app.state.api_key_sha256 = [k.lower() for k in self.s.api_key_sha256]
+        self.s = Settings.model_validate(settings)  # validated once, in build_app
         self._local = None
-        if fused:  # all model stages in this replica (topology: fused)
-            from deployments.models import LocalHandle, LocalPipeline
+        if detector is None:  # topology: fused, every model stage in this replica
+            from deployments.models import LocalStages
 
-            self._local = LocalPipeline(settings)
-            detector = embedder = analyzer = LocalHandle(self._local)
-        self.detector, self.embedder, self.analyzer, self.gallery = detector, embedder, analyzer, gallery
-        self.images = ImageResolver(self.s)
-        self._embed_info: dict[str, dict] = {}
-        self._attr_info: dict[str, dict] = {}
+            self._local = LocalStages(settings)
+            backends = (LocalDetector(self._local), LocalEmbedder(self._local),
+                        LocalAnalyzer(self._local))
+        else:
+            backends = (ServeDetector(detector), ServeEmbedder(embedder), ServeAnalyzer(analyzer))
+        self.flow = Flow(self.s, *backends, ServeGallery(gallery) if gallery is not None else None)
+        self._app = create_app(self.flow, self.s)
+
+    def __serve_build_asgi_app__(self):
+        return self._app
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Rotate API keys without a restart (``user_config: {api_key_sha256: [...]}``);
@@ -57,5 +53,5 @@ class Ingress(FacesApi, GalleryApi, CompatApi):
         if self._local is not None and "max_batch_size" in user_config:
             self._local.reconfigure(user_config)
         keys = user_config.get("api_key_sha256", self.s.api_key_sha256) or []
-        app.state.api_key_sha256 = [str(k).lower() for k in keys]
+        self._app.state.api.api_key_sha256 = [str(k).lower() for k in keys]
         log.info(json.dumps({"event": "auth", "api_keys": len(keys)}))

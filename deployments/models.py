@@ -1,10 +1,13 @@
-"""Model deployments: Detector, Embedder, Analyzer, and the fused in-ingress pipeline.
+"""Model deployments: Detector, Embedder, Analyzer, and the same stages fused in-process.
 
-Each is a thin adapter over a ``pipelines.stages`` class: a ``@serve.batch``
-method gathers concurrent requests into one batch and runs the stage in a
-worker thread, so the replica's event loop keeps accepting requests. Batch
-size and wait come from ``user_config`` (``reconfigure``), replica counts and
-CPU/GPU shares from the deployment options in ``serve_config.yaml``.
+Each is a thin adapter over ``pipelines.stages``: a ``@serve.batch`` method
+gathers concurrent requests into one batch and runs the stage in a worker
+thread, so the replica's event loop keeps accepting requests. The Embedder and
+Analyzer take the Detector's result as it comes (a ``DeploymentResponse``
+handed on by the ingress resolves to it), so detections go from stage to
+stage directly. Batch size and wait come from ``user_config``
+(``reconfigure``), replica counts and CPU/GPU shares from the deployment
+options in ``serve_config.yaml``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from typing import Any
 from ray import serve
 from ray.serve.metrics import Histogram
 
-from configs.settings import Settings
 from configs.errors import FacefleetError
+from configs.settings import Settings
 from pipelines.models import ModelContext
 from pipelines.runtime import RuntimeConfig, limit_native_threads
 from pipelines.stages import (AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest,
@@ -29,13 +32,21 @@ log = logging.getLogger("facefleet.models")
 _BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 
 
-def settings_from(d: dict[str, Any]) -> Settings:
-    return Settings(**d)
-
-
 def context_from(s: Settings) -> ModelContext:
     return ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
                         runtime=RuntimeConfig.from_settings(s.runtime))
+
+
+def _prepare(settings: dict[str, Any]) -> Settings:
+    # validated once in build_app; a replica only rebuilds the object from its dump
+    s = Settings.model_validate(settings)
+    limit_native_threads(max(s.runtime.intra_op_threads, 1))
+    logging.basicConfig(level=logging.INFO)
+    return s
+
+
+async def _in_thread(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 class _Batching:
@@ -65,14 +76,12 @@ class _Batching:
     async def stats(self) -> dict[str, Any]:
         return {m: {str(k): v for k, v in sorted(c.items())} for m, c in self._sizes.items()}
 
-
-async def _in_thread(fn, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    async def ready(self) -> bool:
+        return True
 
 
 class _DetectMixin(_Batching):
     def _init_detect(self, s: Settings) -> None:
-        self.settings = s
         self.detect_stage = DetectionStage(
             context_from(s),
             ImageLimitsCfg(s.images.max_bytes, s.images.max_pixels, s.images.work_max_side),
@@ -90,8 +99,14 @@ class _EmbedMixin(_Batching):
                                           flip_average=s.flip_average)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def embed(self, requests: list[EmbedRequest]) -> list[Any]:
-        self._observe("embed", len(requests))
+    async def embed(self, detected: list[Any], models: list[str]) -> list[Any]:
+        """Detected images (or their errors) -> embedded images (or errors)."""
+        self._observe("embed", len(detected))
+        return await _in_thread(self.embed_stage.run_detected, detected, models)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def embed_chips(self, requests: list[EmbedRequest]) -> list[Any]:
+        self._observe("embed_chips", len(requests))
         return await _in_thread(self.embed_stage.run, requests)
 
     async def embedder_info(self, name: str) -> dict[str, Any] | FacefleetError:
@@ -99,7 +114,8 @@ class _EmbedMixin(_Batching):
             m = await _in_thread(self.embed_stage.model, name)
         except FacefleetError as exc:
             return exc
-        return {"name": name, "dim": m.dim, "chip_size": m.chip.size, "chip_padding": m.chip.padding}
+        return {"name": name, "dim": m.dim, "chip_size": m.chip.size,
+                "chip_padding": m.chip.padding}
 
 
 class _AnalyzeMixin(_Batching):
@@ -107,8 +123,13 @@ class _AnalyzeMixin(_Batching):
         self.analyze_stage = AnalysisStage(context_from(s), preload=list(s.preload_actions))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def analyze(self, requests: list[AnalyzeRequest]) -> list[Any]:
-        self._observe("analyze", len(requests))
+    async def analyze(self, detected: list[Any], actions: list[tuple[str, ...]]) -> list[Any]:
+        self._observe("analyze", len(detected))
+        return await _in_thread(self.analyze_stage.run_detected, detected, actions)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def analyze_chips(self, requests: list[AnalyzeRequest]) -> list[Any]:
+        self._observe("analyze_chips", len(requests))
         return await _in_thread(self.analyze_stage.run, requests)
 
     async def attribute_info(self, action: str) -> dict[str, Any] | FacefleetError:
@@ -118,13 +139,6 @@ class _AnalyzeMixin(_Batching):
             return exc
         return {"action": action, "name": m.name, "chip_size": m.chip.size,
                 "chip_padding": m.chip.padding}
-
-
-def _prepare(settings: dict[str, Any]) -> Settings:
-    s = settings_from(settings)
-    limit_native_threads(max(s.runtime.intra_op_threads, 1))
-    logging.basicConfig(level=logging.INFO)
-    return s
 
 
 @serve.deployment(name="Detector", max_ongoing_requests=64,
@@ -137,48 +151,38 @@ class Detector(_DetectMixin):
         self._init_metrics("Detector")
         self._init_detect(s)
 
-    async def ready(self) -> bool:
-        return True
-
 
 @serve.deployment(name="Embedder", max_ongoing_requests=64,
                   ray_actor_options={"num_cpus": 0.5})
 class Embedder(_EmbedMixin):
-    _methods = ("embed",)
+    _methods = ("embed", "embed_chips")
 
     def __init__(self, settings: dict[str, Any]) -> None:
         s = _prepare(settings)
         self._init_metrics("Embedder")
         self._init_embed(s)
 
-    async def ready(self) -> bool:
-        return True
-
 
 @serve.deployment(name="Analyzer", max_ongoing_requests=64,
                   ray_actor_options={"num_cpus": 0.25})
 class Analyzer(_AnalyzeMixin):
-    _methods = ("analyze",)
+    _methods = ("analyze", "analyze_chips")
 
     def __init__(self, settings: dict[str, Any]) -> None:
         s = _prepare(settings)
         self._init_metrics("Analyzer")
         self._init_analyze(s)
 
-    async def ready(self) -> bool:
-        return True
 
-
-class LocalPipeline(_DetectMixin, _EmbedMixin, _AnalyzeMixin):
+class LocalStages(_DetectMixin, _EmbedMixin, _AnalyzeMixin):
     """All three stages in the ingress replica itself (``topology: fused``).
 
-    On a small machine every Serve hop costs CPU that the models need (the
-    proxy and handle routing cost more than detection on 2 cores), so the
+    On a small machine every Serve hop costs CPU that the models need, so the
     fused topology runs the stages where the request already is. Batching
     still applies: concurrent requests meet in the same ``@serve.batch`` queues.
     """
 
-    _methods = ("detect", "embed", "analyze")
+    _methods = ("detect", "embed", "embed_chips", "analyze", "analyze_chips")
 
     def __init__(self, settings: dict[str, Any]) -> None:
         s = _prepare(settings)
@@ -186,25 +190,3 @@ class LocalPipeline(_DetectMixin, _EmbedMixin, _AnalyzeMixin):
         self._init_detect(s)
         self._init_embed(s)
         self._init_analyze(s)
-
-    async def ready(self) -> bool:
-        return True
-
-
-class LocalHandle:
-    """Makes an in-process object answer ``handle.method.remote(...)`` like a
-    DeploymentHandle, so the ingress code is the same for both topologies."""
-
-    def __init__(self, target: Any) -> None:
-        self._target = target
-
-    def __getattr__(self, name: str) -> Any:
-        return _LocalMethod(getattr(self._target, name))
-
-
-class _LocalMethod:
-    def __init__(self, method: Any) -> None:
-        self._method = method
-
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._method(*args, **kwargs)  # a coroutine: awaited by the caller

@@ -1,31 +1,38 @@
-"""The gallery facade: collections, register, identify, forget, persons, stats.
+"""The gallery: collections, register, identify, forget, persons, stats.
 
-:class:`GalleryCore` holds all the logic that touches the store (validation,
-the model binding of collections, commits) and turns each committed write
-into per-shard ops; it never calls a shard, so the in-process :class:`Gallery`
-below and the Ray deployment (``deployments/gallery.py``) apply the same plans,
-one synchronously, the other by awaiting shard actors. Every write is
-committed to the store before any shard sees it, and a call returns only
-after the shards applied it. Vectors are L2-normalised on the way in, so the
-inner products shards return are cosine similarities.
+:class:`GalleryCore` holds the logic that touches the store (validation, the
+model binding of collections, commits) and turns each committed write into
+per-shard ops carrying the write's change number; it never calls a shard.
+:class:`GalleryService` runs every operation, store first and then a
+:class:`ShardSet`: the in-process :class:`LocalShards` here, or the shard
+actors of the Ray deployment (``deployments/gallery.py``, which *is* this
+service with Ray shards), so there is one implementation of the gallery, not
+two. Every write is committed to the store before any shard sees it, and a
+call returns only after the shards applied it; a shard that missed it catches
+up from the store's change log. Vectors are L2-normalised on the way in, so
+the inner products shards return are cosine similarities. :class:`Gallery`
+drives the service from synchronous code (tests, benchmarks, scripts).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import json
+import os
 import re
 import threading
-import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from index.merge import cosine_distance, merge_topk
 from index.shard import DropOp, IndexConfig, ShardIndex, ShardOp, shard_ops
-from index.store import CollectionInfo, DeletedFace, FaceRecord, PersonUpsert, Store
+from index.store import CollectionInfo, Deleted, FaceRecord, PersonUpsert, Store
 from configs.errors import CollectionNotFound, ModelMismatch, NotFound, ValidationError
 
 Plan = list[list[ShardOp]]
@@ -152,10 +159,10 @@ class GalleryCore:
     def _empty_plan(self) -> Plan:
         return [[] for _ in range(self.nshards)]
 
-    def _removal_plan(self, cid: int, deleted: Sequence[DeletedFace]) -> Plan:
-        ids = np.array([d.id for d in deleted], dtype=np.int64)
-        buckets = np.array([d.bucket for d in deleted], dtype=np.int64)
-        return shard_ops(self.nshards, cid, 0, ids, buckets, None)
+    def _removal_plan(self, cid: int, deleted: Deleted) -> Plan:
+        ids = np.array([d.id for d in deleted.faces], dtype=np.int64)
+        buckets = np.array([d.bucket for d in deleted.faces], dtype=np.int64)
+        return shard_ops(self.nshards, cid, 0, ids, buckets, None, deleted.seq)
 
     # -- collections
     def create_collection(self, name: str, model: str, dim: int,
@@ -225,10 +232,14 @@ class GalleryCore:
                                    list(persons.values()), create=create_collection,
                                    idempotency=idem)
         plan = shard_ops(self.nshards, res.collection.id, dim, res.ids, res.buckets,
-                         res.embeddings)
-        faces = [{"face_id": f, "person_id": p}
-                 for f, p in zip(res.face_ids, res.person_ids, strict=True)]
-        return {"collection": collection, "faces": faces, "replayed": res.replayed}, plan
+                         res.embeddings, res.seq)
+        faces = []
+        for f, p in zip(res.face_ids, res.person_ids, strict=True):
+            name, labels = res.persons.get(p, (None, {}))
+            faces.append({"face_id": f, "person_id": p, "name": name, "labels": labels,
+                          "collection": collection, "created_at": res.created_at})
+        return {"collection": collection, "model": res.collection.model, "faces": faces,
+                "replayed": res.replayed}, plan
 
     def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
                       person_ids: Sequence[str] | None = None,
@@ -251,16 +262,17 @@ class GalleryCore:
         res = self.store.add_faces(collection, model, dim, face_ids, pids, emb, persons,
                                    create=create_collection)
         plan = shard_ops(self.nshards, res.collection.id, dim, res.ids, res.buckets,
-                         res.embeddings)
+                         res.embeddings, res.seq)
         return {"collection": collection, "count": n, "face_ids": face_ids,
                 "person_ids": pids}, plan
 
     # -- search
-    def prepare_search(self, collection: str, model: str, vectors: Any,
-                       k: int) -> tuple[CollectionInfo, np.ndarray]:
+    @staticmethod
+    def check_search(info: CollectionInfo, model: str, vectors: Any, k: int) -> np.ndarray:
+        """The query vectors of a search of ``info`` (no store access)."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 < k <= MAX_K:
             raise ValidationError(f"k must be an integer in 1..{MAX_K}", {"k": str(k)})
-        info = self.collection(collection)
+        collection = info.name
         if not isinstance(model, str) or model != info.model:
             raise ModelMismatch(
                 f"collection {collection!r} holds {info.model} embeddings, not {model}",
@@ -268,7 +280,7 @@ class GalleryCore:
         queries = _unit_rows(vectors, info.dim, "query vectors")
         if not len(queries):
             raise ValidationError("no query vectors")
-        return info, queries
+        return queries
 
     def resolve(self, info: CollectionInfo, scores: np.ndarray, ids: np.ndarray,
                 max_distance: float | None = None) -> list[list[dict[str, Any]]]:
@@ -305,7 +317,7 @@ class GalleryCore:
                      face_ids: Sequence[str]) -> tuple[list[str], Plan]:
         info = self.collection(collection)
         deleted = self.store.delete_faces(info.id, [str(f) for f in face_ids])
-        return [d.face_id for d in deleted], self._removal_plan(info.id, deleted)
+        return [d.face_id for d in deleted.faces], self._removal_plan(info.id, deleted)
 
     def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
         info = self.collection(collection)
@@ -318,7 +330,7 @@ class GalleryCore:
         info = self.collection(collection)
         person, deleted = self.store.delete_person(info.id, _check_person_id(person_id))
         return ({"person_id": person.person_id, "collection": info.name,
-                 "deleted_faces": [d.face_id for d in deleted]},
+                 "deleted_faces": [d.face_id for d in deleted.faces]},
                 self._removal_plan(info.id, deleted))
 
     def stats(self, collection: str) -> tuple[CollectionInfo, dict[str, Any]]:
@@ -329,7 +341,8 @@ class GalleryCore:
         return info, out
 
 
-# --------------------------------------------------------------------------- in-process
+
+# --------------------------------------------------------------------------- the service
 
 
 def verify_ids(store_ids: np.ndarray, index_ids: np.ndarray) -> dict[str, Any]:
@@ -343,17 +356,29 @@ def verify_ids(store_ids: np.ndarray, index_ids: np.ndarray) -> dict[str, Any]:
             "consistent": not len(missing) and not len(extra) and not dup}
 
 
-class Gallery:
-    """The gallery in one process: a store plus local shards (no Ray).
+class ShardSet(Protocol):
+    """The shards of a gallery, wherever they run."""
 
-    Thread-safe: each shard is guarded by its own lock, and searches fan out
-    to the shards on a small thread pool (FAISS releases the GIL).
-    """
+    nshards: int
 
-    def __init__(self, store: Store, nshards: int = 1, config: IndexConfig | None = None,
+    async def apply(self, plan: Plan) -> None: ...
+    async def search(self, cid: int, queries: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    async def sizes(self, cid: int) -> list[int]: ...
+    async def ids(self, cid: int) -> np.ndarray: ...
+    async def info(self) -> list[dict[str, Any]]: ...
+    async def sync(self) -> int: ...
+
+
+class LocalShards:
+    """Shards in this process: one lock each; searches fan out on a small thread
+    pool (FAISS releases the GIL). They catch up from ``store`` on a gap and on
+    :meth:`sync`."""
+
+    def __init__(self, store: Store, nshards: int, config: IndexConfig | None = None,
                  rebuild: bool = True) -> None:
-        self.core = GalleryCore(store, nshards)
         self.store = store
+        self.nshards = nshards
         self.shards = [ShardIndex(i, nshards, config) for i in range(nshards)]
         self._locks = [threading.Lock() for _ in range(nshards)]
         self._pool = ThreadPoolExecutor(max_workers=nshards, thread_name_prefix="shard")
@@ -364,89 +389,196 @@ class Gallery:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def _apply(self, plan: Plan) -> None:
-        for shard, lock, ops in zip(self.shards, self._locks, plan, strict=True):
-            if ops:
-                with lock:
-                    shard.apply(ops)
+    async def _each(self, fn: Callable[[ShardIndex], Any]) -> list[Any]:
+        loop = asyncio.get_running_loop()
 
-    def _on_shards(self, fn: Any) -> list[Any]:
         def run(i: int) -> Any:
             with self._locks[i]:
                 return fn(self.shards[i])
-        return list(self._pool.map(run, range(len(self.shards))))
+
+        return list(await asyncio.gather(*(loop.run_in_executor(self._pool, run, i)
+                                           for i in range(self.nshards))))
+
+    async def apply(self, plan: Plan) -> None:
+        await self._each(lambda s: s.apply(plan[s.shard_no], self.store)
+                         if plan[s.shard_no] else None)
+
+    async def search(self, cid: int, queries: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+        return merge_topk(await self._each(lambda s: s.search(cid, queries, k)), k)
+
+    async def sizes(self, cid: int) -> list[int]:
+        return await self._each(lambda s: s.size(cid))
+
+    async def ids(self, cid: int) -> np.ndarray:
+        return np.concatenate(await self._each(lambda s: s.ids(cid)))
+
+    async def info(self) -> list[dict[str, Any]]:
+        return await self._each(lambda s: s.info())
+
+    async def sync(self) -> int:
+        return sum(await self._each(lambda s: s.sync(self.store)))
+
+
+class GalleryService:
+    """Every gallery operation: validate, commit to the store, update the shards.
+
+    Store calls block (sqlite3 / psycopg), so they run on a small pool of
+    threads of their own (each keeps its own connection). The collections a
+    search names are cached for ``cache_ttl_s`` (the same period in which
+    shards catch up on changes they missed), so an identify reads the store
+    once, to resolve its hits; this replica's own drops invalidate at once.
+    """
+
+    def __init__(self, store: Store, shards: ShardSet, store_threads: int = 8,
+                 cache_ttl_s: float = 2.0) -> None:
+        self.store = store
+        self.shards = shards
+        self.core = GalleryCore(store, shards.nshards)
+        self._db_pool = ThreadPoolExecutor(max_workers=store_threads,
+                                           thread_name_prefix="store")
+        self._ttl = cache_ttl_s
+        self._infos: dict[str, tuple[float, CollectionInfo]] = {}
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
+
+    async def _info(self, name: str) -> CollectionInfo:
+        hit = self._infos.get(name)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl:
+            return hit[1]
+        info = await self._db(self.core.collection, name)
+        self._infos[name] = (time.monotonic(), info)
+        return info
+
+    def _forget_info(self, name: str) -> None:
+        self._infos.pop(name, None)
 
     # -- collections
-    def create_collection(self, name: str, model: str, dim: int,
-                          exist_ok: bool = False) -> dict[str, Any]:
-        return self.core.create_collection(name, model, dim, exist_ok)
+    async def create_collection(self, name: str, model: str, dim: int,
+                                exist_ok: bool = False) -> dict[str, Any]:
+        return await self._db(self.core.create_collection, name, model, dim, exist_ok)
 
-    def get_collection(self, name: str) -> dict[str, Any]:
-        return collection_dict(self.core.collection(name))
+    async def get_collection(self, name: str) -> dict[str, Any]:
+        return collection_dict(await self._db(self.core.collection, name))
 
-    def list_collections(self) -> list[dict[str, Any]]:
-        return self.core.list_collections()
+    async def list_collections(self) -> list[dict[str, Any]]:
+        return await self._db(self.core.list_collections)
 
-    def drop_collection(self, name: str) -> dict[str, Any]:
-        result, plan = self.core.drop_collection(name)
-        self._apply(plan)
+    async def drop_collection(self, name: str) -> dict[str, Any]:
+        self._forget_info(name)
+        result, plan = await self._db(self.core.drop_collection, name)
+        await self.shards.apply(plan)
         return result
 
     # -- faces
-    def register(self, collection: str, model: str, dim: int, items: Sequence[Mapping[str, Any]],
-                 idempotency_key: str | None = None,
-                 create_collection: bool = False) -> dict[str, Any]:
-        result, plan = self.core.register(collection, model, dim, items, idempotency_key,
-                                          create_collection)
-        self._apply(plan)
+    async def register(self, collection: str, model: str, dim: int,
+                       items: Sequence[Mapping[str, Any]], idempotency_key: str | None = None,
+                       create_collection: bool = False) -> dict[str, Any]:
+        result, plan = await self._db(self.core.register, collection, model, dim, items,
+                                      idempotency_key, create_collection)
+        await self.shards.apply(plan)
         return result
 
-    def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
-                      person_ids: Sequence[str] | None = None,
-                      create_collection: bool = False) -> dict[str, Any]:
-        result, plan = self.core.register_bulk(collection, model, dim, embeddings, person_ids,
-                                               create_collection)
-        self._apply(plan)
+    async def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
+                            person_ids: Sequence[str] | None = None,
+                            create_collection: bool = False) -> dict[str, Any]:
+        result, plan = await self._db(self.core.register_bulk, collection, model, dim,
+                                      embeddings, person_ids, create_collection)
+        await self.shards.apply(plan)
         return result
 
-    def search(self, collection: str, model: str, vectors: Any, k: int = 10,
-               max_distance: float | None = None) -> list[list[dict[str, Any]]]:
-        info, queries = self.core.prepare_search(collection, model, vectors, k)
-        parts = self._on_shards(lambda s: s.search(info.id, queries, int(k)))
-        scores, ids = merge_topk(parts, int(k))
-        return self.core.resolve(info, scores, ids, max_distance)
+    async def search(self, collection: str, model: str, vectors: Any, k: int = 10,
+                     max_distance: float | None = None) -> list[list[dict[str, Any]]]:
+        info = await self._info(check_collection_name(collection))
+        try:
+            queries = self.core.check_search(info, model, vectors, k)
+        except ModelMismatch:
+            self._forget_info(collection)  # perhaps dropped and made again with another model
+            info = await self._info(collection)
+            queries = self.core.check_search(info, model, vectors, k)
+        scores, ids = await self._search_shards(info.id, queries, int(k))
+        return await self._db(self.core.resolve, info, scores, ids, max_distance)
 
-    def get_face(self, collection: str, face_id: str,
-                 with_embedding: bool = False) -> dict[str, Any]:
-        return self.core.get_face(collection, face_id, with_embedding)
+    async def _search_shards(self, cid: int, queries: np.ndarray,
+                             k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The merged top-k of every shard (the Ray deployment batches this)."""
+        return await self.shards.search(cid, queries, k)
 
-    def delete_face(self, collection: str, face_id: str) -> dict[str, Any]:
-        deleted = self.delete_faces(collection, [face_id])
+    async def get_face(self, collection: str, face_id: str,
+                       with_embedding: bool = False) -> dict[str, Any]:
+        return await self._db(self.core.get_face, collection, face_id, with_embedding)
+
+    async def delete_face(self, collection: str, face_id: str) -> dict[str, Any]:
+        deleted = await self.delete_faces(collection, [face_id])
         if not deleted:
             raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
         return {"face_id": face_id, "collection": collection, "deleted": True}
 
-    def delete_faces(self, collection: str, face_ids: Sequence[str]) -> list[str]:
-        deleted, plan = self.core.delete_faces(collection, face_ids)
-        self._apply(plan)
+    async def delete_faces(self, collection: str, face_ids: Sequence[str]) -> list[str]:
+        deleted, plan = await self._db(self.core.delete_faces, collection, face_ids)
+        await self.shards.apply(plan)
         return deleted
 
-    def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
-        return self.core.get_person(collection, person_id)
+    async def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
+        return await self._db(self.core.get_person, collection, person_id)
 
-    def delete_person(self, collection: str, person_id: str) -> dict[str, Any]:
-        result, plan = self.core.delete_person(collection, person_id)
-        self._apply(plan)
+    async def delete_person(self, collection: str, person_id: str) -> dict[str, Any]:
+        result, plan = await self._db(self.core.delete_person, collection, person_id)
+        await self.shards.apply(plan)
         return result
 
-    def stats(self, collection: str) -> dict[str, Any]:
-        info, out = self.core.stats(collection)
-        out["shard_sizes"] = self._on_shards(lambda s: s.size(info.id))
-        out["index_type"] = self.shards[0].config.index_type
+    async def stats(self, collection: str) -> dict[str, Any]:
+        info, out = await self._db(self.core.stats, collection)
+        out["shard_sizes"] = await self.shards.sizes(info.id)
         return out
 
-    def verify(self, collection: str) -> dict[str, Any]:
-        """Store vs index ids of a collection (read at nearly the same time)."""
-        info = self.core.collection(collection)
-        index_ids = np.concatenate(self._on_shards(lambda s: s.ids(info.id)))
-        return verify_ids(self.store.face_ids_internal(info.id), index_ids)
+    async def verify(self, collection: str) -> dict[str, Any]:
+        """Store vs index ids of a collection (an admin / test check)."""
+        info = await self._db(self.core.collection, collection)
+        index_ids = await self.shards.ids(info.id)
+        return verify_ids(await self._db(self.store.face_ids_internal, info.id), index_ids)
+
+    async def shard_info(self) -> list[dict[str, Any]]:
+        return await self.shards.info()
+
+    async def sync_shards(self) -> int:
+        """Make every shard catch up on changes it missed now (they also do on a timer)."""
+        return await self.shards.sync()
+
+
+class Gallery:
+    """The in-process gallery (a store plus :class:`LocalShards`), called synchronously.
+
+    Each method of :class:`GalleryService` is run to completion on a private
+    event loop thread, so tests, benchmarks and scripts use the one gallery
+    implementation without asyncio; it is safe to call from several threads.
+    """
+
+    def __init__(self, store: Store, nshards: int = 1, config: IndexConfig | None = None,
+                 rebuild: bool = True) -> None:
+        self.store = store
+        self.local = LocalShards(store, nshards, config, rebuild)
+        self.service = GalleryService(store, self.local)
+        self.shards = self.local.shards
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="gallery-loop")
+        self._thread.start()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.service, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            fut = asyncio.run_coroutine_threadsafe(attr(*args, **kwargs), self._loop)
+            return fut.result()
+
+        return call
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self.local.close()

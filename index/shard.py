@@ -2,13 +2,17 @@
 bucket maps to this shard, rebuilt from the store and kept current by ops.
 
 Writes reach a shard only after the store committed them, possibly from
-several writers and possibly twice (a retried call, or an add that races the
-rebuild snapshot which already holds the face). Internal ids are never reused,
-so the shard keeps one state byte per id (absent / present / gone): a repeated
-add is skipped, and an add that arrives after the removal of the same id (a
-forget that overtook the register's shard update) is ignored, so a forgotten
-face cannot reappear. Collections are keyed by their internal id, which is
-never reused either, so a late add to a dropped collection is ignored too.
+several writers (Gallery replicas), late, twice, or never (a writer that died
+between its commit and the shard update). Every write carries its
+collection's change number (``seq``, see ``index.store``): the shard applies
+the next number, skips one it already holds, and on a gap catches up from the
+store (:meth:`ShardIndex.catch_up`); :meth:`ShardIndex.sync`, run on a short
+period, catches up on changes no writer delivered and drops collections that
+no longer exist. Internal ids are never reused, so the shard also keeps one
+state byte per id (absent / present / gone): a forgotten face cannot
+reappear, whatever order updates arrive in. Collections are keyed by their
+internal id, which is never reused either, so a late add to a dropped
+collection is ignored too.
 
 The default index is exact (``IndexIDMap2`` over ``IndexFlatIP``); with
 ``index_type="ivf"`` a collection's part of the shard switches to
@@ -41,12 +45,15 @@ class AddOp:
     dim: int
     ids: np.ndarray
     vectors: np.ndarray
+    #: the change that added them (0: apply without sequence checks)
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class RemoveOp:
     cid: int
     ids: np.ndarray
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +182,11 @@ class ShardIndex:
         self._parts: dict[int, _Part] = {}
         self._states = _IdStates()
         self._dropped: set[int] = set()
+        #: collection id -> last change number applied (absent: none, i.e. 0)
+        self._seq: dict[int, int] = {}
         self.rebuild_seconds: float | None = None
+        #: changes fetched from the store instead of received from a writer
+        self.catch_ups = 0
 
     # -- building
     def rebuild(self, store: Store, chunk: int = 20000) -> int:
@@ -183,10 +194,14 @@ class ShardIndex:
         t0 = time.perf_counter()
         self._parts.clear()
         self._states = _IdStates()
+        seqs: dict[int, tuple[int, int]] = {}
         n = 0
-        for cid, dim, ids, vectors in store.iter_shard(self.shard_no, self.nshards, chunk):
+        for cid, dim, ids, vectors in store.iter_shard(self.shard_no, self.nshards, chunk,
+                                                        seqs=seqs):
             self._add(cid, dim, ids, vectors, convert=False)
             n += len(ids)
+        # the snapshot's sequence numbers: everything up to them is in the shard now
+        self._seq = {cid: last for cid, (_dim, last) in seqs.items()}
         for part in self._parts.values():
             part.maybe_convert()
         self.rebuild_seconds = time.perf_counter() - t0
@@ -194,17 +209,71 @@ class ShardIndex:
                  self.nshards, getattr(store, "backend", "?"), n, self.rebuild_seconds)
         return n
 
-    def apply(self, ops: Iterable[ShardOp]) -> None:
-        """Apply committed writes in order (safe to repeat, safe to receive late)."""
+    def apply(self, ops: Iterable[ShardOp], store: Store | None = None) -> None:
+        """Apply committed writes (safe to repeat, safe to receive late or out of order).
+
+        An op whose ``seq`` is past the next one means a change never reached
+        this shard: with a ``store`` the shard catches up from it (which also
+        covers the op, being committed), without one it applies the op as is.
+        """
         for op in ops:
+            if isinstance(op, DropOp):
+                self._drop(op.cid)
+                continue
+            if not isinstance(op, AddOp | RemoveOp):
+                raise TypeError(f"unknown shard op {type(op).__name__}")
+            if op.cid in self._dropped:
+                continue
+            last = self._seq.get(op.cid, 0)
+            if op.seq:
+                if op.seq <= last:
+                    continue  # already held: a retry, or fetched by a catch-up
+                if op.seq > last + 1 and store is not None:
+                    self.catch_up(store, op.cid)
+                    continue
+                self._seq[op.cid] = op.seq
             if isinstance(op, AddOp):
                 self._add(op.cid, op.dim, op.ids, op.vectors)
-            elif isinstance(op, RemoveOp):
-                self._remove(op.cid, op.ids)
-            elif isinstance(op, DropOp):
-                self._drop(op.cid)
             else:
-                raise TypeError(f"unknown shard op {type(op).__name__}")
+                self._remove(op.cid, op.ids)
+
+    def applied_seq(self, cid: int) -> int:
+        return self._seq.get(cid, 0)
+
+    def catch_up(self, store: Store, cid: int) -> int:
+        """Fetch this shard's changes of ``cid`` after the last one applied; returns
+        the number of faces added or removed."""
+        ch = store.changes_since(cid, self._seq.get(cid, 0), self.shard_no, self.nshards)
+        if not ch.exists:
+            self._drop(cid)
+            return 0
+        if ch.full:  # the tombstones do not reach back far enough: reload the part
+            part = self._parts.pop(cid, None)
+            if part is not None:
+                keep = np.isin(part.all_ids(), ch.ids)
+                self._states.set(part.all_ids()[~keep], _GONE)
+                self._states.set(part.all_ids()[keep], _ABSENT)
+        self._remove(cid, ch.removed)
+        added = self._add(cid, ch.dim, ch.ids, ch.vectors) if len(ch.ids) else 0
+        self._seq[cid] = max(self._seq.get(cid, 0), ch.last_seq)
+        self.catch_ups += 1
+        if added or len(ch.removed):
+            log.info("shard %d/%d caught up on collection %d to change %d: +%d -%d faces",
+                     self.shard_no, self.nshards, cid, ch.last_seq, added, len(ch.removed))
+        return added + len(ch.removed)
+
+    def sync(self, store: Store) -> int:
+        """Catch up on every collection the store is ahead on, and drop the ones it no
+        longer has; returns the number of collections caught up."""
+        seqs = store.collection_seqs()
+        for cid in list(self._parts):
+            if cid not in seqs:
+                self._drop(cid)
+        behind = [cid for cid, (_dim, last) in seqs.items()
+                  if last > self._seq.get(cid, 0) and cid not in self._dropped]
+        for cid in behind:
+            self.catch_up(store, cid)
+        return len(behind)
 
     def _add(self, cid: int, dim: int, ids: np.ndarray, vectors: np.ndarray,
              convert: bool = True) -> int:
@@ -238,6 +307,7 @@ class ShardIndex:
 
     def _drop(self, cid: int) -> None:
         self._dropped.add(cid)
+        self._seq.pop(cid, None)
         part = self._parts.pop(cid, None)
         if part is not None:
             self._states.set(part.all_ids(), _GONE)
@@ -269,26 +339,34 @@ class ShardIndex:
             "shard": self.shard_no,
             "nshards": self.nshards,
             "index_type": self.config.index_type,
-            "parts": {cid: {"size": p.ntotal, "kind": p.kind} for cid, p in self._parts.items()},
+            "parts": {cid: {"size": p.ntotal, "kind": p.kind, "seq": self._seq.get(cid, 0)}
+                      for cid, p in self._parts.items()},
+            "catch_ups": self.catch_ups,
             "index_bytes": sum(p.nbytes for p in self._parts.values()) + self._states.nbytes,
             "rebuild_seconds": self.rebuild_seconds,
         }
 
 
 def shard_ops(nshards: int, cid: int, dim: int, ids: np.ndarray, buckets: np.ndarray,
-              vectors: np.ndarray | None) -> list[list[ShardOp]]:
-    """Split an add (``vectors`` given) or a removal into per-shard op lists."""
+              vectors: np.ndarray | None, seq: int = 0) -> list[list[ShardOp]]:
+    """Split an add (``vectors`` given) or a removal into per-shard op lists.
+
+    With a ``seq`` every shard gets an op, empty when none of the faces are its
+    own, so that each shard sees every change number of the collection and
+    can tell a missed change from one that was not for it.
+    """
     ops: list[list[ShardOp]] = [[] for _ in range(nshards)]
-    if len(ids) == 0:
+    if len(ids) == 0 and not seq:
         return ops
     shard = np.asarray(buckets, dtype=np.int64) % nshards
     for s in range(nshards):
         sel = np.flatnonzero(shard == s)
-        if not len(sel):
+        if not len(sel) and not seq:
             continue
         if vectors is None:
-            ops[s].append(RemoveOp(cid, ids[sel]))
+            ops[s].append(RemoveOp(cid, np.ascontiguousarray(ids[sel], dtype=np.int64), seq))
         else:
-            ops[s].append(AddOp(cid, dim, ids[sel], np.ascontiguousarray(vectors[sel])))
+            ops[s].append(AddOp(cid, dim, np.ascontiguousarray(ids[sel], dtype=np.int64),
+                                np.ascontiguousarray(vectors[sel]).reshape(len(sel), dim), seq))
     return ops
 

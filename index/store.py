@@ -10,6 +10,15 @@ from a counter that never hands out a value twice, which is what FAISS stores:
 shards rely on "never reused" to ignore late or repeated updates. A face's
 ``bucket`` is a stable hash of its public id; its shard is ``bucket % N``.
 The schema is versioned; :data:`MIGRATIONS` is applied in order at open time.
+
+The store is the single source of truth, with an ordered change log per
+collection: every committed register or forget takes the next number of its
+collection's ``last_seq`` in the same transaction (the row update also
+serialises the collection's writers, so numbers are committed in order). Added
+faces carry their ``seq``; a forget leaves a tombstone (id, bucket, seq). A
+shard that knows the last sequence it applied catches up with
+:meth:`changes_since`; one that restarts rebuilds from a consistent snapshot
+(:meth:`iter_shard`), which also gives each collection's sequence.
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ class CollectionInfo:
     model: str
     dim: int
     created_at: float
+    #: sequence number of the collection's last committed change
+    last_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +113,11 @@ class HitInfo:
 class AddResult:
     """What a register committed (or had committed, for a replayed key).
 
-    ``ids``/``buckets``/``embeddings`` are the rows the shards must hold; on a
-    replay they are re-read so a retry also repairs shards that missed the add.
+    ``ids``/``buckets``/``embeddings`` are the rows the shards must hold and
+    ``seq`` the change that added them; on a replay they are re-read (with
+    their original ``seq``) so a retry also repairs shards that missed the add.
+    ``persons`` holds each person's name and labels after the write, so the
+    answer needs no read-back.
     """
 
     collection: CollectionInfo
@@ -112,6 +126,9 @@ class AddResult:
     ids: np.ndarray
     buckets: np.ndarray
     embeddings: np.ndarray
+    seq: int = 0
+    created_at: float = 0.0
+    persons: dict[str, tuple[str | None, dict[str, str]]] = field(default_factory=dict)
     replayed: bool = False
 
 
@@ -120,6 +137,34 @@ class DeletedFace:
     id: int
     face_id: str
     bucket: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """What a forget committed: the faces removed and the change's sequence number."""
+
+    faces: list[DeletedFace]
+    seq: int
+
+
+@dataclass(slots=True)
+class Changes:
+    """One shard's share of a collection's changes after some sequence number.
+
+    ``full`` means the tombstones no longer reach back that far, so ``ids`` /
+    ``vectors`` hold every face of the shard and the shard must replace its
+    part instead of patching it. ``exists`` is False when the collection was
+    dropped.
+    """
+
+    cid: int
+    dim: int
+    last_seq: int
+    ids: np.ndarray
+    vectors: np.ndarray
+    removed: np.ndarray
+    full: bool = False
+    exists: bool = True
 
 
 class Store(Protocol):
@@ -137,14 +182,17 @@ class Store(Protocol):
                   persons: Sequence[PersonUpsert], *, create: bool = False,
                   idempotency: tuple[str, str] | None = None) -> AddResult: ...
     def get_face(self, cid: int, face_id: str, with_embedding: bool = False) -> FaceRecord: ...
-    def delete_faces(self, cid: int, face_ids: Sequence[str]) -> list[DeletedFace]: ...
+    def delete_faces(self, cid: int, face_ids: Sequence[str]) -> Deleted: ...
     def get_person(self, cid: int, person_id: str) -> PersonRecord: ...
-    def delete_person(self, cid: int, person_id: str) -> tuple[PersonRecord, list[DeletedFace]]: ...
+    def delete_person(self, cid: int, person_id: str) -> tuple[PersonRecord, Deleted]: ...
     def lookup(self, cid: int, ids: Sequence[int]) -> dict[int, HitInfo]: ...
     def counts(self, cid: int) -> tuple[int, int]: ...
     def face_ids_internal(self, cid: int) -> np.ndarray: ...
-    def iter_shard(self, shard: int, nshards: int,
-                   chunk: int = 20000) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]: ...
+    def iter_shard(self, shard: int, nshards: int, chunk: int = 20000,
+                   seqs: dict[int, tuple[int, int]] | None = None,
+                   ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]: ...
+    def collection_seqs(self) -> dict[int, tuple[int, int]]: ...
+    def changes_since(self, cid: int, after_seq: int, shard: int, nshards: int) -> Changes: ...
     def close(self) -> None: ...
 
 
@@ -220,9 +268,38 @@ MIGRATIONS: tuple[Migration, ...] = (
                 created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (collection_id, key))""",
         ),
     ),
+    Migration(
+        3,
+        "change log: sequence numbers per collection, tombstones of forgotten faces",
+        sqlite=(
+            "ALTER TABLE collections ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0",
+            # tombstones up to this sequence were pruned: a shard further behind reloads
+            "ALTER TABLE collections ADD COLUMN pruned_seq INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE faces ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX faces_by_seq ON faces (collection_id, seq)",
+            """CREATE TABLE face_tombstones (
+                collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+                seq INTEGER NOT NULL, id INTEGER NOT NULL, bucket INTEGER NOT NULL,
+                deleted_at REAL NOT NULL)""",
+            "CREATE INDEX tombstones_by_seq ON face_tombstones (collection_id, seq)",
+        ),
+        postgres=(
+            "ALTER TABLE collections ADD COLUMN last_seq BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE collections ADD COLUMN pruned_seq BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE faces ADD COLUMN seq BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX faces_by_seq ON faces (collection_id, seq)",
+            """CREATE TABLE face_tombstones (
+                collection_id BIGINT NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+                seq BIGINT NOT NULL, id BIGINT NOT NULL, bucket INTEGER NOT NULL,
+                deleted_at DOUBLE PRECISION NOT NULL)""",
+            "CREATE INDEX tombstones_by_seq ON face_tombstones (collection_id, seq)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
+#: tombstones are kept this long; a shard that stays behind for longer reloads its part
+TOMBSTONE_RETENTION_S = 24 * 3600.0
 
 
 # --------------------------------------------------------------------------- shared SQL
@@ -286,7 +363,8 @@ class _SqlStore:
         raise NotImplementedError
 
     @contextmanager
-    def _tx(self, write: bool) -> Iterator[Any]:
+    def _tx(self, write: bool, snapshot: bool = False) -> Iterator[Any]:
+        """A transaction; ``snapshot`` makes every statement of a read see one snapshot."""
         raise NotImplementedError
         yield  # pragma: no cover
 
@@ -295,12 +373,6 @@ class _SqlStore:
 
     def _insert_faces(self, cur: Any, rows: list[tuple]) -> None:
         raise NotImplementedError
-
-    def _lock_collection(self, cur: Any, cid: int) -> None:
-        """Keep a collection from being dropped until this transaction ends."""
-
-    def _lock_person(self, cur: Any, cid: int, person_id: str) -> None:
-        """Serialise with registers to this person until this transaction ends."""
 
     def _any(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """``column IN (...)`` (or ``= ANY``), as SQL text and parameters."""
@@ -366,28 +438,36 @@ class _SqlStore:
             return int(cur.fetchone()[0] or 0)
 
     # -- collections
+    _COLL = "id, name, model, dim, created_at, last_seq"
+
     @staticmethod
     def _coll(row: Sequence[Any]) -> CollectionInfo:
-        return CollectionInfo(int(row[0]), row[1], row[2], int(row[3]), float(row[4]))
+        return CollectionInfo(int(row[0]), row[1], row[2], int(row[3]), float(row[4]),
+                              int(row[5]))
 
     def _find_collection(self, cur: Any, name: str) -> CollectionInfo | None:
-        cur.execute(self._q(
-            "SELECT id, name, model, dim, created_at FROM collections WHERE name = ?"), (name,))
+        cur.execute(self._q(f"SELECT {self._COLL} FROM collections WHERE name = ?"), (name,))
         row = cur.fetchone()
         return self._coll(row) if row else None
 
     @_guarded
     def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo:
         with self._tx(write=True) as cur:
-            return self._create_collection(cur, name, model, dim)
-
-    def _create_collection(self, cur: Any, name: str, model: str, dim: int) -> CollectionInfo:
-        if self._find_collection(cur, name) is not None:
+            info = self._create_collection(cur, name, model, dim)
+        if info is None:
             raise Conflict(f"collection {name!r} already exists", {"collection": name})
+        return info
+
+    def _create_collection(self, cur: Any, name: str, model: str,
+                           dim: int) -> CollectionInfo | None:
+        """Insert a collection; None when one of that name exists (or was just made by a
+        concurrent transaction: ON CONFLICT waits for it instead of failing)."""
         cur.execute(self._q(
             "INSERT INTO collections (name, model, dim, created_at) VALUES (?, ?, ?, ?) "
-            "RETURNING id, name, model, dim, created_at"), (name, model, int(dim), time.time()))
-        return self._coll(cur.fetchone())
+            f"ON CONFLICT (name) DO NOTHING RETURNING {self._COLL}"),
+            (name, model, int(dim), time.time()))
+        row = cur.fetchone()
+        return self._coll(row) if row else None
 
     @_guarded
     def get_collection(self, name: str) -> CollectionInfo:
@@ -400,19 +480,31 @@ class _SqlStore:
     @_guarded
     def list_collections(self) -> list[CollectionInfo]:
         with self._tx(write=False) as cur:
-            cur.execute("SELECT id, name, model, dim, created_at FROM collections ORDER BY name")
+            cur.execute(f"SELECT {self._COLL} FROM collections ORDER BY name")
             return [self._coll(r) for r in cur.fetchall()]
 
     @_guarded
     def drop_collection(self, name: str) -> CollectionInfo:
         with self._tx(write=True) as cur:
             cur.execute(self._q(
-                "DELETE FROM collections WHERE name = ? "
-                "RETURNING id, name, model, dim, created_at"), (name,))
+                f"DELETE FROM collections WHERE name = ? RETURNING {self._COLL}"), (name,))
             row = cur.fetchone()
         if row is None:
             raise CollectionNotFound(f"collection {name!r} does not exist", {"collection": name})
         return self._coll(row)
+
+    def _next_seq(self, cur: Any, cid: int) -> int:
+        """Take the collection's next change number. The row update is also the
+        collection's write lock: its writers commit one at a time, in sequence
+        order, and a collection dropped meanwhile is noticed here."""
+        cur.execute(self._q(
+            "UPDATE collections SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq"),
+            (cid,))
+        row = cur.fetchone()
+        if row is None:
+            raise CollectionNotFound("the collection was dropped during the request",
+                                     {"collection_id": cid})
+        return int(row[0])
 
     # -- register
     @_guarded
@@ -430,39 +522,49 @@ class _SqlStore:
                 if not create:
                     raise CollectionNotFound(f"collection {collection!r} does not exist",
                                              {"collection": collection})
-                info = self._create_collection(cur, collection, model, dim)
+                # two first writes may race here: the loser finds the winner's row
+                info = (self._create_collection(cur, collection, model, dim)
+                        or self._find_collection(cur, collection))
+                if info is None:  # created and dropped again meanwhile
+                    raise CollectionNotFound(f"collection {collection!r} does not exist",
+                                             {"collection": collection})
             if info.model != model or info.dim != dim:
                 raise ModelMismatch(
                     f"collection {collection!r} holds {info.model} ({info.dim}-d) embeddings, "
                     f"not {model} ({dim}-d)",
                     {"collection": collection, "collection_model": info.model,
                      "collection_dim": info.dim, "model": model, "dim": dim})
-            self._lock_collection(cur, info.id)
             if idempotency is not None:
                 replay = self._claim_key(cur, info, idempotency)
                 if replay is not None:
                     return replay
+            seq = self._next_seq(cur, info.id)
             now = time.time()
+            stored: dict[str, tuple[str | None, dict[str, str]]] = {}
             if persons:
-                cur.executemany(self._q(
-                    "INSERT INTO persons (collection_id, person_id, name, labels, created_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, person_id) DO UPDATE SET "
-                    "name = COALESCE(excluded.name, persons.name), "
-                    "labels = COALESCE(excluded.labels, persons.labels)"),
-                    # sorted: concurrent registers lock persons in one order (no deadlock)
-                    [(info.id, p.person_id, p.name, _labels_in(p.labels), now)
-                     for p in sorted(persons, key=lambda p: p.person_id)])
+                # sorted: concurrent registers lock persons in one order (no deadlock)
+                for p in sorted(persons, key=lambda p: p.person_id):
+                    cur.execute(self._q(
+                        "INSERT INTO persons (collection_id, person_id, name, labels, created_at) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, person_id) DO UPDATE "
+                        "SET name = COALESCE(excluded.name, persons.name), "
+                        "labels = COALESCE(excluded.labels, persons.labels) "
+                        "RETURNING person_id, name, labels"),
+                        (info.id, p.person_id, p.name, _labels_in(p.labels), now))
+                    row = cur.fetchone()
+                    stored[row[0]] = (row[1], _labels_out(row[2]))
             ids = self._next_ids(cur, n)
             buckets = np.fromiter((face_bucket(f) for f in face_ids), dtype=np.int64, count=n)
             row_bytes = emb.reshape(n, dim)
             self._insert_faces(cur, [
                 (int(ids[i]), face_ids[i], info.id, person_ids[i], int(buckets[i]),
-                 row_bytes[i].tobytes(), now) for i in range(n)])
+                 row_bytes[i].tobytes(), now, seq) for i in range(n)])
             if idempotency is not None:
                 cur.execute(self._q(
                     "UPDATE idempotency_keys SET response = ? WHERE collection_id = ? AND key = ?"),
                     (json.dumps([list(face_ids), list(person_ids)]), info.id, idempotency[0]))
-        return AddResult(info, list(face_ids), list(person_ids), ids, buckets, emb)
+        return AddResult(info, list(face_ids), list(person_ids), ids, buckets, emb, seq, now,
+                         stored)
 
     def _claim_key(self, cur: Any, info: CollectionInfo,
                    idempotency: tuple[str, str]) -> AddResult | None:
@@ -484,19 +586,29 @@ class _SqlStore:
                            {"idempotency_key": key})
         face_ids, person_ids = json.loads(response)
         rows = self._faces_by_public_id(cur, info.id, face_ids)
+        # faces forgotten since the first answer stay forgotten: only the rest are re-sent
+        seq = max((int(r[3]) for r in rows), default=0)
+        created = min((float(r[4]) for r in rows), default=0.0)
+        persons: dict[str, tuple[str | None, dict[str, str]]] = {}
+        for pid in dict.fromkeys(person_ids):
+            cur.execute(self._q("SELECT name, labels FROM persons WHERE collection_id = ? "
+                                "AND person_id = ?"), (info.id, pid))
+            row = cur.fetchone()
+            persons[pid] = (row[0], _labels_out(row[1])) if row else (None, {})
         return AddResult(
             info, face_ids, person_ids,
             np.array([r[0] for r in rows], dtype=np.int64),
             np.array([r[1] for r in rows], dtype=np.int64),
-            _vectors([bytes(r[2]) for r in rows], info.dim), replayed=True)
+            _vectors([bytes(r[2]) for r in rows], info.dim), seq, created, persons,
+            replayed=True)
 
     def _faces_by_public_id(self, cur: Any, cid: int, face_ids: Sequence[str]) -> list[tuple]:
         rows: list[tuple] = []
         for i in range(0, len(face_ids), _IN_CHUNK):
             cond, params = self._any("face_id", face_ids[i:i + _IN_CHUNK])
             cur.execute(self._q(
-                f"SELECT id, bucket, embedding FROM faces WHERE collection_id = ? AND {cond}"),
-                [cid, *params])
+                "SELECT id, bucket, embedding, seq, created_at FROM faces "
+                f"WHERE collection_id = ? AND {cond}"), [cid, *params])
             rows.extend(cur.fetchall())
         return rows
 
@@ -521,17 +633,37 @@ class _SqlStore:
             raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
         return self._face(row, 0 if with_embedding else None)
 
+    def _tombstone(self, cur: Any, cid: int, seq: int, deleted: list[DeletedFace]) -> None:
+        now = time.time()
+        if deleted:
+            cur.executemany(self._q(
+                "INSERT INTO face_tombstones (collection_id, seq, id, bucket, deleted_at) "
+                "VALUES (?, ?, ?, ?, ?)"), [(cid, seq, d.id, d.bucket, now) for d in deleted])
+        # prune what every live shard has long applied; remember how far, so a shard
+        # behind that point reloads its part instead of missing a forget
+        cur.execute(self._q(
+            "SELECT MAX(seq) FROM face_tombstones WHERE collection_id = ? AND deleted_at < ?"),
+            (cid, now - TOMBSTONE_RETENTION_S))
+        horizon = cur.fetchone()[0]
+        if horizon is not None:
+            cur.execute(self._q(
+                "DELETE FROM face_tombstones WHERE collection_id = ? AND seq <= ?"), (cid, horizon))
+            cur.execute(self._q(
+                "UPDATE collections SET pruned_seq = ? WHERE id = ?"), (int(horizon), cid))
+
     @_guarded
-    def delete_faces(self, cid: int, face_ids: Sequence[str]) -> list[DeletedFace]:
+    def delete_faces(self, cid: int, face_ids: Sequence[str]) -> Deleted:
         out: list[DeletedFace] = []
         with self._tx(write=True) as cur:
+            seq = self._next_seq(cur, cid)
             for i in range(0, len(face_ids), _IN_CHUNK):
                 cond, params = self._any("face_id", face_ids[i:i + _IN_CHUNK])
                 cur.execute(self._q(
                     f"DELETE FROM faces WHERE collection_id = ? AND {cond} "
                     "RETURNING id, face_id, bucket"), [cid, *params])
                 out.extend(DeletedFace(int(r[0]), r[1], int(r[2])) for r in cur.fetchall())
-        return out
+            self._tombstone(cur, cid, seq, out)
+        return Deleted(out, seq)
 
     def _person(self, cur: Any, cid: int, person_id: str) -> PersonRecord:
         cur.execute(self._q(
@@ -553,9 +685,9 @@ class _SqlStore:
             return self._person(cur, cid, person_id)
 
     @_guarded
-    def delete_person(self, cid: int, person_id: str) -> tuple[PersonRecord, list[DeletedFace]]:
+    def delete_person(self, cid: int, person_id: str) -> tuple[PersonRecord, Deleted]:
         with self._tx(write=True) as cur:
-            self._lock_person(cur, cid, person_id)
+            seq = self._next_seq(cur, cid)
             person = self._person(cur, cid, person_id)
             cur.execute(self._q(
                 "DELETE FROM faces WHERE collection_id = ? AND person_id = ? "
@@ -563,7 +695,8 @@ class _SqlStore:
             deleted = [DeletedFace(int(r[0]), r[1], int(r[2])) for r in cur.fetchall()]
             cur.execute(self._q(
                 "DELETE FROM persons WHERE collection_id = ? AND person_id = ?"), (cid, person_id))
-        return person, deleted
+            self._tombstone(cur, cid, seq, deleted)
+        return person, Deleted(deleted, seq)
 
     @_guarded
     def lookup(self, cid: int, ids: Sequence[int]) -> dict[int, HitInfo]:
@@ -597,13 +730,58 @@ class _SqlStore:
             cur.execute(self._q("SELECT id FROM faces WHERE collection_id = ? ORDER BY id"), (cid,))
             return np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
 
-    # -- rebuild
-    def iter_shard(self, shard: int, nshards: int,
-                   chunk: int = 20000) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-        """Yield ``(collection_id, dim, ids, vectors)`` chunks of one shard's faces."""
+    # -- the change log, as shards read it
+    @_guarded
+    def collection_seqs(self) -> dict[int, tuple[int, int]]:
+        """``{collection id: (dim, last_seq)}`` of every collection."""
         with self._tx(write=False) as cur:
-            cur.execute("SELECT id, dim FROM collections")
-            dims = {int(r[0]): int(r[1]) for r in cur.fetchall()}
+            cur.execute("SELECT id, dim, last_seq FROM collections")
+            return {int(r[0]): (int(r[1]), int(r[2])) for r in cur.fetchall()}
+
+    @_guarded
+    def changes_since(self, cid: int, after_seq: int, shard: int, nshards: int) -> Changes:
+        """One shard's faces added and removed after ``after_seq``, read in one snapshot
+        together with the sequence they bring the shard to."""
+        with self._tx(write=False, snapshot=True) as cur:
+            cur.execute(self._q(
+                "SELECT dim, last_seq, pruned_seq FROM collections WHERE id = ?"), (cid,))
+            row = cur.fetchone()
+            empty = np.empty(0, np.int64)
+            if row is None:
+                return Changes(cid, 0, 0, empty, np.empty((0, 0), np.float32), empty,
+                               exists=False)
+            dim, last, pruned = int(row[0]), int(row[1]), int(row[2])
+            full = after_seq < pruned
+            since = 0 if full else after_seq
+            cur.execute(self._q(
+                "SELECT id, embedding FROM faces WHERE collection_id = ? AND seq > ? "
+                "AND bucket % ? = ? ORDER BY id"), (cid, since, nshards, shard))
+            rows = cur.fetchall()
+            removed = empty
+            if not full:
+                cur.execute(self._q(
+                    "SELECT id FROM face_tombstones WHERE collection_id = ? AND seq > ? "
+                    "AND bucket % ? = ?"), (cid, after_seq, nshards, shard))
+                removed = np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
+        return Changes(cid, dim, last, np.array([r[0] for r in rows], dtype=np.int64),
+                       _vectors([bytes(r[1]) for r in rows], dim), removed, full)
+
+    # -- rebuild
+    def iter_shard(self, shard: int, nshards: int, chunk: int = 20000,
+                   seqs: dict[int, tuple[int, int]] | None = None,
+                   ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        """Yield ``(collection_id, dim, ids, vectors)`` chunks of one shard's faces.
+
+        The scan is one snapshot; ``seqs`` (when given) is filled first, in the same
+        snapshot, with ``{collection id: (dim, last_seq)}``, so a rebuilt shard
+        knows exactly which changes it already holds.
+        """
+        with self._tx(write=False, snapshot=True) as cur:
+            cur.execute("SELECT id, dim, last_seq FROM collections")
+            found = {int(r[0]): (int(r[1]), int(r[2])) for r in cur.fetchall()}
+            if seqs is not None:
+                seqs.update(found)
+            dims = {cid: dim for cid, (dim, _) in found.items()}
             yield from self._scan_shard(cur, dims, shard, nshards, chunk)
 
     def _scan_cursor(self, cur: Any) -> Any:
@@ -634,7 +812,7 @@ class _SqlStore:
                 g[0].append(fid)
                 g[1].append(blob)
             for cid, (ids, blobs) in groups.items():
-                if cid in dims:  # a collection created after the snapshot of dims
+                if cid in dims:
                     yield (cid, dims[cid], np.array(ids, dtype=np.int64),
                            _vectors([bytes(b) for b in blobs], dims[cid]))
 
@@ -671,11 +849,12 @@ class SqliteStore(_SqlStore):
         return conn
 
     @contextmanager
-    def _tx(self, write: bool) -> Iterator[sqlite3.Cursor]:
+    def _tx(self, write: bool, snapshot: bool = False) -> Iterator[sqlite3.Cursor]:
         conn = self._conn()
         cur = conn.cursor()
         # IMMEDIATE takes the write lock up front: a deferred transaction that
-        # upgrades later can fail with SQLITE_BUSY without waiting.
+        # upgrades later can fail with SQLITE_BUSY without waiting. A read
+        # transaction in WAL mode is one snapshot already.
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield cur
@@ -720,7 +899,7 @@ class SqliteStore(_SqlStore):
     def _insert_faces(self, cur: sqlite3.Cursor, rows: list[tuple]) -> None:
         cur.executemany(
             "INSERT INTO faces (id, face_id, collection_id, person_id, bucket, embedding,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            " created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -753,26 +932,18 @@ class PostgresStore(_SqlStore):
             raise StoreUnavailable(f"cannot connect to the postgres store: {e}") from e
 
     @contextmanager
-    def _tx(self, write: bool) -> Iterator[Any]:
+    def _tx(self, write: bool, snapshot: bool = False) -> Iterator[Any]:
         conn = self._conn()
         if conn.closed or conn.broken:
             self._local.conn = None
             conn = self._conn()
         with conn.transaction(), conn.cursor() as cur:
+            if snapshot:  # READ COMMITTED takes a new snapshot per statement
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield cur
 
     def _migration_lock(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(7270014)")
-
-    def _lock_collection(self, cur: Any, cid: int) -> None:
-        cur.execute("SELECT 1 FROM collections WHERE id = %s FOR SHARE", (cid,))
-        if cur.fetchone() is None:  # dropped since this transaction looked it up
-            raise CollectionNotFound("the collection was dropped during the request",
-                                     {"collection_id": cid})
-
-    def _lock_person(self, cur: Any, cid: int, person_id: str) -> None:
-        cur.execute("SELECT 1 FROM persons WHERE collection_id = %s AND person_id = %s "
-                    "FOR UPDATE", (cid, person_id))
 
     def _any(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]
@@ -783,7 +954,7 @@ class PostgresStore(_SqlStore):
 
     def _insert_faces(self, cur: Any, rows: list[tuple]) -> None:
         with cur.copy("COPY faces (id, face_id, collection_id, person_id, bucket, embedding,"
-                      " created_at) FROM STDIN") as copy:
+                      " created_at, seq) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
 

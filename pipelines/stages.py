@@ -21,7 +21,7 @@ from pipelines.decode import decode_image
 from configs.errors import FacefleetError, ValidationError
 from pipelines.models import AttributeModel, Detector, Embedder, ModelContext, l2_normalise
 from pipelines.registry import build_attribute, build_detector, build_embedder
-from pipelines.types import Box, ChipSpec, DetectedImage, Face
+from pipelines.types import AnalyzedImage, Box, ChipSpec, DetectedImage, EmbeddedImage, Face
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,32 @@ class EmbeddingStage:
     def model(self, name: str) -> Embedder:
         return self.models.get(name)
 
+    def run_detected(self, detected: list[DetectedImage | FacefleetError],
+                     models: list[str]) -> list[EmbeddedImage | FacefleetError]:
+        """Embed the faces of detected images (an error from detection passes through)."""
+        out: list[EmbeddedImage | FacefleetError] = list(detected)  # type: ignore[arg-type]
+        reqs, idx = [], []
+        for i, (det, name) in enumerate(zip(detected, models, strict=True)):
+            if isinstance(det, FacefleetError):
+                continue
+            try:
+                spec = self.models.get(name).chip
+            except FacefleetError as exc:
+                out[i] = exc
+                continue
+            chips = det.chips.get(spec.key)
+            if chips is None:
+                out[i] = ValidationError(f"the detector did not cut {spec.key} chips for "
+                                         f"model '{name}'", {"model": name})
+                continue
+            reqs.append(EmbedRequest(name, chips))
+            idx.append(i)
+        for i, vecs in zip(idx, self.run(reqs), strict=True):
+            det = detected[i]
+            out[i] = vecs if isinstance(vecs, FacefleetError) else EmbeddedImage(
+                det.width, det.height, det.faces, vecs, models[i], det.detector, det.time_ms)
+        return out
+
     def run(self, requests: list[EmbedRequest]) -> list[np.ndarray | FacefleetError]:
         results: list[np.ndarray | FacefleetError] = [None] * len(requests)  # type: ignore[list-item]
         by_model: dict[str, list[int]] = {}
@@ -189,6 +215,19 @@ class AnalysisStage:
 
     def model(self, action: str) -> AttributeModel:
         return self.models.get(action)
+
+    def run_detected(self, detected: list[DetectedImage | FacefleetError],
+                     actions: list[tuple[str, ...]]) -> list[AnalyzedImage | FacefleetError]:
+        """Attributes of the faces of detected images (detection errors pass through)."""
+        out: list[AnalyzedImage | FacefleetError] = list(detected)  # type: ignore[arg-type]
+        idx = [i for i, d in enumerate(detected) if not isinstance(d, FacefleetError)]
+        results = self.run([AnalyzeRequest(actions[i], detected[i].chips)  # type: ignore[union-attr]
+                            for i in idx])
+        for i, res in zip(idx, results, strict=True):
+            det = detected[i]
+            out[i] = res if isinstance(res, FacefleetError) else AnalyzedImage(
+                det.width, det.height, det.faces, res, det.detector)
+        return out
 
     def run(self, requests: list[AnalyzeRequest]) -> list[list[dict] | FacefleetError]:
         n_faces = [max((len(c) for c in r.chips.values()), default=0) for r in requests]

@@ -99,3 +99,29 @@ class DetectedImage:
     chips: dict[str, np.ndarray] = field(default_factory=dict)
     detector: str = ""
     time_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class EmbeddedImage:
+    """Faces of one image with one embedding each: what the embedding stage hands
+    on (to the ingress or straight to the gallery), without the chips."""
+
+    width: int
+    height: int
+    faces: list[Face]
+    #: (n_faces, dim) float32 unit vectors, row i for ``faces[i]``
+    vectors: np.ndarray
+    model: str
+    detector: str = ""
+    time_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class AnalyzedImage:
+    """Faces of one image with their attributes (one dict per face, API-shaped)."""
+
+    width: int
+    height: int
+    faces: list[Face]
+    attributes: list[dict]
+    detector: str = ""

@@ -34,6 +34,12 @@ def serve_instance():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def settings(data_dir: Path, **index) -> dict:
+    from configs.settings import Settings
+
+    return Settings(data_dir=data_dir, index=index).model_dump(mode="json")
+
+
 def unit(n: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).normal(size=(n, D)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -45,7 +51,7 @@ def test_shard_crash_restart_keeps_acknowledged_and_forgotten(serve_instance, tm
     from deployments.gallery import NAMESPACE, Gallery
 
     serve = serve_instance
-    handle = serve.run(Gallery.bind({"shards": 2, "data_dir": str(tmp_path)}),
+    handle = serve.run(Gallery.bind(settings(tmp_path, shards=2)),
                        name="gallery-crash", route_prefix=None)
     handle.create_collection.remote("crew", "dlib", D).result()
 
@@ -104,8 +110,7 @@ def test_concurrent_identify_is_batched_and_exact(serve_instance, tmp_path):
     from deployments.gallery import Gallery
 
     serve = serve_instance
-    handle = serve.run(Gallery.bind({"shards": 3, "data_dir": str(tmp_path),
-                                     "search_batch_wait_s": 0.01}),
+    handle = serve.run(Gallery.bind(settings(tmp_path, shards=3, search_batch_wait_s=0.01)),
                        name="gallery-batch", route_prefix=None)
     x = unit(300, seed=2)
     out = handle.register_bulk.remote("g", "dlib", D, x, None, True).result()

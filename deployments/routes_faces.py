@@ -1,0 +1,152 @@
+"""Core face routes: health, readiness, models, stats, detect, embed, verify, analyze."""
+
+# No `from __future__ import annotations`: FastAPI resolves these signatures.
+import asyncio
+import time
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from configs.errors import FacefleetError, ValidationError
+from deployments.http_app import api_of, body_schema, jpeg_b64
+from deployments.schemas import (AnalyzeBody, DetectBody, DetectOut, EmbedBody, EmbedOut,
+                                 VerifyBody, VerifyOut)
+from pipelines.flow import CROP_SPEC, FaceQuery
+from pipelines.registry import ATTRIBUTES, DEEPFACE_MODELS, DETECTORS, EMBEDDERS
+
+router = APIRouter()
+
+
+def _query(body, field: str = "img") -> FaceQuery:
+    return FaceQuery(getattr(body, "detector", None), getattr(body, "max_faces", None),
+                     getattr(body, "min_confidence", 0.0), body.enforce_detection, field)
+
+
+def _face(f) -> dict:
+    return {"box": f.box.as_dict(), "confidence": round(f.confidence, 4)}
+
+
+@router.get("/health", tags=["ops"])
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/ready", tags=["ops"])
+async def ready(request: Request) -> Response:
+    flow = api_of(request).flow
+    checks = {"Detector": flow.detector, "Embedder": flow.embedder, "Analyzer": flow.analyzer}
+    if flow.has_gallery:
+        checks["Gallery"] = flow.gallery
+    status = {}
+    for name, backend in checks.items():
+        try:
+            status[name] = bool(await asyncio.wait_for(backend.ready(), 10))
+        except Exception:  # noqa: BLE001 - a probe reports, it does not raise
+            status[name] = False
+    ok = all(status.values())
+    return JSONResponse({"ready": ok, "deployments": status}, status_code=200 if ok else 503)
+
+
+@router.get("/v1/models", tags=["models"])
+async def models(request: Request) -> dict:
+    api = api_of(request)
+    embedders = []
+    for name in list(EMBEDDERS) + [f"deepface:{m}" for m in DEEPFACE_MODELS]:
+        try:
+            info = await api.flow.embedder_info(name)
+            embedders.append({**info, "installed": True, "threshold": api.s.threshold_for(name),
+                              "default": name == api.s.default_embedder})
+        except FacefleetError as exc:
+            embedders.append({"name": name, "installed": False, "reason": exc.message})
+    attributes = []
+    for action in ATTRIBUTES:
+        try:
+            attributes.append({**(await api.flow.attribute_info(action)), "installed": True})
+        except FacefleetError as exc:
+            attributes.append({"action": action, "installed": False, "reason": exc.message})
+    return {"detectors": [{"name": d, "default": d == api.s.default_detector} for d in DETECTORS],
+            "embedders": embedders, "attributes": attributes, "metric": "cosine"}
+
+
+@router.get("/v1/stats", tags=["ops"])
+async def stats(request: Request) -> dict:
+    """Batch sizes seen by one replica of each model deployment."""
+    flow = api_of(request).flow
+    out = {}
+    for name, backend in {"Detector": flow.detector, "Embedder": flow.embedder,
+                          "Analyzer": flow.analyzer}.items():
+        out[name] = await backend.stats()
+    return {"batch_sizes": out}
+
+
+@router.post("/v1/detect", tags=["faces"], response_model=DetectOut,
+             openapi_extra=body_schema(DetectBody))
+async def detect(request: Request) -> dict:
+    api = api_of(request)
+    body, files = await api.parse(request, DetectBody)
+    data = await api.image(body.img, files, "img")
+    det = await api.flow.detect(data, _query(body), crops=body.return_crops)
+    faces = []
+    for i, f in enumerate(det.faces):
+        item = {**_face(f), "landmarks": f.landmarks_dict()}
+        if body.return_crops:
+            item["crop"] = jpeg_b64(det.chips[CROP_SPEC.key][i])
+        faces.append(item)
+    return {"faces": faces, "detector": det.detector,
+            "image": {"width": det.width, "height": det.height},
+            "time_ms": round(det.time_ms, 1)}
+
+
+@router.post("/v1/embed", tags=["faces"], response_model=EmbedOut,
+             openapi_extra=body_schema(EmbedBody))
+async def embed(request: Request) -> dict:
+    api = api_of(request)
+    body, files = await api.parse(request, EmbedBody)
+    data = await api.image(body.img, files, "img")
+    emb = await api.flow.embed(data, _query(body), body.model)
+    dim = int(emb.vectors.shape[1])
+    faces = [{**_face(f), "embedding": v.tolist(), "dim": dim}
+             for f, v in zip(emb.faces, emb.vectors, strict=True)]
+    return {"faces": faces, "model": emb.model, "detector": emb.detector}
+
+
+@router.post("/v1/verify", tags=["faces"], response_model=VerifyOut,
+             openapi_extra=body_schema(VerifyBody))
+async def verify(request: Request) -> dict:
+    t0 = time.perf_counter()
+    api = api_of(request)
+    body, files = await api.parse(request, VerifyBody)
+    d1, d2 = await asyncio.gather(api.image(body.img1, files, "img1"),
+                                  api.image(body.img2, files, "img2"))
+    q1, q2 = FaceQuery(body.detector, None, 0.0, body.enforce_detection, "img1"), \
+        FaceQuery(body.detector, None, 0.0, body.enforce_detection, "img2")
+    e1, e2 = await asyncio.gather(api.flow.embed(d1, q1, body.model),
+                                  api.flow.embed(d2, q2, body.model))
+    model = e1.model
+    threshold = body.threshold if body.threshold is not None else api.s.threshold_for(model)
+    if threshold is None:
+        raise ValidationError(f"model '{model}' has no calibrated threshold; pass 'threshold'")
+    if not len(e1.vectors) or not len(e2.vectors):
+        return {"verified": False, "distance": 2.0, "threshold": threshold, "model": model,
+                "detector": e1.detector, "faces": {},
+                "time_ms": round((time.perf_counter() - t0) * 1000, 1)}
+    distance = float(1.0 - np.dot(e1.vectors[0], e2.vectors[0]))
+    return {"verified": distance <= threshold, "distance": round(distance, 6),
+            "threshold": threshold, "metric": "cosine", "model": model,
+            "detector": e1.detector,
+            "faces": {"img1": e1.faces[0].box.as_dict(), "img2": e2.faces[0].box.as_dict()},
+            "time_ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+
+@router.post("/v1/analyze", tags=["faces"], openapi_extra=body_schema(AnalyzeBody))
+async def analyze(request: Request) -> dict:
+    api = api_of(request)
+    body, files = await api.parse(request, AnalyzeBody)
+    if not body.actions:
+        raise ValidationError("'actions' must name at least one of age, gender, emotion, race")
+    data = await api.image(body.img, files, "img")
+    res = await api.flow.analyze(data, _query(body), body.actions)
+    faces = [{**_face(f), **p} for f, p in zip(res.faces, res.attributes, strict=True)]
+    return {"faces": faces, "actions": list(dict.fromkeys(body.actions)),
+            "detector": res.detector}

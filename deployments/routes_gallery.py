@@ -1,0 +1,198 @@
+"""Gallery routes: collections, enrolment, identify, faces and persons.
+
+Images go through the same detect -> embed stages as ``/v1/embed`` and on to
+the Gallery deployment (sharded FAISS over the durable store). A collection is
+bound to the embedding model it was created with; requests that name no model
+use the collection's.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves these signatures.
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from configs.errors import FacefleetError, ValidationError
+from deployments.http_app import api_of, body_schema
+from pipelines.flow import FaceQuery
+
+router = APIRouter()
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterBody(_Body):
+    img: str = Field(..., description="base64, data URI or http(s) URL (or a multipart file)")
+    person_id: str | None = Field(None, max_length=128)
+    name: str | None = Field(None, max_length=256)
+    labels: dict[str, str] | None = None
+    model: str | None = None
+    detector: str | None = None
+
+
+class BatchItem(_Body):
+    img: str
+    person_id: str | None = Field(None, max_length=128)
+    name: str | None = Field(None, max_length=256)
+    labels: dict[str, str] | None = None
+
+
+class RegisterBatchBody(_Body):
+    items: list[BatchItem] = Field(..., min_length=1, max_length=256)
+    model: str | None = None
+    detector: str | None = None
+
+
+class IdentifyBody(_Body):
+    img: str
+    top_k: int = Field(5, ge=1, le=100)
+    per_person: bool = Field(False, description="at most one match (the nearest face) per person")
+    threshold: float | None = Field(None, gt=0.0, le=2.0)
+    model: str | None = None
+    detector: str | None = None
+    max_faces: int | None = Field(None, ge=1, le=256)
+    enforce_detection: bool = True
+
+
+class CreateCollectionBody(_Body):
+    name: str
+    model: str | None = None
+
+
+def _face_out(rec: dict[str, Any], box: dict | None = None) -> dict[str, Any]:
+    out = {"id": rec.get("face_id"), "person_id": rec.get("person_id"),
+           "name": rec.get("name"), "labels": rec.get("labels") or {},
+           "collection": rec.get("collection"), "created_at": rec.get("created_at")}
+    if box is not None:
+        out["box"] = box
+    return out
+
+
+def _meta(item: Any) -> dict[str, Any]:
+    return {"person_id": item.person_id, "name": item.name, "labels": item.labels}
+
+
+@router.post("/v1/collections", tags=["gallery"], status_code=201,
+             openapi_extra=body_schema(CreateCollectionBody))
+async def create_collection(request: Request) -> Response:
+    api = api_of(request)
+    body, _ = await api.parse(request, CreateCollectionBody)
+    model = body.model or api.s.default_embedder
+    info = await api.flow.embedder_info(model)
+    out = await api.flow.gallery.create_collection(body.name, model, info["dim"])
+    return JSONResponse(out, status_code=201)
+
+
+@router.get("/v1/collections", tags=["gallery"])
+async def list_collections(request: Request) -> dict:
+    return {"collections": await api_of(request).flow.gallery.list_collections()}
+
+
+@router.get("/v1/collections/{collection}", tags=["gallery"])
+async def collection_stats(collection: str, request: Request) -> dict:
+    return await api_of(request).flow.gallery.stats(collection)
+
+
+@router.delete("/v1/collections/{collection}", tags=["gallery"])
+async def drop_collection(collection: str, request: Request) -> dict:
+    return await api_of(request).flow.drop_collection(collection)
+
+
+@router.post("/v1/collections/{collection}/faces", tags=["gallery"], status_code=201,
+             openapi_extra=body_schema(RegisterBody))
+async def register_face(collection: str, request: Request) -> Response:
+    """Enrol the largest face of ``img``; ``Idempotency-Key`` makes retries safe."""
+    api = api_of(request)
+    body, files = await api.parse(request, RegisterBody)
+    data = await api.image(body.img, files, "img")
+    res = await api.flow.register(collection, [(data, _meta(body))],
+                                  FaceQuery(body.detector), body.model,
+                                  request.headers.get("idempotency-key"))
+    face = res.results[0]
+    if isinstance(face, FacefleetError):
+        raise face
+    out = _face_out(face, face["box"])
+    out["replayed"] = res.replayed
+    return JSONResponse(out, status_code=200 if res.replayed else 201)
+
+
+@router.post("/v1/collections/{collection}/faces:batch", tags=["gallery"],
+             openapi_extra=body_schema(RegisterBatchBody))
+async def register_batch(collection: str, request: Request) -> dict:
+    """Bulk enrolment: one result per item; failures are reported per item.
+    An ``Idempotency-Key`` makes a retried batch return the first result."""
+    api = api_of(request)
+    body, files = await api.parse(request, RegisterBatchBody)
+
+    async def read(i: int, item: BatchItem) -> Any:
+        try:
+            return await api.image(item.img, files, f"items[{i}].img")
+        except FacefleetError as exc:
+            return exc
+
+    datas = await asyncio.gather(*(read(i, it) for i, it in enumerate(body.items)))
+    res = await api.flow.register(
+        collection, [(d, {**_meta(it), "field": f"items[{i}].img"})
+                     for i, (d, it) in enumerate(zip(datas, body.items, strict=True))],
+        FaceQuery(body.detector), body.model, request.headers.get("idempotency-key"))
+    results: list[dict[str, Any]] = []
+    for i, r in enumerate(res.results):
+        if isinstance(r, FacefleetError):
+            results.append({"index": i, "status": "error",
+                            "error": {"code": r.code.value, "message": r.message}})
+        else:
+            results.append({"index": i, "status": "created", "id": r["face_id"],
+                            "person_id": r["person_id"], "box": r["box"]})
+    created = sum(1 for r in results if r["status"] == "created")
+    return {"collection": collection, "created": created, "failed": len(results) - created,
+            "results": results}
+
+
+@router.post("/v1/collections/{collection}/identify", tags=["gallery"],
+             openapi_extra=body_schema(IdentifyBody))
+async def identify(collection: str, request: Request) -> dict:
+    """Every face of the probe image against the collection, nearest first."""
+    api = api_of(request)
+    body, files = await api.parse(request, IdentifyBody)
+    data = await api.image(body.img, files, "img")
+    res = await api.flow.identify(
+        collection, data, FaceQuery(body.detector, body.max_faces, 0.0, body.enforce_detection),
+        body.top_k, body.per_person, body.model)
+    model = res.image.model
+    threshold = body.threshold if body.threshold is not None else api.s.threshold_for(model)
+    if threshold is None:
+        raise ValidationError(f"model '{model}' has no calibrated threshold; pass 'threshold'")
+    faces = []
+    for f, row in zip(res.image.faces, res.hits or [[]] * len(res.image.faces), strict=True):
+        matches = [{"id": h["face_id"], "person_id": h["person_id"], "name": h.get("name"),
+                    "labels": h.get("labels") or {}, "distance": round(h["distance"], 6),
+                    "match": h["distance"] <= threshold} for h in row]
+        faces.append({"box": f.box.as_dict(), "confidence": round(f.confidence, 4),
+                      "matches": matches})
+    return {"faces": faces, "collection": collection, "model": model, "threshold": threshold}
+
+
+@router.get("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"])
+async def get_face(collection: str, face_id: str, request: Request) -> dict:
+    return _face_out(await api_of(request).flow.gallery.get_face(collection, face_id))
+
+
+@router.delete("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"],
+               status_code=204)
+async def delete_face(collection: str, face_id: str, request: Request) -> Response:
+    await api_of(request).flow.gallery.delete_face(collection, face_id)
+    return Response(status_code=204)
+
+
+@router.get("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"])
+async def get_person(collection: str, person_id: str, request: Request) -> dict:
+    return await api_of(request).flow.gallery.get_person(collection, person_id)
+
+
+@router.delete("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"])
+async def delete_person(collection: str, person_id: str, request: Request) -> dict:
+    return await api_of(request).flow.gallery.delete_person(collection, person_id)
