@@ -196,6 +196,7 @@ class Gallery(GalleryService):
         s = Settings.model_validate(settings)
         index = s.index
         self._index_type = index.index_type
+        self._fault: str | None = None
         shards = RayShards(shard_handles(s))
         ray.get([c.ready.remote() for copies in shards.handles for c in copies])
         super().__init__(open_store(index.backend, index.database_url, s.data_dir.resolve()),
@@ -225,6 +226,20 @@ class Gallery(GalleryService):
             for row, i in enumerate(members):
                 out[i] = (scores[row, :ks[i]], ids[row, :ks[i]])
         return out
+
+    async def _apply(self, plan: Plan) -> None:
+        if self._fault == "exit_after_commit":
+            # fault injection (tests): die between the commit and the shard update
+            os._exit(1)
+        await super()._apply(plan)
+
+    async def inject_fault(self, fault: str | None) -> None:
+        """Arm a fault in this replica, for fault-injection tests only: with
+        ``"exit_after_commit"`` the next write is committed and the process exits
+        before any shard hears of it. Not reachable over HTTP."""
+        if fault not in (None, "exit_after_commit"):
+            raise ValueError(f"unknown fault {fault!r}")
+        self._fault = fault
 
     async def stats(self, collection: str) -> dict[str, Any]:
         out = await super().stats(collection)

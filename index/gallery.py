@@ -454,6 +454,10 @@ class GalleryService:
     def _forget_info(self, name: str) -> None:
         self._infos.pop(name, None)
 
+    async def _apply(self, plan: Plan) -> None:
+        """Send a committed write's ops to the shards."""
+        await self.shards.apply(plan)
+
     # -- collections
     async def create_collection(self, name: str, model: str, dim: int,
                                 exist_ok: bool = False) -> dict[str, Any]:
@@ -468,7 +472,7 @@ class GalleryService:
     async def drop_collection(self, name: str) -> dict[str, Any]:
         self._forget_info(name)
         result, plan = await self._db(self.core.drop_collection, name)
-        await self.shards.apply(plan)
+        await self._apply(plan)
         return result
 
     # -- faces
@@ -477,7 +481,7 @@ class GalleryService:
                        create_collection: bool = False) -> dict[str, Any]:
         result, plan = await self._db(self.core.register, collection, model, dim, items,
                                       idempotency_key, create_collection)
-        await self.shards.apply(plan)
+        await self._apply(plan)
         return result
 
     async def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
@@ -485,7 +489,7 @@ class GalleryService:
                             create_collection: bool = False) -> dict[str, Any]:
         result, plan = await self._db(self.core.register_bulk, collection, model, dim,
                                       embeddings, person_ids, create_collection)
-        await self.shards.apply(plan)
+        await self._apply(plan)
         return result
 
     async def search(self, collection: str, model: str, vectors: Any, k: int = 10,
@@ -517,7 +521,7 @@ class GalleryService:
 
     async def delete_faces(self, collection: str, face_ids: Sequence[str]) -> list[str]:
         deleted, plan = await self._db(self.core.delete_faces, collection, face_ids)
-        await self.shards.apply(plan)
+        await self._apply(plan)
         return deleted
 
     async def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
@@ -525,7 +529,7 @@ class GalleryService:
 
     async def delete_person(self, collection: str, person_id: str) -> dict[str, Any]:
         result, plan = await self._db(self.core.delete_person, collection, person_id)
-        await self.shards.apply(plan)
+        await self._apply(plan)
         return result
 
     async def stats(self, collection: str) -> dict[str, Any]:

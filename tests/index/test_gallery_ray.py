@@ -124,3 +124,112 @@ def test_concurrent_identify_is_batched_and_exact(serve_instance, tmp_path):
         assert [h["face_id"] for h in row] == [face_ids[j] for j in want]
     handle.shutdown_shards.remote().result()
     serve.delete("gallery-batch")
+
+
+def _store_url(backend: str, request) -> str | None:
+    return request.getfixturevalue("pg_url") if backend == "postgres" else None
+
+
+def _until(cond, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return cond()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_writes_of_a_replica_killed_after_commit_reach_the_index(serve_instance, tmp_path,
+                                                                 backend, request):
+    """The Gallery replica dies between the store commit and the shard update; the
+    committed face becomes searchable and the committed forget takes effect anyway,
+    within the shards' catch-up period."""
+    import ray
+
+    from deployments.gallery import Gallery
+
+    serve = serve_instance
+    cfg = settings(tmp_path, shards=2, sync_interval_s=0.5, backend=backend,
+                   database_url=_store_url(backend, request))
+    handle = serve.run(Gallery.bind(cfg), name=f"gallery-fault-{backend}", route_prefix=None)
+    x = unit(3, seed=7)
+    kept = handle.register.remote("f", "dlib", D, [{"embedding": x[0]}, {"embedding": x[1]}],
+                                  None, True).result()["faces"]
+
+    def found(vec) -> str | None:
+        row = handle.search.remote("f", "dlib", vec, 1).result()[0]
+        return row[0]["face_id"] if row and row[0]["similarity"] > 0.999 else None
+
+    def in_index() -> set:
+        return set(handle.verify.remote("f").result()["missing_in_index"])
+
+    handle.inject_fault.remote("exit_after_commit").result()
+    with pytest.raises(ray.exceptions.RayActorError):
+        handle.register.remote("f", "dlib", D, [{"embedding": x[2], "person_id": "late"}]
+                               ).result()
+    # the replica restarts; the face it committed is found without any client retry
+    assert _until(lambda: found(x[2]) is not None)
+    person = handle.get_person.remote("f", "late").result()
+    assert found(x[2]) == person["faces"][0]["face_id"]
+
+    handle.inject_fault.remote("exit_after_commit").result()
+    with pytest.raises(ray.exceptions.RayActorError):
+        handle.delete_face.remote("f", kept[0]["face_id"]).result()
+    assert _until(lambda: handle.verify.remote("f").result()["consistent"])
+    assert found(x[0]) is None and found(x[1]) == kept[1]["face_id"]
+    report = handle.verify.remote("f").result()
+    assert report["store"] == report["index"] == 2 and not in_index()
+    handle.shutdown_shards.remote().result()
+    serve.delete(f"gallery-fault-{backend}")
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_two_gallery_replicas_over_the_same_shards_stay_consistent(serve_instance, tmp_path,
+                                                                   backend, request):
+    import random
+
+    from deployments.gallery import Gallery
+
+    serve = serve_instance
+    cfg = settings(tmp_path, shards=3, backend=backend, database_url=_store_url(backend, request))
+    handle = serve.run(Gallery.options(num_replicas=2).bind(cfg),
+                       name=f"gallery-two-{backend}", route_prefix=None)
+    handle.create_collection.remote("two", "dlib", D).result()
+    app = serve.status().applications[f"gallery-two-{backend}"]
+    assert app.deployments["Gallery"].replica_states.get("RUNNING") == 2
+    errors: list[BaseException] = []
+
+    def client(seed: int) -> None:
+        rnd = random.Random(seed)
+        rng = np.random.default_rng(seed)
+        mine: list[str] = []
+        try:
+            for _ in range(30):
+                op = rnd.random()
+                if op < 0.5:
+                    items = [{"embedding": rng.normal(size=D), "person_id": f"p{rnd.randrange(5)}"}
+                             for _ in range(rnd.randrange(1, 4))]
+                    out = handle.register.remote("two", "dlib", D, items).result()
+                    mine += [f["face_id"] for f in out["faces"]]
+                elif op < 0.75 and mine:
+                    handle.delete_faces.remote("two", [mine.pop(rnd.randrange(len(mine)))]
+                                               ).result()
+                else:
+                    for row in handle.search.remote("two", "dlib", rng.normal(size=(2, D)), 5
+                                                    ).result():
+                        assert all(h["face_id"] for h in row)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(client, range(6)))
+    assert not errors, errors
+    report = handle.verify.remote("two").result()
+    assert report["consistent"] and report["store"] > 0, report
+    stats = handle.stats.remote("two").result()
+    assert sum(stats["shard_sizes"]) == stats["faces"] == report["store"]
+    handle.shutdown_shards.remote().result()
+    serve.delete(f"gallery-two-{backend}")
