@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
@@ -73,8 +74,7 @@ def test_gpu_image_swaps_in_gpu_runtimes_and_bakes_models():
     assert "FROM nvidia/cuda:" in text
     assert "pip uninstall -y faiss-cpu onnxruntime" in text
     # the image installs exactly the pyproject's gpu extra (CUDA 13 libraries included)
-    import tomllib
-
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     gpu = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]["gpu"]
     assert any(r.startswith("onnxruntime-gpu[cuda,cudnn]==") for r in gpu)
