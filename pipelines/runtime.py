@@ -75,9 +75,30 @@ def onnx_providers(cfg: RuntimeConfig) -> list[Any]:
     if not cuda:
         log.info("runtime.device=auto: CUDA not available, using the CPU")
         return ["CPUExecutionProvider"]
+    _preload_cuda_libraries(ort)
     # tf32 off keeps GPU embeddings within 1e-4 of the CPU reference (parity).
     return [("CUDAExecutionProvider", {"device_id": cfg.cuda_device_id, "use_tf32": 0}),
             "CPUExecutionProvider"]
+
+
+_cuda_preloaded = False
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load CUDA / cuDNN from the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn]) once.
+
+    The CUDA provider is opened only when a session asks for it and does not
+    search pip's nvidia folders by itself; without those wheels the system's
+    CUDA libraries are used, as before.
+    """
+    global _cuda_preloaded
+    if _cuda_preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _cuda_preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # noqa: BLE001 - the session check below reports what matters
+        log.info("onnxruntime.preload_dlls failed (%s); relying on system CUDA libraries", exc)
 
 
 def onnx_session(path: str, cfg: RuntimeConfig, *, optimize: bool = True) -> Any:
@@ -91,7 +112,21 @@ def onnx_session(path: str, cfg: RuntimeConfig, *, optimize: bool = True) -> Any
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.log_severity_level = 3
-    return ort.InferenceSession(path, sess_options=opts, providers=onnx_providers(cfg))
+    providers = onnx_providers(cfg)
+    session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    if session.get_providers()[0] != wanted:
+        # onnxruntime falls back to the CPU silently when the CUDA provider's
+        # libraries (CUDA, cuDNN) or the GPU cannot be loaded
+        if cfg.device == "cuda":
+            raise Unavailable(
+                f"runtime.device is 'cuda' but onnxruntime could not start {wanted} for "
+                f"{path} (got {', '.join(session.get_providers())}): check that nvidia-smi "
+                "sees a GPU and that the CUDA and cuDNN libraries onnxruntime-gpu needs are "
+                "installed (pip install 'onnxruntime-gpu[cuda,cudnn]')",
+                {"providers": session.get_providers()})
+        log.warning("runtime.device=auto: %s unavailable for %s, using the CPU", wanted, path)
+    return session
 
 
 _tf_configured = False

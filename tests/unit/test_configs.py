@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
@@ -72,7 +73,13 @@ def test_gpu_image_swaps_in_gpu_runtimes_and_bakes_models():
     text = (REPO / "Dockerfile.gpu").read_text()
     assert "FROM nvidia/cuda:" in text
     assert "pip uninstall -y faiss-cpu onnxruntime" in text
-    assert "onnxruntime-gpu==" in text and "faiss-gpu==" in text
+    # the image installs exactly the pyproject's gpu extra (CUDA 13 libraries included)
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    gpu = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["gpu"]
+    assert any(r.startswith("onnxruntime-gpu[cuda,cudnn]==") for r in gpu)
+    for req in gpu:
+        assert f'"{req}"' in text, req
     assert "python -m pipelines.prepare" in text
     for path in ("configs", "pipelines", "index", "deployments"):
         assert f"COPY {path} ./{path}" in text
