@@ -338,6 +338,9 @@ class GalleryCore:
         faces, persons = self.store.counts(info.id)
         out = collection_dict(info)
         out.update(faces=faces, persons=persons, shards=self.nshards)
+        sql_view = getattr(self.store, "sql_view", None)
+        if sql_view is not None:  # pgvector: the collection's recipe-shaped view
+            out["sql_view"] = sql_view(info)
         return info, out
 
 
@@ -552,19 +555,35 @@ class GalleryService:
 
 
 class Gallery:
-    """The in-process gallery (a store plus :class:`LocalShards`), called synchronously.
+    """The in-process gallery (a store plus its shards), called synchronously.
 
-    Each method of :class:`GalleryService` is run to completion on a private
-    event loop thread, so tests, benchmarks and scripts use the one gallery
-    implementation without asyncio; it is safe to call from several threads.
+    The shards are :class:`LocalShards` (FAISS), or for a pgvector store the
+    SQL search of ``index.pgvector_shards`` (``search="sql"``, its default);
+    ``search="faiss"`` serves a pgvector store from FAISS shards too, as its
+    change log allows. Each method of :class:`GalleryService` is run to
+    completion on a private event loop thread, so tests, benchmarks and scripts
+    use the one gallery implementation without asyncio; it is safe to call
+    from several threads.
     """
 
     def __init__(self, store: Store, nshards: int = 1, config: IndexConfig | None = None,
-                 rebuild: bool = True) -> None:
+                 rebuild: bool = True, search: str | None = None,
+                 ef_search: int | None = None) -> None:
         self.store = store
-        self.local = LocalShards(store, nshards, config, rebuild)
+        if search is None:
+            search = "sql" if store.backend == "pgvector" else "faiss"
+        self.local: Any
+        if search == "sql":
+            from index.pgvector_shards import SqlShards
+
+            self.local = SqlShards(store, ef_search=ef_search)  # type: ignore[arg-type]
+            self.shards: list[ShardIndex] = []
+        elif search == "faiss":
+            self.local = LocalShards(store, nshards, config, rebuild)
+            self.shards = self.local.shards
+        else:
+            raise ValueError(f"unknown search {search!r}: 'faiss' or 'sql'")
         self.service = GalleryService(store, self.local)
-        self.shards = self.local.shards
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="gallery-loop")

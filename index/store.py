@@ -1,10 +1,12 @@
 """The gallery's source of truth: collections, persons and face embeddings in a
 real database.
 
-Two backends share one schema and one set of statements: SQLite in WAL mode
+Three backends share one schema and one set of statements: SQLite in WAL mode
 (the embedded default, one file under the data directory, safe for several
-processes thanks to ``BEGIN IMMEDIATE`` and a busy timeout) and PostgreSQL
-(production). Embeddings are stored as little-endian float32 bytes. Each face
+processes thanks to ``BEGIN IMMEDIATE`` and a busy timeout), PostgreSQL
+(production), and PostgreSQL with pgvector (``index.pgvector_store``: the
+embedding column is a pgvector ``vector`` searched in SQL). Embeddings are
+otherwise stored as little-endian float32 bytes. Each face
 has a public string id (random, unguessable) and an int64 internal id taken
 from a counter that never hands out a value twice, which is what FAISS stores:
 shards rely on "never reused" to ignore late or repeated updates. A face's
@@ -205,6 +207,37 @@ class Migration:
     name: str
     sqlite: tuple[str, ...]
     postgres: tuple[str, ...]
+    #: the pgvector backend's statements where they differ from ``postgres``
+    pgvector: tuple[str, ...] | None = None
+
+    def statements(self, backend: str) -> tuple[str, ...]:
+        if backend == "sqlite":
+            return self.sqlite
+        if backend == "pgvector" and self.pgvector is not None:
+            return self.pgvector
+        return self.postgres
+
+
+_PG_V1 = (
+    """CREATE TABLE collections (
+                id BIGSERIAL PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE, model TEXT NOT NULL, dim INTEGER NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE persons (
+                collection_id BIGINT NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+                person_id TEXT NOT NULL, name TEXT, labels TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (collection_id, person_id))""",
+    "CREATE SEQUENCE face_ids",
+    """CREATE TABLE faces (
+                id BIGINT PRIMARY KEY, face_id TEXT NOT NULL UNIQUE,
+                collection_id BIGINT NOT NULL, person_id TEXT NOT NULL,
+                bucket INTEGER NOT NULL, embedding BYTEA NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                FOREIGN KEY (collection_id, person_id)
+                    REFERENCES persons (collection_id, person_id) ON DELETE CASCADE)""",
+    "CREATE INDEX faces_by_person ON faces (collection_id, person_id)",
+)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -231,26 +264,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
             "INSERT INTO sequences (name, value) VALUES ('faces', 0)",
         ),
-        postgres=(
-            """CREATE TABLE collections (
-                id BIGSERIAL PRIMARY KEY,
-                name TEXT NOT NULL UNIQUE, model TEXT NOT NULL, dim INTEGER NOT NULL,
-                created_at DOUBLE PRECISION NOT NULL)""",
-            """CREATE TABLE persons (
-                collection_id BIGINT NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
-                person_id TEXT NOT NULL, name TEXT, labels TEXT,
-                created_at DOUBLE PRECISION NOT NULL,
-                PRIMARY KEY (collection_id, person_id))""",
-            "CREATE SEQUENCE face_ids",
-            """CREATE TABLE faces (
-                id BIGINT PRIMARY KEY, face_id TEXT NOT NULL UNIQUE,
-                collection_id BIGINT NOT NULL, person_id TEXT NOT NULL,
-                bucket INTEGER NOT NULL, embedding BYTEA NOT NULL,
-                created_at DOUBLE PRECISION NOT NULL,
-                FOREIGN KEY (collection_id, person_id)
-                    REFERENCES persons (collection_id, person_id) ON DELETE CASCADE)""",
-            "CREATE INDEX faces_by_person ON faces (collection_id, person_id)",
-        ),
+        postgres=_PG_V1,
+        # pgvector: the same table with the embedding as a pgvector column of no fixed
+        # dimension; each collection gets an HNSW index of its own dimension
+        # (index.pgvector_store)
+        pgvector=tuple(st.replace("embedding BYTEA", "embedding vector") for st in _PG_V1),
     ),
     Migration(
         2,
@@ -352,6 +370,8 @@ class _SqlStore:
     backend = "sql"
     #: placeholder of the driver ("?" or "%s"); statements below are written with "?"
     _ph = "?"
+    #: how statements read a face's embedding (decoded by :meth:`_decode`)
+    _EMB = "embedding"
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -373,6 +393,17 @@ class _SqlStore:
 
     def _insert_faces(self, cur: Any, rows: list[tuple]) -> None:
         raise NotImplementedError
+
+    def _encode(self, vector: np.ndarray) -> Any:
+        """One embedding as the value written to ``faces.embedding``."""
+        return vector.tobytes()
+
+    def _decode(self, values: list[Any], dim: int) -> np.ndarray:
+        """Embeddings read with :attr:`_EMB` as an ``(n, dim)`` float32 array."""
+        return _vectors([bytes(v) for v in values], dim)
+
+    def _decode_one(self, value: Any) -> np.ndarray:
+        return np.frombuffer(bytes(value), dtype="<f4").astype(np.float32)
 
     def _any(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """``column IN (...)`` (or ``= ANY``), as SQL text and parameters."""
@@ -421,7 +452,7 @@ class _SqlStore:
             for m in MIGRATIONS:
                 if m.version in applied:
                     continue
-                for stmt in (m.sqlite if self.backend == "sqlite" else m.postgres):
+                for stmt in m.statements(self.backend):
                     cur.execute(stmt)
                 cur.execute(self._q(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"),
@@ -467,7 +498,18 @@ class _SqlStore:
             f"ON CONFLICT (name) DO NOTHING RETURNING {self._COLL}"),
             (name, model, int(dim), time.time()))
         row = cur.fetchone()
-        return self._coll(row) if row else None
+        if row is None:
+            return None
+        info = self._coll(row)
+        self._collection_created(cur, info)
+        return info
+
+    def _collection_created(self, cur: Any, info: CollectionInfo) -> None:
+        """Per-collection objects a backend keeps (pgvector: its index and view),
+        made in the creating transaction."""
+
+    def _collection_dropped(self, cur: Any, info: CollectionInfo) -> None:
+        """Remove what :meth:`_collection_created` made, in the dropping transaction."""
 
     @_guarded
     def get_collection(self, name: str) -> CollectionInfo:
@@ -489,6 +531,8 @@ class _SqlStore:
             cur.execute(self._q(
                 f"DELETE FROM collections WHERE name = ? RETURNING {self._COLL}"), (name,))
             row = cur.fetchone()
+            if row is not None:
+                self._collection_dropped(cur, self._coll(row))
         if row is None:
             raise CollectionNotFound(f"collection {name!r} does not exist", {"collection": name})
         return self._coll(row)
@@ -558,7 +602,7 @@ class _SqlStore:
             row_bytes = emb.reshape(n, dim)
             self._insert_faces(cur, [
                 (int(ids[i]), face_ids[i], info.id, person_ids[i], int(buckets[i]),
-                 row_bytes[i].tobytes(), now, seq) for i in range(n)])
+                 self._encode(row_bytes[i]), now, seq) for i in range(n)])
             if idempotency is not None:
                 cur.execute(self._q(
                     "UPDATE idempotency_keys SET response = ? WHERE collection_id = ? AND key = ?"),
@@ -599,7 +643,7 @@ class _SqlStore:
             info, face_ids, person_ids,
             np.array([r[0] for r in rows], dtype=np.int64),
             np.array([r[1] for r in rows], dtype=np.int64),
-            _vectors([bytes(r[2]) for r in rows], info.dim), seq, created, persons,
+            self._decode([r[2] for r in rows], info.dim), seq, created, persons,
             replayed=True)
 
     def _faces_by_public_id(self, cur: Any, cid: int, face_ids: Sequence[str]) -> list[tuple]:
@@ -607,31 +651,28 @@ class _SqlStore:
         for i in range(0, len(face_ids), _IN_CHUNK):
             cond, params = self._any("face_id", face_ids[i:i + _IN_CHUNK])
             cur.execute(self._q(
-                "SELECT id, bucket, embedding, seq, created_at FROM faces "
+                f"SELECT id, bucket, {self._EMB}, seq, created_at FROM faces "
                 f"WHERE collection_id = ? AND {cond}"), [cid, *params])
             rows.extend(cur.fetchall())
         return rows
 
     # -- faces and persons
-    @staticmethod
-    def _face(row: Sequence[Any], dim: int | None = None) -> FaceRecord:
-        emb = None
-        if dim is not None and len(row) > 5:
-            emb = np.frombuffer(bytes(row[5]), dtype="<f4").astype(np.float32)
+    def _face(self, row: Sequence[Any], with_embedding: bool = False) -> FaceRecord:
+        emb = self._decode_one(row[5]) if with_embedding and len(row) > 5 else None
         return FaceRecord(int(row[0]), row[1], row[2], int(row[3]), float(row[4]), emb)
 
     @_guarded
     def get_face(self, cid: int, face_id: str, with_embedding: bool = False) -> FaceRecord:
         cols = "id, face_id, person_id, bucket, created_at"
         if with_embedding:
-            cols += ", embedding"
+            cols += f", {self._EMB}"
         with self._tx(write=False) as cur:
             cur.execute(self._q(f"SELECT {cols} FROM faces WHERE collection_id = ? AND face_id = ?"),
                         (cid, face_id))
             row = cur.fetchone()
         if row is None:
             raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
-        return self._face(row, 0 if with_embedding else None)
+        return self._face(row, with_embedding)
 
     def _tombstone(self, cur: Any, cid: int, seq: int, deleted: list[DeletedFace]) -> None:
         now = time.time()
@@ -754,7 +795,7 @@ class _SqlStore:
             full = after_seq < pruned
             since = 0 if full else after_seq
             cur.execute(self._q(
-                "SELECT id, embedding FROM faces WHERE collection_id = ? AND seq > ? "
+                f"SELECT id, {self._EMB} FROM faces WHERE collection_id = ? AND seq > ? "
                 "AND bucket % ? = ? ORDER BY id"), (cid, since, nshards, shard))
             rows = cur.fetchall()
             removed = empty
@@ -764,7 +805,7 @@ class _SqlStore:
                     "AND bucket % ? = ?"), (cid, after_seq, nshards, shard))
                 removed = np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
         return Changes(cid, dim, last, np.array([r[0] for r in rows], dtype=np.int64),
-                       _vectors([bytes(r[1]) for r in rows], dim), removed, full)
+                       self._decode([r[1] for r in rows], dim), removed, full)
 
     # -- rebuild
     def iter_shard(self, shard: int, nshards: int, chunk: int = 20000,
@@ -792,15 +833,14 @@ class _SqlStore:
         scan = self._scan_cursor(cur)
         try:
             scan.execute(self._q(
-                "SELECT collection_id, id, embedding FROM faces WHERE bucket % ? = ?"),
+                f"SELECT collection_id, id, {self._EMB} FROM faces WHERE bucket % ? = ?"),
                 (nshards, shard))
             yield from self._group_rows(scan, dims, chunk)
         finally:
             if scan is not cur:
                 scan.close()
 
-    @staticmethod
-    def _group_rows(scan: Any, dims: dict[int, int],
+    def _group_rows(self, scan: Any, dims: dict[int, int],
                     chunk: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
         while True:
             rows = scan.fetchmany(chunk)
@@ -814,7 +854,7 @@ class _SqlStore:
             for cid, (ids, blobs) in groups.items():
                 if cid in dims:
                     yield (cid, dims[cid], np.array(ids, dtype=np.int64),
-                           _vectors([bytes(b) for b in blobs], dims[cid]))
+                           self._decode(blobs, dims[cid]))
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -923,6 +963,24 @@ class PostgresStore(_SqlStore):
         self.url = url
         self._timeout = connect_timeout_s
         self._migrate()
+        self._check_layout()
+
+    #: the type of ``faces.embedding`` this backend reads and writes
+    _EMB_TYPE = "bytea"
+
+    def _check_layout(self) -> None:
+        """Refuse a database laid out for the other PostgreSQL backend (the embedding
+        column is ``bytea`` for ``postgres``, ``vector`` for ``pgvector``)."""
+        with self._tx(write=False) as cur:
+            cur.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                        "WHERE attrelid = 'faces'::regclass AND attname = 'embedding'")
+            found = cur.fetchone()[0]
+        if found != self._EMB_TYPE:
+            other = "pgvector" if found == "vector" else "postgres"
+            raise StoreUnavailable(
+                f"this database holds the {other} backend's layout (faces.embedding is "
+                f"{found}); open it with index.backend: {other}",
+                {"embedding_type": found, "backend": self.backend})
 
     def _connect(self) -> Any:
         try:
@@ -972,11 +1030,13 @@ class PostgresStore(_SqlStore):
 
 
 def open_store(backend: str = "sqlite", database_url: str | None = None,
-               data_dir: str | Path = "data") -> Store:
+               data_dir: str | Path = "data", pgvector: dict[str, Any] | None = None) -> Store:
     """Open (and migrate) the configured store.
 
     SQLite: ``database_url`` is a file path or ``sqlite:///path``; by default
-    ``DATA_DIR/gallery.sqlite3``. PostgreSQL: ``database_url`` is required.
+    ``DATA_DIR/gallery.sqlite3``. PostgreSQL and pgvector: ``database_url`` is
+    required; ``pgvector`` holds the HNSW options of the latter
+    (:class:`index.pgvector_store.PgvectorStore`).
     """
     if backend == "sqlite":
         path: str | Path = Path(data_dir) / "gallery.sqlite3"
@@ -984,8 +1044,13 @@ def open_store(backend: str = "sqlite", database_url: str | None = None,
             path = database_url.removeprefix("sqlite:///") if database_url.startswith(
                 "sqlite:///") else database_url
         return SqliteStore(path)
-    if backend == "postgres":
+    if backend in ("postgres", "pgvector"):
         if not database_url:
-            raise StoreUnavailable("index.backend is postgres but index.database_url is not set")
+            raise StoreUnavailable(
+                f"index.backend is {backend} but index.database_url is not set")
+        if backend == "pgvector":
+            from index.pgvector_store import PgvectorStore
+
+            return PgvectorStore(database_url, **(pgvector or {}))
         return PostgresStore(database_url)
     raise StoreUnavailable(f"unknown index backend {backend!r}")
