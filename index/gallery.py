@@ -41,6 +41,7 @@ _COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")
 _PERSON_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_FACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_DIM = 4096
 MAX_K = 1000
 MAX_LABELS = 32
@@ -191,9 +192,13 @@ class GalleryCore:
 
     # -- register
     def register(self, collection: str, model: str, dim: int, items: Sequence[Mapping[str, Any]],
-                 idempotency_key: str | None = None,
-                 create_collection: bool = False) -> tuple[dict[str, Any], Plan]:
-        """Items: ``{"embedding": vector, "person_id"?: str, "name"?: str, "labels"?: {..}}``."""
+                 idempotency_key: str | None = None, create_collection: bool = False,
+                 face_ids: Sequence[str] | None = None) -> tuple[dict[str, Any], Plan]:
+        """Items: ``{"embedding": vector, "person_id"?: str, "name"?: str, "labels"?: {..}}``.
+
+        ``face_ids`` (32 lowercase hex characters each, e.g. a UUID without dashes)
+        keep the ids faces had elsewhere, for imports; by default they are new.
+        """
         check_collection_name(collection)
         model, dim = _check_model(model, dim)
         if not items:
@@ -227,7 +232,14 @@ class GalleryCore:
                 [[i.get("person_id"), i.get("name"), i.get("labels")] for i in items],
                 sort_keys=True, default=str).encode())
             idem = (idempotency_key, digest.hexdigest())
-        face_ids = new_ids(len(items))
+        if face_ids is None:
+            face_ids = new_ids(len(items))
+        else:
+            face_ids = [str(f) for f in face_ids]
+            if len(face_ids) != len(items) or not all(_FACE_ID_RE.match(f) for f in face_ids):
+                raise ValidationError("face_ids are 32 lowercase hex characters, one per item")
+            if len(set(face_ids)) != len(face_ids):
+                raise ValidationError("face_ids repeat within one request")
         res = self.store.add_faces(collection, model, dim, face_ids, person_ids, emb,
                                    list(persons.values()), create=create_collection,
                                    idempotency=idem)
@@ -481,9 +493,10 @@ class GalleryService:
     # -- faces
     async def register(self, collection: str, model: str, dim: int,
                        items: Sequence[Mapping[str, Any]], idempotency_key: str | None = None,
-                       create_collection: bool = False) -> dict[str, Any]:
+                       create_collection: bool = False,
+                       face_ids: Sequence[str] | None = None) -> dict[str, Any]:
         result, plan = await self._db(self.core.register, collection, model, dim, items,
-                                      idempotency_key, create_collection)
+                                      idempotency_key, create_collection, face_ids)
         await self._apply(plan)
         return result
 

@@ -189,6 +189,7 @@ class Store(Protocol):
     def delete_person(self, cid: int, person_id: str) -> tuple[PersonRecord, Deleted]: ...
     def lookup(self, cid: int, ids: Sequence[int]) -> dict[int, HitInfo]: ...
     def counts(self, cid: int) -> tuple[int, int]: ...
+    def existing_face_ids(self, cid: int, face_ids: Sequence[str]) -> set[str]: ...
     def face_ids_internal(self, cid: int) -> np.ndarray: ...
     def iter_shard(self, shard: int, nshards: int, chunk: int = 20000,
                    seqs: dict[int, tuple[int, int]] | None = None,
@@ -756,6 +757,18 @@ class _SqlStore:
                     if int(r[5]) == cid:
                         out[int(r[0])] = HitInfo(r[1], r[2], r[3], _labels_out(r[4]))
         return out
+
+    @_guarded
+    def existing_face_ids(self, cid: int, face_ids: Sequence[str]) -> set[str]:
+        """Which of ``face_ids`` the collection holds (imports skip those)."""
+        found: set[str] = set()
+        with self._tx(write=False) as cur:
+            for i in range(0, len(face_ids), _IN_CHUNK):
+                cond, params = self._any("face_id", face_ids[i:i + _IN_CHUNK])
+                cur.execute(self._q(f"SELECT face_id FROM faces WHERE collection_id = ? AND {cond}"),
+                            [cid, *params])
+                found.update(r[0] for r in cur.fetchall())
+        return found
 
     @_guarded
     def counts(self, cid: int) -> tuple[int, int]:
