@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from deployments.errors import error_response, install_error_handlers, unexpected_response
 from deployments.schemas import ErrorOut
@@ -26,7 +27,40 @@ from pipelines.errors import ErrorCode, FacefleetError
 
 log = logging.getLogger("facefleet.ingress")
 
-app = FastAPI(
+_REF = "#/components/schemas/{model}"
+
+
+class IngressApp(FastAPI):
+    """FastAPI with the request-body models of ``body_schema`` in its OpenAPI document.
+
+    State lives on the instance, not in module globals: Serve pickles the app
+    into its replicas.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.body_models: list[tuple[type[BaseModel], dict[str, Any]]] = []
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is not None:
+            return self.openapi_schema
+        models = list(dict.fromkeys(m for m, _ in self.body_models))
+        # one schema generation for all models: pydantic gives two different
+        # models of the same name distinct component names
+        refs, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
+        for model, schema in self.body_models:
+            schema.clear()
+            schema.update(refs[(model, "validation")])
+        doc = super().openapi()
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        for name, body in defs.get("$defs", {}).items():
+            if components.get(name, body) != body:
+                raise RuntimeError(f"request model {name} clashes with a response model")
+            components[name] = body
+        return doc
+
+
+app = IngressApp(
     title="facefleet",
     version="0.1.0",
     description="Face detection, embedding, verification, analysis and 1:N identification.",
@@ -81,7 +115,15 @@ def unwrap(result: Any) -> Any:
 
 
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema()
+    """``openapi_extra`` declaring ``model`` as a route's JSON / multipart body.
+
+    Routes read their bodies themselves (``request_body.parse_body``), so
+    FastAPI does not see the models: ``IngressApp.openapi`` adds them to the
+    document's components, nested models included, so that every ``$ref``
+    resolves from the document root.
+    """
+    schema: dict[str, Any] = {}  # becomes {"$ref": ...} when the document is built
+    app.body_models.append((model, schema))
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": schema},
         "multipart/form-data": {"schema": schema}}}}
