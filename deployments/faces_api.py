@@ -9,21 +9,19 @@ groups.
 
 # No `from __future__ import annotations`: FastAPI resolves these signatures.
 import asyncio
-import json
 import time
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from pydantic import ValidationError as PydanticValidationError
-from starlette.datastructures import UploadFile
 
 from deployments.http_app import app, body_schema, jpeg_b64, unwrap
+from deployments.request_body import BodyLimits, parse_body
 from deployments.schemas import (AnalyzeBody, DetectBody, DetectOut, EmbedBody, EmbedOut,
                                  VerifyBody, VerifyOut)
-from pipelines.errors import FacefleetError, ImageTooLarge, NoFaceDetected, ValidationError
+from pipelines.errors import FacefleetError, NoFaceDetected, ValidationError
 from pipelines.registry import ATTRIBUTES, DEEPFACE_MODELS, DETECTORS, EMBEDDERS
 from pipelines.stages import AnalyzeRequest, DetectRequest, EmbedRequest
 from pipelines.types import ChipSpec, DetectedImage
@@ -34,67 +32,7 @@ B = TypeVar("B", bound=BaseModel)
 class FacesApi:
     # ---------------------------------------------------------------- helpers
     async def _parse(self, request: Request, model: type[B]) -> tuple[B, dict[str, bytes]]:
-        ctype = request.headers.get("content-type", "")
-        files: dict[str, bytes] = {}
-        limit = self.s.images.max_request_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise ImageTooLarge(f"request body is {declared} bytes; the limit is {limit}",
-                                {"bytes": int(declared), "max_request_bytes": limit})
-        if ctype.startswith("multipart/form-data") or ctype.startswith(
-                "application/x-www-form-urlencoded"):
-            form = await request.form(max_part_size=self.s.images.max_bytes + 1)
-            data: dict[str, Any] = {}
-            list_fields = {n for n, f in model.model_fields.items()
-                           if "list" in str(f.annotation)}
-            for key in set(form.keys()):
-                values = form.getlist(key)
-                v = values[0]
-                if isinstance(v, UploadFile):
-                    content = await v.read()
-                    files[key] = content
-                    data[key] = f"@file:{key}"
-                elif key in list_fields:
-                    items: list[str] = []
-                    for raw in values:
-                        raw = str(raw).strip()
-                        if raw.startswith("["):
-                            try:
-                                items.extend(json.loads(raw))
-                                continue
-                            except json.JSONDecodeError:
-                                pass
-                        items.extend(p.strip() for p in raw.split(",") if p.strip())
-                    data[key] = items
-                else:
-                    data[key] = v
-        else:
-            raw = await self._read_body(request, limit)
-            if not raw:
-                raise ValidationError("request body is empty; send JSON or multipart/form-data")
-            try:
-                data = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ValidationError("request body is not valid JSON") from None
-            if not isinstance(data, dict):
-                raise ValidationError("request body must be a JSON object")
-        try:
-            return model.model_validate(data), files
-        except PydanticValidationError as exc:
-            errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()]
-            raise ValidationError("request is invalid", {"errors": errors}) from None
-
-    @staticmethod
-    async def _read_body(request: Request, limit: int) -> bytes:
-        """The body, read with a cap: a chunked upload has no length to check first."""
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ImageTooLarge(f"request body exceeds {limit} bytes",
-                                    {"max_request_bytes": limit})
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await parse_body(request, model, BodyLimits.of(self.s.images))
 
     async def _image(self, value: str, files: dict[str, bytes], field: str) -> bytes:
         if value == f"@file:{field}" and field in files:
