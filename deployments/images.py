@@ -72,7 +72,7 @@ class ImageResolver:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.urls.timeout_s), follow_redirects=False,
             limits=httpx.Limits(max_keepalive_connections=0), trust_env=False,
-            headers={"User-Agent": "facefleet/0.1"})
+            headers={"User-Agent": "facefleet/0.1", "Accept-Encoding": "identity"})
 
     async def resolve(self, value: str | bytes, field: str = "img") -> bytes:
         if isinstance(value, bytes):
@@ -227,12 +227,19 @@ class ImageResolver:
                         raise UrlFetchFailed(
                             f"fetching '{field}' URL returned HTTP {resp.status_code}",
                             {"field": field, "status": resp.status_code})
+                    encoding = resp.headers.get("content-encoding", "identity").lower()
+                    if encoding not in ("", "identity"):
+                        # asked for identity; decoding a compressed body would let a
+                        # few KB inflate past the cap in one step (a decompression bomb)
+                        raise UrlFetchFailed(f"'{field}' URL answered with Content-Encoding "
+                                             f"'{encoding}'; images are fetched uncompressed",
+                                             {"field": field})
                     declared = resp.headers.get("content-length")
                     if declared and declared.isdigit() and int(declared) > limit:
                         raise ImageTooLarge(f"'{field}' URL content is {declared} bytes; "
                                             f"limit {limit}", {"field": field, "max_bytes": limit})
                     body = bytearray()
-                    async for chunk in resp.aiter_bytes():
+                    async for chunk in resp.aiter_raw():
                         if len(body) + len(chunk) > limit:
                             raise ImageTooLarge(f"'{field}' URL content exceeds {limit} bytes",
                                                 {"field": field, "max_bytes": limit})

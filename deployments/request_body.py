@@ -17,7 +17,6 @@ a comma-separated list, and an uploaded file stands in its field as
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -80,14 +79,16 @@ async def parse_body(request: Request, model: type[B],
         if not boundary:
             raise ValidationError("multipart/form-data body without a boundary parameter")
         parts = await _read_multipart(request, boundary, limits)
+        fields = sum(len(v) for _, v in parts if isinstance(v, str))
+        if fields > limits.inline_json_bytes:  # e.g. a JSON list of items in one field
+            return _validate(model, *await asyncio.to_thread(_form_data, model, parts))
         return _validate(model, *_form_data(model, parts))
     if mime == b"application/x-www-form-urlencoded":
         raw = await read_capped(request, limits.max_request_bytes)
         if len(raw) > limits.inline_json_bytes:
-            pairs = await asyncio.to_thread(_parse_urlencoded, raw, limits.max_parts)
-        else:
-            pairs = _parse_urlencoded(raw, limits.max_parts)
-        return _validate(model, *_form_data(model, pairs))
+            return _validate(model, *await asyncio.to_thread(_urlencoded_form, model, raw,
+                                                             limits.max_parts))
+        return _validate(model, *_urlencoded_form(model, raw, limits.max_parts))
     # anything else is taken for JSON, as clients often omit the content type
     raw = await read_capped(request, limits.max_request_bytes)
     if not raw:
@@ -122,13 +123,15 @@ def _load_json(raw: bytearray) -> Any:
     return data
 
 
-def _parse_urlencoded(raw: bytearray, max_fields: int) -> list[tuple[str, str]]:
+def _urlencoded_form(model: type[BaseModel], raw: bytearray, max_fields: int
+                     ) -> tuple[dict[str, Any], dict[str, bytes]]:
     try:
-        return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=max_fields)
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=max_fields)
     except UnicodeDecodeError:
         raise ValidationError("form body is not UTF-8") from None
     except ValueError:
         raise ValidationError(f"form body has more than {max_fields} fields") from None
+    return _form_data(model, list(pairs))
 
 
 def _validate(model: type[B], data: dict[str, Any], files: dict[str, bytes]
@@ -162,9 +165,9 @@ def _form_data(model: type[BaseModel], parts: list[tuple[str, str | _Upload]]
                 raw = raw.strip()
                 if raw.startswith("["):
                     try:
-                        items.extend(json.loads(raw))
+                        items.extend(pydantic_core.from_json(raw, allow_inf_nan=False))
                         continue
-                    except (json.JSONDecodeError, TypeError):
+                    except ValueError:
                         pass
                 items.extend(p.strip() for p in raw.split(",") if p.strip())
             data[key] = items

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import http.server
 import os
 import threading
@@ -63,6 +64,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return self._redirect(target)
         if self.path.startswith("/to?"):
             return self._redirect(self.path[4:])
+        if self.path == "/bomb":  # 20 KB of gzip that inflates to 20 MB
+            body = gzip.compress(b"\0" * (20 << 20))
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return None
         return super().do_GET()
 
     def _redirect(self, location: str) -> None:
@@ -282,6 +291,10 @@ def test_size_cap_status_and_timeout(server):
     with pytest.raises(UrlFetchFailed) as exc:
         resolve(s, url_of(server, "/missing.jpg"))
     assert exc.value.details["status"] == 404
+    # a compressed answer is refused, not inflated past the cap
+    with pytest.raises(UrlFetchFailed) as exc:
+        resolve(s, url_of(server, "/bomb"))
+    assert "Content-Encoding" in exc.value.message
 
     async def slow(host: str, port: int) -> list[str]:
         await asyncio.sleep(5)

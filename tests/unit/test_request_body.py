@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import Request
 
 from deployments.errors import install_error_handlers
+from deployments.gallery_api import RegisterBatchBody
 from deployments.http_app import IngressApp
 from deployments.local import free_port
 from deployments.request_body import BodyLimits, parse_body
@@ -43,6 +44,10 @@ def make_app() -> IngressApp:
     @app.post("/verify")
     async def verify(request: Request) -> dict:
         return await echo(request, VerifyBody)
+
+    @app.post("/batch")
+    async def batch(request: Request) -> dict:
+        return await echo(request, RegisterBatchBody)
 
     return app
 
@@ -214,6 +219,17 @@ def test_chunked_multipart_body_over_the_request_cap_is_413():
 def test_bad_multipart_is_422(raw, headers, reason):
     err = error_of(post("/analyze", content=raw, headers=headers), 422, "validation_error")
     assert reason in err["message"] + err.get("details", {}).get("reason", "")
+
+
+def test_multipart_items_as_one_big_json_field():
+    # faces:batch over multipart: the items list as JSON in one form field, over
+    # the inline size, so converted in the worker thread
+    items = [{"img": "QUJD" * 400, "person_id": f"p{i}"} for i in range(200)]
+    raw = multipart([("items", None, json.dumps(items).encode()), ("model", None, b"dlib")])
+    assert len(raw) > 256 * 1024
+    out = post("/batch", content=raw, headers=MP).json()
+    assert [i["person_id"] for i in out["body"]["items"]] == [f"p{i}" for i in range(200)]
+    assert out["body"]["items"][1]["img"] == "QUJD" * 400 and out["body"]["model"] == "dlib"
 
 
 def test_urlencoded_form():
