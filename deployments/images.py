@@ -26,6 +26,7 @@ import binascii
 import ipaddress
 import re
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -62,7 +63,8 @@ class ImageResolver:
     """Resolves request image values to bytes according to the settings."""
 
     def __init__(self, settings: Settings, resolve_host: HostResolver | None = None,
-                 inline_base64_chars: int = INLINE_BASE64_CHARS) -> None:
+                 inline_base64_chars: int = INLINE_BASE64_CHARS,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.s = settings
         self._resolve_host = resolve_host or system_resolver
         self._inline_chars = inline_base64_chars
@@ -72,6 +74,7 @@ class ImageResolver:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.urls.timeout_s), follow_redirects=False,
             limits=httpx.Limits(max_keepalive_connections=0), trust_env=False,
+            verify=ssl_context if ssl_context is not None else True,
             headers={"User-Agent": "facefleet/0.1", "Accept-Encoding": "identity"})
 
     async def resolve(self, value: str | bytes, field: str = "img") -> bytes:

@@ -9,20 +9,22 @@ import base64
 import gzip
 import http.server
 import os
+import ssl
 import threading
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import trustme
 
 from configs.settings import Settings
 from deployments.images import ImageResolver
 from pipelines.errors import ImageDecodeError, ImageTooLarge, UrlFetchFailed, ValidationError
 
 
-def resolve(settings: Settings, value, resolver=None) -> bytes:
+def resolve(settings: Settings, value, resolver=None, ssl_context=None) -> bytes:
     async def go():
-        r = ImageResolver(settings, resolve_host=resolver)
+        r = ImageResolver(settings, resolve_host=resolver, ssl_context=ssl_context)
         try:
             return await r.resolve(value)
         finally:
@@ -234,6 +236,32 @@ def test_the_fetch_connects_to_the_checked_address(server, jpeg):
     assert got == jpeg
     assert dns.asked == ["photos.example"]
     assert server.hosts == [f"photos.example:{server.server_address[1]}"]
+
+
+def test_https_is_pinned_with_the_host_name_for_sni_and_the_certificate(server, jpeg):
+    # a TLS server on 127.0.0.1 with a certificate for photos.example only
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("photos.example").configure_cert(server_ctx)
+    names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), server.RequestHandlerClass)
+    httpd.socket = server_ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        port = httpd.server_address[1]
+        s = Settings(urls={"allow_private": True, "allowed_ports": [port]})
+        dns = FakeDns({"photos.example": ["127.0.0.1"], "other.example": ["127.0.0.1"]})
+        got = resolve(s, f"https://photos.example:{port}/face.jpg", dns, client_ctx)
+        assert got == jpeg and names == ["photos.example"]
+        # the same address under a name the certificate does not carry: refused
+        with pytest.raises(UrlFetchFailed):
+            resolve(s, f"https://other.example:{port}/face.jpg", dns, client_ctx)
+        assert names[-1] == "other.example"
+    finally:
+        httpd.shutdown()
 
 
 def test_the_next_address_is_tried_when_one_refuses(server, jpeg):
