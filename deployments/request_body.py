@@ -4,10 +4,12 @@ JSON, multipart/form-data and urlencoded forms are read as they stream in, with
 every cap enforced while reading (a chunked upload has no Content-Length to
 check first): the whole body at ``images.max_request_bytes``, each uploaded
 file at ``images.max_bytes`` and each form field at the size of that image in
-base64. Large JSON bodies are parsed in a worker thread by pydantic-core's
-parser, which lets go of the GIL while it parses, so a 90 MiB body does not
-stall the other requests of the replica; small ones are parsed inline, where a
-thread hop would cost more than the parse.
+base64. JSON is parsed by pydantic-core (strict, with a nesting limit), about
+3x faster than ``json.loads``; bodies over 256 KiB are parsed in a worker
+thread, small ones inline, where a thread hop would cost more than the parse.
+The parser holds the GIL while it runs, so a 90 MiB body still pauses the
+event loop for its parse (~0.1 s here, against 0.25-0.65 s with json.loads);
+see bench/event_loop.py.
 
 Form fields keep the ingress's conventions: a list field takes a JSON list or
 a comma-separated list, and an uploaded file stands in its field as
@@ -113,9 +115,9 @@ async def read_capped(request: Request, limit: int) -> bytearray:
 
 def _load_json(raw: bytearray) -> Any:
     try:
-        # pydantic-core's parser: strict JSON (no NaN), a nesting limit, and it
-        # does not hold the GIL while parsing, unlike json.loads
-        data = pydantic_core.from_json(raw, allow_inf_nan=False)
+        # pydantic-core's parser: strict JSON (no NaN), a nesting limit, ~3x
+        # faster than json.loads; it parses bytes ~2x faster than a bytearray
+        data = pydantic_core.from_json(bytes(raw), allow_inf_nan=False)
     except ValueError as exc:
         raise ValidationError("request body is not valid JSON", {"reason": str(exc)}) from None
     if not isinstance(data, dict):
