@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 BENCHES = ["box_calibration", "accuracy", "stage_throughput", "embedder_throughput", "attribute_throughput", "serve_throughput",
-           "index_scale", "pgvector_scale", "dlib_onnx_parity", "head_to_head"]
+           "event_loop", "index_scale", "pgvector_scale", "dlib_onnx_parity", "head_to_head"]
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,10 +42,15 @@ class UrlFetch(BaseModel):
     """How images given as http(s) URLs are fetched."""
 
     enabled: bool = True
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, description="for the whole fetch, redirects included")
     allow_private: bool = Field(
         False, description="allow loopback / private / link-local targets (tests only)"
     )
+    allowed_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=lambda: [80, 443], min_length=1,
+        description="ports an image URL (and every redirect) may name",
+    )
+    max_redirects: int = Field(3, ge=0, le=10, description="redirects followed per image URL")
 
 
 class Runtime(BaseModel):
@@ -115,7 +120,9 @@ class Settings(BaseSettings):
     thresholds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     images: ImageLimits = Field(default_factory=ImageLimits)
     urls: UrlFetch = Field(default_factory=UrlFetch)
-    file_root: Path | None = Field(None, description="allow file-path images under this root")
+    file_root: Path | None = Field(
+        None, description="allow file:///... image URIs naming files under this root"
+    )
     runtime: Runtime = Field(default_factory=Runtime)
     index: IndexSettings = Field(default_factory=IndexSettings)
     api_key_sha256: list[str] = Field(

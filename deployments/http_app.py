@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from configs.errors import ErrorCode
 from configs.settings import Settings
 from deployments.errors import error_response, install_error_handlers, unexpected_response
 from deployments.images import ImageResolver
-from deployments.request_body import parse_body
+from deployments.request_body import BodyLimits, parse_body
 from deployments.schemas import ErrorOut
 from pipelines.flow import Flow
 
@@ -51,7 +52,11 @@ class Api:
     api_key_sha256: list[str] = field(default_factory=list)
 
     async def parse(self, request: Request, model: type[BaseModel]) -> tuple[Any, dict[str, bytes]]:
-        return await parse_body(request, model, self.s.images)
+        return await parse_body(request, model, self.limits)
+
+    @property
+    def limits(self) -> BodyLimits:
+        return BodyLimits.of(self.s.images)
 
     async def image(self, value: str, files: dict[str, bytes], field: str) -> bytes:
         """The encoded bytes of an image field (a multipart file, or a string form)."""
@@ -64,10 +69,44 @@ def api_of(request: Request) -> Api:
     return request.app.state.api
 
 
+_REF = "#/components/schemas/{model}"
+#: request-body models named by the routes' ``openapi_extra`` (see :func:`body_schema`)
+_BODY_MODELS: list[tuple[type[BaseModel], dict[str, Any], dict[str, Any]]] = []
+
+
+class IngressApp(FastAPI):
+    """FastAPI with the routes' request-body models in its OpenAPI document.
+
+    Routes read their bodies themselves (``request_body.parse_body``), so FastAPI
+    never sees those models: :meth:`openapi` adds them, nested models included,
+    as named components, so that every ``$ref`` resolves from the document root.
+    """
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is not None:
+            return self.openapi_schema
+        models = list(dict.fromkeys(m for m, _, _ in _BODY_MODELS))
+        # one schema generation for all models: pydantic gives two different
+        # models of the same name distinct component names
+        refs, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
+        for model, schema, form in _BODY_MODELS:
+            schema.clear()
+            schema.update(refs[(model, "validation")])
+            form.clear()
+            form.update(_form_schema(refs[(model, "validation")], defs))
+        doc = super().openapi()
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        for name, body in defs.get("$defs", {}).items():
+            if components.get(name, body) != body:
+                raise RuntimeError(f"request model {name} clashes with a response model")
+            components[name] = body
+        return doc
+
+
 def create_app(flow: Flow, settings: Settings) -> FastAPI:
     from deployments import routes_compat, routes_faces, routes_gallery
 
-    app = FastAPI(
+    app = IngressApp(
         title="facefleet",
         version="0.1.0",
         description="Face detection, embedding, verification, analysis and 1:N identification.",
@@ -120,10 +159,34 @@ def _authorised(request: Request, keys: list[str]) -> bool:
 
 
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema()
+    """``openapi_extra`` declaring ``model`` as a route's JSON / multipart body (the
+    schema is filled in when the document is built, :class:`IngressApp`)."""
+    schema: dict[str, Any] = {}
+    form: dict[str, Any] = {}
+    _BODY_MODELS.append((model, schema, form))
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": schema},
-        "multipart/form-data": {"schema": schema}}}}
+        "multipart/form-data": {"schema": form}}}}
+
+
+def _form_schema(ref: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """The multipart form of a body model (``ref`` to its component): a form field
+    is text or a file and cannot be null, so an optional field is left out instead."""
+    import copy
+
+    body = copy.deepcopy(defs["$defs"][ref["$ref"].rsplit("/", 1)[-1]])
+    for prop in body.get("properties", {}).values():
+        variants = prop.get("anyOf")
+        if variants and any(v.get("type") == "null" for v in variants):
+            kept = [v for v in variants if v.get("type") != "null"]
+            del prop["anyOf"]
+            if len(kept) == 1:
+                prop.update(kept[0])
+            else:
+                prop["anyOf"] = kept
+            if prop.get("default", 0) is None:
+                del prop["default"]
+    return body
 
 
 def jpeg_b64(chip: np.ndarray) -> str:

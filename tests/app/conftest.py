@@ -34,12 +34,14 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory) -> Iterator[Service]:
+def service(tmp_path_factory, photo_server) -> Iterator[Service]:
     data = tmp_path_factory.mktemp("data")
     port = local.free_port()
+    photo_port = int(photo_server.rsplit(":", 1)[1])
     overrides = {"gallery": GALLERY, "settings": {"data_dir": str(data),
                               "model_dir": str(REPO / "data" / "models"),
-                              "urls": {"allow_private": True, "timeout_s": 5},
+                              "urls": {"allow_private": True, "timeout_s": 5,
+                                       "allowed_ports": [photo_port]},
                               "images": {"max_bytes": 8 * 1024 * 1024,
                                          "max_request_bytes": 20 * 1024 * 1024}}}
     config = local.load_config(REPO / "serve_config.yaml", overrides, port)

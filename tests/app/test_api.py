@@ -191,6 +191,25 @@ def test_oversized_image_is_413(api, faces):
 
     check_error(api.post("/v1/detect", content=chunks(),
                          headers={"content-type": "application/json"}), 413, "image_too_large")
+    # multipart, chunked (no Content-Length): a file part over max_bytes (8 MiB),
+    # and a body over max_request_bytes (20 MiB) made of parts under it
+    def multipart(parts: list[tuple[str, int]]):
+        for name, size in parts:
+            yield (f'--bnd\r\nContent-Disposition: form-data; name="{name}"; '
+                   f'filename="{name}.jpg"\r\n\r\n').encode()
+            for _ in range(size // (1 << 20)):
+                yield b"\xff" * (1 << 20)
+            yield b"\r\n"
+        yield b"--bnd--\r\n"
+
+    mp = {"content-type": "multipart/form-data; boundary=bnd"}
+    err = check_error(api.post("/v1/detect", content=multipart([("img", 12 << 20)]), headers=mp),
+                      413, "image_too_large")
+    assert err["details"]["field"] == "img"
+    err = check_error(api.post("/v1/detect", headers=mp,
+                               content=multipart([(f"f{i}", 7 << 20) for i in range(4)])),
+                      413, "image_too_large")
+    assert err["details"]["max_request_bytes"] == 20 * 1024 * 1024
     assert api.get("/health").status_code == 200
 
 
