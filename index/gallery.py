@@ -1,4 +1,5 @@
-"""The gallery: collections, register, identify, forget, persons, stats.
+"""The gallery: collections, register, identify, forget, persons, listings,
+export / import, stats.
 
 :class:`GalleryCore` holds the logic that touches the store (validation, the
 model binding of collections, commits) and turns each committed write into
@@ -32,7 +33,8 @@ import numpy as np
 
 from index.merge import cosine_distance, merge_topk
 from index.shard import DropOp, IndexConfig, ShardIndex, ShardOp, shard_ops
-from index.store import CollectionInfo, Deleted, FaceRecord, PersonUpsert, Store
+from index import cursors
+from index.store import KEEP, AddResult, CollectionInfo, Deleted, FaceRecord, PersonUpsert, Store
 from configs.errors import CollectionNotFound, ModelMismatch, NotFound, ValidationError
 
 Plan = list[list[ShardOp]]
@@ -46,6 +48,9 @@ _FACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_DIM = 4096
 MAX_K = 1000
 MAX_LABELS = 32
+#: rows per page of a listing, and per page an export reads
+MAX_PAGE = 1000
+MAX_EXPORT_PAGE = 5000
 
 
 # --------------------------------------------------------------------------- validation
@@ -103,6 +108,37 @@ def _check_labels(labels: Any) -> dict[str, str] | None:
             raise ValidationError("a label value is a string of at most 256 characters",
                                   {"label": key})
     return dict(labels)
+
+
+def _check_limit(limit: Any, most: int | None = None) -> int:
+    most = most or MAX_PAGE
+    if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or not 0 < limit <= most:
+        raise ValidationError(f"limit must be an integer in 1..{most}", {"limit": str(limit)})
+    return int(limit)
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str) or not 0 < len(key) <= 128:
+        raise ValidationError("an idempotency key is a string of 1-128 characters")
+    return key
+
+
+def _check_face_id(face_id: Any) -> str:
+    """A face id as stored: 32 lowercase hex digits; a UUID in any usual spelling
+    (dashes, braces, upper case: the recipe's ``uuid`` column) is taken as its digits."""
+    if isinstance(face_id, str):
+        digits = face_id.strip("{}").replace("-", "").lower()
+        if _FACE_ID_RE.match(digits):
+            return digits
+    raise ValidationError("a face id is 32 hex digits (a UUID)", {"id": str(face_id)[:100]})
+
+
+def _check_time(value: Any, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e11:
+        raise ValidationError("created_at is a Unix time in seconds", {"created_at": str(value)})
+    return float(value)
 
 
 def _unit_rows(vectors: Any, dim: int, what: str) -> np.ndarray:
@@ -194,11 +230,16 @@ class GalleryCore:
     # -- register
     def register(self, collection: str, model: str, dim: int, items: Sequence[Mapping[str, Any]],
                  idempotency_key: str | None = None, create_collection: bool = False,
-                 face_ids: Sequence[str] | None = None) -> tuple[dict[str, Any], Plan]:
+                 face_ids: Sequence[str] | None = None, request_hash: str | None = None,
+                 extra: Any = None) -> tuple[dict[str, Any], Plan]:
         """Items: ``{"embedding": vector, "person_id"?: str, "name"?: str, "labels"?: {..}}``.
 
         ``face_ids`` (32 lowercase hex characters each, e.g. a UUID without dashes)
         keep the ids faces had elsewhere, for imports; by default they are new.
+        Under an ``idempotency_key`` the request is told apart by ``request_hash``
+        (the caller's digest of the request as it was sent; by default one of the
+        vectors and items) and ``extra`` (any JSON value) is kept with the answer;
+        a replay's answer carries the first write's ``extra``.
         """
         check_collection_name(collection)
         model, dim = _check_model(model, dim)
@@ -223,16 +264,17 @@ class GalleryCore:
                 labels = labels if labels is not None else prev.labels
             persons[pid] = PersonUpsert(pid, name, labels)
             person_ids.append(pid)
-        idem = None
+        idem: tuple[Any, ...] | None = None
         if idempotency_key is not None:
-            if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 128:
-                raise ValidationError("an idempotency key is a string of 1-128 characters")
-            digest = hashlib.sha256(f"{model}\0{dim}\0".encode())
-            digest.update(emb.tobytes())
-            digest.update(json.dumps(
-                [[i.get("person_id"), i.get("name"), i.get("labels")] for i in items],
-                sort_keys=True, default=str).encode())
-            idem = (idempotency_key, digest.hexdigest())
+            _check_key(idempotency_key)
+            if request_hash is None:
+                digest = hashlib.sha256(f"{model}\0{dim}\0".encode())
+                digest.update(emb.tobytes())
+                digest.update(json.dumps(
+                    [[i.get("person_id"), i.get("name"), i.get("labels")] for i in items],
+                    sort_keys=True, default=str).encode())
+                request_hash = digest.hexdigest()
+            idem = (idempotency_key, str(request_hash), extra)
         if face_ids is None:
             face_ids = new_ids(len(items))
         else:
@@ -246,13 +288,20 @@ class GalleryCore:
                                    idempotency=idem)
         plan = shard_ops(self.nshards, res.collection.id, dim, res.ids, res.buckets,
                          res.embeddings, res.seq)
+        return self._register_answer(collection, res), plan
+
+    @staticmethod
+    def _register_answer(collection: str, res: AddResult) -> dict[str, Any]:
         faces = []
         for f, p in zip(res.face_ids, res.person_ids, strict=True):
             name, labels = res.persons.get(p, (None, {}))
             faces.append({"face_id": f, "person_id": p, "name": name, "labels": labels,
                           "collection": collection, "created_at": res.created_at})
-        return {"collection": collection, "model": res.collection.model, "faces": faces,
-                "replayed": res.replayed}, plan
+        out = {"collection": collection, "model": res.collection.model, "faces": faces,
+               "replayed": res.replayed}
+        if res.replayed and res.extra is not None:
+            out["extra"] = res.extra
+        return out
 
     def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
                       person_ids: Sequence[str] | None = None,
@@ -345,6 +394,125 @@ class GalleryCore:
         return ({"person_id": person.person_id, "collection": info.name,
                  "deleted_faces": [d.face_id for d in deleted.faces]},
                 self._removal_plan(info.id, deleted))
+
+    # -- listings
+    def list_persons(self, collection: str, limit: int = 100,
+                     cursor: str | None = None) -> dict[str, Any]:
+        """One page of the collection's persons in person-id order, and the cursor of
+        the next page (None after the last)."""
+        info = self.collection(collection)
+        limit = _check_limit(limit)
+        after = cursors.decode(cursor, "persons", info.id) if cursor else ""
+        rows = self.store.list_persons(info.id, after, limit + 1)
+        more, rows = len(rows) > limit, rows[:limit]
+        return {"collection": info.name,
+                "persons": [{"person_id": p.person_id, "name": p.name, "labels": p.labels,
+                             "created_at": p.created_at, "faces": p.faces} for p in rows],
+                "next_cursor": cursors.encode("persons", info.id, rows[-1].person_id)
+                if more else None}
+
+    def list_faces(self, collection: str, person_id: str | None = None, limit: int = 100,
+                   cursor: str | None = None) -> dict[str, Any]:
+        """One page of the collection's faces (of one person, when given) in enrolment
+        order, and the cursor of the next page (None after the last)."""
+        info = self.collection(collection)
+        limit = _check_limit(limit)
+        if person_id is not None:
+            _check_person_id(person_id)
+        after = cursors.decode(cursor, "faces", info.id, person_id) if cursor else 0
+        rows = self.store.list_faces(info.id, person_id, after, limit + 1)
+        more, rows = len(rows) > limit, rows[:limit]
+        return {"collection": info.name,
+                "faces": [{"face_id": f.face_id, "person_id": f.person_id, "name": f.name,
+                           "labels": f.labels, "collection": info.name,
+                           "created_at": f.created_at} for f in rows],
+                "next_cursor": cursors.encode("faces", info.id, rows[-1].id, person_id)
+                if more else None}
+
+    def update_person(self, collection: str, person_id: str,
+                      changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Rename / relabel a person: ``changes`` holds ``name`` (None clears it) and/or
+        ``labels`` (replaces the map); keys left out stay as they are."""
+        info = self.collection(collection)
+        _check_person_id(person_id)
+        unknown = set(changes) - {"name", "labels"}
+        if unknown:
+            raise ValidationError("a person's name and labels are what can change",
+                                  {"fields": sorted(unknown)})
+        name = _check_name(changes["name"]) if "name" in changes else KEEP
+        labels = KEEP
+        if "labels" in changes:
+            labels = _check_labels(changes["labels"]) or {}
+        p = self.store.update_person(info.id, person_id, name, labels)
+        return {"person_id": p.person_id, "name": p.name, "labels": p.labels,
+                "collection": info.name, "created_at": p.created_at,
+                "faces": [face_dict(f, info.name) for f in p.faces]}
+
+    # -- export and import
+    def export_page(self, collection: str, after: int = 0,
+                    limit: int = 1000) -> dict[str, Any]:
+        """Faces after internal id ``after`` with their embeddings, for an export that
+        streams a collection page by page; ``after`` of the answer is the next call's
+        (None after the last page)."""
+        info = self.collection(collection)
+        limit = _check_limit(limit, MAX_EXPORT_PAGE)
+        rows = self.store.list_faces(info.id, None, int(after), limit, with_embedding=True)
+        faces = [{"id": f.face_id, "person_id": f.person_id, "name": f.name,
+                  "labels": f.labels, "model": info.model, "created_at": f.created_at,
+                  "embedding": f.embedding} for f in rows]
+        return {"collection": info.name, "model": info.model, "dim": info.dim,
+                "faces": faces, "after": rows[-1].id if len(rows) == limit else None}
+
+    def import_faces(self, collection: str, model: str, dim: int,
+                     rows: Sequence[Mapping[str, Any]],
+                     create_collection: bool = False) -> tuple[dict[str, Any], Plan]:
+        """Faces exported elsewhere, with their ids: ``{"id", "embedding", "person_id",
+        "name"?, "labels"?, "created_at"?}`` each. Ids the collection holds already
+        are skipped (an import can be run again), ids another collection holds are
+        reported in ``elsewhere``; embeddings are normalised as every vector is."""
+        check_collection_name(collection)
+        model, dim = _check_model(model, dim)
+        if not rows:
+            raise ValidationError("nothing to import")
+        face_ids = [_check_face_id(r.get("id")) for r in rows]
+        if len(set(face_ids)) != len(face_ids):
+            raise ValidationError("face ids repeat within one import chunk")
+        emb = _unit_rows([r.get("embedding") for r in rows], dim, "embeddings")
+        now = time.time()
+        created = [_check_time(r.get("created_at"), now) for r in rows]
+        persons: dict[str, PersonUpsert] = {}
+        person_ids = []
+        for r in rows:
+            pid = _check_person_id(r.get("person_id"))
+            name, labels = _check_name(r.get("name")), _check_labels(r.get("labels"))
+            prev = persons.get(pid)
+            if prev is not None:
+                name = name if name is not None else prev.name
+                labels = labels if labels is not None else prev.labels
+            persons[pid] = PersonUpsert(pid, name, labels)
+            person_ids.append(pid)
+        res = self.store.import_faces(collection, model, dim, face_ids, person_ids, emb,
+                                      created, list(persons.values()),
+                                      create=create_collection)
+        a = res.added
+        plan = shard_ops(self.nshards, a.collection.id, dim, a.ids, a.buckets, a.embeddings,
+                         a.seq)
+        return {"collection": collection, "model": a.collection.model, "dim": a.collection.dim,
+                "imported": a.face_ids, "skipped": res.skipped,
+                "elsewhere": res.elsewhere}, plan
+
+    def replay_register(self, collection: str, idempotency_key: str,
+                        request_hash: str) -> tuple[dict[str, Any] | None, Plan]:
+        """The answer of the register committed under ``idempotency_key`` (its faces
+        re-read, and re-sent to the shards as a replay is), or None when there is none."""
+        check_collection_name(collection)
+        _check_key(idempotency_key)
+        res = self.store.replay(collection, idempotency_key, request_hash)
+        if res is None:
+            return None, self._empty_plan()
+        plan = shard_ops(self.nshards, res.collection.id, res.collection.dim, res.ids,
+                         res.buckets, res.embeddings, res.seq)
+        return self._register_answer(collection, res), plan
 
     def stats(self, collection: str) -> tuple[CollectionInfo, dict[str, Any]]:
         info = self.collection(collection)
@@ -495,11 +663,47 @@ class GalleryService:
     async def register(self, collection: str, model: str, dim: int,
                        items: Sequence[Mapping[str, Any]], idempotency_key: str | None = None,
                        create_collection: bool = False,
-                       face_ids: Sequence[str] | None = None) -> dict[str, Any]:
+                       face_ids: Sequence[str] | None = None, request_hash: str | None = None,
+                       extra: Any = None) -> dict[str, Any]:
         result, plan = await self._db(self.core.register, collection, model, dim, items,
-                                      idempotency_key, create_collection, face_ids)
+                                      idempotency_key, create_collection, face_ids,
+                                      request_hash, extra)
         await self._apply(plan)
         return result
+
+    async def replay_register(self, collection: str, idempotency_key: str,
+                              request_hash: str) -> dict[str, Any] | None:
+        """The first answer of a register made under ``idempotency_key`` (its faces
+        re-sent to the shards, as any replay does), or None when none was committed."""
+        result, plan = await self._db(self.core.replay_register, collection,
+                                      idempotency_key, request_hash)
+        if result is not None:
+            await self._apply(plan)
+        return result
+
+    async def import_faces(self, collection: str, model: str, dim: int,
+                           rows: Sequence[Mapping[str, Any]],
+                           create_collection: bool = False) -> dict[str, Any]:
+        result, plan = await self._db(self.core.import_faces, collection, model, dim, rows,
+                                      create_collection)
+        await self._apply(plan)
+        return result
+
+    async def export_page(self, collection: str, after: int = 0,
+                          limit: int = 1000) -> dict[str, Any]:
+        return await self._db(self.core.export_page, collection, after, limit)
+
+    async def list_persons(self, collection: str, limit: int = 100,
+                           cursor: str | None = None) -> dict[str, Any]:
+        return await self._db(self.core.list_persons, collection, limit, cursor)
+
+    async def list_faces(self, collection: str, person_id: str | None = None,
+                         limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        return await self._db(self.core.list_faces, collection, person_id, limit, cursor)
+
+    async def update_person(self, collection: str, person_id: str,
+                            changes: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._db(self.core.update_person, collection, person_id, changes)
 
     async def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
                             person_ids: Sequence[str] | None = None,

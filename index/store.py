@@ -13,6 +13,13 @@ shards rely on "never reused" to ignore late or repeated updates. A face's
 ``bucket`` is a stable hash of its public id; its shard is ``bucket % N``.
 The schema is versioned; :data:`MIGRATIONS` is applied in order at open time.
 
+Listings and exports read keyset pages (persons by id, faces by internal id,
+one statement each), so a client paging through while others write sees every
+row that existed throughout exactly once. Imports keep the face ids they are
+given and skip the ones already held, so they can be run again. A register
+made under an idempotency key stores its answer, which a retry gets back
+(:meth:`replay`) instead of writing twice.
+
 The store is the single source of truth, with an ordered change log per
 collection: every committed register or forget takes the next number of its
 collection's ``last_seq`` in the same transaction (the row update also
@@ -132,6 +139,47 @@ class AddResult:
     created_at: float = 0.0
     persons: dict[str, tuple[str | None, dict[str, str]]] = field(default_factory=dict)
     replayed: bool = False
+    #: what the caller stored beside the key with the first write (``idempotency[2]``)
+    extra: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class PersonSummary:
+    """A person as a listing shows it: its record and how many faces it has."""
+
+    person_id: str
+    name: str | None
+    labels: dict[str, str]
+    created_at: float
+    faces: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListedFace:
+    """A face as a listing or an export shows it, with its person's name and labels."""
+
+    id: int
+    face_id: str
+    person_id: str
+    name: str | None
+    labels: dict[str, str]
+    created_at: float
+    embedding: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class ImportResult:
+    """What an import chunk committed: the faces added (``added``, as a register's
+    result, for the shards) and the ids left out because the collection holds them
+    already (``skipped``) or another collection does (``elsewhere``)."""
+
+    added: AddResult
+    skipped: list[str]
+    elsewhere: list[str]
+
+
+#: "leave this field as it is" in :meth:`_SqlStore.update_person`
+KEEP: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +230,7 @@ class Store(Protocol):
     def add_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                   person_ids: Sequence[str], embeddings: np.ndarray,
                   persons: Sequence[PersonUpsert], *, create: bool = False,
-                  idempotency: tuple[str, str] | None = None) -> AddResult: ...
+                  idempotency: tuple[Any, ...] | None = None) -> AddResult: ...
     def get_face(self, cid: int, face_id: str, with_embedding: bool = False) -> FaceRecord: ...
     def delete_faces(self, cid: int, face_ids: Sequence[str]) -> Deleted: ...
     def get_person(self, cid: int, person_id: str) -> PersonRecord: ...
@@ -196,6 +244,17 @@ class Store(Protocol):
                    ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]: ...
     def collection_seqs(self) -> dict[int, tuple[int, int]]: ...
     def changes_since(self, cid: int, after_seq: int, shard: int, nshards: int) -> Changes: ...
+    def list_persons(self, cid: int, after: str = "", limit: int = 100
+                     ) -> list[PersonSummary]: ...
+    def list_faces(self, cid: int, person_id: str | None = None, after: int = 0,
+                   limit: int = 100, with_embedding: bool = False) -> list[ListedFace]: ...
+    def update_person(self, cid: int, person_id: str, name: Any = KEEP,
+                      labels: Any = KEEP) -> PersonRecord: ...
+    def import_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
+                     person_ids: Sequence[str], embeddings: np.ndarray,
+                     created_at: Sequence[float], persons: Sequence[PersonUpsert], *,
+                     create: bool = False) -> ImportResult: ...
+    def replay(self, collection: str, key: str, request_hash: str) -> AddResult | None: ...
     def close(self) -> None: ...
 
 
@@ -314,6 +373,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX tombstones_by_seq ON face_tombstones (collection_id, seq)",
         ),
     ),
+    # 4 is left to the API keys and audit tables; the two are independent
+    Migration(
+        5,
+        "faces in enrolment order per collection: keyset pages of listings and exports",
+        sqlite=("CREATE INDEX faces_by_collection ON faces (collection_id, id)",),
+        postgres=("CREATE INDEX faces_by_collection ON faces (collection_id, id)",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -367,6 +433,8 @@ class _SqlStore:
     _transient: tuple[type[BaseException], ...] = ()
     #: errors that mean the store cannot serve (locked for too long, down)
     _unreachable: tuple[type[BaseException], ...] = ()
+    #: a unique constraint violated (an import racing another over the same face ids)
+    _integrity: tuple[type[BaseException], ...] = ()
 
     backend = "sql"
     #: placeholder of the driver ("?" or "%s"); statements below are written with "?"
@@ -556,7 +624,14 @@ class _SqlStore:
     def add_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                   person_ids: Sequence[str], embeddings: np.ndarray,
                   persons: Sequence[PersonUpsert], *, create: bool = False,
-                  idempotency: tuple[str, str] | None = None) -> AddResult:
+                  idempotency: tuple[Any, ...] | None = None) -> AddResult:
+        """Commit new faces (and upsert their persons) as one change.
+
+        ``idempotency`` is ``(key, request hash)`` or ``(key, request hash, extra)``:
+        the first write under a key stores its answer (and ``extra``, any JSON value),
+        a repeat with the same hash gets it back (``replayed``), another request
+        under the same key a :class:`Conflict`.
+        """
         emb = np.ascontiguousarray(embeddings, dtype="<f4")
         n = len(face_ids)
         if emb.shape != (n, dim) or len(person_ids) != n:
@@ -605,15 +680,16 @@ class _SqlStore:
                 (int(ids[i]), face_ids[i], info.id, person_ids[i], int(buckets[i]),
                  self._encode(row_bytes[i]), now, seq) for i in range(n)])
             if idempotency is not None:
+                answer = [list(face_ids), list(person_ids), *idempotency[2:3]]
                 cur.execute(self._q(
                     "UPDATE idempotency_keys SET response = ? WHERE collection_id = ? AND key = ?"),
-                    (json.dumps([list(face_ids), list(person_ids)]), info.id, idempotency[0]))
+                    (json.dumps(answer), info.id, idempotency[0]))
         return AddResult(info, list(face_ids), list(person_ids), ids, buckets, emb, seq, now,
                          stored)
 
     def _claim_key(self, cur: Any, info: CollectionInfo,
-                   idempotency: tuple[str, str]) -> AddResult | None:
-        key, request_hash = idempotency
+                   idempotency: tuple[str, ...]) -> AddResult | None:
+        key, request_hash = idempotency[0], idempotency[1]
         # Inserting first makes a concurrent retry with the same key wait for this
         # transaction (unique index), then find the stored response.
         cur.execute(self._q(
@@ -629,7 +705,11 @@ class _SqlStore:
         if stored_hash != request_hash or response is None:
             raise Conflict(f"idempotency key {key!r} was used with a different request",
                            {"idempotency_key": key})
-        face_ids, person_ids = json.loads(response)
+        return self._replayed(cur, info, response)
+
+    def _replayed(self, cur: Any, info: CollectionInfo, response: str) -> AddResult:
+        """The result of the write whose stored answer is ``response``, re-read."""
+        face_ids, person_ids, *extra = json.loads(response)
         rows = self._faces_by_public_id(cur, info.id, face_ids)
         # faces forgotten since the first answer stay forgotten: only the rest are re-sent
         seq = max((int(r[3]) for r in rows), default=0)
@@ -645,7 +725,7 @@ class _SqlStore:
             np.array([r[0] for r in rows], dtype=np.int64),
             np.array([r[1] for r in rows], dtype=np.int64),
             self._decode([r[2] for r in rows], info.dim), seq, created, persons,
-            replayed=True)
+            replayed=True, extra=extra[0] if extra else None)
 
     def _faces_by_public_id(self, cur: Any, cid: int, face_ids: Sequence[str]) -> list[tuple]:
         rows: list[tuple] = []
@@ -784,6 +864,174 @@ class _SqlStore:
             cur.execute(self._q("SELECT id FROM faces WHERE collection_id = ? ORDER BY id"), (cid,))
             return np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
 
+    # -- listings and exports: keyset pages, one statement (one snapshot) each
+    @_guarded
+    def list_persons(self, cid: int, after: str = "", limit: int = 100) -> list[PersonSummary]:
+        """Up to ``limit`` persons with ids after ``after``, in person-id order, each
+        with its face count. Keyset pages: a person that exists while a client
+        pages through is on exactly one page, whatever is written meanwhile."""
+        with self._tx(write=False) as cur:
+            cur.execute(self._q(
+                "SELECT p.person_id, p.name, p.labels, p.created_at, "
+                "(SELECT COUNT(*) FROM faces f WHERE f.collection_id = p.collection_id "
+                "AND f.person_id = p.person_id) FROM persons p "
+                "WHERE p.collection_id = ? AND p.person_id > ? ORDER BY p.person_id LIMIT ?"),
+                (cid, after, int(limit)))
+            return [PersonSummary(r[0], r[1], _labels_out(r[2]), float(r[3]), int(r[4]))
+                    for r in cur.fetchall()]
+
+    @_guarded
+    def list_faces(self, cid: int, person_id: str | None = None, after: int = 0,
+                   limit: int = 100, with_embedding: bool = False) -> list[ListedFace]:
+        """Up to ``limit`` faces with internal ids after ``after`` (of one person when
+        ``person_id`` is given), in enrolment order (internal ids are never reused),
+        with their persons' names and labels and, for exports, their embeddings."""
+        cols = "f.id, f.face_id, f.person_id, p.name, p.labels, f.created_at"
+        if with_embedding:
+            cols += ", " + self._EMB.replace("embedding", "f.embedding")
+        where, params = "f.collection_id = ? AND f.id > ?", [cid, int(after)]
+        if person_id is not None:
+            where += " AND f.person_id = ?"
+            params.append(person_id)
+        with self._tx(write=False) as cur:
+            cur.execute(self._q(
+                f"SELECT {cols} FROM faces f JOIN persons p ON p.collection_id = f.collection_id "
+                f"AND p.person_id = f.person_id WHERE {where} ORDER BY f.id LIMIT ?"),
+                [*params, int(limit)])
+            rows = cur.fetchall()
+        return [ListedFace(int(r[0]), r[1], r[2], r[3], _labels_out(r[4]), float(r[5]),
+                           self._decode_one(r[6]) if with_embedding else None) for r in rows]
+
+    # -- persons
+    @_guarded
+    def update_person(self, cid: int, person_id: str, name: Any = KEEP,
+                      labels: Any = KEEP) -> PersonRecord:
+        """Rename (``name``, None clears it) or relabel (``labels`` replaces the map)
+        a person; fields left at :data:`KEEP` stay. Names and labels live in the
+        person's row only (hits are resolved through it), so no index changes."""
+        sets: list[str] = []
+        params: list[Any] = []
+        if name is not KEEP:
+            sets.append("name = ?")
+            params.append(name)
+        if labels is not KEEP:
+            sets.append("labels = ?")
+            params.append(_labels_in(labels or {}))
+        with self._tx(write=True) as cur:
+            if sets:
+                cur.execute(self._q(
+                    f"UPDATE persons SET {', '.join(sets)} WHERE collection_id = ? "
+                    "AND person_id = ?"), [*params, cid, person_id])
+            return self._person(cur, cid, person_id)
+
+    # -- imports
+    @_guarded
+    def import_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
+                     person_ids: Sequence[str], embeddings: np.ndarray,
+                     created_at: Sequence[float], persons: Sequence[PersonUpsert], *,
+                     create: bool = False) -> ImportResult:
+        """Add faces that keep the ids (and enrolment times) they had elsewhere, as one
+        change; ids the collection already holds are skipped, so an import runs again
+        safely, and ids another collection holds are left out (``elsewhere``)."""
+        emb = np.ascontiguousarray(embeddings, dtype="<f4")
+        n = len(face_ids)
+        if emb.shape != (n, dim) or len(person_ids) != n or len(created_at) != n:
+            raise ValueError("face_ids, person_ids, embeddings and created_at must match")
+        for attempt in range(2):
+            try:
+                return self._import(collection, model, dim, face_ids, person_ids, emb,
+                                    created_at, persons, create)
+            except self._integrity as e:
+                # the same ids committed by a concurrent import into another
+                # collection after the check: the second look sees them
+                if attempt:
+                    raise Conflict("face ids were imported concurrently elsewhere; retry",
+                                   {"collection": collection}) from e
+        raise AssertionError("unreachable")
+
+    def _import(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
+                person_ids: Sequence[str], emb: np.ndarray, created_at: Sequence[float],
+                persons: Sequence[PersonUpsert], create: bool) -> ImportResult:
+        with self._tx(write=True) as cur:
+            info = self._find_collection(cur, collection)
+            if info is None:
+                if not create:
+                    raise CollectionNotFound(f"collection {collection!r} does not exist",
+                                             {"collection": collection})
+                info = (self._create_collection(cur, collection, model, dim)
+                        or self._find_collection(cur, collection))
+                if info is None:
+                    raise CollectionNotFound(f"collection {collection!r} does not exist",
+                                             {"collection": collection})
+            if info.model != model or info.dim != dim:
+                raise ModelMismatch(
+                    f"collection {collection!r} holds {info.model} ({info.dim}-d) embeddings, "
+                    f"not {model} ({dim}-d)",
+                    {"collection": collection, "collection_model": info.model,
+                     "collection_dim": info.dim, "model": model, "dim": dim})
+            # the collection's write lock first: a concurrent import of the same
+            # ids into this collection waits here, then finds them below
+            seq = self._next_seq(cur, info.id)
+            n = len(face_ids)
+            where: dict[str, int] = {}
+            for i in range(0, n, _IN_CHUNK):
+                cond, params = self._any("face_id", face_ids[i:i + _IN_CHUNK])
+                cur.execute(self._q(f"SELECT face_id, collection_id FROM faces WHERE {cond}"),
+                            params)
+                where.update((r[0], int(r[1])) for r in cur.fetchall())
+            keep = [i for i in range(n) if face_ids[i] not in where]
+            skipped = [f for f in face_ids if where.get(f) == info.id]
+            elsewhere = [f for f in face_ids if f in where and where[f] != info.id]
+            now = time.time()
+            stored: dict[str, tuple[str | None, dict[str, str]]] = {}
+            wanted = {person_ids[i] for i in keep}
+            for p in sorted(persons, key=lambda p: p.person_id):
+                if p.person_id not in wanted:
+                    continue
+                cur.execute(self._q(
+                    "INSERT INTO persons (collection_id, person_id, name, labels, created_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, person_id) DO UPDATE "
+                    "SET name = COALESCE(excluded.name, persons.name), "
+                    "labels = COALESCE(excluded.labels, persons.labels) "
+                    "RETURNING person_id, name, labels"),
+                    (info.id, p.person_id, p.name, _labels_in(p.labels), now))
+                row = cur.fetchone()
+                stored[row[0]] = (row[1], _labels_out(row[2]))
+            k = len(keep)
+            ids = self._next_ids(cur, k) if k else np.empty(0, np.int64)
+            kept_ids = [face_ids[i] for i in keep]
+            buckets = np.fromiter((face_bucket(f) for f in kept_ids), dtype=np.int64, count=k)
+            kept_emb = emb[keep].reshape(k, dim)
+            if k:
+                self._insert_faces(cur, [
+                    (int(ids[j]), kept_ids[j], info.id, person_ids[i], int(buckets[j]),
+                     self._encode(kept_emb[j]), float(created_at[i]), seq)
+                    for j, i in enumerate(keep)])
+        added = AddResult(info, kept_ids, [person_ids[i] for i in keep], ids, buckets,
+                          kept_emb, seq, now, stored)
+        return ImportResult(added, skipped, elsewhere)
+
+    # -- idempotency keys
+    @_guarded
+    def replay(self, collection: str, key: str, request_hash: str) -> AddResult | None:
+        """The stored result of the register made under ``key`` (re-read, as a replay),
+        or None when no write under that key was committed; a :class:`Conflict`
+        when the key was used with another request."""
+        with self._tx(write=False) as cur:
+            info = self._find_collection(cur, collection)
+            if info is None:
+                return None
+            cur.execute(self._q(
+                "SELECT request_hash, response FROM idempotency_keys "
+                "WHERE collection_id = ? AND key = ?"), (info.id, key))
+            row = cur.fetchone()
+            if row is None or row[1] is None:
+                return None
+            if row[0] != request_hash:
+                raise Conflict(f"idempotency key {key!r} was used with a different request",
+                               {"idempotency_key": key})
+            return self._replayed(cur, info, row[1])
+
     # -- the change log, as shards read it
     @_guarded
     def collection_seqs(self) -> dict[int, tuple[int, int]]:
@@ -877,6 +1125,7 @@ class SqliteStore(_SqlStore):
     """Embedded store: one SQLite file in WAL mode, shared safely by processes."""
 
     backend = "sqlite"
+    _integrity = (sqlite3.IntegrityError,)
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 30.0,
                  synchronous: str = "FULL") -> None:
@@ -972,6 +1221,7 @@ class PostgresStore(_SqlStore):
             raise StoreUnavailable("the postgres backend needs psycopg installed") from e
         self._psycopg = psycopg
         self._transient = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+        self._integrity = (psycopg.errors.UniqueViolation,)
         self._unreachable = (psycopg.OperationalError,)
         self.url = url
         self._timeout = connect_timeout_s

@@ -97,6 +97,24 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path):
 
 
 @pytest.fixture
+def fresh_store(request: pytest.FixtureRequest, tmp_path: Path):
+    """``fresh_store(backend)``: a new, empty store of any backend (say the other end
+    of an export), closed after the test."""
+    opened: list[Store] = []
+
+    def open_(backend: str) -> Store:
+        url = store_url(backend, request)
+        opened.append({"sqlite": lambda: SqliteStore(tmp_path / f"other-{len(opened)}.sqlite3"),
+                       "postgres": lambda: PostgresStore(url),
+                       "pgvector": lambda: PgvectorStore(url)}[backend]())
+        return opened[-1]
+
+    yield open_
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
 def store(store_factory) -> Store:
     return store_factory()
 
