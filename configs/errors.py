@@ -102,3 +102,15 @@ class ModelMismatch(FacefleetError):
 
 class Unavailable(FacefleetError):
     code = ErrorCode.UNAVAILABLE
+
+
+def error_from_code(code: str, message: str, details: dict[str, Any] | None = None
+                    ) -> FacefleetError:
+    """The domain error of ``code`` (an error kept as data, say in a stored answer)."""
+    def walk(cls: type[FacefleetError]) -> list[type[FacefleetError]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in walk(sub))]
+
+    for cls in walk(FacefleetError):
+        if cls.code.value == code and cls is not FacefleetError:
+            return cls(message, details)
+    return FacefleetError(message, details)

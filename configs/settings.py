@@ -96,6 +96,10 @@ class IndexSettings(BaseModel):
         2.0, gt=0, description="how often shards catch up on changes they missed, and how "
         "long a Gallery replica trusts its cached view of a collection")
     store_threads: int = Field(8, ge=1, le=64, description="store connections per Gallery replica")
+    strict_collections: bool = Field(
+        False, description="writes (enrol, faces:batch, import) to a collection that does not "
+        "exist answer 404 collection_not_found instead of creating it: a typo does not make "
+        "a new gallery; create collections with POST /v1/collections")
 
 
 class Settings(BaseSettings):

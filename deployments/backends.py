@@ -93,9 +93,11 @@ class ServeGallery:
                                                       k, per_person)
 
     async def register_embedded(self, collection: str, metas: list[dict[str, Any]],
-                                idempotency_key: str | None, embedded: list[Any]) -> Any:
+                                idempotency_key: str | None, embedded: list[Any], *,
+                                request_hash: str | None = None, create: bool = True) -> Any:
         refs = [await self._value(e) for e in embedded]
-        return await self._h.register_embedded.remote(collection, metas, idempotency_key, *refs)
+        return await self._h.register_embedded.remote(collection, metas, idempotency_key, *refs,
+                                                      request_hash=request_hash, create=create)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._h, name).remote
@@ -156,9 +158,11 @@ class LocalGallery:
         return await identify_embedded(self.service, await embedded, collection, k, per_person)
 
     async def register_embedded(self, collection: str, metas: list[dict[str, Any]],
-                                idempotency_key: str | None, embedded: list[Any]) -> Any:
+                                idempotency_key: str | None, embedded: list[Any], *,
+                                request_hash: str | None = None, create: bool = True) -> Any:
         values = [await e if inspect.isawaitable(e) else e for e in embedded]
-        return await register_embedded(self.service, collection, metas, idempotency_key, values)
+        return await register_embedded(self.service, collection, metas, idempotency_key, values,
+                                       request_hash, create)
 
     async def ready(self) -> bool:
         return True

@@ -270,8 +270,10 @@ class Gallery(GalleryService):
         return await identify_embedded(self, embedded, collection, k, per_person)
 
     async def register_embedded(self, collection: str, metas: Sequence[dict[str, Any]],
-                                idempotency_key: str | None, *embedded: Any) -> Any:
-        return await register_embedded(self, collection, metas, idempotency_key, embedded)
+                                idempotency_key: str | None, *embedded: Any,
+                                request_hash: str | None = None, create: bool = True) -> Any:
+        return await register_embedded(self, collection, metas, idempotency_key, embedded,
+                                       request_hash, create)
 
     async def ready(self) -> bool:
         """Readiness probe: every shard answers (and has rebuilt from the store)."""

@@ -2,7 +2,7 @@
 
 The app holds what every route needs in one :class:`Api` object on
 ``app.state`` (the request flow, the settings, the image resolver); the route
-modules (``routes_faces``, ``routes_gallery``, ``routes_compat``) are plain
+modules (``routes_faces``, ``routes_gallery``, ``routes_listing``, ``routes_compat``) are plain
 ``APIRouter`` functions that parse a request, call the flow and shape the
 answer. The middleware tags every request with an id, times it and checks API
 keys; domain errors become HTTP answers in ``deployments/errors.py``. Nothing
@@ -104,7 +104,7 @@ class IngressApp(FastAPI):
 
 
 def create_app(flow: Flow, settings: Settings) -> FastAPI:
-    from deployments import routes_compat, routes_faces, routes_gallery
+    from deployments import routes_compat, routes_faces, routes_gallery, routes_listing
 
     app = IngressApp(
         title="facefleet",
@@ -119,6 +119,7 @@ def create_app(flow: Flow, settings: Settings) -> FastAPI:
     app.middleware("http")(request_context)
     app.include_router(routes_faces.router)
     app.include_router(routes_gallery.router)
+    app.include_router(routes_listing.router)
     app.include_router(routes_compat.router)
     return app
 
@@ -167,6 +168,15 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": schema},
         "multipart/form-data": {"schema": form}}}}
+
+
+def lines_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring a JSON Lines body, each line a ``model`` (which
+    also becomes a named component, for responses that stream the same lines)."""
+    schema: dict[str, Any] = {}
+    _BODY_MODELS.append((model, schema, {}))
+    return {"requestBody": {"required": True, "content": {
+        "application/x-ndjson": {"schema": schema}}}}
 
 
 def _form_schema(ref: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:

@@ -297,7 +297,8 @@ async def df_register(request: Request) -> Any:
         items = [{"embedding": v.tolist(), "person_id": body.person_id, "name": img_name}
                  for v in vecs]
         collection = collection_for(body.collection, name)
-        res = await gallery.register(collection, name, int(info["dim"]), items, None, True)
+        res = await gallery.register(collection, name, int(info["dim"]), items, None,
+                                     not api.s.index.strict_collections)
         return {"inserted": len(items), "collection": collection,
                 "faces": res.get("faces", [])}
     return await _compat(request, run)

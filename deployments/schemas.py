@@ -232,7 +232,8 @@ class FaceRecordOut(BaseModel):
 
 
 class EnrolledFaceOut(FaceRecordOut):
-    box: BoxOut
+    box: BoxOut | None = Field(None, description="the face enrolled; null when enrolled by "
+                               "embedding")
     replayed: bool = Field(False, description="an Idempotency-Key retry of an earlier request")
 
 
@@ -255,6 +256,7 @@ class BatchOut(BaseModel):
     created: int
     failed: int
     results: list[BatchResult]
+    replayed: bool = Field(False, description="an Idempotency-Key retry: the first answer")
 
 
 class Match(BaseModel):
@@ -267,8 +269,8 @@ class Match(BaseModel):
 
 
 class IdentifiedFace(BaseModel):
-    box: BoxOut
-    confidence: float
+    box: BoxOut | None = Field(..., description="the probe face; null for a probe embedding")
+    confidence: float | None = Field(..., description="detector score; null for an embedding")
     matches: list[Match]
 
 
@@ -299,3 +301,65 @@ class ForgottenPersonOut(BaseModel):
     person_id: str
     collection: str
     deleted_faces: list[str]
+
+
+# --------------------------------------------------------------------------- listings
+
+
+class PersonSummaryOut(BaseModel):
+    person_id: str = Field(..., examples=["angelina"])
+    name: str | None = Field(None, examples=["Angelina"])
+    labels: dict[str, str] = Field(default_factory=dict, examples=[{"team": "red"}])
+    created_at: float = Field(..., description="Unix time")
+    faces: int = Field(..., description="faces enrolled for the person", examples=[3])
+
+
+class PersonsPageOut(BaseModel):
+    collection: str = Field(..., examples=["staff"])
+    persons: list[PersonSummaryOut] = Field(..., description="in person_id order")
+    next_cursor: str | None = Field(
+        None, description="pass as ?cursor= for the next page; null after the last page",
+        examples=["eyJ2IjoxLCJrIjoicGVyc29ucyIsImMiOjEsInMiOm51bGwsImEiOiJhbmdlbGluYSJ9"])
+
+
+class FacesPageOut(BaseModel):
+    collection: str = Field(..., examples=["staff"])
+    faces: list[FaceRecordOut] = Field(..., description="in enrolment order")
+    next_cursor: str | None = Field(
+        None, description="pass as ?cursor= for the next page; null after the last page")
+
+
+class ExportLine(BaseModel):
+    """One line of an export (and of an import): one face."""
+
+    model_config = ConfigDict(title="ExportLine")
+
+    id: str = Field(..., description="face id: 32 hex digits (a UUID with dashes is read too)",
+                    examples=["4f0c2b1e9d3a4c5b8e7f6a5b4c3d2e1f"])
+    person_id: str = Field(..., examples=["angelina"])
+    name: str | None = Field(None, examples=["Angelina"])
+    labels: dict[str, str] | None = Field(None, examples=[{"team": "red"}])
+    model: str = Field(..., description="the embedding model; binds the collection",
+                       examples=["dlib"])
+    created_at: float | None = Field(None, description="Unix time of enrolment (kept)")
+    embedding: list[float] = Field(..., description="the unit vector, collection's dimension",
+                                   examples=[[0.0132, -0.0871, 0.1045]])
+
+
+class ImportLineError(BaseModel):
+    line: int = Field(..., description="1-based line number", examples=[12])
+    code: str = Field(..., examples=["validation_error"])
+    message: str
+
+
+class ImportOut(BaseModel):
+    collection: str = Field(..., examples=["staff"])
+    model: str | None = Field(None, examples=["dlib"])
+    dim: int | None = Field(None, examples=[128])
+    lines: int = Field(..., description="faces read (non-blank lines)", examples=[1200])
+    imported: int = Field(..., description="faces added", examples=[1190])
+    skipped: int = Field(..., description="ids the collection held already", examples=[8])
+    elsewhere: int = Field(..., description="ids another collection holds (left out)",
+                           examples=[0])
+    failed: int = Field(..., description="lines left out as invalid", examples=[2])
+    errors: list[ImportLineError] = Field(..., description="the first 100 invalid lines")

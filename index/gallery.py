@@ -141,6 +141,21 @@ def _check_time(value: Any, default: float) -> float:
     return float(value)
 
 
+def check_import_row(row: Mapping[str, Any], dim: int, now: float | None = None
+                     ) -> dict[str, Any]:
+    """One face of an import, checked as the gallery will store it: its id as 32 hex
+    digits, a valid person id, name and labels, a Unix ``created_at`` (now when
+    missing) and a unit embedding of ``dim`` dimensions; a ``ValidationError``
+    says what is wrong."""
+    if not isinstance(row, Mapping):
+        raise ValidationError("a face to import is a JSON object")
+    return {"id": _check_face_id(row.get("id")),
+            "person_id": _check_person_id(row.get("person_id")),
+            "name": _check_name(row.get("name")), "labels": _check_labels(row.get("labels")),
+            "created_at": _check_time(row.get("created_at"), time.time() if now is None else now),
+            "embedding": _unit_rows(row.get("embedding"), dim, "embedding")[0]}
+
+
 def _unit_rows(vectors: Any, dim: int, what: str) -> np.ndarray:
     """``vectors`` as a C-contiguous (n, dim) float32 array of unit rows."""
     try:
@@ -474,17 +489,17 @@ class GalleryCore:
         model, dim = _check_model(model, dim)
         if not rows:
             raise ValidationError("nothing to import")
-        face_ids = [_check_face_id(r.get("id")) for r in rows]
+        now = time.time()
+        rows = [check_import_row(r, dim, now) for r in rows]
+        face_ids = [r["id"] for r in rows]
         if len(set(face_ids)) != len(face_ids):
             raise ValidationError("face ids repeat within one import chunk")
-        emb = _unit_rows([r.get("embedding") for r in rows], dim, "embeddings")
-        now = time.time()
-        created = [_check_time(r.get("created_at"), now) for r in rows]
+        emb = np.stack([r["embedding"] for r in rows])
+        created = [r["created_at"] for r in rows]
         persons: dict[str, PersonUpsert] = {}
         person_ids = []
         for r in rows:
-            pid = _check_person_id(r.get("person_id"))
-            name, labels = _check_name(r.get("name")), _check_labels(r.get("labels"))
+            pid, name, labels = r["person_id"], r["name"], r["labels"]
             prev = persons.get(pid)
             if prev is not None:
                 name = name if name is not None else prev.name
