@@ -171,7 +171,8 @@ async def register_face(collection: Collection, request: Request) -> Response:
     face = res.results[0]
     if isinstance(face, FacefleetError):
         raise face
-    out = _face_out(face, face.get("box"))
+    out = _face_out(face)
+    out["box"] = face.get("box")  # None: enrolled by embedding
     out["replayed"] = res.replayed
     return JSONResponse(out, status_code=200 if res.replayed else 201)
 
