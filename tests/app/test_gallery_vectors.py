@@ -67,7 +67,8 @@ def test_enrol_and_identify_by_embedding(api, faces, vectors):
                               json={"img": b64(img), "top_k": 3}).json()
             (face,) = by_vec["faces"]
             assert face["box"] is None and face["confidence"] is None
-            assert by_vec["model"] == "dlib" and by_vec["threshold"] == by_img["threshold"]
+            assert by_vec["model"] == by_img["model"] and \
+                by_vec["threshold"] == by_img["threshold"]
             assert [m["id"] for m in face["matches"]] == [
                 m["id"] for m in by_img["faces"][0]["matches"]]
             assert abs(face["matches"][0]["distance"]
@@ -100,12 +101,13 @@ def test_embeddings_are_checked_and_normalised(api, vectors):
                    json={"embedding": vec, "model": "dlib-native"}), 409, "model_mismatch")
     error(api.post("/v1/collections/vecnorm/identify",
                    json={"embedding": vec, "model": "dlib-native"}), 409, "model_mismatch")
-    error(api.post("/v1/collections/vecnorm/faces", json={"embedding": [0.0] * 128}),
+    dim = len(vec)
+    error(api.post("/v1/collections/vecnorm/faces", json={"embedding": [0.0] * dim}),
           422, "validation_error")
-    error(api.post("/v1/collections/vecnorm/faces", json={"embedding": ["x"] * 128}),
+    error(api.post("/v1/collections/vecnorm/faces", json={"embedding": ["x"] * dim}),
           422, "validation_error")
     error(api.post("/v1/collections/vecnorm/faces",
-                   content=b'{"embedding": [NaN' + b", 0.1" * 127 + b"]}",
+                   content=b'{"embedding": [NaN' + b", 0.1" * (dim - 1) + b"]}",
                    headers={"content-type": "application/json"}), 422, "validation_error")
     error(api.post("/v1/collections/vecnorm/identify", json={"img": "x", "embedding": vec}),
           422, "validation_error")
@@ -114,7 +116,7 @@ def test_embeddings_are_checked_and_normalised(api, vectors):
     error(api.post("/v1/collections/vec-none/identify", json={"embedding": vec}),
           404, "collection_not_found")
     # a vector of another length for a new collection: the model's dimension decides
-    error(api.post("/v1/collections/vec-new/faces", json={"embedding": vec[:100]}),
+    error(api.post("/v1/collections/vec-new/faces", json={"embedding": vec[:dim // 2]}),
           422, "validation_error")
     assert api.get("/v1/collections/vec-new").status_code == 404
 
@@ -177,7 +179,7 @@ def test_pages_are_stable_while_others_enrol(api, vectors):
     base = np.array(vectors["person05"][0])
     throughout = []
     for i in range(0, 90, 30):
-        items = [{"embedding": (base + rng.normal(0, 0.05, 128)).tolist(),
+        items = [{"embedding": (base + rng.normal(0, 0.05, len(base))).tolist(),
                   "person_id": f"base{j:03d}"} for j in range(i, i + 30)]
         r = api.post("/v1/collections/paging/faces:batch", json={"items": items})
         throughout += [x["id"] for x in r.json()["results"]]
@@ -190,7 +192,7 @@ def test_pages_are_stable_while_others_enrol(api, vectors):
         n = 0
         while not stop.is_set():
             r = api.post("/v1/collections/paging/faces", json={
-                "embedding": (base + own.normal(0, 0.05, 128)).tolist(),
+                "embedding": (base + own.normal(0, 0.05, len(base))).tolist(),
                 "person_id": f"w{w}-{n}"})
             if r.status_code != 201:
                 failures.append(r.text)
@@ -300,7 +302,7 @@ def test_export_drop_import_restores_the_collection(api, faces, vectors):
     doc = res.json()
     assert (doc["imported"], doc["skipped"], doc["failed"]) == (len(lines), 0, 2)
     assert [e["line"] for e in doc["errors"]] == [len(lines) + 2, len(lines) + 3]
-    assert (doc["model"], doc["dim"]) == ("dlib", 128)
+    assert (doc["model"], doc["dim"]) == (lines[0]["model"], len(probe))
     after = api.post("/v1/collections/backup/identify",
                      json={"embedding": probe, "top_k": 5}).json()["faces"][0]["matches"]
     assert [(m["id"], m["person_id"], m["name"]) for m in after] == [
@@ -322,3 +324,32 @@ def test_export_drop_import_restores_the_collection(api, faces, vectors):
     error(api.post("/v1/collections/backup/import", content=short), 422, "validation_error")
     error(api.post("/v1/collections/backup/import", content=b"\n\n"), 422, "validation_error")
     error(api.get("/v1/collections/no-such/export"), 404, "collection_not_found")
+
+
+def test_export_and_import_span_many_pages(api, vectors):
+    """2,100 faces: the export reads three store pages, the import commits five chunks,
+    and the collection comes back whole."""
+    rng = np.random.default_rng(11)
+    base = np.array(vectors["person07"][0])
+    for i in range(0, 2100, 256):
+        items = [{"embedding": (base + rng.normal(0, 0.05, len(base))).tolist(),
+                  "person_id": f"m{j % 300:03d}"} for j in range(i, min(i + 256, 2100))]
+        r = api.post("/v1/collections/many/faces:batch", json={"items": items})
+        assert r.json()["created"] == len(items), r.text
+    with api.stream("GET", "/v1/collections/many/export") as r:
+        assert r.status_code == 200 and r.headers["x-facefleet-faces"] == "2100"
+        lines = [json.loads(x) for x in r.iter_lines() if x]
+    ids = [x["id"] for x in lines]
+    assert len(ids) == 2100 == len(set(ids))
+    listed = api.get("/v1/collections/many/faces", params={"limit": 1000}).json()
+    assert [f["id"] for f in listed["faces"]] == ids[:1000]  # the export is in enrolment order
+
+    assert api.delete("/v1/collections/many").status_code == 200
+    body = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))  # a streamed upload
+    res = api.post("/v1/collections/many/import", content=chunks)
+    assert res.status_code == 200, res.text
+    assert (res.json()["lines"], res.json()["imported"]) == (2100, 2100)
+    stats = api.get("/v1/collections/many").json()
+    assert (stats["faces"], stats["persons"]) == (2100, 300)
+    assert sum(stats["shard_sizes"]) == 2100  # the shards hold every imported face
