@@ -14,7 +14,11 @@ bad item of a batch fails alone). Nothing here knows Serve or FastAPI.
 
 The gallery side of identify and register (:func:`identify_embedded`,
 :func:`register_embedded`) runs where the gallery is, next to its search and
-register, so only faces and matches travel back.
+register, so only faces and matches travel back. Embeddings a client sends in
+place of images (:class:`pipelines.types.GivenEmbedding`) skip the model stages
+and are checked against the collection's model and dimension first. A register
+under an idempotency key stores its whole answer with its commit, so a retry
+gets that answer back (:meth:`Flow.replay_register`, :func:`replayed_answer`).
 """
 
 from __future__ import annotations
