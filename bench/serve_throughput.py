@@ -48,19 +48,20 @@ def in_process(images: list[bytes], batch: int = 16) -> tuple[float, float]:
 
     limit_native_threads(1)
     s = Settings()
-    ctx = ModelContext(models_dir=s.models_path, runtime=RuntimeConfig())
+    ctx = ModelContext(models_dir=s.models_path, runtime=RuntimeConfig(),
+                       fusion_weights=s.fusion_weights)
     det = DetectionStage(ctx, ImageLimitsCfg(s.images.max_bytes, s.images.max_pixels,
                                              s.images.work_max_side))
     emb = EmbeddingStage(ctx, flip_average=s.flip_average)
-    spec = emb.model(s.default_embedder).chip
-    det.run([DetectRequest(images[0], s.default_detector, chip_specs=(spec,))])  # warm up
+    specs = emb.model(s.default_embedder).chip_specs
+    det.run([DetectRequest(images[0], s.default_detector, chip_specs=specs)])  # warm up
     t0 = time.perf_counter()
     faces = 0
     for i in range(0, len(images), batch):
-        res = det.run([DetectRequest(d, s.default_detector, chip_specs=(spec,))
+        res = det.run([DetectRequest(d, s.default_detector, chip_specs=specs)
                        for d in images[i:i + batch]])
-        reqs = [EmbedRequest(s.default_embedder, r.chips[spec.key]) for r in res
-                if not isinstance(r, Exception)]
+        reqs = [EmbedRequest(s.default_embedder, {c.key: r.chips[c.key] for c in specs})
+                for r in res if not isinstance(r, Exception)]
         faces += sum(len(v) for v in emb.run(reqs))
     el = time.perf_counter() - t0
     return len(images) / el, faces / el

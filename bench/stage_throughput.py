@@ -54,8 +54,10 @@ def main() -> None:
     for flip in (False, True):
         emb = EmbeddingStage(ctx, flip_average=flip)
         rows.append((f"embed `dlib`{' + mirror' if flip else ''} (faces/s)",
-                     rate(lambda: emb.run([EmbedRequest("dlib", chips[:1])]), 1, a.seconds),
-                     rate(lambda: emb.run([EmbedRequest("dlib", chips)]), len(chips), a.seconds)))
+                     rate(lambda: emb.run([EmbedRequest("dlib", {DLIB_CHIP.key: chips[:1]})]), 1,
+                          a.seconds),
+                     rate(lambda: emb.run([EmbedRequest("dlib", {DLIB_CHIP.key: chips})]),
+                          len(chips), a.seconds)))
     ana = AnalysisStage(ctx)
     specs = [ana.model(x).chip for x in ("age", "gender", "emotion")]
     res = det.run([DetectRequest(x, "blazeface", chip_specs=tuple(specs)) for x in photos])

@@ -30,7 +30,7 @@ from deployments.errors import STATUS, request_id_of
 from deployments.http_app import app, body_schema, unwrap
 from configs.errors import (ErrorCode, FacefleetError, ModelNotInstalled, Unavailable,
                               ValidationError)
-from pipelines.registry import ATTRIBUTES, DEEPFACE_MODELS, DETECTORS, EMBEDDERS
+from pipelines.registry import ATTRIBUTES, DETECTORS, embedder_names
 from pipelines.stages import AnalyzeRequest, EmbedRequest
 from pipelines.types import ChipSpec, Face
 
@@ -104,7 +104,7 @@ class CompatApi:
             raise
 
     async def _compat_embedder(self, model_name: str | None) -> tuple[str, dict]:
-        known = list(EMBEDDERS)
+        known = embedder_names(self.s.model_pack)
         name = embedder_for(model_name, self.s.default_embedder, known)
         try:
             return name, await self._embedder(name)
@@ -115,7 +115,7 @@ class CompatApi:
                             {**exc.details, "available": available}) from None
 
     async def _installed_models(self) -> list[str]:
-        names = list(EMBEDDERS) + [f"deepface:{m}" for m in DEEPFACE_MODELS]
+        names = embedder_names(self.s.model_pack)
         found = await asyncio.gather(*(self._embedder(n) for n in names), return_exceptions=True)
         out: list[str] = []
         for n, info in zip(names, found, strict=True):
@@ -158,9 +158,10 @@ class CompatApi:
     async def _compat_embed(self, data: bytes, body, field: str, max_faces: int | None = None
                             ) -> tuple[_Faces, np.ndarray, str, dict]:
         name, info = await self._compat_embedder(body.model_name)
-        spec = ChipSpec(info["chip_size"], info["chip_padding"])
-        faces = await self._compat_faces(data, body, [spec], field, max_faces)
-        vecs = unwrap(await self.embedder.embed.remote(EmbedRequest(name, faces.chips[spec.key])))
+        specs = [ChipSpec.from_dict(c) for c in info["chip_specs"]]
+        faces = await self._compat_faces(data, body, specs, field, max_faces)
+        chips = {c.key: faces.chips[c.key] for c in specs}
+        vecs = unwrap(await self.embedder.embed.remote(EmbedRequest(name, chips)))
         return faces, np.asarray(vecs, np.float32), name, info
 
     def _compat_gallery(self):
@@ -280,9 +281,9 @@ class CompatApi:
                 raise ValidationError(f"Unsupported search method: {body.search_method}")
             data = await self._compat_image(body.img, files, "img")
             faces, vecs, name, _ = await self._compat_embed(data, body, "img")
-            cos_t = self.s.threshold_for(name)
+            cos_t = self.s.identify_threshold_for(name)  # 1:N: the identify threshold
             if cos_t is None:
-                raise ValidationError(f"model '{name}' has no calibrated threshold")
+                raise ValidationError(f"model '{name}' has no calibrated identify threshold")
             threshold = round(threshold_in(body.distance_metric, cos_t), 6)
             collection = collection_for(body.collection, name)
             hits = await self._gallery_call(

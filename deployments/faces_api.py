@@ -24,7 +24,7 @@ from deployments.http_app import app, body_schema, jpeg_b64, unwrap
 from deployments.schemas import (AnalyzeBody, DetectBody, DetectOut, EmbedBody, EmbedOut,
                                  VerifyBody, VerifyOut)
 from configs.errors import FacefleetError, ImageTooLarge, NoFaceDetected, ValidationError
-from pipelines.registry import ATTRIBUTES, DEEPFACE_MODELS, DETECTORS, EMBEDDERS
+from pipelines.registry import ATTRIBUTES, DETECTORS, EMBEDDER_LICENCES, embedder_names
 from pipelines.stages import AnalyzeRequest, DetectRequest, EmbedRequest
 from pipelines.types import ChipSpec, DetectedImage
 
@@ -135,13 +135,14 @@ class FacesApi:
                            ) -> tuple[DetectedImage, np.ndarray, str]:
         model = body.model or self.s.default_embedder
         info = await self._embedder(model)
-        spec = ChipSpec(info["chip_size"], info["chip_padding"])
+        specs = [ChipSpec.from_dict(c) for c in info["chip_specs"]]
         det = await self._detect(data, body.detector, getattr(body, "max_faces", None),
-                                 getattr(body, "min_confidence", 0.0), [spec],
+                                 getattr(body, "min_confidence", 0.0), specs,
                                  body.enforce_detection, field)
         if not det.faces:
             return det, np.zeros((0, info["dim"]), np.float32), model
-        vecs = unwrap(await self.embedder.embed.remote(EmbedRequest(model, det.chips[spec.key])))
+        chips = {c.key: det.chips[c.key] for c in specs}
+        vecs = unwrap(await self.embedder.embed.remote(EmbedRequest(model, chips)))
         return det, vecs, model
 
     # ---------------------------------------------------------------- routes
@@ -166,11 +167,13 @@ class FacesApi:
     @app.get("/v1/models", tags=["models"])
     async def models(self) -> dict:
         embedders = []
-        for name in list(EMBEDDERS) + [f"deepface:{m}" for m in DEEPFACE_MODELS]:
+        for name in embedder_names(self.s.model_pack):
             try:
                 info = await self._embedder(name)
                 embedders.append({**info, "installed": True,
                                   "threshold": self.s.threshold_for(name),
+                                  "identify_threshold": self.s.identify_threshold_for(name),
+                                  "licence": EMBEDDER_LICENCES.get(name),
                                   "default": name == self.s.default_embedder})
             except FacefleetError as exc:
                 embedders.append({"name": name, "installed": False, "reason": exc.message})

@@ -201,9 +201,12 @@ class GalleryApi:
             data, _Embed(model=await self._collection_model(collection, body.model),
                          detector=body.detector, max_faces=body.max_faces,
                          enforce_detection=body.enforce_detection))
-        threshold = body.threshold if body.threshold is not None else self.s.threshold_for(model)
+        # 1:N has its own threshold: every enrolled face is a chance of a false accept
+        threshold = body.threshold if body.threshold is not None else \
+            self.s.identify_threshold_for(model)
         if threshold is None:
-            raise ValidationError(f"model '{model}' has no calibrated threshold; pass 'threshold'")
+            raise ValidationError(f"model '{model}' has no calibrated identify threshold; "
+                                  "pass 'threshold' or set identify_thresholds")
         # per person: look further, then keep each person's nearest face
         k = min(body.top_k * 5, 500) if body.per_person else body.top_k
         hits = [] if not len(vecs) else await self._gallery_handle().search.remote(

@@ -35,7 +35,8 @@ def settings_from(d: dict[str, Any]) -> Settings:
 
 def context_from(s: Settings) -> ModelContext:
     return ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
-                        runtime=RuntimeConfig.from_settings(s.runtime))
+                        runtime=RuntimeConfig.from_settings(s.runtime), model_pack=s.model_pack,
+                        fusion_weights=s.fusion_weights)
 
 
 class _Batching:
@@ -99,7 +100,10 @@ class _EmbedMixin(_Batching):
             m = await _in_thread(self.embed_stage.model, name)
         except FacefleetError as exc:
             return exc
-        return {"name": name, "dim": m.dim, "chip_size": m.chip.size, "chip_padding": m.chip.padding}
+        specs = m.chip_specs
+        # chip_size / chip_padding: the first spec, for callers that predate chip_specs
+        return {"name": name, "dim": m.dim, "chip_specs": [c.as_dict() for c in specs],
+                "chip_size": specs[0].size, "chip_padding": specs[0].padding}
 
 
 class _AnalyzeMixin(_Batching):
