@@ -117,8 +117,10 @@ def test_represent_from_base64_data_uri_url_and_multipart(api, faces, photo_serv
     ref = np.array(first["embedding"])
     assert ref.shape == (128,) and abs(np.linalg.norm(ref) - 1) < 1e-4
     others = [
-        api.post("/represent", json={"img": "data:image/jpeg;base64," + b64(path)}),
-        api.post("/represent", json={"img": f"{photo_server}/deepface/img1.jpg"}),
+        api.post("/represent", json={"img": "data:image/jpeg;base64," + b64(path),
+                                     "model_name": "Dlib"}),
+        api.post("/represent", json={"img": f"{photo_server}/deepface/img1.jpg",
+                                     "model_name": "Dlib"}),
         # form values arrive as strings and are parsed as their types
         api.post("/represent", files={"img": ("img1.jpg", path.read_bytes())},
                  data={"model_name": "Dlib", "max_faces": "1", "enforce_detection": "true",
