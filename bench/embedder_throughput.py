@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("round %d batch %3d  %-28s %8.1f faces/s", r, batch, name, fps)
 
     names = list(columns)
-    flips = {n: s.flip_for(n) for n in ("dlib", "mobilefacenet")}
+    flips = {n: s.flip_for(n) for n in ("dlib", "mobilefacenet", fused_name)}
     lines = [
         "# Embedders: in-process throughput",
         "",
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "warm-up call; faces per second (ms per face in brackets). One intra-op thread unless "
         "stated. \"As served\" adds the configured mirror averaging (dlib "
         f"{'on' if flips['dlib'] else 'off'}, MobileFaceNet "
-        f"{'on' if flips['mobilefacenet'] else 'off'}).",
+        f"{'on' if flips['mobilefacenet'] else 'off'}, {fused_name} "
+        f"{'on' if flips[fused_name] else 'off'}).",
         "",
         "| batch | " + " | ".join(names) + " |",
         "|---:|" + "---:|" * len(names),

@@ -122,6 +122,14 @@ def accuracy(d: np.ndarray, y: np.ndarray, t: float) -> float:
     return float(((d <= t) == y).mean())
 
 
+def roc_auc(d: np.ndarray, y: np.ndarray) -> float:
+    """Area under the ROC curve of ``-d`` for same-person pairs (threshold-free)."""
+    s = -np.asarray(d, np.float64)
+    ranks = s.argsort().argsort() + 1.0
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def deepface_identities() -> list[tuple[str, str]]:
     rows = list(csv.DictReader(open(FACES / "deepface" / "identities.csv")))
     return [(str(FACES / "deepface" / r["image"]), r["identity"]) for r in rows]

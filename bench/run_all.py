@@ -12,7 +12,7 @@ import argparse
 import subprocess
 import sys
 
-BENCHES = ["box_calibration", "accuracy", "stage_throughput", "embedder_throughput", "attribute_throughput", "serve_throughput",
+BENCHES = ["box_calibration", "accuracy", "recognizer", "stage_throughput", "embedder_throughput", "attribute_throughput", "serve_throughput",
            "index_scale", "dlib_onnx_parity", "head_to_head"]
 
 

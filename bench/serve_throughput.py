@@ -102,8 +102,9 @@ def main() -> None:
     p.add_argument("--topologies", default="separate,fused")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--requests", type=int, default=96)
-    p.add_argument("--models", default="dlib,dlib-native",
-                   help="embedders compared through /v1/embed (separate topology, LFW)")
+    p.add_argument("--models", default="dlib,dlib+mobilefacenet,mobilefacenet,dlib-native",
+                   help="embedders compared through /v1/embed (separate topology, LFW); "
+                   "ratios are against the first")
     a = p.parse_args()
     sets = photo_sets()
     ceiling = {name: in_process(imgs) for name, imgs in sets.items()}
@@ -148,10 +149,15 @@ def main() -> None:
                      f"| {r['p50']:.0f} | {r['p99']:.0f} | {r['img_s'] / r['ceiling']:.2f} "
                      f"| {r['errors']} | {r['batches']} |")
     if model_rows:
+        base = {c: r for m, c, r in model_rows if m == model_rows[0][0]}
         lines += ["", "Embedders through `/v1/embed` (separate topology, LFW photos, mirror "
-                  "averaging on):", "", "| model | clients | images/s | p50 ms | p99 ms |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {m} | {c} | {r['img_s']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} |"
+                  "averaging as configured per model; measured side by side in one run; the "
+                  f"ratios divide by `{model_rows[0][0]}` at the same concurrency):", "",
+                  "| model | clients | images/s | p50 ms | p99 ms | time per image vs "
+                  f"{model_rows[0][0]} (1 / images/s) | p50 vs {model_rows[0][0]} |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {c} | {r['img_s']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} "
+                  f"| {base[c]['img_s'] / r['img_s']:.2f}x | {r['p50'] / base[c]['p50']:.2f}x |"
                   for m, c, r in model_rows]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")

@@ -138,9 +138,10 @@ class EmbeddingStage:
     """Embeds chips of many requests, one forward pass per model.
 
     ``flip_average`` is a bool for every model or a mapping model -> bool
-    (models not in it: on): mirror averaging helps some networks and not
-    others, so it is chosen per model (``Settings.flip_average``). A fused
-    model's parts are each run with their own choice.
+    (models not in it: on): mirror averaging helps some networks more than
+    others and doubles their cost, so it is chosen per model
+    (``Settings.flip_average``). A fused model listed there applies its own
+    entry to all its parts; otherwise each part follows its own entry.
     """
 
     def __init__(self, ctx: ModelContext, preload: list[str] | None = None,
@@ -155,8 +156,8 @@ class EmbeddingStage:
             return self.flip_average
         return bool(self.flip_average.get(name, True))
 
-    def _forward(self, model: Embedder, chips: np.ndarray) -> np.ndarray:
-        if not self.flips(model.name):
+    def _forward(self, model: Embedder, chips: np.ndarray, flip: bool) -> np.ndarray:
+        if not flip:
             return model.embed(chips)
         # Mirror test-time augmentation: one batch of 2N, then the mean of each
         # face's two unit vectors, renormalised.
@@ -164,11 +165,15 @@ class EmbeddingStage:
         both = model.embed(np.concatenate([chips, chips[:, :, ::-1]]))
         return l2_normalise(both[:n] + both[n:])
 
-    def vectors(self, model: Embedder, chips: Mapping[str, np.ndarray]) -> np.ndarray:
+    def vectors(self, model: Embedder, chips: Mapping[str, np.ndarray],
+                flip: bool | None = None) -> np.ndarray:
         """Unit vectors of ``model`` for chips keyed by ChipSpec.key."""
         if isinstance(model, FusedEmbedder):
-            return model.combine([self.vectors(p, chips) for p in model.parts])
-        return self._forward(model, chips_for(chips, model.chip, model.name))
+            own = None if isinstance(self.flip_average, bool) or \
+                model.name not in self.flip_average else self.flips(model.name)
+            return model.combine([self.vectors(p, chips, own) for p in model.parts])
+        return self._forward(model, chips_for(chips, model.chip, model.name),
+                             self.flips(model.name) if flip is None else flip)
 
     def model(self, name: str) -> Embedder:
         return self.models.get(name)

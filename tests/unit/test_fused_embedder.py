@@ -56,8 +56,9 @@ def test_fused_vectors_are_the_weighted_concatenation(stage, chips, settings):
     vecs = stage.run([EmbedRequest(FUSED, chips)])[0]
     assert vecs.shape == (6, 320)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    parts = [stage.run([EmbedRequest(n, {s.key: chips[s.key]})])[0]
-             for n, s in (("dlib", DLIB_CHIP), ("mobilefacenet", MFN_CHIP))]
+    # the fused model's own mirror setting applies to both its parts
+    flip = settings.flip_for(FUSED)
+    parts = [stage.vectors(stage.model(n), chips, flip=flip) for n in ("dlib", "mobilefacenet")]
     w = settings.fusion_weights[FUSED]
     wd, wm = w["dlib"], w["mobilefacenet"]
     # the fused cosine is the weighted mean of the parts' cosines
