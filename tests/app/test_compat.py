@@ -96,8 +96,10 @@ def test_verify_metrics_multipart_and_precomputed_embedding(api, faces):
     assert math.isclose(l2["distance"], math.sqrt(2 * cos["distance"]), abs_tol=1e-4)
     assert math.isclose(l2["threshold"], math.sqrt(2 * cos["threshold"]), abs_tol=1e-5)
     # DeepFace also takes a pre-computed embedding in place of an image
-    emb = api.post("/represent", json={"img": b64(d / "img1.jpg")}).json()["results"][0]
-    r = api.post("/verify", json={"img1": emb["embedding"], "img2": b64(d / "img2.jpg")}).json()
+    emb = api.post("/represent", json={"img": b64(d / "img1.jpg"),
+                                       "model_name": "Dlib"}).json()["results"][0]
+    r = api.post("/verify", json={"img1": emb["embedding"], "img2": b64(d / "img2.jpg"),
+                                  "model_name": "Dlib"}).json()
     assert math.isclose(r["distance"], cos["distance"], abs_tol=1e-4)
     assert r["facial_areas"]["img1"]["x"] is None
     deepface_error(api.post("/verify", json={"img1": [0.1, 0.2], "img2": b64(d / "img2.jpg")}),
@@ -261,7 +263,7 @@ def test_register_search_build_index(api, faces):
     assert m["model_name"] == "Dlib" and m["confidence"] >= 51
     # similarity_search lists the non-matching face too, farther away
     r = api.post("/search", json={"img": b64(d / "img2.jpg"), "collection": coll,
-                                  "similarity_search": "true",
+                                  "model_name": "Dlib", "similarity_search": "true",
                                   "distance_metric": "euclidean_l2"})
     names = [m["img_name"] for m in r.json()["results"][0]]
     assert names == ["img1.jpg", "img3.jpg"]
