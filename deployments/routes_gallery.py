@@ -245,9 +245,12 @@ async def identify(collection: Collection, request: Request) -> dict:
 
 
 def _threshold(api: Any, body: IdentifyBody, model: str) -> float:
-    threshold = body.threshold if body.threshold is not None else api.s.threshold_for(model)
+    # 1:N has its own threshold: every enrolled face is a chance of a false accept
+    threshold = body.threshold if body.threshold is not None else \
+        api.s.identify_threshold_for(model)
     if threshold is None:
-        raise ValidationError(f"model '{model}' has no calibrated threshold; pass 'threshold'")
+        raise ValidationError(f"model '{model}' has no calibrated identify threshold; "
+                              "pass 'threshold' or set identify_thresholds")
     return threshold
 
 
