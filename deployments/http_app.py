@@ -110,8 +110,7 @@ def create_app(flow: Flow, settings: Settings) -> FastAPI:
         title="facefleet",
         version="0.1.0",
         description="Face detection, embedding, verification, analysis and 1:N identification.",
-        responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
-                   501: {"model": ErrorOut}},
+        responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
     )
     app.state.api = Api(flow, settings, ImageResolver(settings),
                         [k.lower() for k in settings.api_key_sha256])
