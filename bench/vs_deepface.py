@@ -25,8 +25,10 @@ import tempfile
 from pathlib import Path
 
 from bench import http_load
-from bench.head_to_head import (DEFAULT_VENV, ensure_deepface, start_deepface,
-                                start_facefleet, stop_tree, wait_ready)
+from bench.head_to_head import (DEEPFACE_MEDIAPIPE_REQUIREMENTS, DEEPFACE_REQUIREMENTS,
+                                DEFAULT_VENV,
+                                ensure_deepface, start_deepface, start_facefleet, stop_tree,
+                                wait_ready)
 from deployments.local import free_port
 
 OUT = Path(__file__).parent / "results" / "vs_deepface.md"
@@ -47,21 +49,23 @@ def main() -> int:
     p.add_argument("--start-timeout", type=float, default=900)
     a = p.parse_args()
     rows: list[tuple[str, str, dict]] = []
-    home = ensure_deepface(a.venv)
-    detectors = a.deepface_detectors.split(",")
-    port = free_port()
-    proc = start_deepface(a.venv, home, port, os.cpu_count() or 1, detectors)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base + "/", proc, a.start_timeout)
-        for det in detectors:
+    for det in a.deepface_detectors.split(","):
+        # mediapipe pins an older TensorFlow: its own venv beside the default one
+        venv = a.venv if det != "mediapipe" else a.venv.with_name(a.venv.name + "-mediapipe")
+        home = ensure_deepface(venv, DEEPFACE_MEDIAPIPE_REQUIREMENTS if det == "mediapipe"
+                               else DEEPFACE_REQUIREMENTS)
+        port = free_port()
+        proc = start_deepface(venv, home, port, os.cpu_count() or 1, [det])
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base + "/", proc, a.start_timeout)
             res = _measure(base, "/represent", a.photos, a.concurrency,
                            {"model_name": "Dlib", "detector_backend": det,
                             "enforce_detection": False})
             rows.append(("DeepFace", f"Dlib, {det}", res))
             print(rows[-1], flush=True)
-    finally:
-        stop_tree(proc)
+        finally:
+            stop_tree(proc)
     for topo in a.topologies.split(","):
         port = free_port()
         with tempfile.TemporaryDirectory() as data:
