@@ -110,8 +110,7 @@ def create_app(flow: Flow, settings: Settings) -> FastAPI:
         title="facefleet",
         version="0.1.0",
         description="Face detection, embedding, verification, analysis and 1:N identification.",
-        responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
-                   501: {"model": ErrorOut}},
+        responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
     )
     app.state.api = Api(flow, settings, ImageResolver(settings),
                         [k.lower() for k in settings.api_key_sha256])
@@ -159,13 +158,13 @@ def _authorised(request: Request, keys: list[str]) -> bool:
     return any(hmac.compare_digest(digest, k.lower()) for k in keys)
 
 
-def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+def body_schema(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
     """``openapi_extra`` declaring ``model`` as a route's JSON / multipart body (the
     schema is filled in when the document is built, :class:`IngressApp`)."""
     schema: dict[str, Any] = {}
     form: dict[str, Any] = {}
     _BODY_MODELS.append((model, schema, form))
-    return {"requestBody": {"required": True, "content": {
+    return {"requestBody": {"required": required, "content": {
         "application/json": {"schema": schema},
         "multipart/form-data": {"schema": form}}}}
 

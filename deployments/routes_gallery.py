@@ -86,7 +86,7 @@ class IdentifyBody(_ImageOrEmbedding):
 
 
 class CreateCollectionBody(_Body):
-    name: str
+    name: str = Field(..., pattern=COLLECTION_PATTERN, max_length=64)
     model: str | None = None
 
 
