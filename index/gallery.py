@@ -169,7 +169,11 @@ def _unit_rows(vectors: Any, dim: int, what: str) -> np.ndarray:
                               {"shape": list(x.shape), "dim": dim})
     if not np.isfinite(x).all():
         raise ValidationError(f"{what} contain NaN or infinite values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if not np.isfinite(norms).all():
+        # large float32 values overflow the norm to inf (and the vector to zeros)
+        norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValidationError(f"{what} must not be zero vectors")
     return np.ascontiguousarray(x / norms, dtype=np.float32)

@@ -296,3 +296,13 @@ def test_migration_5_applies_to_an_older_store(tmp_path):
                     "AND id > 5 ORDER BY id LIMIT 10")
         assert "faces_by_collection" in " ".join(str(r) for r in cur.fetchall())
     store.close()
+
+
+def test_huge_but_finite_vectors_are_normalised_not_zeroed(store):
+    g = Gallery(store, 1)
+    big = np.full(DIM, 3e37, dtype=np.float32)  # its float32 norm overflows
+    g.register("c", "dlib", DIM, [{"embedding": big, "person_id": "x"}],
+               create_collection=True)
+    (face,) = g.export_page("c")["faces"]
+    np.testing.assert_allclose(face["embedding"], np.full(DIM, DIM ** -0.5), rtol=1e-6)
+    g.close()
