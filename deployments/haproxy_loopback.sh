@@ -15,7 +15,10 @@
 # while no application is deployed on a path (start-up), Ray's plain-text 404
 # becomes the rule in no_app.cfg (a JSON 503 `unavailable` with Retry-After),
 # and HAProxy's own 502/503/504 (Ray's errorfile: a plain-text 500) become
-# unavailable.http (the same envelope, 503 with Retry-After).
+# unavailable.http (the same envelope, 503 with Retry-After). The backup
+# server of an application's backend (Serve's fallback proxy, which holds a
+# request until an ingress replica is up, for as long as that takes) is kept
+# but disabled: with no ingress replica up, HAProxy answers that 503 at once.
 set -eu
 real="${FACEFLEET_HAPROXY_BINARY:?FACEFLEET_HAPROXY_BINARY is not set}"
 resp="${FACEFLEET_HAPROXY_RESPONSES:-}"
@@ -27,6 +30,7 @@ for arg do
             sed -E \
                 -e 's/^([[:space:]]*bind[[:space:]]+)(\*|0\.0\.0\.0)?:/\1127.0.0.1:/' \
                 -e "s#^([[:space:]]*errorfile[[:space:]]+50[234][[:space:]]+).*#\\1$resp/unavailable.http#" \
+                -e 's/^([[:space:]]*server[[:space:]].*[[:space:]]check backup)$/\1 disabled/' \
                 -e "/^[[:space:]]*http-request return status 404 content-type text\\/plain /{
 r $resp/no_app.cfg
 d

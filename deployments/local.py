@@ -201,6 +201,8 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
         st = serve.status().applications.get(name)
         status = st.status if st else "NOT_STARTED"
         if status == "RUNNING":
+            # as serve.run does: the proxies (HAProxy) route to the new replicas now
+            client.wait_for_proxies_serving(wait_for_applications_running=True)
             return
         if status in ("DEPLOY_FAILED", "UNHEALTHY"):
             raise RuntimeError(f"application {name} failed to deploy: {st.message}")

@@ -33,28 +33,38 @@ UNGATED = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oau
            "/redoc"}
 #: seconds a client is told to wait while the service starts
 STARTING_RETRY_AFTER_S = 5
+#: how long ``/ready`` waits for each deployment's answer (a probe's timeout must
+#: be longer: a deployment that takes longer is reported not ready)
+READY_TIMEOUT_S = 3.0
 
 
-async def probe(flow: Any, timeout_s: float = 10.0) -> dict[str, bool]:
-    """``{deployment: ready}`` for every deployment the routes use."""
+async def probe(flow: Any, timeout_s: float = READY_TIMEOUT_S) -> dict[str, bool]:
+    """``{deployment: ready}`` for every deployment the routes use; a deployment that
+    has not answered within ``timeout_s`` is not ready."""
     checks = {"Detector": flow.detector, "Embedder": flow.embedder, "Analyzer": flow.analyzer}
     if flow.has_gallery:
         checks["Gallery"] = flow.gallery
 
     async def one(backend: Any) -> bool:
         try:
-            return bool(await asyncio.wait_for(backend.ready(), timeout_s))
+            return bool(await backend.ready())
         except Exception:  # noqa: BLE001 - a probe reports, it does not raise
             return False
 
-    states = await asyncio.gather(*(one(b) for b in checks.values()))
-    return dict(zip(checks, states, strict=True))
+    tasks = {name: asyncio.ensure_future(one(b)) for name, b in checks.items()}
+    await asyncio.wait(tasks.values(), timeout=timeout_s)
+    for t in tasks.values():
+        # not awaited: a call to a deployment with no replica yet can take as long to
+        # cancel as to answer (asyncio.wait_for would wait for that)
+        t.cancel()
+    return {name: t.done() and not t.cancelled() and t.result() for name, t in tasks.items()}
 
 
 class StartupGate:
     """Holds real routes at 503 until every deployment has been ready once."""
 
-    def __init__(self, flow: Any, probe_timeout_s: float = 3.0, wait_s: float = 1.0) -> None:
+    def __init__(self, flow: Any, probe_timeout_s: float = READY_TIMEOUT_S,
+                 wait_s: float = 1.0) -> None:
         self.flow = flow
         self.open = False
         self.pending: list[str] = []
