@@ -121,7 +121,7 @@ def watch(proxy: str = "haproxy", *, settle_s: float = 3.0, timeout_s: float = 6
     # a fresh Ray of its own: none of this process's Ray or HAProxy settings
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RAY_", "FACEFLEET_HAPROXY_"))}
-    env["OMP_NUM_THREADS"] = "1"
+    env.update(local.LOOPBACK_ENV)  # loopback only, from Ray's import on
     log = open(tmp / "service.log", "w")
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -162,9 +162,10 @@ def watch(proxy: str = "haproxy", *, settle_s: float = 3.0, timeout_s: float = 6
     return sorted(answers, key=lambda a: a.sent)
 
 
-def phases(answers: list[Answer], endpoint: str) -> list[tuple[float, float, str, int]]:
+def phases(answers: list[Answer],
+           endpoint: str) -> list[tuple[float, float, str, int, float]]:
     """Consecutive answers of one endpoint that read the same:
-    ``(first sent, last answered, what, how many)``."""
+    ``(first sent, last answered, what, how many, longest wait for one)``."""
     out: list[list] = []
     for a in answers:
         if a.endpoint != endpoint:
@@ -173,8 +174,9 @@ def phases(answers: list[Answer], endpoint: str) -> list[tuple[float, float, str
         if out and out[-1][2] == what:
             out[-1][1] = a.done
             out[-1][3] += 1
+            out[-1][4] = max(out[-1][4], a.done - a.sent)
         else:
-            out.append([a.sent, a.done, what, 1])
+            out.append([a.sent, a.done, what, 1, a.done - a.sent])
     return [tuple(p) for p in out]
 
 
@@ -189,14 +191,18 @@ def main() -> int:
              "Each endpoint is polled from the moment `python -m deployments.local` is "
              "launched (fresh local Ray, `serve_config.yaml`), one request in flight per "
              "endpoint, read timeout 100 s. Times are seconds after launch; a phase runs "
-             "from the first request sent to the last answered.", ""]
+             "from the first request sent to the last answered; the longest wait is the "
+             "longest any one request of the phase waited for its answer (a request the "
+             "proxy held).", ""]
     for proxy in a.proxies.split(","):
         answers = watch(proxy)
-        lines += [f"## `--proxy {proxy}`", "", "| endpoint | from s | to s | answers | answer |",
-                  "|---|---|---|---|---|"]
+        lines += [f"## `--proxy {proxy}`", "",
+                  "| endpoint | from s | to s | answers | longest wait s | answer |",
+                  "|---|---|---|---|---|---|"]
         for endpoint in ENDPOINTS:
-            for first, last, what, n in phases(answers, endpoint):
-                lines.append(f"| {endpoint} | {first:.1f} | {last:.1f} | {n} | {what} |")
+            for first, last, what, n, wait in phases(answers, endpoint):
+                lines.append(f"| {endpoint} | {first:.1f} | {last:.1f} | {n} | {wait:.1f} "
+                             f"| {what} |")
         lines.append("")
         print(json.dumps({"proxy": proxy, "answers": len(answers)}), flush=True)
     lines.append(f"Load average after: {os.getloadavg()[0]:.1f}.")

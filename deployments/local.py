@@ -147,7 +147,8 @@ def free_port() -> int:
 
 def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
              object_store_mb: int = 512, namespace: str = "serve",
-             dashboard: bool = False, fast_serve: bool = True) -> str:
+             dashboard: bool = False, fast_serve: bool = True,
+             metrics_export_port: int | None = None) -> str:
     """Start a local Ray kept on loopback, quiet and self-contained; returns its temp dir.
 
     The one place where tests, benchmarks and ``make serve`` start Ray: the
@@ -155,6 +156,8 @@ def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
     is False; set before Ray starts, since every Serve process reads it at
     start), a short temp dir (unix socket paths), a bounded object store, and
     the repo on the workers' PYTHONPATH. Variables already set win.
+    ``metrics_export_port``: where Ray's own Prometheus metrics are served
+    (127.0.0.1; a free port when None).
     """
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="ff-ray-", dir="/tmp")
     env = {**LOOPBACK_ENV, **(fast_serve_env(temp_dir) if fast_serve else {})}
@@ -169,6 +172,7 @@ def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
              include_dashboard=dashboard, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", _temp_dir=temp_dir, log_to_driver=False,
              object_store_memory=object_store_mb * 1024 * 1024,
+             _metrics_export_port=metrics_export_port,
              runtime_env={"env_vars": {**{k: os.environ[k] for k in env},
                                        "PYTHONPATH": repo}},
              namespace=namespace)
@@ -176,12 +180,15 @@ def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
 
 
 def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str | None = None,
-          timeout_s: float = 600.0, dashboard: bool = False, fast_serve: bool = True) -> None:
+          timeout_s: float = 600.0, dashboard: bool = False, fast_serve: bool = True,
+          metrics_export_port: int | None = None) -> None:
     """Start local Ray + Serve and deploy ``config``; returns when RUNNING.
 
     ``dashboard``: also serve Ray's dashboard on 127.0.0.1:8265 (replica counts
     and autoscaling can be watched and changed there); tests leave it off.
     """
+    for k, v in LOOPBACK_ENV.items():  # Ray reads some of them when it is imported
+        os.environ.setdefault(k, v)
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api
@@ -191,7 +198,7 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
     schema = ServeDeploySchema.model_validate(config)
     if not ray.is_initialized():
         init_ray(num_cpus=num_cpus, temp_dir=temp_dir, dashboard=dashboard,
-                 fast_serve=fast_serve)
+                 fast_serve=fast_serve, metrics_export_port=metrics_export_port)
     client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
                                    proxy_location=ProxyLocation(schema.proxy_location))
     client.deploy_apps(schema, _blocking=False)
@@ -232,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--proxy", choices=["haproxy", "serve"], default="haproxy",
                    help="HAProxy in front of the ingress (Serve's high-throughput mode, "
                    "the default) or Serve's own Python proxy")
+    p.add_argument("--metrics-export-port", type=int, default=None,
+                   help="serve Ray's own Prometheus metrics (every replica's, Serve's, "
+                   "the node's) on 127.0.0.1:PORT; the app's are at /metrics")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"topology": a.topology} if a.topology else None
@@ -246,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
          ).mkdir(parents=True, exist_ok=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
-    start(config, dashboard=not a.no_dashboard, fast_serve=a.proxy == "haproxy")
+    start(config, dashboard=not a.no_dashboard, fast_serve=a.proxy == "haproxy",
+          metrics_export_port=a.metrics_export_port)
     # ray.init installs its own SIGTERM handler (it aborts the process): take it back
     # so that SIGTERM, like Ctrl-C, shuts Serve and Ray down cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -256,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     port = config.get("http_options", {}).get("port", 8000)
     log.info("facefleet is serving on http://127.0.0.1:%s (docs at /docs); Ctrl-C stops it", port)
+    if a.metrics_export_port:
+        log.info("Ray's metrics: http://127.0.0.1:%s/metrics", a.metrics_export_port)
     if not a.no_dashboard:
         log.info("Ray dashboard (replicas, autoscaling, logs): http://127.0.0.1:8265")
     try:

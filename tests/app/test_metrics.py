@@ -109,17 +109,20 @@ def _batch_sums(fams) -> dict[tuple[str, str], float]:
 MODEL_DEPLOYMENTS = ("Detector", "Embedder", "Analyzer", "Gallery")
 
 
-def fresh_scrape(api, since: float, timeout_s: float = 30.0) -> dict:
-    """A scrape in which every model replica's numbers were reported after ``since``
-    (time.monotonic()), so they include every request answered before it."""
+def fresh_scrape(api, since: float, deployments=MODEL_DEPLOYMENTS,
+                 timeout_s: float = 30.0) -> dict:
+    """A scrape in which every replica of ``deployments`` reported after ``since``
+    (time.monotonic()), so that its numbers include every request answered before."""
     deadline = time.monotonic() + timeout_s
     while True:
         elapsed = time.monotonic() - since
         fams = scrape(api)
-        ages = {s.labels["deployment"]: s.value
-                for s in fams["facefleet_metrics_report_age_seconds"].samples}
-        # a report's age counts from its arrival; its snapshot is a moment older
-        if all(ages.get(d, 1e9) < elapsed - 1.0 for d in MODEL_DEPLOYMENTS):
+        ages = [(s.labels["deployment"], s.value)
+                for s in fams["facefleet_metrics_report_age_seconds"].samples]
+        # a report's age counts from its arrival, its snapshot is a moment older; the
+        # replica that answers has age 0: its numbers are live
+        if {d for d, _ in ages} >= set(deployments) and all(
+                age == 0 or age < elapsed - 1.0 for d, age in ages if d in deployments):
             return fams
         assert time.monotonic() < deadline, ages
         time.sleep(0.5)
@@ -203,3 +206,43 @@ def test_metrics_follows_the_api_key(service):
                 d["user_config"] = {"api_key_sha256": []}
         service.redeploy(c)
     assert service.client.get("/metrics").status_code == 200
+
+
+def test_every_ingress_replica_is_in_every_scrape(service, faces):
+    """Two Ingress replicas behind HAProxy: whichever answers a scrape, it lists both,
+    and their counters add up to exactly what was sent."""
+    two = copy.deepcopy(service.config)
+    for d in two["applications"][0]["deployments"]:
+        if d["name"] == "Ingress":
+            d["num_replicas"] = 2
+    original = service.config
+    service.redeploy(two)
+    try:
+        api = service.client
+
+        def ingress_replicas(fams) -> set[str]:
+            return {s.labels["replica"] for s in fams["facefleet_metrics_report_age_seconds"]
+                    .samples if s.labels["deployment"] == "Ingress"}
+
+        deadline = time.monotonic() + 60
+        while len(ingress_replicas(scrape(api))) < 2:  # a new replica reports at start
+            assert time.monotonic() < deadline
+            time.sleep(1)
+
+        def detected(fams) -> float:
+            return value(fams, "facefleet_http_requests", "facefleet_http_requests_total",
+                         route="/v1/detect", method="POST", status="200")
+
+        before = fresh_scrape(api, time.monotonic(), ("Ingress",))
+        imgs = [b64(p) for p in photos(faces, 10)]
+        for img in imgs:
+            assert api.post("/v1/detect", json={"img": img}).status_code == 200
+        seen = set()
+        for _ in range(6):  # several scrapes, answered by either replica
+            after = fresh_scrape(api, time.monotonic(), ("Ingress",))
+            assert len(ingress_replicas(after)) == 2
+            seen.add(answered_by(after))
+            assert detected(after) - detected(before) == len(imgs)
+        assert seen <= ingress_replicas(after)
+    finally:
+        service.redeploy(original)
