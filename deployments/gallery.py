@@ -272,7 +272,7 @@ class Gallery(GalleryService):
         """Faces per collection, store and shard health, replication lag
         (``index.health.gallery_report``); the same from any replica."""
         return await gallery_metrics(self.store, self._db, [
-            [lambda c=c: _answer(c.info.remote(), 5.0) for c in copies]
+            [lambda c=c: _answer(c.info.remote(), 2.0) for c in copies]
             for copies in self.shards.handles])
 
     async def shutdown_shards(self) -> None:

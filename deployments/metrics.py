@@ -159,38 +159,52 @@ class AppMetrics:
 
     own: ProcessMetrics
     peers: Callable[[], Awaitable[list[Report]]] | None = None
-    timeout_s: float = 10.0
+    #: for the board and the gallery, asked at once: within Prometheus' default
+    #: scrape timeout (10 s) even when neither answers
+    timeout_s: float = 5.0
     #: every route of the app, each with a ``path`` template (set by ``create_app``)
     routes: list[BaseRoute] = field(default_factory=list)
 
     async def render(self, flow: Any) -> bytes:
+        gallery = getattr(flow, "has_gallery", False)
+        peers, report = await asyncio.gather(
+            self._ask(self.peers() if self.peers is not None else None, "metrics board"),
+            self._ask(flow.gallery.metrics() if gallery else None, "gallery metrics"))
         reports = [Report(self.own.labels, self.own.snapshot())]
         extra: list[Metric] = []
         if self.peers is not None:
-            up = 1.0
-            try:
-                reports += await asyncio.wait_for(self.peers(), self.timeout_s)
-            except Exception:  # noqa: BLE001 - a scrape reports what it has, never fails
-                log.warning("metrics board unavailable", exc_info=True)
-                up = 0.0
+            reports += peers or []
             extra.append(_gauge("facefleet_metrics_board_up", "1 when the other replicas' "
-                                "reports could be read", [({}, up)]))
+                                "reports could be read", [({}, 0.0 if peers is None else 1.0)]))
         extra.append(_gauge("facefleet_metrics_report_age_seconds", "age of the numbers of "
                             "each replica in this scrape (0: the replica that answered)",
                             [(r.labels, r.age_s) for r in reports]))
         extra.append(_gauge("facefleet_metrics_answered_by", "the Ingress replica that "
                             "answered this scrape", [(self.own.labels, 1.0)]))
-        if getattr(flow, "has_gallery", False):
-            extra += await self._gallery(flow)
+        if gallery:
+            extra += gallery_families(report)  # None: the Gallery did not answer
         return render(merge(reports) + extra)
 
-    async def _gallery(self, flow: Any) -> list[Metric]:
+    async def _ask(self, aw: Awaitable[Any] | None, what: str) -> Any:
+        if aw is None:
+            return None
         try:
-            report = await asyncio.wait_for(flow.gallery.metrics(), self.timeout_s)
-        except Exception:  # noqa: BLE001 - the Gallery down is itself a reading
-            log.warning("gallery metrics unavailable", exc_info=True)
-            report = None
-        return gallery_families(report)
+            return await within(aw, self.timeout_s)
+        except Exception:  # noqa: BLE001 - a scrape reports what it has, never fails
+            log.warning("%s unavailable", what, exc_info=True)
+            return None
+
+
+async def within(aw: Awaitable[Any], timeout_s: float) -> Any:
+    """``aw``'s result, or TimeoutError after ``timeout_s`` without waiting for it to
+    cancel: a call to a deployment with no replica yet takes as long to cancel as to
+    answer (``asyncio.wait_for`` would wait for that)."""
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait([task], timeout=timeout_s)
+    if not done:
+        task.cancel()
+        raise TimeoutError(f"no answer within {timeout_s}s")
+    return task.result()
 
 
 def merge(reports: Iterable[Report]) -> list[Metric]:
