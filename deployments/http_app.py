@@ -2,14 +2,15 @@
 
 The app holds what every route needs in one :class:`Api` object on
 ``app.state`` (the request flow, the settings, the image resolver); the route
-modules (``routes_faces``, ``routes_gallery``, ``routes_compat``) are plain
+modules (``routes_faces``, ``routes_gallery``, ``routes_compat``,
+``routes_metrics``) are plain
 ``APIRouter`` functions that parse a request, call the flow and shape the
 answer. The middleware tags every request with an id, times it, checks API
 keys, holds the real routes back while the service starts
 (``deployments/readiness.py``) and counts every answer for ``/metrics``
 (``deployments/metrics.py``); domain errors become HTTP answers in
-``deployments/errors.py``. Nothing
-here imports Ray: tests build the same app over in-process backends.
+``deployments/errors.py``. Nothing here imports Ray: tests build the same app
+over in-process backends.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from starlette.routing import Route
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from starlette.routing import Route
 
 from configs.errors import ErrorCode
 from configs.settings import Settings
-from deployments.errors import error_response, install_error_handlers, unexpected_response
 from deployments import readiness
+from deployments.errors import error_response, install_error_handlers, unexpected_response
 from deployments.images import ImageResolver
 from deployments.metrics import AppMetrics, ProcessMetrics, observe_request
 from deployments.readiness import StartupGate

@@ -5,7 +5,8 @@ topology (handles of the Detector, Embedder, Analyzer and Gallery
 deployments, or, with ``topology: fused``, the model stages inside this very
 replica), then Serve asks it for its ASGI app (``__serve_build_asgi_app__``),
 which ``deployments.http_app.create_app`` builds. It holds no model (unless
-fused) and no gallery state.
+fused) and no gallery state; it owns the replica's metrics registry, which it
+reports to the application's metrics board (``deployments/metrics_board.py``).
 """
 
 from __future__ import annotations
