@@ -37,7 +37,9 @@ from ray import serve
 
 from configs.errors import Unavailable
 from configs.settings import IndexSettings, Settings
+from deployments.metrics_board import Reporter, replica_metrics
 from index.gallery import GalleryService, Plan
+from index.health import gallery_metrics
 from index.merge import merge_topk
 from index.shard import IndexConfig, ShardIndex
 from index.store import open_store
@@ -222,6 +224,9 @@ class Gallery(GalleryService):
                          cache_ttl_s=index.sync_interval_s)
         self._search_batched.set_max_batch_size(index.search_batch_size)
         self._search_batched.set_batch_wait_timeout_s(index.search_batch_wait_s)
+        metrics = replica_metrics()
+        self._batches = metrics.batches(["search"])
+        self._reporter = Reporter(metrics)
 
     async def _search_shards(self, cid: int, queries: np.ndarray,
                              k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,6 +238,7 @@ class Gallery(GalleryService):
                               ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """One query vector per call; concurrent ones go to each shard as one batch
         per collection."""
+        self._batches.observe("search", len(cids))
         out: list[Any] = [None] * len(cids)
         groups: dict[int, list[int]] = {}
         for i, cid in enumerate(cids):
@@ -276,15 +282,33 @@ class Gallery(GalleryService):
                                        request_hash, create)
 
     async def ready(self) -> bool:
-        """Readiness probe: every shard answers (and has rebuilt from the store)."""
+        """Readiness probe: every shard answers (and has rebuilt from the store), and
+        the store answers."""
         await self.shards.ready()
+        await self._db(self.store.collection_seqs)
         return True
+
+    async def metrics(self) -> dict[str, Any]:
+        """Faces per collection, store and shard health, replication lag
+        (``index.health.gallery_report``); the same from any replica. With pgvector
+        there are no shard actors to ask: the store is the index."""
+        return await gallery_metrics(self.store, self._db, [
+            [lambda c=c: _answer(c.info.remote(), 2.0) for c in copies]
+            for copies in getattr(self.shards, "handles", [])])
 
     async def shutdown_shards(self) -> None:
         """Kill the shard actors (they are detached: deleting the app leaves them)."""
         for copies in getattr(self.shards, "handles", []):
             for copy in copies:
                 ray.kill(copy, no_restart=True)
+
+
+async def _answer(ref: Any, timeout_s: float) -> Any:
+    """A shard copy's answer, or None when it is down or does not answer in time."""
+    try:
+        return await asyncio.wait_for(ref, timeout_s)
+    except (asyncio.TimeoutError, ray.exceptions.RayError):
+        return None
 
 
 __all__ = ["Gallery", "IndexShard", "RayShards", "shard_handles"]

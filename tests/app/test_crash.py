@@ -34,8 +34,15 @@ REPO = Path(__file__).resolve().parent.parent.parent
 MARK = "FACEFLEET_CRASH_TEST"
 
 
+#: listener ports ``deployments.local`` puts in this process's environment when the
+#: session's own service starts; a second service inheriting them cannot bind them
+_SESSION_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+
+
 def _start(config_path: Path, marker: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, MARK: marker}
+    env = {k: v for k, v in os.environ.items() if k not in _SESSION_PORTS}
+    env[MARK] = marker
     return subprocess.Popen(
         [sys.executable, "-m", "deployments.local", "--config", str(config_path),
          "--no-dashboard"], cwd=REPO, env=env, start_new_session=True,

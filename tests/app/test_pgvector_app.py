@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import csv
+import re
 from collections import defaultdict
 
 import psycopg
@@ -125,6 +126,13 @@ def test_enrol_identify_forget_over_pgvector(pgvector_app, faces):
         left = conn.execute("SELECT count(*) FROM face_embeddings_people WHERE person_id = %s",
                             (victim,)).fetchone()[0]
     assert left == 0
+
+    # /metrics: the store is up and is the index (no shard actors to report)
+    text = api.get("/metrics").text
+    assert re.search(r'facefleet_gallery_store_up\{[^}]*backend="pgvector"[^}]*\} 1\.0', text)
+    assert re.search(r'facefleet_gallery_faces\{[^}]*collection="people"[^}]*\} '
+                     f"{len(people) - 1}\\.0", text), text[-3000:]
+    assert "facefleet_gallery_shard_up{" not in text
 
     # the same typed errors
     r = api.post("/v1/collections/nobody/identify", json={"img": b64(probe)})

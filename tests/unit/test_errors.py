@@ -58,3 +58,23 @@ def test_strict_collections_is_a_setting_from_the_environment(monkeypatch):
     assert Settings().index.strict_collections is False
     monkeypatch.setenv("FACEFLEET_INDEX__STRICT_COLLECTIONS", "true")
     assert Settings().index.strict_collections is True
+
+
+def test_a_405_allows_every_method_of_its_path():
+    from configs.settings import Settings
+    from deployments.errors import _allowed_methods
+    from deployments.http_app import create_app
+    from pipelines.flow import Flow
+
+    s = Settings()
+    app = create_app(Flow(s, None, None, None), s)
+
+    def allowed(path: str) -> list[str]:
+        return _allowed_methods(Request({"type": "http", "method": "PUT", "path": path,
+                                         "root_path": "", "app": app, "headers": [],
+                                         "query_string": b""}))
+
+    assert allowed("/v1/collections") == ["GET", "POST"]
+    assert allowed("/v1/collections/staff") == ["DELETE", "GET"]
+    assert allowed("/v1/collections/staff/persons/p1") == ["DELETE", "GET", "PATCH"]
+    assert allowed("/v1/collections/staff/faces") == ["GET", "POST"]
