@@ -3,7 +3,9 @@
 Images go through the same detect -> embed stages as ``/v1/embed`` and on to
 the Gallery deployment (sharded FAISS over the durable store). A collection is
 bound to the embedding model it was created with; requests that name no model
-use the collection's.
+use the collection's. Who may call which route, and see which collection, is
+``deployments/access.py``; every change carries the caller (``actor_of``) to
+the gallery, which records it in the audit trail in the same transaction.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves these signatures.
@@ -15,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import FacefleetError, ValidationError
+from deployments.access import actor_of, check_collection, visible
 from deployments.http_app import api_of, body_schema
 from pipelines.flow import FaceQuery
 
@@ -81,15 +84,19 @@ def _meta(item: Any) -> dict[str, Any]:
 async def create_collection(request: Request) -> Response:
     api = api_of(request)
     body, _ = await api.parse(request, CreateCollectionBody)
+    check_collection(request, body.name)
     model = body.model or api.s.default_embedder
     info = await api.flow.embedder_info(model)
-    out = await api.flow.gallery.create_collection(body.name, model, info["dim"])
+    out = await api.flow.gallery.create_collection(body.name, model, info["dim"],
+                                                   actor=actor_of(request))
     return JSONResponse(out, status_code=201)
 
 
 @router.get("/v1/collections", tags=["gallery"])
 async def list_collections(request: Request) -> dict:
-    return {"collections": await api_of(request).flow.gallery.list_collections()}
+    """The collections the caller's key may see."""
+    return {"collections": visible(request,
+                                   await api_of(request).flow.gallery.list_collections())}
 
 
 @router.get("/v1/collections/{collection}", tags=["gallery"])
@@ -99,7 +106,7 @@ async def collection_stats(collection: str, request: Request) -> dict:
 
 @router.delete("/v1/collections/{collection}", tags=["gallery"])
 async def drop_collection(collection: str, request: Request) -> dict:
-    return await api_of(request).flow.drop_collection(collection)
+    return await api_of(request).flow.drop_collection(collection, actor_of(request))
 
 
 @router.post("/v1/collections/{collection}/faces", tags=["gallery"], status_code=201,
@@ -111,7 +118,7 @@ async def register_face(collection: str, request: Request) -> Response:
     data = await api.image(body.img, files, "img")
     res = await api.flow.register(collection, [(data, _meta(body))],
                                   FaceQuery(body.detector), body.model,
-                                  request.headers.get("idempotency-key"))
+                                  request.headers.get("idempotency-key"), actor_of(request))
     face = res.results[0]
     if isinstance(face, FacefleetError):
         raise face
@@ -138,7 +145,8 @@ async def register_batch(collection: str, request: Request) -> dict:
     res = await api.flow.register(
         collection, [(d, {**_meta(it), "field": f"items[{i}].img"})
                      for i, (d, it) in enumerate(zip(datas, body.items, strict=True))],
-        FaceQuery(body.detector), body.model, request.headers.get("idempotency-key"))
+        FaceQuery(body.detector), body.model, request.headers.get("idempotency-key"),
+        actor_of(request))
     results: list[dict[str, Any]] = []
     for i, r in enumerate(res.results):
         if isinstance(r, FacefleetError):
@@ -161,7 +169,7 @@ async def identify(collection: str, request: Request) -> dict:
     data = await api.image(body.img, files, "img")
     res = await api.flow.identify(
         collection, data, FaceQuery(body.detector, body.max_faces, 0.0, body.enforce_detection),
-        body.top_k, body.per_person, body.model)
+        body.top_k, body.per_person, body.model, actor_of(request))
     model = res.image.model
     threshold = body.threshold if body.threshold is not None else api.s.threshold_for(model)
     if threshold is None:
@@ -184,7 +192,7 @@ async def get_face(collection: str, face_id: str, request: Request) -> dict:
 @router.delete("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"],
                status_code=204)
 async def delete_face(collection: str, face_id: str, request: Request) -> Response:
-    await api_of(request).flow.gallery.delete_face(collection, face_id)
+    await api_of(request).flow.gallery.delete_face(collection, face_id, actor=actor_of(request))
     return Response(status_code=204)
 
 
@@ -195,4 +203,5 @@ async def get_person(collection: str, person_id: str, request: Request) -> dict:
 
 @router.delete("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"])
 async def delete_person(collection: str, person_id: str, request: Request) -> dict:
-    return await api_of(request).flow.gallery.delete_person(collection, person_id)
+    return await api_of(request).flow.gallery.delete_person(collection, person_id,
+                                                            actor=actor_of(request))
