@@ -15,6 +15,8 @@ holds; the Gallery answers with one indexed read of the store's version
 counter, and with the table only when it changed. A key from the table is
 accepted only while the copy was read less than ``auth.max_age_s`` ago;
 otherwise the request waits for a fresh read, and gets 503 if there is none.
+A key id the copy does not hold (made on another replica a moment ago) makes
+the replica read the table once more, at most every ``MISS_REREAD_S``.
 So a revoked key is refused by every replica within ``max_age_s``, even one
 that cannot reach the store, which keeps failing closed. The replica does
 not open the database itself: the Gallery already holds the store
@@ -47,6 +49,8 @@ KEY_PREFIX = "ffk_"
 _ID_HEX = 16  # 64-bit public key ids
 #: a replica whose store keys went unused this long stops polling the key table
 IDLE_STOP_S = 30.0
+#: a key id missing from a copy older than this makes the replica read the table again
+MISS_REREAD_S = 0.1
 
 KeySource = Callable[[int | None, dict[str, float]],
                      Awaitable[tuple[int, Sequence[KeyRecord] | None]]]
@@ -151,6 +155,11 @@ class KeyTable:
         if kid is None or self._source is None:
             return None
         rec = (await self._current()).get(kid)
+        if rec is None and time.monotonic() - self._read_at > MISS_REREAD_S:
+            # perhaps made on another replica since the last read: look once more
+            # (shared and spaced out, so unknown keys cannot flood the store)
+            await self._reread()
+            rec = self._keys.get(kid)
         if rec is None or not hmac.compare_digest(digest, rec.key_sha256):
             return None
         self._used[kid] = time.time()
@@ -182,6 +191,13 @@ class KeyTable:
             raise Unavailable("API keys cannot be checked right now (the key table is "
                               "unreachable); retry shortly")
         return self._keys
+
+    async def _reread(self) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._refresh()),
+                                   max(1.0, self.config.max_age_s))
+        except Exception as exc:  # noqa: BLE001 - the key stays unknown
+            log.warning("the API key table could not be read: %r", exc)
 
     def _fresh(self) -> bool:
         return time.monotonic() - self._read_at < self.config.max_age_s
