@@ -7,9 +7,13 @@ identify latency at k=10 (one query per call, sequential; then with several
 clients in flight), memory of the shard actors per million faces, and the
 time for the shards to come back from a crash, i.e. to rebuild from the store.
 Optionally (``--ivf``) the same with IVF shards and their recall@10 against
-exact. Writes a markdown table to ``bench/results/index_scale.md``.
+exact; and (``--scale-out 1x1,2x1,2x2``) identify throughput with G Gallery
+replicas over S copies of every shard (``GxS``; copies rebuild from the store,
+writes go to all, searches spread over them). Writes a markdown table to
+``bench/results/index_scale.md``.
 
     .venv/bin/python -m bench.index_scale [--n 1000000] [--shards 4] [--ivf]
+                                          [--clients 16] [--scale-out 1x1,2x1,2x2]
 """
 
 from __future__ import annotations
@@ -80,8 +84,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
                    namespace="facefleet-bench")
     serve.start(http_options={"host": "127.0.0.1", "port": local.free_port()})
     try:
-        settings = {"shards": args.shards, "data_dir": str(work / "data"),
-                    "search_batch_wait_s": 0.0005}
+        settings = gallery_settings(work / "data", shards=args.shards,
+                                    search_batch_wait_s=0.0005)
         handle = serve.run(Gallery.bind(settings), name="bench-gallery", route_prefix=None)
         model = "bench"
         handle.create_collection.remote("bench", model, args.dim).result()
@@ -169,10 +173,41 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
 
         if args.ivf:
             rows += run_ivf(serve, Gallery, settings, model, probes, args)
+        if args.scale_out:
+            rows += run_scale_out(serve, Gallery, work / "data", model, probes, args)
     finally:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def gallery_settings(data_dir: Path, **index) -> dict:
+    from configs.settings import Settings
+
+    return Settings(data_dir=data_dir, index=index).model_dump(mode="json")
+
+
+def run_scale_out(serve, gallery_cls, data_dir: Path, model: str, probes: np.ndarray,
+                  args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Identify throughput with more Gallery replicas and more copies of each shard."""
+    rows = []
+    for spec in args.scale_out.split(","):
+        replicas, copies = (int(v) for v in spec.split("x"))
+        settings = gallery_settings(data_dir, shards=args.shards, shard_replicas=copies,
+                                    search_batch_wait_s=0.0005)
+        t0 = time.perf_counter()
+        handle = serve.run(gallery_cls.options(num_replicas=replicas).bind(settings),
+                           name="bench-scale", route_prefix=None)
+        ready_s = time.perf_counter() - t0
+        identify_concurrent(handle, model, probes[:40], 10, args.clients)  # warm-up
+        lat, qps = identify_concurrent(handle, model, probes, 10, args.clients)
+        rows.append((f"identify k=10, {args.clients} clients, {replicas} Gallery replica(s) x "
+                     f"{copies} cop{'y' if copies == 1 else 'ies'} of each shard",
+                     f"{qps:.0f} queries/s, p50 {pct(lat, 50):.1f} ms / p99 "
+                     f"{pct(lat, 99):.1f} ms (ready in {ready_s:.0f} s)"))
+        handle.shutdown_shards.remote().result()
+        serve.delete("bench-scale")
     return rows
 
 
@@ -183,7 +218,8 @@ def run_ivf(serve, gallery_cls, settings: dict, model: str, probes: np.ndarray,
     want = exact.search.remote("bench", model, probes, 10).result()
     exact.shutdown_shards.remote().result()
     serve.delete("bench-exact")
-    ivf_settings = dict(settings, index_type="ivf", ivf_nlist=args.nlist, ivf_nprobe=args.nprobe)
+    ivf_settings = {**settings, "index": {**settings["index"], "index_type": "ivf",
+                                          "ivf_nlist": args.nlist, "ivf_nprobe": args.nprobe}}
     t0 = time.perf_counter()
     handle = serve.run(gallery_cls.bind(ivf_settings), name="bench-ivf", route_prefix=None)
     start_s = time.perf_counter() - t0
@@ -212,8 +248,9 @@ def write(rows: list[tuple[str, str]], args: argparse.Namespace) -> str:
     lines = [
         "# Gallery scale benchmark",
         "",
-        f"`python -m bench.index_scale --n {args.n} --shards {args.shards}"
-        + (" --ivf" if args.ivf else "") + "`, "
+        f"`python -m bench.index_scale --n {args.n} --shards {args.shards} "
+        f"--clients {args.clients}" + (" --ivf" if args.ivf else "")
+        + (f" --scale-out {args.scale_out}" if args.scale_out else "") + "`, "
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores "
         "(shared with other jobs: figures are indicative), SQLite store, "
         "Gallery deployment + IndexShard actors on a local Ray, 1 FAISS thread per shard.",
@@ -243,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nlist", type=int, default=1024)
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--tmp", default="/tmp", help="where the store and Ray's files go")
+    p.add_argument("--scale-out", default="",
+                   help="GxS,...: identify with G Gallery replicas over S copies of each shard")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     rows = run(args)

@@ -1,175 +1,182 @@
-"""Throughput of /v1/embed through the real Serve app, beside the in-process ceiling.
+"""Throughput of /v1/embed through the real Serve app, measured from outside, beside
+the in-process ceiling.
 
     .venv/bin/python -m bench.serve_throughput [--topologies separate,fused]
-                                               [--concurrency 1,8,32] [--requests 96]
+        [--proxies haproxy,serve] [--concurrency 1,8,32] [--photos lfw:300]
+        [--models dlib]
 
-For each topology (separate Detector/Embedder/Analyzer deployments from
-serve_config.yaml, or all stages fused into the Ingress replica from
-configs/serve_config.fused.yaml) it starts the service on a local Ray instance,
-drives /v1/embed with N concurrent clients over two photo sets (LFW 250 px
-portraits, and the large camera photos of deepface/), and reports images/s,
-faces/s, p50/p99 latency and the batch sizes the deployments saw. The same
-images run through the stages in one process give the ceiling. Writes
-bench/results/serve_throughput.md.
+For each front (HAProxy in front of the ingress, Serve's high-throughput
+mode and the default of ``make serve``; or Serve's own Python proxy) and
+topology (separate Detector / Embedder / Analyzer deployments from
+``serve_config.yaml``, or every stage fused into the Ingress replica from
+``configs/serve_config.fused.yaml``), it starts the service on a local Ray
+instance and drives ``/v1/embed`` with ``bench.http_load``: a plain closed-loop
+client in its own process (one JSON request with a base64 photo in flight per
+thread, keep-alive). It reports images/s, p50 / p99 latency, the CPU the
+service's processes spent per request, and the batch sizes the model
+deployments saw. The same photos through the stages in this one process
+(detect + embed, batches of 16) give the ceiling, measured in the same run.
+``--models`` adds a row per embedder through ``/v1/embed`` (separate
+topology, the first front). Writes ``bench/results/serve_throughput.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
-import statistics
+import os
+import platform
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
-from bench.evaluate import FACES
+from bench import http_load
 from deployments import local
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).parent / "results" / "serve_throughput.md"
 
 
-def photo_sets() -> dict[str, list[bytes]]:
-    lfw = sorted((FACES / "lfw-dev" / "images").glob("*/*.jpg"))[::40][:96]
-    cams = sorted(p for p in (FACES / "deepface").glob("*.jpg"))[:48]
-    return {"lfw": [p.read_bytes() for p in lfw], "camera": [p.read_bytes() for p in cams]}
-
-
-def in_process(images: list[bytes], batch: int = 16) -> tuple[float, float]:
-    """Images/s and faces/s of detect+embed in this process (the ceiling on one core)."""
+def in_process(paths: list[Path], model: str | None = None, batch: int = 16) -> float:
+    """Images/s of detect+embed in this process, one thread (the ceiling of one core)."""
     from configs.settings import Settings
     from pipelines.models import ModelContext
     from pipelines.runtime import RuntimeConfig, limit_native_threads
-    from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest,
-                                  ImageLimitsCfg)
+    from pipelines.stages import DetectionStage, DetectRequest, EmbeddingStage, ImageLimitsCfg
 
     limit_native_threads(1)
     s = Settings()
+    model = model or s.default_embedder
     ctx = ModelContext(models_dir=s.models_path, runtime=RuntimeConfig())
     det = DetectionStage(ctx, ImageLimitsCfg(s.images.max_bytes, s.images.max_pixels,
                                              s.images.work_max_side))
     emb = EmbeddingStage(ctx, flip_average=s.flip_average)
-    spec = emb.model(s.default_embedder).chip
-    det.run([DetectRequest(images[0], s.default_detector, chip_specs=(spec,))])  # warm up
+    spec = emb.model(model).chip
+    images = [p.read_bytes() for p in paths]
+    reqs = [DetectRequest(d, s.default_detector, chip_specs=(spec,)) for d in images]
+    emb.run_detected(det.run(reqs[:batch]), [model] * batch)  # warm up
     t0 = time.perf_counter()
-    faces = 0
-    for i in range(0, len(images), batch):
-        res = det.run([DetectRequest(d, s.default_detector, chip_specs=(spec,))
-                       for d in images[i:i + batch]])
-        reqs = [EmbedRequest(s.default_embedder, r.chips[spec.key]) for r in res
-                if not isinstance(r, Exception)]
-        faces += sum(len(v) for v in emb.run(reqs))
-    el = time.perf_counter() - t0
-    return len(images) / el, faces / el
+    for i in range(0, len(reqs), batch):
+        chunk = reqs[i:i + batch]
+        emb.run_detected(det.run(chunk), [model] * len(chunk))
+    return len(images) / (time.perf_counter() - t0)
 
 
-async def drive(base: str, images: list[str], conc: int, total: int,
-                model: str | None = None) -> dict:
-    lat: list[float] = []
-    faces = 0
-    errors = 0
-    queue = list(range(total))
+def _service_cpu() -> float:
+    """CPU seconds of every process this one started (the local Ray cluster)."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(
+                        int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    total, stack, tick = 0.0, list(kids.get(os.getpid(), [])), os.sysconf("SC_CLK_TCK")
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+        stack.extend(kids.get(pid, []))
+    return total
 
-    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
-        async def worker() -> None:
-            nonlocal faces, errors
-            while queue:
-                i = queue.pop()
-                t = time.perf_counter()
-                body = {"img": images[i % len(images)], "enforce_detection": False}
-                if model:
-                    body["model"] = model
-                r = await client.post("/v1/embed", json=body)
-                lat.append(time.perf_counter() - t)
-                if r.status_code == 200:
-                    faces += len(r.json()["faces"])
-                else:
-                    errors += 1
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(conc)))
-        el = time.perf_counter() - t0
-    return {"img_s": total / el, "faces_s": faces / el, "p50": statistics.median(lat) * 1000,
-            "p99": float(np.percentile(lat, 99)) * 1000, "errors": errors}
+def _batches(base: str) -> str:
+    try:
+        sizes = httpx.get(base + "/v1/stats", timeout=30).json()["batch_sizes"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return "-"
+    out = []
+    for dep, method in (("Detector", "detect"), ("Embedder", "embed")):
+        counts = {int(k): v for k, v in sizes.get(dep, {}).get(method, {}).items()}
+        n = sum(counts.values())
+        out.append(f"{sum(k * v for k, v in counts.items()) / n:.1f}" if n else "-")
+    return " / ".join(out)
+
+
+def measure(base: str, photos: str, conc: int, model: str | None = None) -> dict:
+    extra = {"model": model} if model else None
+    http_load.run(base, "/v1/embed", photos, min(conc, 8), requests=max(2 * conc, 16),
+                  extra=extra)  # warm up: models loaded, queues primed
+    cpu0 = _service_cpu()
+    res = http_load.run(base, "/v1/embed", photos, conc, extra=extra)
+    res["cpu_ms"] = (_service_cpu() - cpu0) / res["requests"] * 1000
+    res["batches"] = _batches(base)
+    return res
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--topologies", default="separate,fused")
+    p.add_argument("--proxies", default="haproxy,serve")
     p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--requests", type=int, default=96)
-    p.add_argument("--models", default="dlib,dlib-native",
-                   help="embedders compared through /v1/embed (separate topology, LFW)")
+    p.add_argument("--photos", default="lfw:300")
+    p.add_argument("--models", default="", help="embedders compared through /v1/embed")
     a = p.parse_args()
-    sets = photo_sets()
-    ceiling = {name: in_process(imgs) for name, imgs in sets.items()}
-    rows = []
-    model_rows = []
-    for topo in a.topologies.split(","):
-        port = local.free_port()
-        path = REPO / ("serve_config.yaml" if topo == "separate"
-                       else "configs/serve_config.fused.yaml")
-        cfg = local.load_config(path, {"topology": topo, "gallery": False}, port)
-        local.start(cfg, num_cpus=2)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            for name, imgs in sets.items():
-                b64 = [base64.b64encode(d).decode() for d in imgs]
-                asyncio.run(drive(base, b64, 2, 8))  # warm up
+    paths = http_load.photos(a.photos)
+    ceiling = in_process(paths)
+    rows, model_rows = [], []
+    proxies = a.proxies.split(",")
+    for proxy in proxies:
+        for topo in a.topologies.split(","):
+            port = local.free_port()
+            path = REPO / ("serve_config.yaml" if topo == "separate"
+                           else "configs/serve_config.fused.yaml")
+            cfg = local.load_config(path, {"topology": topo, "gallery": False}, port)
+            local.start(cfg, num_cpus=os.cpu_count(), fast_serve=proxy == "haproxy")
+            base = f"http://127.0.0.1:{port}"
+            try:
                 for conc in map(int, a.concurrency.split(",")):
-                    before = httpx.get(base + "/v1/stats", timeout=30).json()["batch_sizes"]
-                    total = a.requests if name == "lfw" else max(a.requests // 2, conc)
-                    res = asyncio.run(drive(base, b64, conc, total))
-                    after = httpx.get(base + "/v1/stats", timeout=30).json()["batch_sizes"]
-                    res["batches"] = _batch_delta(before, after)
-                    res["ceiling"] = ceiling[name][0]
-                    rows.append((topo, name, conc, res))
-                    print(topo, name, conc, res, flush=True)
-            if topo == "separate":
-                b64 = [base64.b64encode(d).decode() for d in sets["lfw"]]
-                for model in filter(None, a.models.split(",")):
-                    asyncio.run(drive(base, b64, 2, 4, model))  # loads the model
-                    for conc in (1, 8):
-                        res = asyncio.run(drive(base, b64, conc, 48 if conc > 1 else 24, model))
-                        model_rows.append((model, conc, res))
-                        print(model, conc, res, flush=True)
-        finally:
-            local.stop()
-    lines = ["In-process ceiling (one process, detect+embed, batches of 16): " + ", ".join(
-        f"{k}: {v[0]:.1f} images/s ({v[1]:.1f} faces/s)" for k, v in ceiling.items()), "",
-        "| topology | photos | clients | images/s | faces/s | p50 ms | p99 ms | vs in-process "
-        "| errors | mean batch (detect / embed) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for topo, name, conc, r in rows:
-        lines.append(f"| {topo} | {name} | {conc} | {r['img_s']:.1f} | {r['faces_s']:.1f} "
-                     f"| {r['p50']:.0f} | {r['p99']:.0f} | {r['img_s'] / r['ceiling']:.2f} "
-                     f"| {r['errors']} | {r['batches']} |")
+                    res = measure(base, a.photos, conc)
+                    rows.append((proxy, topo, conc, res))
+                    print(proxy, topo, conc, res, flush=True)
+                if topo == "separate" and proxy == proxies[0]:
+                    for model in filter(None, a.models.split(",")):
+                        for conc in (1, 32):
+                            res = measure(base, a.photos, conc, model)
+                            model_rows.append((model, conc, res))
+                            print(model, conc, res, flush=True)
+            finally:
+                local.stop()
+    ceiling_after = in_process(paths)
+    ceil = (ceiling + ceiling_after) / 2
+    best = {(px, t): r["req_s"] for px, t, c, r in rows if c == max(x[2] for x in rows)}
+    lines = [
+        f"{len(paths)} LFW photos ({a.photos}), `/v1/embed` JSON with base64, keep-alive, "
+        f"{os.cpu_count()} cores ({platform.machine()}), load average at the end "
+        f"{os.getloadavg()[0]:.2f}.",
+        "",
+        f"In-process ceiling (one process, one thread, detect+embed, batches of 16): "
+        f"{ceiling:.1f} images/s before and {ceiling_after:.1f} after the Serve runs.",
+        "",
+        "| front | topology | clients | images/s | p50 ms | p99 ms | CPU ms / image | "
+        "vs in-process | errors | mean batch (detect / embed) |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for proxy, topo, conc, r in rows:
+        errors = r["requests"] - r["ok"]
+        lines.append(f"| {proxy} | {topo} | {conc} | {r['req_s']:.1f} | {r['p50_ms']:.0f} | "
+                     f"{r['p99_ms']:.0f} | {r['cpu_ms']:.1f} | {r['req_s'] / ceil:.2f} | "
+                     f"{errors} | {r['batches']} |")
+    for proxy in proxies:
+        sep, fus = best.get((proxy, "separate")), best.get((proxy, "fused"))
+        if sep and fus:
+            lines.append("")
+            lines.append(f"{proxy}: separate / fused at the highest concurrency = "
+                         f"{sep / fus:.2f}")
     if model_rows:
-        lines += ["", "Embedders through `/v1/embed` (separate topology, LFW photos, mirror "
-                  "averaging on):", "", "| model | clients | images/s | p50 ms | p99 ms |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {m} | {c} | {r['img_s']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} |"
-                  for m, c, r in model_rows]
+        lines += ["", "Embedders through `/v1/embed` (separate topology, first front):", "",
+                  "| model | clients | images/s | p50 ms | p99 ms | CPU ms / image |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {c} | {r['req_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                  f"{r['cpu_ms']:.1f} |" for m, c, r in model_rows]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def _batch_delta(before: dict, after: dict) -> str:
-    out = []
-    for method in ("detect", "embed"):
-        for dep, methods in after.items():
-            if method not in methods:
-                continue
-            b = {int(k): v for k, v in before.get(dep, {}).get(method, {}).items()}
-            a = {int(k): v for k, v in methods[method].items()}
-            d = {k: a[k] - b.get(k, 0) for k in a if a[k] - b.get(k, 0) > 0}
-            n = sum(d.values())
-            out.append(f"{sum(k * v for k, v in d.items()) / n:.1f}" if n else "-")
-            break
-    return " / ".join(out)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,88 @@ class BuildIndexBody(_Compat):
     collection: str | None = None
 
 
+# --------------------------------------------------------------------------- answers
+
+
+class FacialArea(BaseModel):
+    x: int | None = None
+    y: int | None = None
+    w: int | None = None
+    h: int | None = None
+    left_eye: list[int] | None = None
+    right_eye: list[int] | None = None
+
+
+class Represented(BaseModel):
+    embedding: list[float]
+    facial_area: FacialArea
+    face_confidence: float
+
+
+class RepresentOut(BaseModel):
+    results: list[Represented]
+
+
+class DfVerifyOut(BaseModel):
+    verified: bool
+    distance: float
+    threshold: float
+    confidence: float
+    model: str = Field(..., examples=["Dlib"])
+    detector_backend: str
+    similarity_metric: str
+    facial_areas: dict[str, FacialArea]
+    time: float
+
+
+class DfAnalyzed(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the attributes asked for
+
+    region: FacialArea
+    face_confidence: float
+
+
+class DfAnalyzeOut(BaseModel):
+    results: list[DfAnalyzed]
+
+
+class DfRegisterOut(BaseModel):
+    inserted: int
+    collection: str
+    faces: list[dict[str, Any]]
+
+
+class DfSearchHit(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    distance: float
+    threshold: float
+    confidence: float
+
+
+class DfSearchOut(BaseModel):
+    results: list[list[DfSearchHit]]
+
+
+class BuildIndexOut(BaseModel):
+    message: str
+
+
+class CompatErrorOut(BaseModel):
+    """facefleet's error envelope plus DeepFace's top-level ``exception`` message."""
+
+    error: dict[str, Any]
+    exception: str
+
+
+#: DeepFace answers every client error with 400; facefleet keeps 401 and 5xx
+COMPAT_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": CompatErrorOut, "description": what} for code, what in (
+        (400, "any bad request, as DeepFace answers it"), (401, "missing or unknown API key"),
+        (500, "an unexpected error"), (503, "a backend is unavailable (Retry-After)"))}
+
+
 def embedder_for(model_name: str | None, default: str, known: list[str]) -> str:
     """A DeepFace ``model_name`` as a facefleet embedder name (``None``: the default)."""
     if model_name is None or not str(model_name).strip():

@@ -78,7 +78,14 @@ def install_error_handlers(app: FastAPI) -> None:
                 401: ErrorCode.UNAUTHORIZED, 422: ErrorCode.VALIDATION_ERROR}.get(
             exc.status_code, ErrorCode.VALIDATION_ERROR if exc.status_code < 500
             else ErrorCode.INTERNAL_ERROR)
-        return error_response(request, code, str(exc.detail), status=exc.status_code)
+        response = error_response(request, code, str(exc.detail), status=exc.status_code)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; a path
+            # served by several routes (GET and DELETE) allows all their methods
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -104,6 +111,18 @@ def compat_error_response(request: Request, exc: FacefleetError) -> JSONResponse
     # DeepFace's clients read a top-level "exception" message: send both shapes
     return JSONResponse({"error": err, "exception": exc.message}, status_code=status,
                         headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            # Match.PARTIAL: the path matched with another method
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def unexpected_response(request: Request, exc: Exception) -> JSONResponse:

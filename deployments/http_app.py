@@ -73,7 +73,7 @@ def api_of(request: Request) -> Api:
 
 _REF = "#/components/schemas/{model}"
 #: request-body models named by the routes' ``openapi_extra`` (see :func:`body_schema`)
-_BODY_MODELS: list[tuple[type[BaseModel], dict[str, Any]]] = []
+_BODY_MODELS: list[tuple[type[BaseModel], dict[str, Any], dict[str, Any]]] = []
 
 
 class IngressApp(FastAPI):
@@ -87,13 +87,15 @@ class IngressApp(FastAPI):
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is not None:
             return self.openapi_schema
-        models = list(dict.fromkeys(m for m, _ in _BODY_MODELS))
+        models = list(dict.fromkeys(m for m, _, _ in _BODY_MODELS))
         # one schema generation for all models: pydantic gives two different
         # models of the same name distinct component names
         refs, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
-        for model, schema in _BODY_MODELS:
+        for model, schema, form in _BODY_MODELS:
             schema.clear()
             schema.update(refs[(model, "validation")])
+            form.clear()
+            form.update(_form_schema(refs[(model, "validation")], defs))
         doc = super().openapi()
         components = doc.setdefault("components", {}).setdefault("schemas", {})
         for name, body in defs.get("$defs", {}).items():
@@ -165,10 +167,31 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """``openapi_extra`` declaring ``model`` as a route's JSON / multipart body (the
     schema is filled in when the document is built, :class:`IngressApp`)."""
     schema: dict[str, Any] = {}
-    _BODY_MODELS.append((model, schema))
+    form: dict[str, Any] = {}
+    _BODY_MODELS.append((model, schema, form))
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": schema},
-        "multipart/form-data": {"schema": schema}}}}
+        "multipart/form-data": {"schema": form}}}}
+
+
+def _form_schema(ref: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """The multipart form of a body model (``ref`` to its component): a form field
+    is text or a file and cannot be null, so an optional field is left out instead."""
+    import copy
+
+    body = copy.deepcopy(defs["$defs"][ref["$ref"].rsplit("/", 1)[-1]])
+    for prop in body.get("properties", {}).values():
+        variants = prop.get("anyOf")
+        if variants and any(v.get("type") == "null" for v in variants):
+            kept = [v for v in variants if v.get("type") != "null"]
+            del prop["anyOf"]
+            if len(kept) == 1:
+                prop.update(kept[0])
+            else:
+                prop["anyOf"] = kept
+            if prop.get("default", 0) is None:
+                del prop["default"]
+    return body
 
 
 def jpeg_b64(chip: np.ndarray) -> str:

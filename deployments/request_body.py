@@ -152,6 +152,8 @@ def _form_data(model: type[BaseModel], parts: list[tuple[str, str | _Upload]]
     for name, value in parts:
         grouped.setdefault(name, []).append(value)
     list_fields = {n for n, f in model.model_fields.items() if "list" in str(f.annotation)}
+    # an object field (labels) comes as JSON text: a form has no other way to nest
+    dict_fields = {n for n, f in model.model_fields.items() if "dict" in str(f.annotation)}
     data: dict[str, Any] = {}
     files: dict[str, bytes] = {}
     for key, values in grouped.items():
@@ -173,6 +175,11 @@ def _form_data(model: type[BaseModel], parts: list[tuple[str, str | _Upload]]
                         pass
                 items.extend(p.strip() for p in raw.split(",") if p.strip())
             data[key] = items
+        elif key in dict_fields and first.strip().startswith("{"):
+            try:
+                data[key] = pydantic_core.from_json(first, allow_inf_nan=False)
+            except ValueError:
+                data[key] = first  # validation says it is not an object
         else:
             data[key] = first
     return data, files

@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from deployments.compat_schemas import (DEEPFACE_ACTIONS, AnalyzeBody, BuildIndexBody,
-                                        RegisterBody, RepresentBody, SearchBody, VerifyBody,
+from deployments.compat_schemas import (COMPAT_ERRORS, DEEPFACE_ACTIONS, AnalyzeBody,
+                                        BuildIndexBody, BuildIndexOut, DfAnalyzeOut,
+                                        DfRegisterOut, DfSearchOut, DfVerifyOut, RegisterBody,
+                                        RepresentBody, RepresentOut, SearchBody, VerifyBody,
                                         collection_for, confidence, deepface_model_name,
                                         detector_for, distance_from_similarity,
                                         distances, embedder_for, threshold_in,
@@ -196,7 +198,8 @@ async def _compat_actions(api: Api, requested: list[str] | None) -> list[str]:
 # ---------------------------------------------------------------- routes
 
 
-@router.post("/represent", tags=_TAGS, openapi_extra=body_schema(RepresentBody))
+@router.post("/represent", tags=_TAGS, response_model=RepresentOut, responses=COMPAT_ERRORS,
+             openapi_extra=body_schema(RepresentBody))
 async def df_represent(request: Request) -> Any:
     async def run(api: Api) -> dict:
         body, files = await api.parse(request, RepresentBody)
@@ -208,7 +211,8 @@ async def df_represent(request: Request) -> Any:
     return await _compat(request, run)
 
 
-@router.post("/verify", tags=_TAGS, openapi_extra=body_schema(VerifyBody))
+@router.post("/verify", tags=_TAGS, response_model=DfVerifyOut, responses=COMPAT_ERRORS,
+             openapi_extra=body_schema(VerifyBody))
 async def df_verify(request: Request) -> Any:
     async def run(api: Api) -> dict:
         t0 = time.perf_counter()
@@ -246,7 +250,8 @@ async def df_verify(request: Request) -> Any:
     return await _compat(request, run)
 
 
-@router.post("/analyze", tags=_TAGS, openapi_extra=body_schema(AnalyzeBody))
+@router.post("/analyze", tags=_TAGS, response_model=DfAnalyzeOut, responses=COMPAT_ERRORS,
+             openapi_extra=body_schema(AnalyzeBody))
 async def df_analyze(request: Request) -> Any:
     async def run(api: Api) -> dict:
         body, files = await api.parse(request, AnalyzeBody)
@@ -272,7 +277,8 @@ async def df_analyze(request: Request) -> Any:
     return await _compat(request, run)
 
 
-@router.post("/register", tags=_TAGS, openapi_extra=body_schema(RegisterBody))
+@router.post("/register", tags=_TAGS, response_model=DfRegisterOut, responses=COMPAT_ERRORS,
+             openapi_extra=body_schema(RegisterBody))
 async def df_register(request: Request) -> Any:
     async def run(api: Api) -> dict:
         body, files = await api.parse(request, RegisterBody)
@@ -293,7 +299,8 @@ async def df_register(request: Request) -> Any:
     return await _compat(request, run)
 
 
-@router.post("/search", tags=_TAGS, openapi_extra=body_schema(SearchBody))
+@router.post("/search", tags=_TAGS, response_model=DfSearchOut, responses=COMPAT_ERRORS,
+             openapi_extra=body_schema(SearchBody))
 async def df_search(request: Request) -> Any:
     async def run(api: Api) -> dict:
         body, files = await api.parse(request, SearchBody)
@@ -335,7 +342,8 @@ async def df_search(request: Request) -> Any:
     return await _compat(request, run)
 
 
-@router.post("/build/index", tags=_TAGS, openapi_extra=body_schema(BuildIndexBody))
+@router.post("/build/index", tags=_TAGS, response_model=BuildIndexOut, responses=COMPAT_ERRORS,
+             openapi_extra=body_schema(BuildIndexBody))
 async def df_build_index(request: Request) -> Any:
     async def run(api: Api) -> dict:
         _compat_gallery(api)

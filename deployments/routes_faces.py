@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse, Response
 
 from configs.errors import FacefleetError, ValidationError
 from deployments.http_app import api_of, body_schema, jpeg_b64
-from deployments.schemas import (AnalyzeBody, DetectBody, DetectOut, EmbedBody, EmbedOut,
-                                 VerifyBody, VerifyOut)
+from deployments.schemas import (ERRORS, AnalyzeBody, AnalyzeOut, DetectBody, DetectOut,
+                                 EmbedBody, EmbedOut, HealthOut, ModelsOut, ReadyOut, StatsOut,
+                                 VerifyBody, VerifyOut, errors)
 from pipelines.flow import CROP_SPEC, FaceQuery
 from pipelines.registry import ATTRIBUTES, DEEPFACE_MODELS, DETECTORS, EMBEDDERS
 
@@ -27,12 +28,13 @@ def _face(f) -> dict:
     return {"box": f.box.as_dict(), "confidence": round(f.confidence, 4)}
 
 
-@router.get("/health", tags=["ops"])
+@router.get("/health", tags=["ops"], response_model=HealthOut)
 async def health() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/ready", tags=["ops"])
+@router.get("/ready", tags=["ops"], response_model=ReadyOut,
+            responses={503: {"model": ReadyOut, "description": "a deployment is not ready"}})
 async def ready(request: Request) -> Response:
     flow = api_of(request).flow
     checks = {"Detector": flow.detector, "Embedder": flow.embedder, "Analyzer": flow.analyzer}
@@ -48,7 +50,7 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"ready": ok, "deployments": status}, status_code=200 if ok else 503)
 
 
-@router.get("/v1/models", tags=["models"])
+@router.get("/v1/models", tags=["models"], response_model=ModelsOut, responses=errors(401, 503))
 async def models(request: Request) -> dict:
     api = api_of(request)
     embedders = []
@@ -69,7 +71,7 @@ async def models(request: Request) -> dict:
             "embedders": embedders, "attributes": attributes, "metric": "cosine"}
 
 
-@router.get("/v1/stats", tags=["ops"])
+@router.get("/v1/stats", tags=["ops"], response_model=StatsOut, responses=errors(401, 503))
 async def stats(request: Request) -> dict:
     """Batch sizes seen by one replica of each model deployment."""
     flow = api_of(request).flow
@@ -80,7 +82,7 @@ async def stats(request: Request) -> dict:
     return {"batch_sizes": out}
 
 
-@router.post("/v1/detect", tags=["faces"], response_model=DetectOut,
+@router.post("/v1/detect", tags=["faces"], response_model=DetectOut, responses=ERRORS,
              openapi_extra=body_schema(DetectBody))
 async def detect(request: Request) -> dict:
     api = api_of(request)
@@ -98,7 +100,7 @@ async def detect(request: Request) -> dict:
             "time_ms": round(det.time_ms, 1)}
 
 
-@router.post("/v1/embed", tags=["faces"], response_model=EmbedOut,
+@router.post("/v1/embed", tags=["faces"], response_model=EmbedOut, responses=ERRORS,
              openapi_extra=body_schema(EmbedBody))
 async def embed(request: Request) -> dict:
     api = api_of(request)
@@ -111,7 +113,7 @@ async def embed(request: Request) -> dict:
     return {"faces": faces, "model": emb.model, "detector": emb.detector}
 
 
-@router.post("/v1/verify", tags=["faces"], response_model=VerifyOut,
+@router.post("/v1/verify", tags=["faces"], response_model=VerifyOut, responses=ERRORS,
              openapi_extra=body_schema(VerifyBody))
 async def verify(request: Request) -> dict:
     t0 = time.perf_counter()
@@ -139,7 +141,8 @@ async def verify(request: Request) -> dict:
             "time_ms": round((time.perf_counter() - t0) * 1000, 1)}
 
 
-@router.post("/v1/analyze", tags=["faces"], openapi_extra=body_schema(AnalyzeBody))
+@router.post("/v1/analyze", tags=["faces"], response_model=AnalyzeOut, responses=ERRORS,
+             openapi_extra=body_schema(AnalyzeBody))
 async def analyze(request: Request) -> dict:
     api = api_of(request)
     body, files = await api.parse(request, AnalyzeBody)

@@ -10,18 +10,25 @@ the gallery, which records it in the audit trail in the same transaction.
 
 # No `from __future__ import annotations`: FastAPI resolves these signatures.
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import FacefleetError, ValidationError
 from deployments.access import actor_of, check_collection, visible
 from deployments.http_app import api_of, body_schema
+from deployments.schemas import (GALLERY_ERRORS, BatchOut, CollectionOut, CollectionsOut,
+                                 CollectionStatsOut, EnrolledFaceOut, FaceRecordOut,
+                                 ForgottenPersonOut, IdentifyOut, PersonOut, errors)
+from index.gallery import COLLECTION_PATTERN
 from pipelines.flow import FaceQuery
 
 router = APIRouter()
+
+#: a collection name in a path, checked (and documented) before the route runs
+Collection = Annotated[str, Path(pattern=COLLECTION_PATTERN, max_length=64)]
 
 
 class _Body(BaseModel):
@@ -29,7 +36,8 @@ class _Body(BaseModel):
 
 
 class RegisterBody(_Body):
-    img: str = Field(..., description="base64, data URI or http(s) URL (or a multipart file)")
+    img: str = Field(..., min_length=1,
+                     description="base64, data URI or http(s) URL (or a multipart file)")
     person_id: str | None = Field(None, max_length=128)
     name: str | None = Field(None, max_length=256)
     labels: dict[str, str] | None = None
@@ -79,8 +87,8 @@ def _meta(item: Any) -> dict[str, Any]:
     return {"person_id": item.person_id, "name": item.name, "labels": item.labels}
 
 
-@router.post("/v1/collections", tags=["gallery"], status_code=201,
-             openapi_extra=body_schema(CreateCollectionBody))
+@router.post("/v1/collections", tags=["gallery"], status_code=201, response_model=CollectionOut,
+             responses=GALLERY_ERRORS, openapi_extra=body_schema(CreateCollectionBody))
 async def create_collection(request: Request) -> Response:
     api = api_of(request)
     body, _ = await api.parse(request, CreateCollectionBody)
@@ -92,26 +100,32 @@ async def create_collection(request: Request) -> Response:
     return JSONResponse(out, status_code=201)
 
 
-@router.get("/v1/collections", tags=["gallery"])
+@router.get("/v1/collections", tags=["gallery"], response_model=CollectionsOut,
+            responses=errors(401, 503))
 async def list_collections(request: Request) -> dict:
     """The collections the caller's key may see."""
     return {"collections": visible(request,
                                    await api_of(request).flow.gallery.list_collections())}
 
 
-@router.get("/v1/collections/{collection}", tags=["gallery"])
-async def collection_stats(collection: str, request: Request) -> dict:
+@router.get("/v1/collections/{collection}", tags=["gallery"], response_model=CollectionStatsOut,
+            responses=GALLERY_ERRORS)
+async def collection_stats(collection: Collection, request: Request) -> dict:
     return await api_of(request).flow.gallery.stats(collection)
 
 
-@router.delete("/v1/collections/{collection}", tags=["gallery"])
-async def drop_collection(collection: str, request: Request) -> dict:
+@router.delete("/v1/collections/{collection}", tags=["gallery"], response_model=CollectionOut,
+               responses=GALLERY_ERRORS)
+async def drop_collection(collection: Collection, request: Request) -> dict:
     return await api_of(request).flow.drop_collection(collection, actor_of(request))
 
 
 @router.post("/v1/collections/{collection}/faces", tags=["gallery"], status_code=201,
+             response_model=EnrolledFaceOut,
+             responses={**GALLERY_ERRORS, 200: {"model": EnrolledFaceOut,
+                                                "description": "an Idempotency-Key replay"}},
              openapi_extra=body_schema(RegisterBody))
-async def register_face(collection: str, request: Request) -> Response:
+async def register_face(collection: Collection, request: Request) -> Response:
     """Enrol the largest face of ``img``; ``Idempotency-Key`` makes retries safe."""
     api = api_of(request)
     body, files = await api.parse(request, RegisterBody)
@@ -128,8 +142,9 @@ async def register_face(collection: str, request: Request) -> Response:
 
 
 @router.post("/v1/collections/{collection}/faces:batch", tags=["gallery"],
+             response_model=BatchOut, responses=GALLERY_ERRORS,
              openapi_extra=body_schema(RegisterBatchBody))
-async def register_batch(collection: str, request: Request) -> dict:
+async def register_batch(collection: Collection, request: Request) -> dict:
     """Bulk enrolment: one result per item; failures are reported per item.
     An ``Idempotency-Key`` makes a retried batch return the first result."""
     api = api_of(request)
@@ -161,8 +176,9 @@ async def register_batch(collection: str, request: Request) -> dict:
 
 
 @router.post("/v1/collections/{collection}/identify", tags=["gallery"],
+             response_model=IdentifyOut, responses=GALLERY_ERRORS,
              openapi_extra=body_schema(IdentifyBody))
-async def identify(collection: str, request: Request) -> dict:
+async def identify(collection: Collection, request: Request) -> dict:
     """Every face of the probe image against the collection, nearest first."""
     api = api_of(request)
     body, files = await api.parse(request, IdentifyBody)
@@ -184,24 +200,27 @@ async def identify(collection: str, request: Request) -> dict:
     return {"faces": faces, "collection": collection, "model": model, "threshold": threshold}
 
 
-@router.get("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"])
-async def get_face(collection: str, face_id: str, request: Request) -> dict:
+@router.get("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"],
+            response_model=FaceRecordOut, responses=GALLERY_ERRORS)
+async def get_face(collection: Collection, face_id: str, request: Request) -> dict:
     return _face_out(await api_of(request).flow.gallery.get_face(collection, face_id))
 
 
 @router.delete("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"],
-               status_code=204)
-async def delete_face(collection: str, face_id: str, request: Request) -> Response:
+               status_code=204, response_class=Response, responses=GALLERY_ERRORS)
+async def delete_face(collection: Collection, face_id: str, request: Request) -> Response:
     await api_of(request).flow.gallery.delete_face(collection, face_id, actor=actor_of(request))
     return Response(status_code=204)
 
 
-@router.get("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"])
-async def get_person(collection: str, person_id: str, request: Request) -> dict:
+@router.get("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"],
+            response_model=PersonOut, responses=GALLERY_ERRORS)
+async def get_person(collection: Collection, person_id: str, request: Request) -> dict:
     return await api_of(request).flow.gallery.get_person(collection, person_id)
 
 
-@router.delete("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"])
-async def delete_person(collection: str, person_id: str, request: Request) -> dict:
+@router.delete("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"],
+               response_model=ForgottenPersonOut, responses=GALLERY_ERRORS)
+async def delete_person(collection: Collection, person_id: str, request: Request) -> dict:
     return await api_of(request).flow.gallery.delete_person(collection, person_id,
                                                             actor=actor_of(request))

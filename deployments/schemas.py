@@ -1,4 +1,9 @@
-"""Request and response models of the HTTP API (pydantic, shown in /docs)."""
+"""Request and response models of the HTTP API (pydantic, shown in /docs).
+
+Every route declares its answer here (``response_model``) and the error
+envelope for its error statuses (:data:`ERRORS`), so ``/openapi.json``
+documents every answer a client can get, with examples.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ImageField = Field(..., description="base64, data URI or http(s) URL (or a multipart file field)")
+ImageField = Field(..., min_length=1, description="base64, data URI or http(s) URL (or a multipart file field)")
 
 
 class _Body(BaseModel):
@@ -96,8 +101,74 @@ class VerifyOut(BaseModel):
     time_ms: float
 
 
+class AnalyzedFace(BaseModel):
+    box: BoxOut
+    confidence: float
+    age: int | None = None
+    gender: dict[str, float] | None = Field(None, examples=[{"Woman": 97.1, "Man": 2.9}])
+    dominant_gender: str | None = None
+    emotion: dict[str, float] | None = None
+    dominant_emotion: str | None = None
+    race: dict[str, float] | None = None
+    dominant_race: str | None = None
+
+
+class AnalyzeOut(BaseModel):
+    faces: list[AnalyzedFace]
+    actions: list[str]
+    detector: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    deployments: dict[str, bool] = Field(
+        ..., examples=[{"Detector": True, "Embedder": True, "Analyzer": True, "Gallery": True}])
+
+
+class DetectorInfo(BaseModel):
+    name: str
+    default: bool
+
+
+class EmbedderInfo(BaseModel):
+    name: str
+    installed: bool
+    dim: int | None = None
+    chip_size: int | None = None
+    chip_padding: float | None = None
+    threshold: float | None = Field(None, description="cosine-distance threshold of 1:1 verify")
+    default: bool | None = None
+    reason: str | None = Field(None, description="why it is not installed")
+
+
+class AttributeInfo(BaseModel):
+    action: str
+    installed: bool
+    name: str | None = None
+    chip_size: int | None = None
+    chip_padding: float | None = None
+    reason: str | None = None
+
+
+class ModelsOut(BaseModel):
+    detectors: list[DetectorInfo]
+    embedders: list[EmbedderInfo]
+    attributes: list[AttributeInfo]
+    metric: Literal["cosine"] = "cosine"
+
+
+class StatsOut(BaseModel):
+    batch_sizes: dict[str, dict[str, dict[str, int]]] = Field(
+        ..., description="deployment -> method -> batch size -> batches",
+        examples=[{"Detector": {"detect": {"1": 20, "4": 3}}}])
+
+
 class ErrorBody(BaseModel):
-    code: str
+    code: str = Field(..., examples=["image_decode_error"])
     message: str
     request_id: str
     details: dict | None = None
@@ -105,3 +176,123 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+def errors(*statuses: int) -> dict[int | str, dict]:
+    """The error envelope documented for each of ``statuses``."""
+    what = {400: "bad image, unknown model name or unreachable image URL",
+            401: "missing or unknown API key", 403: "the key lacks the scope",
+            404: "unknown collection, face, person or route",
+            409: "collection bound to another model, or an idempotency key reused",
+            413: "request body or image too large", 422: "the request is invalid",
+            500: "an unexpected error (logged with its request id)",
+            501: "a known model whose weights are not installed",
+            503: "a backend is down, restarting or overloaded (Retry-After)"}
+    return {code: {"model": ErrorOut, "description": what[code]} for code in statuses}
+
+
+#: errors every model route can answer
+ERRORS = errors(400, 401, 413, 422, 500, 501, 503)
+#: ... and the gallery routes also these
+GALLERY_ERRORS = {**ERRORS, **errors(404, 409)}
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+class CollectionOut(BaseModel):
+    collection: str = Field(..., examples=["staff"])
+    model: str = Field(..., examples=["dlib"])
+    dim: int = Field(..., examples=[128])
+    created_at: float = Field(..., description="Unix time")
+
+
+class CollectionsOut(BaseModel):
+    collections: list[CollectionOut]
+
+
+class CollectionStatsOut(CollectionOut):
+    faces: int
+    persons: int
+    shards: int
+    shard_sizes: list[int]
+    index_type: str | None = None
+
+
+class FaceRecordOut(BaseModel):
+    id: str = Field(..., examples=["4f0c2b1e9d3a4c5b8e7f6a5b4c3d2e1f"])
+    person_id: str = Field(..., examples=["angelina"])
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    collection: str
+    created_at: float
+
+
+class EnrolledFaceOut(FaceRecordOut):
+    box: BoxOut
+    replayed: bool = Field(False, description="an Idempotency-Key retry of an earlier request")
+
+
+class BatchError(BaseModel):
+    code: str
+    message: str
+
+
+class BatchResult(BaseModel):
+    index: int
+    status: Literal["created", "error"]
+    id: str | None = None
+    person_id: str | None = None
+    box: BoxOut | None = None
+    error: BatchError | None = None
+
+
+class BatchOut(BaseModel):
+    collection: str
+    created: int
+    failed: int
+    results: list[BatchResult]
+
+
+class Match(BaseModel):
+    id: str
+    person_id: str
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    distance: float = Field(..., description="cosine distance, smaller is nearer")
+    match: bool = Field(..., description="distance <= the identify threshold")
+
+
+class IdentifiedFace(BaseModel):
+    box: BoxOut
+    confidence: float
+    matches: list[Match]
+
+
+class IdentifyOut(BaseModel):
+    faces: list[IdentifiedFace]
+    collection: str
+    model: str
+    threshold: float
+
+
+class PersonFace(BaseModel):
+    face_id: str
+    person_id: str
+    collection: str
+    created_at: float
+
+
+class PersonOut(BaseModel):
+    person_id: str
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    collection: str
+    created_at: float
+    faces: list[PersonFace]
+
+
+class ForgottenPersonOut(BaseModel):
+    person_id: str
+    collection: str
+    deleted_faces: list[str]

@@ -39,7 +39,8 @@ from configs.errors import CollectionNotFound, ModelMismatch, NotFound, Validati
 
 Plan = list[list[ShardOp]]
 
-_COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_COLLECTION_RE = re.compile(COLLECTION_PATTERN)
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")
 _PERSON_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
