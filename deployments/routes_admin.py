@@ -23,6 +23,7 @@ from configs.errors import NotFound, ValidationError
 from deployments.access import actor_of
 from deployments.auth import SCOPES, new_key
 from deployments.http_app import api_of, body_schema
+from deployments.schemas import ApiKeysOut, AuditPageOut, NewApiKeyOut, errors
 from index.audit import AuditAction
 from index.gallery import check_collection_name
 from index.store import KeyRecord
@@ -51,8 +52,11 @@ class CreateKeyBody(BaseModel):
         return list(dict.fromkeys(v))
 
 
-@router.post("/v1/keys", tags=["admin"], status_code=201,
-             openapi_extra=body_schema(CreateKeyBody))
+_KEY_ERRORS = errors(401, 403, 409, 422, 503)
+
+
+@router.post("/v1/keys", tags=["admin"], status_code=201, response_model=NewApiKeyOut,
+             responses=_KEY_ERRORS, openapi_extra=body_schema(CreateKeyBody))
 async def create_key(request: Request) -> Response:
     """A new API key; the ``key`` field of the answer is the secret, shown only here."""
     api = api_of(request)
@@ -67,13 +71,16 @@ async def create_key(request: Request) -> Response:
     return JSONResponse(out, status_code=201)
 
 
-@router.get("/v1/keys", tags=["admin"])
+# exclude_unset: a field the answer leaves out (never used, no collection) stays out
+@router.get("/v1/keys", tags=["admin"], response_model=ApiKeysOut,
+            response_model_exclude_unset=True, responses=_KEY_ERRORS)
 async def list_keys(request: Request) -> dict:
     """Every live key, without secrets."""
     return {"keys": await api_of(request).flow.gallery.list_keys()}
 
 
-@router.delete("/v1/keys/{key_id}", tags=["admin"], status_code=204)
+@router.delete("/v1/keys/{key_id}", tags=["admin"], status_code=204, response_class=Response,
+               responses={**_KEY_ERRORS, **errors(404)})
 async def revoke_key(key_id: str, request: Request) -> Response:
     """Revoke a key: every ingress replica refuses it within ``auth.max_age_s``."""
     if not _KEY_ID.match(key_id):
@@ -84,7 +91,8 @@ async def revoke_key(key_id: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/v1/audit", tags=["admin"])
+@router.get("/v1/audit", tags=["admin"], response_model=AuditPageOut,
+            response_model_exclude_unset=True, responses=errors(401, 403, 422, 503))
 async def audit(
         request: Request,
         collection: Annotated[str | None, Query(description="only this collection")] = None,

@@ -139,7 +139,14 @@ def test_http_answers_without_models(service):
         async with _client(create_app(Flow(off, None, None, None, LocalGallery(svc)), off)) as c:
             r = await c.get("/v1/keys")
             assert r.status_code == 409 and r.json()["error"]["code"] == "auth_disabled"
-            assert (await c.get("/v1/audit")).status_code == 200  # the trail works without auth
+            # the trail works without auth, and says nobody's key made the change
+            await svc.create_collection("off", "dlib", 128, actor=Actor(None, "rid-off"))
+            r = await c.get("/v1/audit")
+            assert r.status_code == 200
+            assert r.json()["entries"][-1] == {
+                "seq": 1, "at": r.json()["entries"][-1]["at"], "action": "collection.create",
+                "collection": "off", "key_id": None, "request_id": "rid-off", "status": "ok"}
+            assert r.json()["next_cursor"] is None
         on = Settings(api_key_sha256=[sha256_hex(ADMIN_KEY)])
         app = create_app(Flow(on, None, None, None, LocalGallery(svc)), on)
         admin = {"X-API-Key": ADMIN_KEY}
@@ -164,6 +171,8 @@ def test_http_answers_without_models(service):
             assert strip(hidden) == strip(missing)
             listed = (await c.get("/v1/keys", headers=admin)).json()["keys"]
             assert [k["id"] for k in listed] == [made["id"]] and "key" not in listed[0]
+            assert set(listed[0]) - {"last_used_at"} == {"id", "name", "scopes", "collections",
+                                                         "created_at"}
             for q in ("limit=0", "limit=1001", "cursor=abc", "action=nope", "since=yesterday"):
                 r = await c.get(f"/v1/audit?{q}", headers=admin)
                 assert r.status_code == 422, q
@@ -171,7 +180,11 @@ def test_http_answers_without_models(service):
             assert (await c.get("/v1/collections", headers=ro)).status_code == 401
             assert (await c.delete(f"/v1/keys/{made['id']}", headers=admin)).status_code == 404
             trail = (await c.get("/v1/audit", headers=admin)).json()
-            assert [e["action"] for e in trail["entries"]] == ["key.create", "key.revoke"]
+            assert [e["action"] for e in trail["entries"]] == ["collection.create",
+                                                                "key.create", "key.revoke"]
+            made_entry = trail["entries"][1]
+            assert made_entry["key_id"] == "settings" and made_entry["target_key_id"] == made["id"]
+            assert "collection" not in made_entry and "face_ids" not in made_entry
             assert all(made["key"] not in str(e) for e in trail["entries"])
 
     asyncio.run(run())
