@@ -3,7 +3,7 @@
 The session's app is reconfigured once for this module: two Ingress
 replicas and an admin key from the settings (``user_config``); afterwards
 authentication is off again (the second replica stays).
-Every request carries real photos through the real models. The isolation
+Requests that take an image carry real photos through the real models. The isolation
 matrix runs every route group with a read, a write and an admin key limited
 to one collection, against that collection and another one; revocation is
 watched on each Ingress replica directly (their own ports, bypassing
