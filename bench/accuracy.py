@@ -17,6 +17,8 @@ from pathlib import Path
 from bench.evaluate import (FACES, Embedding, accuracy, best_threshold, count_faces,
                             deepface_identities, detection_score, leave_one_out, lfw_pairs,
                             pair_distances)
+from configs.settings import Settings
+from pipelines.models import ModelContext
 from pipelines.registry import DETECTORS
 
 OUT = Path(__file__).parent / "results" / "accuracy.md"
@@ -27,10 +29,13 @@ def main() -> None:
     p.add_argument("--detectors", default=",".join(DETECTORS))
     p.add_argument("--model", default="dlib")
     a = p.parse_args()
+    s = Settings()
     train, test = lfw_pairs("pairsDevTrain.txt"), lfw_pairs("pairsDevTest.txt")
     rows = []
     for det in a.detectors.split(","):
-        e = Embedding(det, a.model)
+        e = Embedding(det, a.model, ModelContext(models_dir=s.models_path,
+                                                  fusion_weights=s.fusion_weights),
+                      flip_average=s.flip_average)
         paths = sorted({x for pr in train + test for x in pr[:2]})
         t0 = time.perf_counter()
         vecs = e.embed_paths(paths)

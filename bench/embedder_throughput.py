@@ -1,13 +1,20 @@
-"""In-process throughput of the dlib embedders: ONNX (1 and 2 threads) vs dlib-native.
+"""In-process throughput of every embedder, at batch 1, 16 and 64.
 
-Embeds real LFW face chips (dlib HOG + 5-point shape + ``get_face_chip``) at
-batch sizes 1, 8, 32 and 64 and reports faces per second, repeating each
-cell for about ``--seconds`` (at least one call) in each of ``--rounds``
-interleaved rounds and keeping the best round, so that a burst of load from
-other processes on a shared machine penalises no column in particular. Writes a markdown table to
-``bench/results/embedder_throughput.md``.
+Embeds real LFW face chips (the default detector, the 5-point shape, each
+model's own chip) and reports faces per second, repeating each cell for about
+``--seconds`` (at least one call) in each of ``--rounds`` interleaved rounds
+and keeping the best round, so that a burst of load from other processes on a
+shared machine penalises no column in particular. Columns:
 
-    .venv/bin/python -m bench.embedder_throughput [--seconds 3]
+- each network alone (no mirror averaging): dlib ONNX with 1 and 2 intra-op
+  threads, dlib itself (``dlib-native``), MobileFaceNet ONNX, and the fused
+  ``dlib+mobilefacenet`` (both networks, concatenated);
+- "as served": through ``EmbeddingStage`` with the configured mirror averaging
+  (``Settings.flip_average``), which is what a ``/v1/embed`` call pays.
+
+Writes a markdown table to ``bench/results/embedder_throughput.md``.
+
+    .venv/bin/python -m bench.embedder_throughput [--seconds 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -16,30 +23,28 @@ import argparse
 import logging
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from bench.dlib_onnx_parity import RESULTS, HogChipper, lfw_paths
+from bench.dlib_onnx_parity import RESULTS, lfw_paths
 
-BATCHES = (1, 8, 32, 64)
+BATCHES = (1, 16, 64)
 
 log = logging.getLogger("bench.embedder_throughput")
 
 
-def faces_per_second(fn: Callable[[np.ndarray], object], chips: np.ndarray,
-                     seconds: float) -> float:
-    fn(chips)  # warm-up: first-run allocations and kernel selection
+def faces_per_second(fn: Callable[[int], object], batch: int, seconds: float) -> float:
+    fn(batch)  # warm-up: first-run allocations and kernel selection
     calls, t0 = 0, time.perf_counter()
     while True:
-        fn(chips)
+        fn(batch)
         calls += 1
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:
-            return calls * len(chips) / elapsed
+            return calls * batch / elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,41 +58,65 @@ def main(argv: list[str] | None = None) -> int:
     import dlib
     import onnxruntime
 
-    from pipelines.embed_dlib import DlibNativeEmbedder, DlibOnnxEmbedder
+    from configs.settings import Settings
     from pipelines.models import ModelContext
-    from pipelines.runtime import RuntimeConfig
+    from pipelines.runtime import RuntimeConfig, limit_native_threads
+    from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest,
+                                  ImageLimitsCfg)
 
-    chipper = HogChipper()
-    chips = [c for c in (chipper(p) for p in lfw_paths(80)) if c is not None][:max(BATCHES)]
-    pool = np.stack(chips)
+    limit_native_threads(1)
+    s = Settings()
 
-    columns: dict[str, Callable[[np.ndarray], object]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for threads in (1, 2):
-            ctx = ModelContext(models_dir=Path(tmp),
-                               runtime=RuntimeConfig(intra_op_threads=threads))
-            emb = DlibOnnxEmbedder(ctx)
-            emb.load()
-            columns[f"ONNX, {threads} thread{'s' if threads > 1 else ''}"] = emb.embed
-        native = DlibNativeEmbedder()
-        native.load()
-        columns["dlib-native"] = native.embed
+    def ctx(threads: int = 1) -> ModelContext:
+        return ModelContext(models_dir=s.models_path, fusion_weights=s.fusion_weights,
+                            runtime=RuntimeConfig(intra_op_threads=threads))
 
-        table: dict[int, dict[str, float]] = {b: dict.fromkeys(columns, 0.0) for b in BATCHES}
-        for r in range(args.rounds):
-            for batch in BATCHES:
-                for name, fn in columns.items():
-                    fps = faces_per_second(fn, pool[:batch], args.seconds)
-                    table[batch][name] = max(table[batch][name], fps)
-                    log.info("round %d batch %3d  %-16s %8.1f faces/s", r, batch, name, fps)
+    fused_name = "dlib+mobilefacenet"
+    stage = EmbeddingStage(ctx(), flip_average=s.flip_average)
+    specs = stage.model(fused_name).chip_specs
+    det = DetectionStage(ctx(), ImageLimitsCfg())
+    found = [r for r in det.run([DetectRequest(p.read_bytes(), s.default_detector,
+                                               chip_specs=specs) for p in lfw_paths(80)])
+             if not isinstance(r, Exception) and r.faces]
+    pool = {sp.key: np.stack([r.chips[sp.key][0] for r in found])[:max(BATCHES)]
+            for sp in specs}
+    assert all(len(v) == max(BATCHES) for v in pool.values()), "too few faces found"
+    cut = lambda b: {k: v[:b] for k, v in pool.items()}
+
+    columns: dict[str, Callable[[int], object]] = {}
+    for threads in (1, 2):
+        m = EmbeddingStage(ctx(threads), flip_average=False).model("dlib")
+        columns[f"dlib ONNX, {threads} thread{'s' if threads > 1 else ''}"] = \
+            lambda b, m=m: m.embed_chips(cut(b))
+    for name in ("dlib-native", "mobilefacenet", fused_name):
+        m = stage.model(name)
+        columns[name] = lambda b, m=m: m.embed_chips(cut(b))
+    served = []
+    for name in ("dlib", "mobilefacenet", fused_name):
+        label = f"{name} as served"
+        columns[label] = lambda b, name=name: stage.run([EmbedRequest(name, cut(b))])
+        served.append(label)
+
+    table: dict[int, dict[str, float]] = {b: dict.fromkeys(columns, 0.0) for b in BATCHES}
+    for r in range(args.rounds):
+        for batch in BATCHES:
+            for name, fn in columns.items():
+                fps = faces_per_second(fn, batch, args.seconds)
+                table[batch][name] = max(table[batch][name], fps)
+                log.info("round %d batch %3d  %-28s %8.1f faces/s", r, batch, name, fps)
 
     names = list(columns)
+    flips = {n: s.flip_for(n) for n in ("dlib", "mobilefacenet", fused_name)}
     lines = [
-        "# dlib ResNet embedders: in-process throughput",
+        "# Embedders: in-process throughput",
         "",
-        f"Real LFW dev chips (150 px dlib face chips); best of {args.rounds} interleaved rounds "
-        f"of ~{args.seconds:g} s per cell, each after one warm-up call; faces per second "
-        "(ms per face in brackets).",
+        f"Real LFW dev chips ({len(found)} photos, detector `{s.default_detector}`); best of "
+        f"{args.rounds} interleaved rounds of ~{args.seconds:g} s per cell, each after one "
+        "warm-up call; faces per second (ms per face in brackets). One intra-op thread unless "
+        "stated. \"As served\" adds the configured mirror averaging (dlib "
+        f"{'on' if flips['dlib'] else 'off'}, MobileFaceNet "
+        f"{'on' if flips['mobilefacenet'] else 'off'}, {fused_name} "
+        f"{'on' if flips[fused_name] else 'off'}).",
         "",
         "| batch | " + " | ".join(names) + " |",
         "|---:|" + "---:|" * len(names),
@@ -95,18 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     for batch, row in table.items():
         cells = [f"{row[n]:.1f} ({1000 / row[n]:.1f} ms)" for n in names]
         lines.append(f"| {batch} | " + " | ".join(cells) + " |")
-    best = max(((b, n) for b in table for n in names if n.startswith("ONNX")),
-               key=lambda bn: table[bn[0]][bn[1]])
+    base = served[0]
     lines += [
         "",
-        f"Best ONNX cell: {best[1]} at batch {best[0]}, {table[best[0]][best[1]]:.0f} faces/s, "
-        f"{table[best[0]][best[1]] / table[best[0]]['dlib-native']:.0f}x dlib-native at the "
-        "same batch.",
+        "Cost per face as served, relative to `dlib` (today's default), per batch: " + "; ".join(
+            f"batch {b}: " + ", ".join(f"{n.split(' ')[0]} {table[b][base] / table[b][n]:.2f}x"
+                                       for n in served[1:]) for b in BATCHES) + ".",
         "",
         f"Versions: dlib {dlib.__version__}, onnxruntime {onnxruntime.__version__}, "
         f"numpy {np.__version__}, Python {platform.python_version()}; "
-        f"{os.cpu_count()} CPUs ({platform.machine()}), OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; shared machine "
+        f"{os.cpu_count()} CPUs ({platform.machine()}); shared machine "
         f"(1-min load average at the end {os.getloadavg()[0]:.1f}), timings indicative.",
         "",
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from configs.errors import FacefleetError
 from pipelines.models import ModelContext
 from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest,
                               ImageLimitsCfg)
-from pipelines.types import Box
+from pipelines.types import Box, ChipSpec
 
 FACES = Path(__file__).resolve().parent.parent.parent / "shared" / "faces"
 if not FACES.is_dir():  # CI clones main beside shared/
@@ -44,40 +45,53 @@ def _lfw(name: str, i: str) -> str:
 
 
 class Embedding:
-    """Embeds the central face of each image with one detector + one embedder."""
+    """Embeds the central face of each image with one detector + one embedder.
+
+    ``flip_average`` is passed to the embedding stage (a bool, or per model
+    as in ``Settings.flip_average``).
+    """
 
     def __init__(self, detector: str, model: str = "dlib",
-                 ctx: ModelContext | None = None) -> None:
+                 ctx: ModelContext | None = None,
+                 flip_average: bool | Mapping[str, bool] = True) -> None:
         self.ctx = ctx or ModelContext()
         self.detector = detector
         self.model = model
         self.det = DetectionStage(self.ctx, ImageLimitsCfg())
-        self.emb = EmbeddingStage(self.ctx)
-        self.chip = self.emb.model(model).chip
+        self.emb = EmbeddingStage(self.ctx, flip_average=flip_average)
+        self.specs = self.emb.model(model).chip_specs
         self.missed = 0
+
+    def chips(self, paths: list[str], specs: tuple[ChipSpec, ...] | None = None
+              ) -> dict[str, dict[str, np.ndarray] | None]:
+        """Chips (key -> (size, size, 3)) of the face nearest each image's centre."""
+        specs = specs or self.specs
+        reqs = [DetectRequest(Path(p).read_bytes(), self.detector, max_faces=8,
+                              chip_specs=tuple(specs)) for p in paths]
+        out: dict[str, dict[str, np.ndarray] | None] = {}
+        for p, r in zip(paths, self.det.run(reqs), strict=True):
+            if isinstance(r, FacefleetError) or not r.faces:
+                out[p] = None
+                self.missed += 1
+                continue
+            # LFW centres the labelled person: take the face nearest the centre.
+            cx, cy = r.width / 2, r.height / 2
+            j = min(range(len(r.faces)), key=lambda k: _dist(r.faces[k].box, cx, cy))
+            out[p] = {k: v[j] for k, v in r.chips.items()}
+        return out
 
     def embed_paths(self, paths: list[str], batch: int = 32) -> dict[str, np.ndarray | None]:
         out: dict[str, np.ndarray | None] = {}
         for i in range(0, len(paths), batch):
-            chunk = paths[i:i + batch]
-            reqs = [DetectRequest(Path(p).read_bytes(), self.detector, max_faces=8,
-                                  chip_specs=(self.chip,)) for p in chunk]
-            results = self.det.run(reqs)
-            chips, keep = [], []
-            for p, r in zip(chunk, results, strict=True):
-                if isinstance(r, FacefleetError) or not r.faces:
-                    out[p] = None
-                    self.missed += 1
-                    continue
-                # LFW centres the labelled person: take the face nearest the centre.
-                cx, cy = r.width / 2, r.height / 2
-                j = min(range(len(r.faces)), key=lambda k: _dist(r.faces[k].box, cx, cy))
-                chips.append(r.chips[self.chip.key][j])
-                keep.append(p)
-            if chips:
-                vecs = self.emb.run([EmbedRequest(self.model, np.stack(chips))])[0]
-                for p, v in zip(keep, vecs, strict=True):
-                    out[p] = v
+            found = self.chips(paths[i:i + batch])
+            keep = [p for p, c in found.items() if c is not None]
+            out.update({p: None for p, c in found.items() if c is None})
+            if keep:
+                chips = {s.key: np.stack([found[p][s.key] for p in keep]) for s in self.specs}
+                vecs = self.emb.run([EmbedRequest(self.model, chips)])[0]
+                if isinstance(vecs, FacefleetError):
+                    raise vecs
+                out.update(zip(keep, vecs, strict=True))
         return out
 
 
@@ -106,6 +120,14 @@ def best_threshold(d: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def accuracy(d: np.ndarray, y: np.ndarray, t: float) -> float:
     return float(((d <= t) == y).mean())
+
+
+def roc_auc(d: np.ndarray, y: np.ndarray) -> float:
+    """Area under the ROC curve of ``-d`` for same-person pairs (threshold-free)."""
+    s = -np.asarray(d, np.float64)
+    ranks = s.argsort().argsort() + 1.0
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def deepface_identities() -> list[tuple[str, str]]:

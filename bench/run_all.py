@@ -12,8 +12,9 @@ import argparse
 import subprocess
 import sys
 
-BENCHES = ["box_calibration", "accuracy", "stage_throughput", "embedder_throughput", "attribute_throughput", "serve_throughput",
-           "event_loop", "index_scale", "dlib_onnx_parity", "head_to_head"]
+BENCHES = ["box_calibration", "accuracy", "recognizer", "stage_throughput", "embedder_throughput",
+           "attribute_throughput", "serve_throughput", "event_loop", "index_scale",
+           "dlib_onnx_parity", "head_to_head"]
 
 
 def main() -> int:

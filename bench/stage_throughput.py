@@ -94,8 +94,8 @@ def main() -> None:
     for flip in (False, True):
         emb = EmbeddingStage(ctx, flip_average=flip)
         rows.append((f"embed `dlib`{' + mirror' if flip else ''} (faces/s)",
-                     *paired_rates([(lambda: emb.run([EmbedRequest("dlib", chips[:1])]), 1),
-                                    (lambda: emb.run([EmbedRequest("dlib", chips)]), len(chips))],
+                     *paired_rates([(lambda: emb.run([EmbedRequest("dlib", {DLIB_CHIP.key: chips[:1]})]), 1),
+                                    (lambda: emb.run([EmbedRequest("dlib", {DLIB_CHIP.key: chips})]), len(chips))],
                                    a.seconds, a.rounds)))
     ana = AnalysisStage(ctx)
     actions = ("age", "gender", "emotion")

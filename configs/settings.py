@@ -11,18 +11,55 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Cosine-distance thresholds per embedding model, calibrated on LFW View 1
-#: DevTrain (see ``bench/accuracy.py``); a pair is "the same person" when the
-#: distance is <= the threshold.
+#: 1:1 verify thresholds (cosine distance) per embedding model, the best
+#: accuracy on LFW View 1 DevTrain (``bench/recognizer.py``); a pair is "the
+#: same person" when the distance is <= the threshold.
 DEFAULT_THRESHOLDS: dict[str, float] = {
     # blazeface + dlib ResNet with mirror averaging: DevTrain 99.2%, DevTest 98.9%
     "dlib": 0.0872,
     "dlib-native": 0.0872,  # the same network run by dlib itself
     "deepface:Dlib": 0.0872,  # the same weights through DeepFace's client
+    # no mirror averaging: DevTrain 99.45%, DevTest 99.2%
+    "mobilefacenet": 0.5828,
+    # dlib 1.75 : MobileFaceNet 1, no mirror averaging: DevTrain 99.59%, DevTest 99.3%
+    "dlib+mobilefacenet": 0.2182,
 }
+
+#: 1:N identify thresholds (cosine distance): a search hit is flagged ``match``
+#: when its distance is <= this. Every enrolled face is another chance of a
+#: false accept, so they are stricter than the 1:1 ones: each is set for an
+#: open-set false-accept rate of 1% (a probe of someone not enrolled flagged a
+#: match against a gallery of ~2,100 people), leaving each LFW View 1 DevTrain
+#: person out in turn (``bench/recognizer.py``, ``bench/identification.py``).
+DEFAULT_IDENTIFY_THRESHOLDS: dict[str, float] = {
+    # true-accept rate at rank 1 on the 1:N test of all dev photos: dlib 56.7%,
+    # mobilefacenet 87.2%, dlib+mobilefacenet 89.6% (wrong top-1 flagged: 0.5-0.6%)
+    "dlib": 0.0440,
+    "dlib-native": 0.0440,
+    "deepface:Dlib": 0.0440,
+    "mobilefacenet": 0.3860,
+    "dlib+mobilefacenet": 0.1482,
+}
+
+#: Mirror averaging per model, chosen on LFW View 1 DevTrain with its cost in
+#: mind (it doubles a network's work; ``bench/recognizer.py`` keeps the
+#: cheapest setting within one standard error of the best DevTrain accuracy):
+#: on for dlib (98.95 -> 99.23%), off for MobileFaceNet (99.45 vs 99.50%) and
+#: for the fused model, whose entry applies to both its parts. Unlisted: on.
+DEFAULT_FLIP_AVERAGE: dict[str, bool] = {"dlib": True, "mobilefacenet": False,
+                                         "dlib+mobilefacenet": False}
+
+#: Weight of each part of a fused embedder (chosen on LFW View 1 DevTrain).
+#: Vectors made with other weights are not comparable: re-enrol after a change.
+DEFAULT_FUSION_WEIGHTS: dict[str, dict[str, float]] = {
+    "dlib+mobilefacenet": {"dlib": 1.75, "mobilefacenet": 1.0},
+}
+
+#: The default embedder of each model pack (``default_embedder`` unset).
+PACK_DEFAULT_EMBEDDER: dict[str, str] = {"default": "dlib+mobilefacenet", "permissive": "dlib"}
 
 
 class ImageLimits(BaseModel):
@@ -121,11 +158,25 @@ class Settings(BaseSettings):
         None, description="DEEPFACE_HOME for DeepFace's model zoo (weights in .deepface/weights)"
     )
     default_detector: str = "blazeface"
-    default_embedder: str = "dlib"
-    flip_average: bool = Field(
-        True, description="embed each face and its mirror image and average (+0.4% on LFW)"
-    )
-    thresholds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    model_pack: Literal["default", "permissive"] = Field(
+        "default", description="permissive: only embedders whose weights carry an "
+        "unrestricted licence (dlib) are offered, and dlib is the default")
+    default_embedder: str | None = Field(
+        None, description="embedder of requests and new collections that name none "
+        "(unset: the model pack's default)")
+    flip_average: bool | dict[str, bool] = Field(
+        default_factory=lambda: dict(DEFAULT_FLIP_AVERAGE),
+        description="embed each face and its mirror image and average: for every model, or "
+        "per model (unlisted models: on)")
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_THRESHOLDS),
+        description="1:1 verify thresholds (cosine distance) per model")
+    identify_thresholds: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_IDENTIFY_THRESHOLDS),
+        description="1:N identify thresholds (cosine distance) per model")
+    fusion_weights: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_FUSION_WEIGHTS.items()},
+        description="weight of each part of a fused embedder")
     images: ImageLimits = Field(default_factory=ImageLimits)
     urls: UrlFetch = Field(default_factory=UrlFetch)
     file_root: Path | None = Field(
@@ -148,8 +199,30 @@ class Settings(BaseSettings):
     def models_path(self) -> Path:
         return self.model_dir if self.model_dir is not None else self.data_dir / "models"
 
+    @model_validator(mode="after")
+    def _pack_default(self) -> Settings:
+        from pipelines.registry import embedder_names  # plain Python, no model is loaded
+
+        if self.default_embedder is None:
+            self.default_embedder = PACK_DEFAULT_EMBEDDER[self.model_pack]
+        offered = embedder_names(self.model_pack)
+        if self.default_embedder not in offered:
+            raise ValueError(f"default_embedder '{self.default_embedder}' is not offered in the "
+                             f"'{self.model_pack}' model pack; available: {', '.join(offered)}")
+        return self
+
     def threshold_for(self, model: str) -> float | None:
+        """The 1:1 verify threshold of ``model`` (None: not calibrated)."""
         return self.thresholds.get(model)
+
+    def identify_threshold_for(self, model: str) -> float | None:
+        """The 1:N identify threshold of ``model`` (None: not calibrated)."""
+        return self.identify_thresholds.get(model)
+
+    def flip_for(self, model: str) -> bool:
+        if isinstance(self.flip_average, bool):
+            return self.flip_average
+        return self.flip_average.get(model, True)
 
 
 @lru_cache(maxsize=1)

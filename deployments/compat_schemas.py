@@ -31,8 +31,15 @@ DETECTOR_MAP: dict[str, str] = {
 DEEPFACE_ONLY_DETECTORS = ("retinaface", "ssd", "yolov8n", "yolov8m", "yolov8l", "yolov11n",
                            "yolov11s", "yolov11m", "yolov11l", "yolov12n", "yolov12s",
                            "yolov12m", "yolov12l", "yunet", "fastmtcnn", "centerface")
-#: facefleet embedder -> the DeepFace name of the same network.
-DEEPFACE_NAME_OF: dict[str, str] = {"dlib": "Dlib", "dlib-native": "Dlib"}
+#: facefleet embedder -> the name reported back, DeepFace-style (DeepFace's own
+#: name where it wraps the same network).
+DEEPFACE_NAME_OF: dict[str, str] = {"dlib": "Dlib", "dlib-native": "Dlib",
+                                    "mobilefacenet": "MobileFaceNet",
+                                    "dlib+mobilefacenet": "Dlib+MobileFaceNet"}
+#: facefleet's own embedders as clients may spell them (matched case-insensitively):
+#: DeepFace has no such models, so these names never mean a ``deepface:`` one.
+OWN_MODEL_NAMES: dict[str, str] = {"dlib": "dlib", "mobilefacenet": "mobilefacenet",
+                                   "dlib+mobilefacenet": "dlib+mobilefacenet"}
 
 Metric = Literal["cosine", "euclidean", "euclidean_l2", "angular"]
 DEEPFACE_ACTIONS = ("age", "gender", "emotion", "race")
@@ -199,8 +206,10 @@ def embedder_for(model_name: str | None, default: str, known: list[str]) -> str:
     name = str(model_name).strip()
     if name in known:  # facefleet's own names are accepted too
         return name
-    if name.lower() == "dlib":
-        return "dlib"  # the same network DeepFace's Dlib wraps, run without TensorFlow
+    if name.lower() in OWN_MODEL_NAMES:
+        # "Dlib" is the network DeepFace's Dlib wraps, run without TensorFlow; a name
+        # the model pack leaves out is refused by the registry, listing what is offered
+        return OWN_MODEL_NAMES[name.lower()]
     return name if name.startswith("deepface:") else f"deepface:{name}"
 
 
@@ -292,4 +301,4 @@ def collection_for(collection: str | None, embedder: str) -> str:
     """The gallery collection behind DeepFace's single table: one per model."""
     if collection:
         return collection
-    return "deepface-" + embedder.replace(":", "-").replace("/", "-").lower()
+    return "deepface-" + embedder.replace(":", "-").replace("/", "-").replace("+", "-").lower()

@@ -34,7 +34,8 @@ _BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 
 def context_from(s: Settings) -> ModelContext:
     return ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
-                        runtime=RuntimeConfig.from_settings(s.runtime))
+                        runtime=RuntimeConfig.from_settings(s.runtime), model_pack=s.model_pack,
+                        fusion_weights=s.fusion_weights)
 
 
 def _prepare(settings: dict[str, Any]) -> Settings:
@@ -114,8 +115,10 @@ class _EmbedMixin(_Batching):
             m = await _in_thread(self.embed_stage.model, name)
         except FacefleetError as exc:
             return exc
-        return {"name": name, "dim": m.dim, "chip_size": m.chip.size,
-                "chip_padding": m.chip.padding}
+        specs = m.chip_specs
+        # chip_size / chip_padding: the first spec, for callers that predate chip_specs
+        return {"name": name, "dim": m.dim, "chip_specs": [c.as_dict() for c in specs],
+                "chip_size": specs[0].size, "chip_padding": specs[0].padding}
 
 
 class _AnalyzeMixin(_Batching):

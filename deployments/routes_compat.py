@@ -36,7 +36,7 @@ from deployments.access import actor_of, check_collection
 from deployments.errors import compat_error_response
 from deployments.http_app import Api, api_of, body_schema
 from pipelines.flow import FaceQuery
-from pipelines.registry import ATTRIBUTES, DEEPFACE_MODELS, DETECTORS, EMBEDDERS
+from pipelines.registry import ATTRIBUTES, DETECTORS, embedder_names
 from pipelines.types import ChipSpec, Face
 
 _TAGS = ["deepface-compat"]
@@ -102,7 +102,7 @@ async def _compat(request: Request, handler) -> Any:
 
 
 async def _installed_models(api: Api) -> list[str]:
-    names = list(EMBEDDERS) + [f"deepface:{m}" for m in DEEPFACE_MODELS]
+    names = embedder_names(api.s.model_pack)
     found = await asyncio.gather(*(api.flow.embedder_info(n) for n in names),
                                  return_exceptions=True)
     out: list[str] = []
@@ -114,7 +114,7 @@ async def _installed_models(api: Api) -> list[str]:
 
 
 async def _compat_embedder(api: Api, model_name: str | None) -> tuple[str, dict]:
-    name = embedder_for(model_name, api.s.default_embedder, list(EMBEDDERS))
+    name = embedder_for(model_name, api.s.default_embedder, embedder_names(api.s.model_pack))
     try:
         return name, await api.flow.embedder_info(name)
     except FacefleetError as exc:
@@ -164,9 +164,9 @@ async def _compat_embed(api: Api, data: bytes, body, field: str, max_faces: int 
             return (_Faces([_area(f) for f in emb.faces],
                            [round(float(f.confidence), 2) for f in emb.faces], {}, detector),
                     np.asarray(emb.vectors, np.float32), name, info)
-    spec = ChipSpec(info["chip_size"], info["chip_padding"])
-    faces = await _whole_image(api, data, [spec], detector)
-    vecs = await api.flow.embed_chips(name, faces.chips[spec.key])
+    specs = api.flow.chip_specs(info)
+    faces = await _whole_image(api, data, specs, detector)
+    vecs = await api.flow.embed_chips(name, {c.key: faces.chips[c.key] for c in specs})
     return faces, np.asarray(vecs, np.float32), name, info
 
 
@@ -258,7 +258,7 @@ async def df_analyze(request: Request) -> Any:
         data = await _compat_image(api, body.img, files, "img")
         actions = await _compat_actions(api, body.actions)
         infos = await asyncio.gather(*(api.flow.attribute_info(a) for a in actions))
-        specs = list({ChipSpec(i["chip_size"], i["chip_padding"]) for i in infos})
+        specs = list(dict.fromkeys(c for i in infos for c in api.flow.chip_specs(i)))
         detector = _detector(api, body)
         faces = None
         if detector != "skip":
@@ -311,9 +311,9 @@ async def df_search(request: Request) -> Any:
         collection = check_collection(request, collection_for(body.collection, name))
         data = await _compat_image(api, body.img, files, "img")
         faces, vecs, name, _ = await _compat_embed(api, data, body, "img")
-        cos_t = api.s.threshold_for(name)
+        cos_t = api.s.identify_threshold_for(name)  # 1:N: the identify threshold
         if cos_t is None:
-            raise ValidationError(f"model '{name}' has no calibrated threshold")
+            raise ValidationError(f"model '{name}' has no calibrated identify threshold")
         threshold = round(threshold_in(body.distance_metric, cos_t), 6)
         hits = await gallery.search(collection, name, vecs, int(body.k or 20),
                                     None if body.similarity_search else cos_t,

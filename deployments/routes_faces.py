@@ -14,7 +14,7 @@ from deployments.schemas import (ERRORS, AnalyzeBody, AnalyzeOut, DetectBody, De
                                  EmbedBody, EmbedOut, HealthOut, ModelsOut, ReadyOut, StatsOut,
                                  VerifyBody, VerifyOut, errors)
 from pipelines.flow import CROP_SPEC, FaceQuery
-from pipelines.registry import ATTRIBUTES, DEEPFACE_MODELS, DETECTORS, EMBEDDERS
+from pipelines.registry import ATTRIBUTES, DETECTORS, EMBEDDER_LICENCES, embedder_names
 
 router = APIRouter()
 
@@ -54,10 +54,12 @@ async def ready(request: Request) -> Response:
 async def models(request: Request) -> dict:
     api = api_of(request)
     embedders = []
-    for name in list(EMBEDDERS) + [f"deepface:{m}" for m in DEEPFACE_MODELS]:
+    for name in embedder_names(api.s.model_pack):
         try:
             info = await api.flow.embedder_info(name)
             embedders.append({**info, "installed": True, "threshold": api.s.threshold_for(name),
+                              "identify_threshold": api.s.identify_threshold_for(name),
+                              "licence": EMBEDDER_LICENCES.get(name),
                               "default": name == api.s.default_embedder})
         except FacefleetError as exc:
             embedders.append({"name": name, "installed": False, "reason": exc.message})

@@ -188,9 +188,12 @@ async def identify(collection: Collection, request: Request) -> dict:
         collection, data, FaceQuery(body.detector, body.max_faces, 0.0, body.enforce_detection),
         body.top_k, body.per_person, body.model, actor_of(request))
     model = res.image.model
-    threshold = body.threshold if body.threshold is not None else api.s.threshold_for(model)
+    # 1:N has its own threshold: every enrolled face is a chance of a false accept
+    threshold = body.threshold if body.threshold is not None else \
+        api.s.identify_threshold_for(model)
     if threshold is None:
-        raise ValidationError(f"model '{model}' has no calibrated threshold; pass 'threshold'")
+        raise ValidationError(f"model '{model}' has no calibrated identify threshold; "
+                              "pass 'threshold' or set identify_thresholds")
     faces = []
     for f, row in zip(res.image.faces, res.hits or [[]] * len(res.image.faces), strict=True):
         matches = [{"id": h["face_id"], "person_id": h["person_id"], "name": h.get("name"),

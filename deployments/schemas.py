@@ -7,7 +7,7 @@ documents every answer a client can get, with examples.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -134,13 +134,24 @@ class DetectorInfo(BaseModel):
     default: bool
 
 
+class ChipSpecOut(BaseModel):
+    size: int
+    padding: float
+    kind: str = Field(..., description="dlib: dlib's face chip; warp5: 5-point similarity warp")
+
+
 class EmbedderInfo(BaseModel):
     name: str
     installed: bool
     dim: int | None = None
-    chip_size: int | None = None
-    chip_padding: float | None = None
+    chip_specs: list[ChipSpecOut] | None = Field(None, description="the aligned chips it embeds")
+    chip_size: int | None = Field(None, description="the first chip spec's size")
+    chip_padding: float | None = Field(None, description="the first chip spec's padding")
     threshold: float | None = Field(None, description="cosine-distance threshold of 1:1 verify")
+    identify_threshold: float | None = Field(
+        None, description="cosine-distance threshold of 1:N identify (open-set, calibrated "
+                          "for a false-accept rate)")
+    licence: str | None = Field(None, description="licence of the weights, as far as known")
     default: bool | None = None
     reason: str | None = Field(None, description="why it is not installed")
 
@@ -238,20 +249,25 @@ class BatchError(BaseModel):
     message: str
 
 
-class BatchResult(BaseModel):
+class BatchCreated(BaseModel):
     index: int
-    status: Literal["created", "error"]
-    id: str | None = None
-    person_id: str | None = None
-    box: BoxOut | None = None
-    error: BatchError | None = None
+    status: Literal["created"]
+    id: str
+    person_id: str
+    box: BoxOut
+
+
+class BatchFailed(BaseModel):
+    index: int
+    status: Literal["error"]
+    error: BatchError
 
 
 class BatchOut(BaseModel):
     collection: str
     created: int
     failed: int
-    results: list[BatchResult]
+    results: list[Annotated[BatchCreated | BatchFailed, Field(discriminator="status")]]
 
 
 class Match(BaseModel):

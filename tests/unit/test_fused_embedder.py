@@ -1,0 +1,136 @@
+"""The fused embedder on real faces, the embedding stage's chip handling, and
+the model pack (which embedders are offered, and the default of each pack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError as SettingsError
+
+from bench.evaluate import LFW
+from configs.errors import ErrorCode, UnknownModel, ValidationError
+from configs.settings import Settings
+from deployments.compat_schemas import collection_for, deepface_model_name, embedder_for
+from pipelines.embed_fused import FusedEmbedder
+from pipelines.embed_mobilefacenet import CHIP as MFN_CHIP
+from pipelines.models import DLIB_CHIP, ModelContext
+from pipelines.registry import PERMISSIVE_EMBEDDERS, build_embedder, embedder_names
+from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest,
+                              ImageLimitsCfg)
+
+FUSED = "dlib+mobilefacenet"
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="module")
+def ctx(settings) -> ModelContext:
+    return ModelContext(models_dir=Path("data/models"), fusion_weights=settings.fusion_weights)
+
+
+@pytest.fixture(scope="module")
+def stage(ctx, settings) -> EmbeddingStage:
+    return EmbeddingStage(ctx, flip_average=settings.flip_average)
+
+
+@pytest.fixture(scope="module")
+def chips(ctx) -> dict[str, np.ndarray]:
+    """Both chip kinds of 6 photos: 3 people, 2 photos each."""
+    names = ["Colin_Powell", "Tony_Blair", "Serena_Williams"]
+    paths = [p for n in names for p in sorted((LFW / "images" / n).glob("*.jpg"))[:2]]
+    det = DetectionStage(ctx, ImageLimitsCfg())
+    res = det.run([DetectRequest(p.read_bytes(), "blazeface", chip_specs=(DLIB_CHIP, MFN_CHIP))
+                   for p in paths])
+    return {s.key: np.stack([r.chips[s.key][0] for r in res]) for s in (DLIB_CHIP, MFN_CHIP)}
+
+
+def test_fused_vectors_are_the_weighted_concatenation(stage, chips, settings):
+    fused = stage.model(FUSED)
+    assert isinstance(fused, FusedEmbedder) and fused.dim == 128 + 192
+    assert fused.chip_specs == (DLIB_CHIP, MFN_CHIP)
+    vecs = stage.run([EmbedRequest(FUSED, chips)])[0]
+    assert vecs.shape == (6, 320)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # the fused model's own mirror setting applies to both its parts
+    flip = settings.flip_for(FUSED)
+    parts = [stage.vectors(stage.model(n), chips, flip=flip) for n in ("dlib", "mobilefacenet")]
+    w = settings.fusion_weights[FUSED]
+    wd, wm = w["dlib"], w["mobilefacenet"]
+    # the fused cosine is the weighted mean of the parts' cosines
+    expect = (wd ** 2 * parts[0] @ parts[0].T + wm ** 2 * parts[1] @ parts[1].T) / (wd ** 2 + wm ** 2)
+    assert np.abs(vecs @ vecs.T - expect).max() < 1e-5
+    sims = vecs @ vecs.T
+    for i in range(0, 6, 2):  # each person's two photos are nearest to each other
+        others = np.delete(sims[i], [i, i + 1])
+        assert sims[i, i + 1] > others.max()
+
+
+def test_one_bad_request_does_not_fail_its_batch(stage, chips):
+    good = EmbedRequest(FUSED, chips)
+    missing = EmbedRequest(FUSED, {DLIB_CHIP.key: chips[DLIB_CHIP.key]})
+    uneven = EmbedRequest(FUSED, {DLIB_CHIP.key: chips[DLIB_CHIP.key][:2],
+                                  MFN_CHIP.key: chips[MFN_CHIP.key][:3]})
+    empty = EmbedRequest(FUSED, {k: v[:0] for k, v in chips.items()})
+    out = stage.run([good, missing, uneven, empty, EmbedRequest("dlib", chips)])
+    assert out[0].shape == (6, 320) and out[4].shape == (6, 128)
+    assert isinstance(out[1], ValidationError) and MFN_CHIP.key in out[1].message
+    assert isinstance(out[2], ValidationError)
+    assert out[3].shape == (0, 320)
+    # the same faces alone give the same vectors as inside the batch
+    assert np.abs(stage.run([good])[0] - out[0]).max() < 1e-5
+
+
+def test_fused_embedder_needs_both_chip_kinds(stage, chips):
+    with pytest.raises(ValidationError):
+        stage.model(FUSED).embed(chips[DLIB_CHIP.key])
+
+
+def test_default_pack_defaults_to_the_fused_model():
+    s = Settings()
+    assert s.model_pack == "default" and s.default_embedder == FUSED
+    assert {"dlib", "mobilefacenet", FUSED} <= set(embedder_names("default"))
+
+
+def test_permissive_pack_offers_and_defaults_to_dlib_only(tmp_path):
+    s = Settings(model_pack="permissive")
+    assert s.default_embedder == "dlib"
+    assert embedder_names("permissive") == list(PERMISSIVE_EMBEDDERS)
+    ctx = ModelContext(models_dir=tmp_path, model_pack="permissive")
+    for name in ("mobilefacenet", FUSED):
+        with pytest.raises(UnknownModel) as exc:
+            build_embedder(name, ctx)
+        assert exc.value.code == ErrorCode.UNKNOWN_MODEL
+        assert "permissive" in exc.value.message
+        assert exc.value.details["available"] == list(PERMISSIVE_EMBEDDERS)
+    with pytest.raises(UnknownModel, match="is unknown"):
+        build_embedder("no-such-model", ctx)
+    assert build_embedder("dlib", ctx).name == "dlib"
+    with pytest.raises(SettingsError, match="not offered"):
+        Settings(model_pack="permissive", default_embedder="mobilefacenet")
+
+
+def test_identify_thresholds_are_stricter_than_verify_ones(settings):
+    for model in ("dlib", "mobilefacenet", FUSED):
+        verify, identify = settings.threshold_for(model), settings.identify_threshold_for(model)
+        assert verify is not None and identify is not None and 0 < identify < verify
+    assert settings.identify_threshold_for("deepface:ArcFace") is None  # not calibrated
+    # a collection bound to dlib keeps dlib's 1:1 threshold and mirror averaging
+    assert settings.threshold_for("dlib") == 0.0872 and settings.flip_for("dlib")
+
+
+def test_deepface_names_map_onto_the_new_models():
+    known = embedder_names("default")
+    assert embedder_for("Dlib", FUSED, known) == "dlib"
+    assert embedder_for("MobileFaceNet", FUSED, known) == "mobilefacenet"
+    assert embedder_for("Dlib+MobileFaceNet", FUSED, known) == FUSED
+    assert embedder_for(None, FUSED, known) == FUSED
+    assert embedder_for("ArcFace", FUSED, known) == "deepface:ArcFace"
+    # in the permissive pack the name still means facefleet's model (refused by the registry)
+    assert embedder_for("MobileFaceNet", "dlib", embedder_names("permissive")) == "mobilefacenet"
+    assert deepface_model_name("mobilefacenet") == "MobileFaceNet"
+    assert collection_for(None, FUSED) == "deepface-dlib-mobilefacenet"
