@@ -141,9 +141,8 @@ async def register_face(collection: Collection, request: Request) -> Response:
     return JSONResponse(out, status_code=200 if res.replayed else 201)
 
 
-# exclude_unset: a created item has no "error", a failed one no "id" or "box" (not nulls)
 @router.post("/v1/collections/{collection}/faces:batch", tags=["gallery"],
-             response_model=BatchOut, response_model_exclude_unset=True, responses=GALLERY_ERRORS,
+             response_model=BatchOut, responses=GALLERY_ERRORS,
              openapi_extra=body_schema(RegisterBatchBody))
 async def register_batch(collection: Collection, request: Request) -> dict:
     """Bulk enrolment: one result per item; failures are reported per item.
