@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from configs.errors import ValidationError
+from index.gallery import COLLECTION_PATTERN
 
 #: DeepFace detector names -> facefleet detectors ("skip": no detection at all).
 DETECTOR_MAP: dict[str, str] = {
@@ -100,7 +101,8 @@ class AnalyzeBody(_Compat):
 class RegisterBody(_Compat):
     img: Any = None
     img_name: str | None = Field(None, max_length=256)
-    collection: str | None = Field(None, description="facefleet extension: gallery collection")
+    collection: str | None = Field(None, pattern=COLLECTION_PATTERN,
+                                   description="facefleet extension: gallery collection")
     person_id: str | None = Field(None, description="facefleet extension: person to attach to")
 
 
@@ -110,11 +112,12 @@ class SearchBody(_Compat):
     k: int | None = Field(None, ge=1, le=1000)
     similarity_search: bool = False
     search_method: str = "exact"
-    collection: str | None = Field(None, description="facefleet extension: gallery collection")
+    collection: str | None = Field(None, pattern=COLLECTION_PATTERN,
+                                   description="facefleet extension: gallery collection")
 
 
 class BuildIndexBody(_Compat):
-    collection: str | None = None
+    collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
 
 
 # --------------------------------------------------------------------------- answers

@@ -113,7 +113,7 @@ def create_app(flow: Flow, settings: Settings) -> FastAPI:
         version="0.1.0",
         description="Face detection, embedding, verification, analysis and 1:N identification.",
         responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut},
-                   413: {"model": ErrorOut}, 422: {"model": ErrorOut}, 501: {"model": ErrorOut}},
+                   413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
         # every route is checked against deployments.access.RULES
         dependencies=[Depends(authorize)],
     )
@@ -163,13 +163,13 @@ async def request_context(request: Request, call_next):
     return response
 
 
-def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+def body_schema(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
     """``openapi_extra`` declaring ``model`` as a route's JSON / multipart body (the
     schema is filled in when the document is built, :class:`IngressApp`)."""
     schema: dict[str, Any] = {}
     form: dict[str, Any] = {}
     _BODY_MODELS.append((model, schema, form))
-    return {"requestBody": {"required": True, "content": {
+    return {"requestBody": {"required": required, "content": {
         "application/json": {"schema": schema},
         "multipart/form-data": {"schema": form}}}}
 

@@ -343,9 +343,12 @@ async def df_search(request: Request) -> Any:
 
 
 @router.post("/build/index", tags=_TAGS, response_model=BuildIndexOut, responses=COMPAT_ERRORS,
-             openapi_extra=body_schema(BuildIndexBody))
+             openapi_extra=body_schema(BuildIndexBody, required=False))
 async def df_build_index(request: Request) -> Any:
     async def run(api: Api) -> dict:
+        if request.headers.get("content-length", "0") != "0" or \
+                "transfer-encoding" in request.headers:
+            await api.parse(request, BuildIndexBody)  # optional, but checked when sent
         _compat_gallery(api)
         # facefleet's shards index every face when it is registered: nothing to build
         return {"message": "Index built successfully"}

@@ -70,7 +70,7 @@ class IdentifyBody(_Body):
 
 
 class CreateCollectionBody(_Body):
-    name: str
+    name: str = Field(..., pattern=COLLECTION_PATTERN, max_length=64)
     model: str | None = None
 
 

@@ -191,19 +191,18 @@ class ErrorOut(BaseModel):
 
 def errors(*statuses: int) -> dict[int | str, dict]:
     """The error envelope documented for each of ``statuses``."""
-    what = {400: "bad image, unknown model name or unreachable image URL",
+    what = {400: "bad image, unknown or not installed model, or unreachable image URL",
             401: "missing or unknown API key", 403: "the key lacks the scope",
             404: "unknown collection, face, person or route",
             409: "collection bound to another model, or an idempotency key reused",
             413: "request body or image too large", 422: "the request is invalid",
             500: "an unexpected error (logged with its request id)",
-            501: "a known model whose weights are not installed",
             503: "a backend is down, restarting or overloaded (Retry-After)"}
     return {code: {"model": ErrorOut, "description": what[code]} for code in statuses}
 
 
 #: errors every model route can answer
-ERRORS = errors(400, 401, 413, 422, 500, 501, 503)
+ERRORS = errors(400, 401, 413, 422, 500, 503)
 #: ... and the gallery routes also these
 GALLERY_ERRORS = {**ERRORS, **errors(404, 409)}
 

@@ -128,7 +128,7 @@ def test_analyze_group_photo(api, faces):
 def test_analyze_race_without_weights_is_typed(api, faces):
     r = api.post("/v1/analyze", json={"img": b64(faces / "deepface/img1.jpg"),
                                       "actions": ["race"]})
-    err = check_error(r, 501, "model_not_installed")
+    err = check_error(r, 400, "model_not_installed")
     assert "race" in err["message"]
 
 
@@ -159,7 +159,7 @@ def test_bad_inputs_are_typed_errors_and_service_survives(api, faces, photo_serv
     for body, status, code in cases:
         check_error(api.post("/v1/detect", json=body), status, code)
     check_error(api.post("/v1/embed", json={"img": b64(faces / "deepface/img1.jpg"),
-                                            "model": "deepface:ArcFace"}), 501,
+                                            "model": "deepface:ArcFace"}), 400,
                 "model_not_installed")
     check_error(api.post("/v1/embed", json={"img": b64(faces / "deepface/img1.jpg"),
                                             "model": "nope"}), 400, "unknown_model")
