@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 BENCHES = ["box_calibration", "accuracy", "recognizer", "stage_throughput", "embedder_throughput",
-           "attribute_throughput", "serve_throughput", "event_loop", "index_scale",
-           "dlib_onnx_parity", "head_to_head"]
+           "attribute_throughput", "serve_throughput", "event_loop", "startup", "index_scale",
+           "dlib_onnx_parity", "head_to_head", "vs_deepface", "fuzz", "soak"]
 
 
 def main() -> int:

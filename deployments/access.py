@@ -14,7 +14,8 @@ collection is looked at, so it says nothing about which collections exist);
 a collection outside the key's list gets 404 ``collection_not_found`` with
 the very body of a collection that does not exist. Key management and the
 audit trail need an admin key that is not limited to collections: a limited
-one could otherwise make itself an unlimited key.
+one could otherwise make itself an unlimited key. ``/metrics`` names every
+collection, so it needs a key (any scope) that sees them all.
 
 DeepFace routes bind their collection from the body (``collection``, or
 ``deepface-<model>`` by default), so they check it after parsing it; their
@@ -58,6 +59,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/ready"): OPEN,
     ("GET", "/v1/models"): Rule(READ),
     ("GET", "/v1/stats"): Rule(READ),
+    # names every collection and shows all traffic: a key that sees every collection
+    ("GET", "/metrics"): Rule(READ, every_collection=True),
     # faces, without a gallery
     ("POST", "/v1/detect"): Rule(READ),
     ("POST", "/v1/embed"): Rule(READ),
@@ -114,8 +117,8 @@ async def authorize(request: Request) -> None:
         raise Forbidden(f"this API key lacks the '{rule.scope}' scope this request needs",
                         {"scope": rule.scope})
     if rule.every_collection and p.collections is not None:
-        raise Forbidden("this request needs an admin key that is not limited to collections",
-                        {"scope": rule.scope})
+        raise Forbidden(f"this request needs a '{rule.scope}' key that is not limited to "
+                        "collections", {"scope": rule.scope})
     if rule.collection not in (None, BODY):
         check_collection(request, request.path_params[rule.collection])
 

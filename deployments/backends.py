@@ -168,5 +168,19 @@ class LocalGallery:
     async def ready(self) -> bool:
         return True
 
+    async def metrics(self) -> dict[str, Any]:
+        from index.health import gallery_metrics
+
+        shards = self.service.shards
+        fetch: list[asyncio.Future] = []
+
+        async def info(i: int) -> dict[str, Any]:  # one copy per in-process shard
+            if not fetch:  # all shards at once, after the store was read
+                fetch.append(asyncio.ensure_future(shards.info()))
+            return (await fetch[0])[i]
+
+        return await gallery_metrics(self.service.store, self.service._db,
+                                     [[lambda i=i: info(i)] for i in range(shards.nshards)])
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.service, name)

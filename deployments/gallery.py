@@ -35,8 +35,10 @@ from ray import serve
 
 from configs.errors import Unavailable
 from configs.settings import IndexSettings, Settings
+from deployments.metrics_board import Reporter, replica_metrics
 from index.audit import Actor
 from index.gallery import GalleryService, Plan
+from index.health import gallery_metrics
 from index.merge import merge_topk
 from index.shard import IndexConfig, ShardIndex
 from index.store import open_store
@@ -208,6 +210,9 @@ class Gallery(GalleryService):
                          audit_retention_days=s.audit.retention_days)
         self._search_batched.set_max_batch_size(index.search_batch_size)
         self._search_batched.set_batch_wait_timeout_s(index.search_batch_wait_s)
+        metrics = replica_metrics()
+        self._batches = metrics.batches(["search"])
+        self._reporter = Reporter(metrics)
         if self.audit_retention_days is not None:
             threading.Thread(target=self._prune_forever, daemon=True, name="audit-prune").start()
 
@@ -234,6 +239,7 @@ class Gallery(GalleryService):
                               ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """One query vector per call; concurrent ones go to each shard as one batch
         per collection."""
+        self._batches.observe("search", len(cids))
         out: list[Any] = [None] * len(cids)
         groups: dict[int, list[int]] = {}
         for i, cid in enumerate(cids):
@@ -277,15 +283,32 @@ class Gallery(GalleryService):
                                        actor)
 
     async def ready(self) -> bool:
-        """Readiness probe: every shard answers (and has rebuilt from the store)."""
+        """Readiness probe: every shard answers (and has rebuilt from the store), and
+        the store answers."""
         await self.shards.ready()
+        await self._db(self.store.collection_seqs)
         return True
+
+    async def metrics(self) -> dict[str, Any]:
+        """Faces per collection, store and shard health, replication lag
+        (``index.health.gallery_report``); the same from any replica."""
+        return await gallery_metrics(self.store, self._db, [
+            [lambda c=c: _answer(c.info.remote(), 2.0) for c in copies]
+            for copies in self.shards.handles])
 
     async def shutdown_shards(self) -> None:
         """Kill the shard actors (they are detached: deleting the app leaves them)."""
         for copies in self.shards.handles:
             for copy in copies:
                 ray.kill(copy, no_restart=True)
+
+
+async def _answer(ref: Any, timeout_s: float) -> Any:
+    """A shard copy's answer, or None when it is down or does not answer in time."""
+    try:
+        return await asyncio.wait_for(ref, timeout_s)
+    except (asyncio.TimeoutError, ray.exceptions.RayError):
+        return None
 
 
 __all__ = ["Gallery", "IndexShard", "RayShards", "shard_handles"]

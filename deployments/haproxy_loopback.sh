@@ -1,5 +1,5 @@
 #!/bin/sh
-# Ray Serve's HAProxy, with every listener on loopback.
+# Ray Serve's HAProxy, with every listener on loopback and the API's error envelope.
 #
 # In high-throughput mode (RAY_SERVE_ENABLE_HA_PROXY=1) Ray Serve runs HAProxy
 # in front of the ingress replicas. Its generated configuration binds the
@@ -9,13 +9,35 @@
 # configuration given with -f, rebinds those two listeners to 127.0.0.1, and
 # runs the real binary (FACEFLEET_HAPROXY_BINARY) with the copy. Ray's own
 # file is left as written, so its change detection and reloads work as usual.
+#
+# With FACEFLEET_HAPROXY_RESPONSES (a directory written by deployments/local.py)
+# the copy also answers like the rest of the API where HAProxy answers itself:
+# while no application is deployed on a path (start-up), Ray's plain-text 404
+# becomes the rule in no_app.cfg (a JSON 503 `unavailable` with Retry-After),
+# and HAProxy's own 502/503/504 (Ray's errorfile: a plain-text 500) become
+# unavailable.http (the same envelope, 503 with Retry-After). The backup
+# server of an application's backend (Serve's fallback proxy, which holds a
+# request until an ingress replica is up, for as long as that takes) is kept
+# but disabled: with no ingress replica up, HAProxy answers that 503 at once.
 set -eu
 real="${FACEFLEET_HAPROXY_BINARY:?FACEFLEET_HAPROXY_BINARY is not set}"
+resp="${FACEFLEET_HAPROXY_RESPONSES:-}"
 next_is_cfg=0
 for arg do
     shift
     if [ "$next_is_cfg" = 1 ]; then
-        sed -E 's/^([[:space:]]*bind[[:space:]]+)(\*|0\.0\.0\.0)?:/\1127.0.0.1:/' "$arg" > "$arg.loopback"
+        if [ -n "$resp" ] && [ -f "$resp/no_app.cfg" ] && [ -f "$resp/unavailable.http" ]; then
+            sed -E \
+                -e 's/^([[:space:]]*bind[[:space:]]+)(\*|0\.0\.0\.0)?:/\1127.0.0.1:/' \
+                -e "s#^([[:space:]]*errorfile[[:space:]]+50[234][[:space:]]+).*#\\1$resp/unavailable.http#" \
+                -e 's/^([[:space:]]*server[[:space:]].*[[:space:]]check backup)$/\1 disabled/' \
+                -e "/^[[:space:]]*http-request return status 404 content-type text\\/plain /{
+r $resp/no_app.cfg
+d
+}" "$arg" > "$arg.loopback"
+        else
+            sed -E 's/^([[:space:]]*bind[[:space:]]+)(\*|0\.0\.0\.0)?:/\1127.0.0.1:/' "$arg" > "$arg.loopback"
+        fi
         arg="$arg.loopback"
         next_is_cfg=0
     elif [ "$arg" = "-f" ]; then

@@ -2,13 +2,15 @@
 
 The app holds what every route needs in one :class:`Api` object on
 ``app.state`` (the request flow, the settings, the image resolver); the route
-modules (``routes_faces``, ``routes_gallery``, ``routes_compat``) are plain
-``APIRouter`` functions that parse a request, call the flow and shape the
-answer. The middleware tags every request with an id, times it and finds who
-is calling (``deployments/auth.py``); what each route then allows is one map
-in ``deployments/access.py``, enforced by the app's dependency. Domain errors
-become HTTP answers in ``deployments/errors.py``. Nothing here imports Ray:
-tests build the same app over in-process backends.
+modules (``routes_faces``, ``routes_gallery``, ``routes_admin``,
+``routes_compat``, ``routes_metrics``) are plain ``APIRouter`` functions that
+parse a request, call the flow and shape the answer. The middleware tags every request with an id, times it, finds who is
+calling (``deployments/auth.py``), holds the real routes back while the
+service starts (``deployments/readiness.py``) and counts every answer for
+``/metrics`` (``deployments/metrics.py``); what each route then allows is one
+map in ``deployments/access.py``, enforced by the app's dependency. Domain
+errors become HTTP answers in ``deployments/errors.py``. Nothing here imports
+Ray: tests build the same app over in-process backends.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from starlette.routing import Route
 
 from configs.errors import ErrorCode, FacefleetError
 from configs.settings import Settings
+from deployments import readiness
 from deployments.access import authorize
 from deployments.auth import ANONYMOUS, NOBODY, KeyTable, presented_key
 from deployments.errors import error_response, install_error_handlers, unexpected_response
 from deployments.images import ImageResolver
+from deployments.metrics import AppMetrics, ProcessMetrics, observe_request
+from deployments.readiness import StartupGate
 from deployments.request_body import BodyLimits, parse_body
 from deployments.schemas import ErrorOut
 from pipelines.flow import Flow
@@ -105,8 +111,11 @@ class IngressApp(FastAPI):
         return doc
 
 
-def create_app(flow: Flow, settings: Settings) -> FastAPI:
-    from deployments import routes_admin, routes_compat, routes_faces, routes_gallery
+def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None) -> FastAPI:
+    """``metrics``: this replica's metrics and how to reach the other replicas'
+    (the Ingress deployment's); without, the app counts its own requests only."""
+    from deployments import (routes_admin, routes_compat, routes_faces,
+                             routes_gallery, routes_metrics)
 
     app = IngressApp(
         title="facefleet",
@@ -120,17 +129,27 @@ def create_app(flow: Flow, settings: Settings) -> FastAPI:
     source = flow.gallery.key_table if flow.has_gallery else None
     app.state.api = Api(flow, settings, ImageResolver(settings),
                         KeyTable(settings.api_key_sha256, source, settings.auth))
+    app.state.metrics = metrics or AppMetrics(ProcessMetrics({"deployment": "Ingress",
+                                                              "replica": "local"}))
+    app.state.gate = StartupGate(flow)
     install_error_handlers(app)
     app.middleware("http")(request_context)
     app.include_router(routes_faces.router)
     app.include_router(routes_gallery.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_compat.router)
+    app.include_router(routes_metrics.router)
+    # the route templates requests are counted under (routers' own lists: FastAPI
+    # may keep included routers nested in the app's)
+    app.state.metrics.routes = [r for r in app.router.routes if isinstance(r, Route)] + [
+        r for m in (routes_faces, routes_gallery, routes_admin, routes_compat, routes_metrics)
+        for r in m.router.routes]
     return app
 
 
 async def request_context(request: Request, call_next):
-    """Request id (taken from X-Request-Id when valid), timing, who is calling."""
+    """Request id (taken from X-Request-Id when valid), timing, who is calling, the
+    start-up gate (``deployments/readiness.py``) and the request metrics."""
     t0 = time.perf_counter()
     rid = request.headers.get("x-request-id", "")
     request.state.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
@@ -145,6 +164,8 @@ async def request_context(request: Request, call_next):
         if request.state.principal is None:
             response = error_response(request, ErrorCode.UNAUTHORIZED,
                                       "missing or invalid API key (Authorization: Bearer or X-API-Key)")
+        elif not await readiness.admit(request):
+            response = readiness.starting_response(request)
         else:
             response = await call_next(request)
     except FacefleetError as exc:  # the key table cannot be read: 503
@@ -153,6 +174,7 @@ async def request_context(request: Request, call_next):
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback to the client
         response = unexpected_response(request, exc)
     ms = (time.perf_counter() - t0) * 1000
+    observe_request(request, response.status_code, ms / 1000)
     # Serve's proxy already echoes X-Request-Id (the client's, or the one it made,
     # which is the one read above), so it is not set twice here.
     response.headers["X-Response-Time-Ms"] = f"{ms:.1f}"

@@ -5,7 +5,8 @@ topology (handles of the Detector, Embedder, Analyzer and Gallery
 deployments, or, with ``topology: fused``, the model stages inside this very
 replica), then Serve asks it for its ASGI app (``__serve_build_asgi_app__``),
 which ``deployments.http_app.create_app`` builds. It holds no model (unless
-fused) and no gallery state.
+fused) and no gallery state; it owns the replica's metrics registry, which it
+reports to the application's metrics board (``deployments/metrics_board.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from configs.settings import Settings
 from deployments.backends import (LocalAnalyzer, LocalDetector, LocalEmbedder, ServeAnalyzer,
                                   ServeDetector, ServeEmbedder, ServeGallery)
 from deployments.http_app import create_app
+from deployments.metrics import AppMetrics
+from deployments.metrics_board import Reporter, replica_metrics
 from pipelines.flow import Flow
 
 log = logging.getLogger("facefleet.ingress")
@@ -32,17 +35,21 @@ class Ingress:
                  analyzer: Any = None, gallery: Any = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         self.s = Settings.model_validate(settings)  # validated once, in build_app
+        # this replica's metrics (HTTP, and the fused stages' batches), reported to
+        # the board so that every Ingress replica's /metrics shows all replicas
+        metrics = replica_metrics()
+        self._reporter = Reporter(metrics)
         self._local = None
         if detector is None:  # topology: fused, every model stage in this replica
             from deployments.models import LocalStages
 
-            self._local = LocalStages(settings)
+            self._local = LocalStages(settings, metrics)
             backends = (LocalDetector(self._local), LocalEmbedder(self._local),
                         LocalAnalyzer(self._local))
         else:
             backends = (ServeDetector(detector), ServeEmbedder(embedder), ServeAnalyzer(analyzer))
         self.flow = Flow(self.s, *backends, ServeGallery(gallery) if gallery is not None else None)
-        self._app = create_app(self.flow, self.s)
+        self._app = create_app(self.flow, self.s, AppMetrics(metrics, self._reporter.peers))
 
     def __serve_build_asgi_app__(self):
         return self._app

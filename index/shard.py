@@ -342,6 +342,8 @@ class ShardIndex:
             "parts": {cid: {"size": p.ntotal, "kind": p.kind, "seq": self._seq.get(cid, 0)}
                       for cid, p in self._parts.items()},
             "catch_ups": self.catch_ups,
+            # every collection's applied change number, parts or not (replication lag)
+            "seqs": dict(self._seq),
             "index_bytes": sum(p.nbytes for p in self._parts.values()) + self._states.nbytes,
             "rebuild_seconds": self.rebuild_seconds,
         }

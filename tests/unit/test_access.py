@@ -132,11 +132,19 @@ def _client(app) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 
+def _app(settings: Settings, svc):
+    app = create_app(Flow(settings, None, None, None, LocalGallery(svc)), settings)
+    # no model stages here, so the start-up gate would hold every route: these
+    # checks are about access, so let it count the service as started
+    app.state.gate.saw({"Gallery": True})
+    return app
+
+
 def test_http_answers_without_models(service):
     async def run():
         svc = service()
         off = Settings()
-        async with _client(create_app(Flow(off, None, None, None, LocalGallery(svc)), off)) as c:
+        async with _client(_app(off, svc)) as c:
             r = await c.get("/v1/keys")
             assert r.status_code == 409 and r.json()["error"]["code"] == "auth_disabled"
             # the trail works without auth, and says nobody's key made the change
@@ -148,7 +156,7 @@ def test_http_answers_without_models(service):
                 "collection": "off", "key_id": None, "request_id": "rid-off", "status": "ok"}
             assert r.json()["next_cursor"] is None
         on = Settings(api_key_sha256=[sha256_hex(ADMIN_KEY)])
-        app = create_app(Flow(on, None, None, None, LocalGallery(svc)), on)
+        app = _app(on, svc)
         admin = {"X-API-Key": ADMIN_KEY}
         async with _client(app) as c:
             assert (await c.get("/health")).status_code == 200
@@ -161,9 +169,11 @@ def test_http_answers_without_models(service):
             assert made["key"].startswith("ffk_") and made["collections"] == ["a"]
             ro = {"Authorization": f"Bearer {made['key']}"}
             for method, path in [("GET", "/v1/keys"), ("GET", "/v1/audit"),
-                                 ("DELETE", "/v1/collections/a")]:
+                                 ("DELETE", "/v1/collections/a"), ("GET", "/metrics")]:
                 r = await c.request(method, path, headers=ro)
                 assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", path
+            r = await c.get("/metrics", headers=admin)  # names every collection
+            assert r.status_code == 200 and "facefleet_" in r.text
             hidden = await c.get("/v1/collections/b", headers=ro)
             missing = await c.get("/v1/collections/b", headers=admin)
             assert hidden.status_code == missing.status_code == 404
