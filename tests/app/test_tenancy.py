@@ -160,8 +160,10 @@ def test_isolation_matrix(tenants, faces):
                 r = call("admin", where, "DELETE", f"/v1/collections/{coll}")
                 want = 403 if scope != "admin" else 200 if where == "own" else 404
                 assert r.status_code == want, (scope, coll, r.text)
-            # keys and audit: not even an admin key limited to collections
+            # keys, audit and metrics (which name every collection): not even an admin
+            # key limited to collections
             for method, path, kw in (("GET", "/v1/keys", {}), ("GET", "/v1/audit", {}),
+                                     ("GET", "/metrics", {}),
                                      ("POST", "/v1/keys",
                                       {"json": {"name": "escalate", "scopes": ["admin"]}})):
                 r = call("keys", "-", method, path, **kw)
@@ -182,6 +184,7 @@ def test_isolation_matrix(tenants, faces):
                     assert r.json()["error"]["code"] == "collection_not_found"
     # the other collection is as it was, and the settings key still sees everything
     assert admin.collection(OTHER).faces == 1
+    assert admin._http.get("/metrics").status_code == 200
     assert admin.person(OTHER, "p-other").faces[0].id == other_face
     # no key, an unknown key, and a made-up key in the right format: 401
     with httpx.Client(base_url=svc.base_url, timeout=60) as anon:
