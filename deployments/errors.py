@@ -118,8 +118,16 @@ def compat_error_response(request: Request, exc: FacefleetError) -> JSONResponse
 def _allowed_methods(request: Request) -> list[str]:
     from starlette.routing import Match
 
+    def walk(routes) -> list:
+        out = []
+        for route in routes:
+            # FastAPI keeps an included router as one node over the router's routes
+            inner = getattr(getattr(route, "original_router", None), "routes", None)
+            out.extend(walk(inner) if inner is not None else [route])
+        return out
+
     methods: set[str] = set()
-    for route in request.app.routes:
+    for route in walk(request.app.routes):
         match, _ = route.matches({**request.scope, "method": "GET"})
         if match != Match.NONE and getattr(route, "methods", None):
             # Match.PARTIAL: the path matched with another method

@@ -38,3 +38,22 @@ def test_every_domain_code_has_a_status():
     assert set(STATUS) == set(ErrorCode)
     assert all(400 <= s < 600 for s in STATUS.values())
     assert ImageDecodeError("x").code == ErrorCode.IMAGE_DECODE_ERROR
+
+
+def test_a_405_allows_every_method_of_its_path():
+    from configs.settings import Settings
+    from deployments.errors import _allowed_methods
+    from deployments.http_app import create_app
+    from pipelines.flow import Flow
+
+    s = Settings()
+    app = create_app(Flow(s, None, None, None), s)
+
+    def allowed(path: str) -> list[str]:
+        return _allowed_methods(Request({"type": "http", "method": "PUT", "path": path,
+                                         "root_path": "", "app": app, "headers": [],
+                                         "query_string": b""}))
+
+    assert allowed("/v1/collections") == ["GET", "POST"]
+    assert allowed("/v1/collections/staff") == ["DELETE", "GET"]
+    assert allowed("/v1/collections/staff/persons/p1") == ["DELETE", "GET"]
