@@ -88,14 +88,16 @@ class ServeGallery:
         return await ref
 
     async def identify_embedded(self, embedded: Any, collection: str, k: int,
-                                per_person: bool) -> Any:
+                                per_person: bool, actor: Any = None) -> Any:
         return await self._h.identify_embedded.remote(await self._value(embedded), collection,
-                                                      k, per_person)
+                                                      k, per_person, actor)
 
     async def register_embedded(self, collection: str, metas: list[dict[str, Any]],
-                                idempotency_key: str | None, embedded: list[Any]) -> Any:
+                                idempotency_key: str | None, embedded: list[Any],
+                                actor: Any = None) -> Any:
         refs = [await self._value(e) for e in embedded]
-        return await self._h.register_embedded.remote(collection, metas, idempotency_key, *refs)
+        return await self._h.register_embedded.remote(collection, metas, idempotency_key, actor,
+                                                      *refs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._h, name).remote
@@ -152,13 +154,16 @@ class LocalGallery:
         self.service = service
 
     async def identify_embedded(self, embedded: Any, collection: str, k: int,
-                                per_person: bool) -> Any:
-        return await identify_embedded(self.service, await embedded, collection, k, per_person)
+                                per_person: bool, actor: Any = None) -> Any:
+        return await identify_embedded(self.service, await embedded, collection, k, per_person,
+                                       actor)
 
     async def register_embedded(self, collection: str, metas: list[dict[str, Any]],
-                                idempotency_key: str | None, embedded: list[Any]) -> Any:
+                                idempotency_key: str | None, embedded: list[Any],
+                                actor: Any = None) -> Any:
         values = [await e if inspect.isawaitable(e) else e for e in embedded]
-        return await register_embedded(self.service, collection, metas, idempotency_key, values)
+        return await register_embedded(self.service, collection, metas, idempotency_key, values,
+                                       actor)
 
     async def ready(self) -> bool:
         return True

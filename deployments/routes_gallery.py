@@ -3,7 +3,9 @@
 Images go through the same detect -> embed stages as ``/v1/embed`` and on to
 the Gallery deployment (sharded FAISS over the durable store). A collection is
 bound to the embedding model it was created with; requests that name no model
-use the collection's.
+use the collection's. Who may call which route, and see which collection, is
+``deployments/access.py``; every change carries the caller (``actor_of``) to
+the gallery, which records it in the audit trail in the same transaction.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves these signatures.
@@ -15,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import FacefleetError, ValidationError
+from deployments.access import actor_of, check_collection, visible
 from deployments.http_app import api_of, body_schema
 from deployments.schemas import (GALLERY_ERRORS, BatchOut, CollectionOut, CollectionsOut,
                                  CollectionStatsOut, EnrolledFaceOut, FaceRecordOut,
@@ -89,16 +92,20 @@ def _meta(item: Any) -> dict[str, Any]:
 async def create_collection(request: Request) -> Response:
     api = api_of(request)
     body, _ = await api.parse(request, CreateCollectionBody)
+    check_collection(request, body.name)
     model = body.model or api.s.default_embedder
     info = await api.flow.embedder_info(model)
-    out = await api.flow.gallery.create_collection(body.name, model, info["dim"])
+    out = await api.flow.gallery.create_collection(body.name, model, info["dim"],
+                                                   actor=actor_of(request))
     return JSONResponse(out, status_code=201)
 
 
 @router.get("/v1/collections", tags=["gallery"], response_model=CollectionsOut,
             responses=errors(401, 503))
 async def list_collections(request: Request) -> dict:
-    return {"collections": await api_of(request).flow.gallery.list_collections()}
+    """The collections the caller's key may see."""
+    return {"collections": visible(request,
+                                   await api_of(request).flow.gallery.list_collections())}
 
 
 @router.get("/v1/collections/{collection}", tags=["gallery"], response_model=CollectionStatsOut,
@@ -110,7 +117,7 @@ async def collection_stats(collection: Collection, request: Request) -> dict:
 @router.delete("/v1/collections/{collection}", tags=["gallery"], response_model=CollectionOut,
                responses=GALLERY_ERRORS)
 async def drop_collection(collection: Collection, request: Request) -> dict:
-    return await api_of(request).flow.drop_collection(collection)
+    return await api_of(request).flow.drop_collection(collection, actor_of(request))
 
 
 @router.post("/v1/collections/{collection}/faces", tags=["gallery"], status_code=201,
@@ -125,7 +132,7 @@ async def register_face(collection: Collection, request: Request) -> Response:
     data = await api.image(body.img, files, "img")
     res = await api.flow.register(collection, [(data, _meta(body))],
                                   FaceQuery(body.detector), body.model,
-                                  request.headers.get("idempotency-key"))
+                                  request.headers.get("idempotency-key"), actor_of(request))
     face = res.results[0]
     if isinstance(face, FacefleetError):
         raise face
@@ -153,7 +160,8 @@ async def register_batch(collection: Collection, request: Request) -> dict:
     res = await api.flow.register(
         collection, [(d, {**_meta(it), "field": f"items[{i}].img"})
                      for i, (d, it) in enumerate(zip(datas, body.items, strict=True))],
-        FaceQuery(body.detector), body.model, request.headers.get("idempotency-key"))
+        FaceQuery(body.detector), body.model, request.headers.get("idempotency-key"),
+        actor_of(request))
     results: list[dict[str, Any]] = []
     for i, r in enumerate(res.results):
         if isinstance(r, FacefleetError):
@@ -177,7 +185,7 @@ async def identify(collection: Collection, request: Request) -> dict:
     data = await api.image(body.img, files, "img")
     res = await api.flow.identify(
         collection, data, FaceQuery(body.detector, body.max_faces, 0.0, body.enforce_detection),
-        body.top_k, body.per_person, body.model)
+        body.top_k, body.per_person, body.model, actor_of(request))
     model = res.image.model
     # 1:N has its own threshold: every enrolled face is a chance of a false accept
     threshold = body.threshold if body.threshold is not None else \
@@ -204,7 +212,7 @@ async def get_face(collection: Collection, face_id: str, request: Request) -> di
 @router.delete("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"],
                status_code=204, response_class=Response, responses=GALLERY_ERRORS)
 async def delete_face(collection: Collection, face_id: str, request: Request) -> Response:
-    await api_of(request).flow.gallery.delete_face(collection, face_id)
+    await api_of(request).flow.gallery.delete_face(collection, face_id, actor=actor_of(request))
     return Response(status_code=204)
 
 
@@ -217,4 +225,5 @@ async def get_person(collection: Collection, person_id: str, request: Request) -
 @router.delete("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"],
                response_model=ForgottenPersonOut, responses=GALLERY_ERRORS)
 async def delete_person(collection: Collection, person_id: str, request: Request) -> dict:
-    return await api_of(request).flow.gallery.delete_person(collection, person_id)
+    return await api_of(request).flow.gallery.delete_person(collection, person_id,
+                                                            actor=actor_of(request))

@@ -17,6 +17,7 @@ drives the service from synchronous code (tests, benchmarks, scripts).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import inspect
 import json
@@ -30,9 +31,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from index.audit import Actor, AuditAction, AuditEntry
 from index.merge import cosine_distance, merge_topk
 from index.shard import DropOp, IndexConfig, ShardIndex, ShardOp, shard_ops
-from index.store import CollectionInfo, Deleted, FaceRecord, PersonUpsert, Store
+from index.store import CollectionInfo, Deleted, FaceRecord, KeyRecord, PersonUpsert, Store
 from configs.errors import CollectionNotFound, ModelMismatch, NotFound, ValidationError
 
 Plan = list[list[ShardOp]]
@@ -132,6 +134,11 @@ def _check_model_binding(info: CollectionInfo, model: str, dim: int) -> None:
              "collection_dim": info.dim, "model": model, "dim": dim})
 
 
+def _entry(actor: Actor | None, action: AuditAction,
+           collection: str | None = None) -> AuditEntry | None:
+    return None if actor is None else actor.entry(action, collection)
+
+
 def collection_dict(info: CollectionInfo) -> dict[str, Any]:
     return {"collection": info.name, "model": info.model, "dim": info.dim,
             "created_at": info.created_at}
@@ -166,8 +173,8 @@ class GalleryCore:
         return shard_ops(self.nshards, cid, 0, ids, buckets, None, deleted.seq)
 
     # -- collections
-    def create_collection(self, name: str, model: str, dim: int,
-                          exist_ok: bool = False) -> dict[str, Any]:
+    def create_collection(self, name: str, model: str, dim: int, exist_ok: bool = False,
+                          actor: Actor | None = None) -> dict[str, Any]:
         check_collection_name(name)
         model, dim = _check_model(model, dim)
         if exist_ok:
@@ -178,7 +185,8 @@ class GalleryCore:
             else:
                 _check_model_binding(info, model, dim)
                 return collection_dict(info)
-        return collection_dict(self.store.create_collection(name, model, dim))
+        return collection_dict(self.store.create_collection(
+            name, model, dim, _entry(actor, AuditAction.COLLECTION_CREATE, name)))
 
     def collection(self, name: str) -> CollectionInfo:
         return self.store.get_collection(check_collection_name(name))
@@ -186,14 +194,16 @@ class GalleryCore:
     def list_collections(self) -> list[dict[str, Any]]:
         return [collection_dict(c) for c in self.store.list_collections()]
 
-    def drop_collection(self, name: str) -> tuple[dict[str, Any], Plan]:
-        info = self.store.drop_collection(check_collection_name(name))
+    def drop_collection(self, name: str,
+                        actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
+        info = self.store.drop_collection(check_collection_name(name),
+                                          _entry(actor, AuditAction.COLLECTION_DROP, name))
         return collection_dict(info), [[DropOp(info.id)] for _ in range(self.nshards)]
 
     # -- register
     def register(self, collection: str, model: str, dim: int, items: Sequence[Mapping[str, Any]],
-                 idempotency_key: str | None = None,
-                 create_collection: bool = False) -> tuple[dict[str, Any], Plan]:
+                 idempotency_key: str | None = None, create_collection: bool = False,
+                 actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
         """Items: ``{"embedding": vector, "person_id"?: str, "name"?: str, "labels"?: {..}}``."""
         check_collection_name(collection)
         model, dim = _check_model(model, dim)
@@ -231,7 +241,8 @@ class GalleryCore:
         face_ids = new_ids(len(items))
         res = self.store.add_faces(collection, model, dim, face_ids, person_ids, emb,
                                    list(persons.values()), create=create_collection,
-                                   idempotency=idem)
+                                   idempotency=idem,
+                                   audit=_entry(actor, AuditAction.FACE_REGISTER, collection))
         plan = shard_ops(self.nshards, res.collection.id, dim, res.ids, res.buckets,
                          res.embeddings, res.seq)
         faces = []
@@ -314,10 +325,11 @@ class GalleryCore:
         out["name"], out["labels"] = person.name, person.labels
         return out
 
-    def delete_faces(self, collection: str,
-                     face_ids: Sequence[str]) -> tuple[list[str], Plan]:
+    def delete_faces(self, collection: str, face_ids: Sequence[str],
+                     actor: Actor | None = None) -> tuple[list[str], Plan]:
         info = self.collection(collection)
-        deleted = self.store.delete_faces(info.id, [str(f) for f in face_ids])
+        deleted = self.store.delete_faces(info.id, [str(f) for f in face_ids],
+                                          _entry(actor, AuditAction.FACE_FORGET, info.name))
         return [d.face_id for d in deleted.faces], self._removal_plan(info.id, deleted)
 
     def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
@@ -327,9 +339,12 @@ class GalleryCore:
                 "collection": info.name, "created_at": p.created_at,
                 "faces": [face_dict(f, info.name) for f in p.faces]}
 
-    def delete_person(self, collection: str, person_id: str) -> tuple[dict[str, Any], Plan]:
+    def delete_person(self, collection: str, person_id: str,
+                      actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
         info = self.collection(collection)
-        person, deleted = self.store.delete_person(info.id, _check_person_id(person_id))
+        person, deleted = self.store.delete_person(
+            info.id, _check_person_id(person_id),
+            _entry(actor, AuditAction.PERSON_FORGET, info.name))
         return ({"person_id": person.person_id, "collection": info.name,
                  "deleted_faces": [d.face_id for d in deleted.faces]},
                 self._removal_plan(info.id, deleted))
@@ -432,7 +447,8 @@ class GalleryService:
     """
 
     def __init__(self, store: Store, shards: ShardSet, store_threads: int = 8,
-                 cache_ttl_s: float = 2.0) -> None:
+                 cache_ttl_s: float = 2.0, audit_identify: bool = True,
+                 audit_retention_days: float | None = None) -> None:
         self.store = store
         self.shards = shards
         self.core = GalleryCore(store, shards.nshards)
@@ -440,6 +456,11 @@ class GalleryService:
                                            thread_name_prefix="store")
         self._ttl = cache_ttl_s
         self._infos: dict[str, tuple[float, CollectionInfo]] = {}
+        self.audit_identify = audit_identify
+        self.audit_retention_days = audit_retention_days
+        # identify entries waiting for the next group commit (see _record)
+        self._pending: list[tuple[AuditEntry, asyncio.Future]] = []
+        self._writer: asyncio.Task | None = None
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
@@ -460,9 +481,9 @@ class GalleryService:
         await self.shards.apply(plan)
 
     # -- collections
-    async def create_collection(self, name: str, model: str, dim: int,
-                                exist_ok: bool = False) -> dict[str, Any]:
-        return await self._db(self.core.create_collection, name, model, dim, exist_ok)
+    async def create_collection(self, name: str, model: str, dim: int, exist_ok: bool = False,
+                                actor: Actor | None = None) -> dict[str, Any]:
+        return await self._db(self.core.create_collection, name, model, dim, exist_ok, actor)
 
     async def get_collection(self, name: str) -> dict[str, Any]:
         return collection_dict(await self._db(self.core.collection, name))
@@ -470,18 +491,19 @@ class GalleryService:
     async def list_collections(self) -> list[dict[str, Any]]:
         return await self._db(self.core.list_collections)
 
-    async def drop_collection(self, name: str) -> dict[str, Any]:
+    async def drop_collection(self, name: str, actor: Actor | None = None) -> dict[str, Any]:
         self._forget_info(name)
-        result, plan = await self._db(self.core.drop_collection, name)
+        result, plan = await self._db(self.core.drop_collection, name, actor)
         await self._apply(plan)
         return result
 
     # -- faces
     async def register(self, collection: str, model: str, dim: int,
                        items: Sequence[Mapping[str, Any]], idempotency_key: str | None = None,
-                       create_collection: bool = False) -> dict[str, Any]:
+                       create_collection: bool = False,
+                       actor: Actor | None = None) -> dict[str, Any]:
         result, plan = await self._db(self.core.register, collection, model, dim, items,
-                                      idempotency_key, create_collection)
+                                      idempotency_key, create_collection, actor)
         await self._apply(plan)
         return result
 
@@ -494,7 +516,10 @@ class GalleryService:
         return result
 
     async def search(self, collection: str, model: str, vectors: Any, k: int = 10,
-                     max_distance: float | None = None) -> list[list[dict[str, Any]]]:
+                     max_distance: float | None = None,
+                     actor: Actor | None = None) -> list[list[dict[str, Any]]]:
+        """The nearest faces of each query vector; with an ``actor`` (and
+        ``audit_identify``) the search is recorded before it is answered."""
         info = await self._info(check_collection_name(collection))
         try:
             queries = self.core.check_search(info, model, vectors, k)
@@ -503,7 +528,81 @@ class GalleryService:
             info = await self._info(collection)
             queries = self.core.check_search(info, model, vectors, k)
         scores, ids = await self._search_shards(info.id, queries, int(k))
-        return await self._db(self.core.resolve, info, scores, ids, max_distance)
+        hits = await self._db(self.core.resolve, info, scores, ids, max_distance)
+        if actor is not None and self.audit_identify:
+            entry = actor.entry(AuditAction.IDENTIFY, info.name)
+            entry.matches = [row[0]["face_id"] if row else None for row in hits]
+            await self._record(entry)
+        return hits
+
+    async def _record(self, entry: AuditEntry) -> None:
+        """Commit an entry of its own (identify) and return once it is durable.
+
+        Group commit: entries that arrive while a write is in flight go together
+        in the next transaction, so concurrent identifies share one commit (one
+        fsync on SQLite) instead of queueing for one each.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, fut))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_pending())
+        await fut
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._db(self.store.append_audit, [e for e, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - each waiting search fails with it
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    # -- the audit trail and API keys (the ingress reaches the store only through here)
+    async def audit_entries(self, collection: str | None = None, action: str | None = None,
+                            since: float | None = None, after_seq: int = 0,
+                            limit: int = 100) -> list[dict[str, Any]]:
+        entries = await self._db(functools.partial(
+            self.store.audit_entries, collection=collection, action=action, since=since,
+            after_seq=after_seq, limit=limit))
+        return [e.as_dict() for e in entries]
+
+    async def prune_audit(self, now: float | None = None) -> int:
+        """Delete entries older than the retention (nothing when it is unset)."""
+        if self.audit_retention_days is None:
+            return 0
+        cutoff = (time.time() if now is None else now) - self.audit_retention_days * 86400.0
+        return await self._db(self.store.prune_audit, cutoff)
+
+    async def create_key(self, key: KeyRecord, actor: Actor | None = None) -> dict[str, Any]:
+        rec = await self._db(self.store.create_key, key, _entry(actor, AuditAction.KEY_CREATE))
+        return rec.public()
+
+    async def revoke_key(self, key_id: str, actor: Actor | None = None) -> dict[str, Any]:
+        rec = await self._db(self.store.revoke_key, key_id,
+                             _entry(actor, AuditAction.KEY_REVOKE))
+        return rec.public()
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        return [k.public() for k in await self._db(self.store.list_keys)]
+
+    async def key_table(self, known_version: int | None = None,
+                        used: dict[str, float] | None = None
+                        ) -> tuple[int, list[KeyRecord] | None]:
+        """What an ingress replica polls: the key table's version, and the table itself
+        only when it changed since ``known_version``. ``used`` (key id -> last use)
+        is written first, so ``last_used_at`` costs one write per poll, not one per
+        request."""
+        if used:
+            await self._db(self.store.touch_keys, used)
+        version = await self._db(self.store.keys_version)
+        if version == known_version:
+            return version, None
+        return await self._db(self.store.key_table)
 
     async def _search_shards(self, cid: int, queries: np.ndarray,
                              k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -514,22 +613,25 @@ class GalleryService:
                        with_embedding: bool = False) -> dict[str, Any]:
         return await self._db(self.core.get_face, collection, face_id, with_embedding)
 
-    async def delete_face(self, collection: str, face_id: str) -> dict[str, Any]:
-        deleted = await self.delete_faces(collection, [face_id])
+    async def delete_face(self, collection: str, face_id: str,
+                          actor: Actor | None = None) -> dict[str, Any]:
+        deleted = await self.delete_faces(collection, [face_id], actor)
         if not deleted:
             raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
         return {"face_id": face_id, "collection": collection, "deleted": True}
 
-    async def delete_faces(self, collection: str, face_ids: Sequence[str]) -> list[str]:
-        deleted, plan = await self._db(self.core.delete_faces, collection, face_ids)
+    async def delete_faces(self, collection: str, face_ids: Sequence[str],
+                           actor: Actor | None = None) -> list[str]:
+        deleted, plan = await self._db(self.core.delete_faces, collection, face_ids, actor)
         await self._apply(plan)
         return deleted
 
     async def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
         return await self._db(self.core.get_person, collection, person_id)
 
-    async def delete_person(self, collection: str, person_id: str) -> dict[str, Any]:
-        result, plan = await self._db(self.core.delete_person, collection, person_id)
+    async def delete_person(self, collection: str, person_id: str,
+                            actor: Actor | None = None) -> dict[str, Any]:
+        result, plan = await self._db(self.core.delete_person, collection, person_id, actor)
         await self._apply(plan)
         return result
 

@@ -14,7 +14,9 @@ bad item of a batch fails alone). Nothing here knows Serve or FastAPI.
 
 The gallery side of identify and register (:func:`identify_embedded`,
 :func:`register_embedded`) runs where the gallery is, next to its search and
-register, so only faces and matches travel back.
+register, so only faces and matches travel back. The gallery calls take an
+``actor`` (``index.audit.Actor``: who asks, under which request id), which
+the gallery records in its audit trail with the change it makes.
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ class GalleryBackend(Protocol):
     """The gallery's own operations (``index.gallery.GalleryService``) plus the two
     that take embedded images from the stage before."""
 
-    def identify_embedded(self, embedded: Any, collection: str, k: int,
-                          per_person: bool) -> Awaitable[Any]: ...
+    def identify_embedded(self, embedded: Any, collection: str, k: int, per_person: bool,
+                          actor: Any = None) -> Awaitable[Any]: ...
     def register_embedded(self, collection: str, metas: list[dict[str, Any]],
-                          idempotency_key: str | None, embedded: list[Any]) -> Awaitable[Any]: ...
+                          idempotency_key: str | None, embedded: list[Any],
+                          actor: Any = None) -> Awaitable[Any]: ...
     def __getattr__(self, name: str) -> Any: ...
 
 
@@ -234,10 +237,11 @@ class Flow:
             return unwrap(await run(await self.collection_model(collection, None)))
 
     async def identify(self, collection: str, data: bytes, q: FaceQuery, k: int,
-                       per_person: bool = False, model: str | None = None) -> IdentifiedImage:
+                       per_person: bool = False, model: str | None = None,
+                       actor: Any = None) -> IdentifiedImage:
         async def run(m: str) -> Any:
             return await self.gallery.identify_embedded(await self._embedding_ref(data, q, m),
-                                                        collection, k, per_person)
+                                                        collection, k, per_person, actor)
 
         res: IdentifiedImage = await self._retry_stale_model(collection, model, run)
         self._enforce(res.image.faces, q)
@@ -247,7 +251,8 @@ class Flow:
     async def register(self, collection: str, images: Sequence[tuple[bytes | FacefleetError,
                                                                      dict[str, Any]]],
                        q: FaceQuery, model: str | None = None,
-                       idempotency_key: str | None = None) -> RegisteredImages:
+                       idempotency_key: str | None = None,
+                       actor: Any = None) -> RegisteredImages:
         """Enrol the largest face of each image; ``images`` pairs each image (or the
         error met while reading it) with its ``person_id`` / ``name`` / ``labels``."""
         async def run(m: str) -> Any:
@@ -260,16 +265,17 @@ class Flow:
                                     q.field if len(images) == 1 else f"items[{i}].img")
                 refs.append(await self._embedding_ref(data, field_q, m))
             metas = [meta for _data, meta in images]
-            return await self.gallery.register_embedded(collection, metas, idempotency_key, refs)
+            return await self.gallery.register_embedded(collection, metas, idempotency_key, refs,
+                                                        actor)
 
         res: RegisteredImages = await self._retry_stale_model(collection, model, run)
         if res.model:
             self._collection_models[collection] = res.model
         return res
 
-    async def drop_collection(self, collection: str) -> dict[str, Any]:
+    async def drop_collection(self, collection: str, actor: Any = None) -> dict[str, Any]:
         self.forget_collection(collection)
-        return await self.gallery.drop_collection(collection)
+        return await self.gallery.drop_collection(collection, actor)
 
 
 # --------------------------------------------------------------------------- gallery side
@@ -287,8 +293,8 @@ def nearest_per_person(row: list[dict[str, Any]], k: int) -> list[dict[str, Any]
 
 
 async def identify_embedded(gallery: Any, embedded: EmbeddedImage | FacefleetError,
-                            collection: str, k: int,
-                            per_person: bool = False) -> IdentifiedImage | FacefleetError:
+                            collection: str, k: int, per_person: bool = False,
+                            actor: Any = None) -> IdentifiedImage | FacefleetError:
     """Search every face of an embedded probe image (runs where the gallery is)."""
     if isinstance(embedded, FacefleetError):
         return embedded
@@ -297,7 +303,8 @@ async def identify_embedded(gallery: Any, embedded: EmbeddedImage | FacefleetErr
     # per person: look further, then keep each person's nearest face
     depth = min(k * 5, 500) if per_person else k
     try:
-        hits = await gallery.search(collection, embedded.model, embedded.vectors, depth)
+        hits = await gallery.search(collection, embedded.model, embedded.vectors, depth,
+                                    actor=actor)
     except FacefleetError as exc:
         return exc
     if per_person:
@@ -307,10 +314,11 @@ async def identify_embedded(gallery: Any, embedded: EmbeddedImage | FacefleetErr
 
 async def register_embedded(gallery: Any, collection: str, metas: Sequence[Mapping[str, Any]],
                             idempotency_key: str | None,
-                            embedded: Sequence[EmbeddedImage | FacefleetError]
-                            ) -> RegisteredImages | FacefleetError:
+                            embedded: Sequence[EmbeddedImage | FacefleetError],
+                            actor: Any = None) -> RegisteredImages | FacefleetError:
     """Commit the largest face of each embedded image in one register (runs where the
-    gallery is); items without a face, or that failed before, fail alone."""
+    gallery is); items without a face, or that failed before, fail alone. The
+    collection is created on first enrolment unless ``actor.may_create`` is False."""
     results: list[dict[str, Any] | FacefleetError] = []
     ok: list[int] = []
     for i, (meta, emb) in enumerate(zip(metas, embedded, strict=True)):
@@ -331,7 +339,9 @@ async def register_embedded(gallery: Any, collection: str, metas: Sequence[Mappi
              for i, v in zip(ok, vecs, strict=True)]
     try:
         res = await gallery.register(collection, model, int(len(vecs[0])), items,
-                                     idempotency_key=idempotency_key, create_collection=True)
+                                     idempotency_key=idempotency_key,
+                                     create_collection=getattr(actor, "may_create", True),
+                                     actor=actor)
     except FacefleetError as exc:
         return exc
     for i, face in zip(ok, res["faces"], strict=True):
