@@ -48,9 +48,10 @@ def photos(spec: str) -> list[Path]:
     raise SystemExit(f"unknown photo set {spec!r}: lfw:N or camera:N")
 
 
-def _bodies(paths: list[Path], extra: dict) -> list[bytes]:
-    return [json.dumps({"img": base64.b64encode(p.read_bytes()).decode(), **extra}).encode()
-            for p in paths]
+def _bodies(paths: list[Path], extra: dict, data_uri: bool = False) -> list[bytes]:
+    prefix = "data:image/jpeg;base64," if data_uri else ""
+    return [json.dumps({"img": prefix + base64.b64encode(p.read_bytes()).decode(),
+                        **extra}).encode() for p in paths]
 
 
 def closed_loop(url: str, path: str, bodies: list[bytes], concurrency: int, total: int,
@@ -113,7 +114,8 @@ def closed_loop(url: str, path: str, bodies: list[bytes], concurrency: int, tota
 
 
 def run(url: str, path: str, photo_spec: str, concurrency: int, requests: int | None = None,
-        new_connections: bool = False, extra: dict | None = None, warmup: int = 0) -> dict:
+        new_connections: bool = False, extra: dict | None = None, warmup: int = 0,
+        data_uri: bool = False) -> dict:
     """Run the client in a subprocess and return its result."""
     cmd = [sys.executable, "-m", "bench.http_load", "--url", url, "--path", path,
            "--photos", photo_spec, "--concurrency", str(concurrency),
@@ -124,6 +126,8 @@ def run(url: str, path: str, photo_spec: str, concurrency: int, requests: int | 
         cmd.append("--new-connections")
     if extra:
         cmd += ["--extra", json.dumps(extra)]
+    if data_uri:
+        cmd.append("--data-uri")
     repo = Path(__file__).resolve().parent.parent
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=repo,
                          env={**os.environ, "PYTHONPATH": str(repo)})
@@ -140,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=0, help="requests sent before the clock")
     p.add_argument("--new-connections", action="store_true")
     p.add_argument("--extra", default="{}", help="JSON fields added to every body")
+    p.add_argument("--data-uri", action="store_true",
+                   help="send each photo as a data: URI (DeepFace reads bare base64 as a path)")
     a = p.parse_args(argv)
     paths = photos(a.photos)
-    bodies = _bodies(paths, json.loads(a.extra))
+    bodies = _bodies(paths, json.loads(a.extra), a.data_uri)
     if a.warmup:
         closed_loop(a.url, a.path, bodies, min(a.concurrency, a.warmup), a.warmup)
     res = closed_loop(a.url, a.path, bodies, a.concurrency, a.requests or len(bodies),

@@ -35,8 +35,14 @@ OUT = Path(__file__).parent / "results" / "vs_deepface.md"
 
 
 def _measure(base: str, path: str, photos: str, conc: int, extra: dict) -> dict:
-    http_load.run(base, path, photos, min(conc, 4), requests=2 * conc, extra=extra)  # warm up
-    return http_load.run(base, path, photos, conc, extra=extra)
+    # data: URIs for both (DeepFace reads bare base64 as a file path; facefleet takes both)
+    http_load.run(base, path, photos, min(conc, 4), requests=2 * conc, extra=extra,
+                  data_uri=True)  # warm up
+    res = http_load.run(base, path, photos, conc, extra=extra, data_uri=True)
+    if res["ok"] < res["requests"]:
+        print(f"warning: {res['requests'] - res['ok']} answers were not 200: {res['status']}",
+              flush=True)
+    return res
 
 
 def main() -> int:
@@ -82,7 +88,7 @@ def main() -> int:
             finally:
                 stop_tree(proc)
     write(a, rows)
-    return 0
+    return 0 if all(r["ok"] == r["requests"] for _, _, r in rows) else 1
 
 
 def write(a, rows: list[tuple[str, str, dict]]) -> None:

@@ -26,6 +26,8 @@ class ErrorCode(str, Enum):
     CONFLICT = "conflict"
     MODEL_MISMATCH = "model_mismatch"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    AUTH_DISABLED = "auth_disabled"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAVAILABLE = "unavailable"
     INTERNAL_ERROR = "internal_error"
@@ -102,6 +104,24 @@ class ModelMismatch(FacefleetError):
 
 class Unavailable(FacefleetError):
     code = ErrorCode.UNAVAILABLE
+
+
+class Unauthorized(FacefleetError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Forbidden(FacefleetError):
+    """A known API key without the scope the request needs."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class AuthDisabled(FacefleetError):
+    """Key management asked of a service that runs without authentication."""
+
+    code = ErrorCode.AUTH_DISABLED
 
 
 def error_from_code(code: str, message: str, details: dict[str, Any] | None = None

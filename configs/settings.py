@@ -139,6 +139,26 @@ class IndexSettings(BaseModel):
         "a new gallery; create collections with POST /v1/collections")
 
 
+class AuthSettings(BaseModel):
+    """How ingress replicas keep the table of API keys made through ``/v1/keys``."""
+
+    refresh_s: float = Field(
+        0.5, gt=0, le=10, description="how often each ingress replica re-reads the key table")
+    max_age_s: float = Field(
+        1.5, gt=0, le=60, description="a key from the table is only accepted while the table "
+        "was read less than this long ago (a revoked key is refused everywhere within it); "
+        "older, the replica reads it again before answering, and answers 503 if it cannot")
+
+
+class AuditSettings(BaseModel):
+    """The audit trail: which changes and searches are recorded, and for how long."""
+
+    identify: bool = Field(True, description="record every identify / search (a read)")
+    retention_days: float | None = Field(
+        None, gt=0, description="delete entries older than this (checked hourly by every "
+        "Gallery replica); unset: keep every entry")
+
+
 class Settings(BaseSettings):
     """Everything facefleet can be told, with the local embedded defaults."""
 
@@ -181,8 +201,10 @@ class Settings(BaseSettings):
     runtime: Runtime = Field(default_factory=Runtime)
     index: IndexSettings = Field(default_factory=IndexSettings)
     api_key_sha256: list[str] = Field(
-        default_factory=list, description="hex SHA-256 of accepted API keys; empty: auth off"
+        default_factory=list, description="hex SHA-256 of the admin keys; empty: auth off"
     )
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     preload_actions: list[str] = Field(
         default_factory=lambda: ["age", "gender", "emotion"],
         description="attribute models loaded at start (race loads on first use)",

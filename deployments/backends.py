@@ -88,16 +88,18 @@ class ServeGallery:
         return await ref
 
     async def identify_embedded(self, embedded: Any, collection: str, k: int,
-                                per_person: bool) -> Any:
+                                per_person: bool, actor: Any = None) -> Any:
         return await self._h.identify_embedded.remote(await self._value(embedded), collection,
-                                                      k, per_person)
+                                                      k, per_person, actor)
 
     async def register_embedded(self, collection: str, metas: list[dict[str, Any]],
-                                idempotency_key: str | None, embedded: list[Any], *,
-                                request_hash: str | None = None, create: bool = True) -> Any:
+                                idempotency_key: str | None, embedded: list[Any],
+                                actor: Any = None, *, request_hash: str | None = None,
+                                create: bool = True) -> Any:
         refs = [await self._value(e) for e in embedded]
-        return await self._h.register_embedded.remote(collection, metas, idempotency_key, *refs,
-                                                      request_hash=request_hash, create=create)
+        return await self._h.register_embedded.remote(collection, metas, idempotency_key, actor,
+                                                      *refs, request_hash=request_hash,
+                                                      create=create)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._h, name).remote
@@ -154,15 +156,17 @@ class LocalGallery:
         self.service = service
 
     async def identify_embedded(self, embedded: Any, collection: str, k: int,
-                                per_person: bool) -> Any:
-        return await identify_embedded(self.service, await embedded, collection, k, per_person)
+                                per_person: bool, actor: Any = None) -> Any:
+        return await identify_embedded(self.service, await embedded, collection, k, per_person,
+                                       actor)
 
     async def register_embedded(self, collection: str, metas: list[dict[str, Any]],
-                                idempotency_key: str | None, embedded: list[Any], *,
-                                request_hash: str | None = None, create: bool = True) -> Any:
+                                idempotency_key: str | None, embedded: list[Any],
+                                actor: Any = None, *, request_hash: str | None = None,
+                                create: bool = True) -> Any:
         values = [await e if inspect.isawaitable(e) else e for e in embedded]
         return await register_embedded(self.service, collection, metas, idempotency_key, values,
-                                       request_hash, create)
+                                       actor, request_hash, create)
 
     async def ready(self) -> bool:
         return True

@@ -2,7 +2,10 @@
 
 Every error response has the shape ``{"error": {code, message, request_id,
 details?}}``; unexpected exceptions are logged with their traceback and answer
-``internal_error`` without one.
+``internal_error`` without one. The DeepFace-compatible routes (tagged
+``deepface-compat``) add DeepFace's top-level ``exception`` message and use
+400 for every client-side problem, as DeepFace does (401, 403 and 5xx keep
+their status).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.MODEL_MISMATCH: 409,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.AUTH_DISABLED: 409,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
@@ -58,6 +63,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain(request: Request, exc: FacefleetError) -> JSONResponse:
         log.info("request failed: %s", exc.code.value,
                  extra={"request_id": request_id_of(request), "code": exc.code.value})
+        if _is_compat(request):  # raised before the route ran (authorization)
+            return compat_error_response(request, exc)
         return error_response(request, exc.code, exc.message, _jsonable(exc.details))
 
     @app.exception_handler(RequestValidationError)
@@ -85,6 +92,27 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return unexpected_response(request, exc)
+
+
+def _is_compat(request: Request) -> bool:
+    route = request.scope.get("route")
+    return "deepface-compat" in (getattr(route, "tags", None) or ())
+
+
+def compat_error_response(request: Request, exc: FacefleetError) -> JSONResponse:
+    """A domain error in DeepFace's shape (see the module docstring)."""
+    status = STATUS.get(exc.code, 500)
+    if (400 <= status < 500 and status not in (401, 403)) \
+            or exc.code == ErrorCode.MODEL_NOT_INSTALLED:
+        status = 400  # DeepFace answers every bad request (and unknown model) with 400
+    err: dict = {"code": exc.code.value, "message": exc.message,
+                 "request_id": request_id_of(request)}
+    if exc.details:
+        err["details"] = _jsonable(exc.details)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code == ErrorCode.UNAUTHORIZED else None
+    # DeepFace's clients read a top-level "exception" message: send both shapes
+    return JSONResponse({"error": err, "exception": exc.message}, status_code=status,
+                        headers=headers)
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -38,6 +38,7 @@ from ray import serve
 from configs.errors import Unavailable
 from configs.settings import IndexSettings, Settings
 from deployments.metrics_board import Reporter, replica_metrics
+from index.audit import Actor
 from index.gallery import GalleryService, Plan
 from index.health import gallery_metrics
 from index.merge import merge_topk
@@ -48,6 +49,8 @@ from pipelines.flow import identify_embedded, register_embedded
 log = logging.getLogger(__name__)
 
 NAMESPACE = "facefleet"
+#: how often each Gallery replica deletes audit entries past their retention
+AUDIT_PRUNE_INTERVAL_S = 3600.0
 
 
 @ray.remote
@@ -221,12 +224,28 @@ class Gallery(GalleryService):
             ray.get([c.ready.remote() for copies in shards.handles for c in copies])
             store = open_store(index.backend, index.database_url, s.data_dir.resolve())
         super().__init__(store, shards, store_threads=index.store_threads,
-                         cache_ttl_s=index.sync_interval_s)
+                         cache_ttl_s=index.sync_interval_s, audit_identify=s.audit.identify,
+                         audit_retention_days=s.audit.retention_days)
         self._search_batched.set_max_batch_size(index.search_batch_size)
         self._search_batched.set_batch_wait_timeout_s(index.search_batch_wait_s)
         metrics = replica_metrics()
         self._batches = metrics.batches(["search"])
         self._reporter = Reporter(metrics)
+        if self.audit_retention_days is not None:
+            threading.Thread(target=self._prune_forever, daemon=True, name="audit-prune").start()
+
+    def _prune_forever(self) -> None:
+        """Apply the audit retention now and every hour, on a thread of its own (the
+        store opens a connection per thread)."""
+        while True:
+            try:
+                days = float(self.audit_retention_days or 0)
+                n = self.store.prune_audit(time.time() - days * 86400.0)
+                if n:
+                    log.info("audit retention: %d entries older than %s days deleted", n, days)
+            except Exception:  # noqa: BLE001 - the store is down: try again next period
+                log.warning("audit retention pass failed", exc_info=True)
+            time.sleep(AUDIT_PRUNE_INTERVAL_S)
 
     async def _search_shards(self, cid: int, queries: np.ndarray,
                              k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,14 +291,15 @@ class Gallery(GalleryService):
 
     # -- straight from the Embedder (model composition)
     async def identify_embedded(self, embedded: Any, collection: str, k: int,
-                                per_person: bool = False) -> Any:
-        return await identify_embedded(self, embedded, collection, k, per_person)
+                                per_person: bool = False, actor: Actor | None = None) -> Any:
+        return await identify_embedded(self, embedded, collection, k, per_person, actor)
 
     async def register_embedded(self, collection: str, metas: Sequence[dict[str, Any]],
-                                idempotency_key: str | None, *embedded: Any,
-                                request_hash: str | None = None, create: bool = True) -> Any:
+                                idempotency_key: str | None, actor: Actor | None,
+                                *embedded: Any, request_hash: str | None = None,
+                                create: bool = True) -> Any:
         return await register_embedded(self, collection, metas, idempotency_key, embedded,
-                                       request_hash, create)
+                                       actor, request_hash, create)
 
     async def ready(self) -> bool:
         """Readiness probe: every shard answers (and has rebuilt from the store), and

@@ -3,21 +3,20 @@
 The app holds what every route needs in one :class:`Api` object on
 ``app.state`` (the request flow, the settings, the image resolver); the route
 modules (``routes_faces``, ``routes_gallery``, ``routes_listing``,
-``routes_compat``, ``routes_metrics``) are plain
+``routes_admin``, ``routes_compat``, ``routes_metrics``) are plain
 ``APIRouter`` functions that parse a request, call the flow and shape the
-answer. The middleware tags every request with an id, times it, checks API
-keys, holds the real routes back while the service starts
-(``deployments/readiness.py``) and counts every answer for ``/metrics``
-(``deployments/metrics.py``); domain errors become HTTP answers in
-``deployments/errors.py``. Nothing here imports Ray: tests build the same app
-over in-process backends.
+answer. The middleware tags every request with an id, times it, finds who is
+calling (``deployments/auth.py``), holds the real routes back while the
+service starts (``deployments/readiness.py``) and counts every answer for
+``/metrics`` (``deployments/metrics.py``); what each route then allows is one
+map in ``deployments/access.py``, enforced by the app's dependency. Domain
+errors become HTTP answers in ``deployments/errors.py``. Nothing here imports
+Ray: tests build the same app over in-process backends.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import re
@@ -27,14 +26,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
-from configs.errors import ErrorCode
+from configs.errors import ErrorCode, FacefleetError
 from configs.settings import Settings
 from deployments import readiness
+from deployments.access import authorize
+from deployments.auth import ANONYMOUS, NOBODY, KeyTable, presented_key
 from deployments.errors import error_response, install_error_handlers, unexpected_response
 from deployments.images import ImageResolver
 from deployments.metrics import AppMetrics, ProcessMetrics, observe_request
@@ -56,8 +57,8 @@ class Api:
     flow: Flow
     s: Settings
     images: ImageResolver
-    #: hex SHA-256 of the accepted API keys (empty: auth off); rotated by reconfigure
-    api_key_sha256: list[str] = field(default_factory=list)
+    #: settings keys (rotated by reconfigure) and this replica's copy of the key table
+    auth: KeyTable = field(default_factory=lambda: KeyTable([], None))
 
     async def parse(self, request: Request, model: type[BaseModel]) -> tuple[Any, dict[str, bytes]]:
         return await parse_body(request, model, self.limits)
@@ -114,17 +115,21 @@ class IngressApp(FastAPI):
 def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None) -> FastAPI:
     """``metrics``: this replica's metrics and how to reach the other replicas'
     (the Ingress deployment's); without, the app counts its own requests only."""
-    from deployments import (routes_compat, routes_faces, routes_gallery, routes_listing,
-                             routes_metrics)
+    from deployments import (routes_admin, routes_compat, routes_faces, routes_gallery,
+                             routes_listing, routes_metrics)
 
     app = IngressApp(
         title="facefleet",
         version="0.1.0",
         description="Face detection, embedding, verification, analysis and 1:N identification.",
-        responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+        responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut},
+                   413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+        # every route is checked against deployments.access.RULES
+        dependencies=[Depends(authorize)],
     )
+    source = flow.gallery.key_table if flow.has_gallery else None
     app.state.api = Api(flow, settings, ImageResolver(settings),
-                        [k.lower() for k in settings.api_key_sha256])
+                        KeyTable(settings.api_key_sha256, source, settings.auth))
     app.state.metrics = metrics or AppMetrics(ProcessMetrics({"deployment": "Ingress",
                                                               "replica": "local"}))
     app.state.gate = StartupGate(flow)
@@ -133,31 +138,42 @@ def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None
     app.include_router(routes_faces.router)
     app.include_router(routes_gallery.router)
     app.include_router(routes_listing.router)
+    app.include_router(routes_admin.router)
     app.include_router(routes_compat.router)
     app.include_router(routes_metrics.router)
     # the route templates requests are counted under (routers' own lists: FastAPI
     # may keep included routers nested in the app's)
     app.state.metrics.routes = [r for r in app.router.routes if isinstance(r, Route)] + [
-        r for m in (routes_faces, routes_gallery, routes_listing, routes_compat, routes_metrics)
+        r for m in (routes_faces, routes_gallery, routes_listing, routes_admin, routes_compat,
+                    routes_metrics)
         for r in m.router.routes]
     return app
 
 
 async def request_context(request: Request, call_next):
-    """Request id (taken from X-Request-Id when valid), timing, API-key check, the
+    """Request id (taken from X-Request-Id when valid), timing, who is calling, the
     start-up gate (``deployments/readiness.py``) and the request metrics."""
     t0 = time.perf_counter()
     rid = request.headers.get("x-request-id", "")
     request.state.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
-    keys = api_of(request).api_key_sha256
+    auth = api_of(request).auth
     try:
-        if keys and request.url.path not in _OPEN_PATHS and not _authorised(request, keys):
+        if not auth.enabled:
+            request.state.principal = ANONYMOUS
+        elif request.url.path in _OPEN_PATHS:
+            request.state.principal = NOBODY
+        else:
+            request.state.principal = await auth.authenticate(presented_key(request.headers))
+        if request.state.principal is None:
             response = error_response(request, ErrorCode.UNAUTHORIZED,
                                       "missing or invalid API key (Authorization: Bearer or X-API-Key)")
         elif not await readiness.admit(request):
             response = readiness.starting_response(request)
         else:
             response = await call_next(request)
+    except FacefleetError as exc:  # the key table cannot be read: 503
+        response = error_response(request, exc.code, exc.message)
+        response.headers["Retry-After"] = "1"
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback to the client
         response = unexpected_response(request, exc)
     ms = (time.perf_counter() - t0) * 1000
@@ -170,16 +186,6 @@ async def request_context(request: Request, call_next):
                              "method": request.method, "path": request.url.path,
                              "status": response.status_code, "ms": round(ms, 1)}))
     return response
-
-
-def _authorised(request: Request, keys: list[str]) -> bool:
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth.lower().startswith("bearer ") else \
-        request.headers.get("x-api-key", "").strip()
-    if not token:
-        return False
-    digest = hashlib.sha256(token.encode()).hexdigest()
-    return any(hmac.compare_digest(digest, k.lower()) for k in keys)
 
 
 def body_schema(model: type[BaseModel], required: bool = True) -> dict[str, Any]:

@@ -55,10 +55,11 @@ class Ingress:
         return self._app
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Rotate API keys without a restart (``user_config: {api_key_sha256: [...]}``);
+        """Rotate the settings' admin keys without a restart
+        (``user_config: {api_key_sha256: [...]}``);
         with ``topology: fused`` also the batch knobs of the in-replica models."""
         if self._local is not None and "max_batch_size" in user_config:
             self._local.reconfigure(user_config)
         keys = user_config.get("api_key_sha256", self.s.api_key_sha256) or []
-        self._app.state.api.api_key_sha256 = [str(k).lower() for k in keys]
+        self._app.state.api.auth.set_settings_keys(keys)
         log.info(json.dumps({"event": "auth", "api_keys": len(keys)}))

@@ -7,7 +7,11 @@ stages) as the ``/v1`` routes; DeepFace model and detector names are mapped in
 ``compat_schemas``. Errors keep
 facefleet's typed ``{"error": {...}}`` body, add DeepFace's ``exception``
 message field, and use status 400 for every client-side problem as DeepFace
-does (401 and 5xx keep their status). See docs/deepface-compat.md.
+does (401, 403 and 5xx keep their status). See docs/deepface-compat.md.
+Access follows ``deployments/access.py``: ``/register`` needs the ``write``
+scope, ``/search`` and the rest ``read``; ``/register`` and ``/search`` check
+the collection they resolve (``collection``, else ``deepface-<model>``)
+against the key's collections once the body is read.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves these signatures.
@@ -18,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from deployments.compat_schemas import (COMPAT_ERRORS, DEEPFACE_ACTIONS, AnalyzeBody,
                                         BuildIndexBody, BuildIndexOut, DfAnalyzeOut,
@@ -28,8 +31,9 @@ from deployments.compat_schemas import (COMPAT_ERRORS, DEEPFACE_ACTIONS, Analyze
                                         detector_for, distance_from_similarity,
                                         distances, embedder_for, threshold_in,
                                         unit_embedding)
-from configs.errors import ErrorCode, FacefleetError, ModelNotInstalled, ValidationError
-from deployments.errors import STATUS, request_id_of
+from configs.errors import FacefleetError, ModelNotInstalled, ValidationError
+from deployments.access import actor_of, check_collection
+from deployments.errors import compat_error_response
 from deployments.http_app import Api, api_of, body_schema
 from pipelines.flow import FaceQuery
 from pipelines.registry import ATTRIBUTES, DETECTORS, embedder_names
@@ -85,27 +89,15 @@ def _whole_image_chip(data: bytes, sizes: list[int], limits) -> tuple[dict[int, 
 # ---------------------------------------------------------------- helpers
 
 
-def _compat_error(request: Request, exc: FacefleetError) -> JSONResponse:
-    status = STATUS.get(exc.code, 500)
-    if (400 <= status < 500 and status != 401) or exc.code == ErrorCode.MODEL_NOT_INSTALLED:
-        status = 400  # DeepFace answers every bad request (and unknown model) with 400
-    err: dict[str, Any] = {"code": exc.code.value, "message": exc.message,
-                           "request_id": request_id_of(request)}
-    if exc.details:
-        err["details"] = _plain(exc.details)
-    # DeepFace's clients read a top-level "exception" message: send both shapes
-    return JSONResponse({"error": err, "exception": exc.message}, status_code=status)
-
-
 async def _compat(request: Request, handler) -> Any:
     try:
         return await handler(api_of(request))
     except FacefleetError as exc:
-        return _compat_error(request, exc)
+        return compat_error_response(request, exc)
     except Exception as exc:  # noqa: BLE001 - Ray wraps remote errors; unwrap ours
         cause = getattr(exc, "cause", None)
         if isinstance(cause, FacefleetError):
-            return _compat_error(request, cause)
+            return compat_error_response(request, cause)
         raise
 
 
@@ -291,14 +283,18 @@ async def df_register(request: Request) -> Any:
     async def run(api: Api) -> dict:
         body, files = await api.parse(request, RegisterBody)
         gallery = _compat_gallery(api)
+        # the collection is known from the body: check it before any model runs
+        name, _ = await _compat_embedder(api, body.model_name)
+        collection = check_collection(request, collection_for(body.collection, name))
         data = await _compat_image(api, body.img, files, "img")
         faces, vecs, name, info = await _compat_embed(api, data, body, "img")
         img_name = body.img_name or hashlib.sha256(data).hexdigest()[:40]
         items = [{"embedding": v.tolist(), "person_id": body.person_id, "name": img_name}
                  for v in vecs]
-        collection = collection_for(body.collection, name)
+        actor = actor_of(request)
         res = await gallery.register(collection, name, int(info["dim"]), items, None,
-                                     not api.s.index.strict_collections)
+                                     actor.may_create and not api.s.index.strict_collections,
+                                     actor=actor)
         return {"inserted": len(items), "collection": collection,
                 "faces": res.get("faces", [])}
     return await _compat(request, run)
@@ -312,15 +308,17 @@ async def df_search(request: Request) -> Any:
         gallery = _compat_gallery(api)
         if body.search_method not in ("exact", "ann"):
             raise ValidationError(f"Unsupported search method: {body.search_method}")
+        name, _ = await _compat_embedder(api, body.model_name)
+        collection = check_collection(request, collection_for(body.collection, name))
         data = await _compat_image(api, body.img, files, "img")
         faces, vecs, name, _ = await _compat_embed(api, data, body, "img")
         cos_t = api.s.identify_threshold_for(name)  # 1:N: the identify threshold
         if cos_t is None:
             raise ValidationError(f"model '{name}' has no calibrated identify threshold")
         threshold = round(threshold_in(body.distance_metric, cos_t), 6)
-        collection = collection_for(body.collection, name)
         hits = await gallery.search(collection, name, vecs, int(body.k or 20),
-                                    None if body.similarity_search else cos_t)
+                                    None if body.similarity_search else cos_t,
+                                    actor=actor_of(request))
         results = []
         for rows, area in zip(hits, faces.areas, strict=True):
             out = []
@@ -356,8 +354,3 @@ async def df_build_index(request: Request) -> Any:
         # facefleet's shards index every face when it is registered: nothing to build
         return {"message": "Index built successfully"}
     return await _compat(request, run)
-
-
-def _plain(details: dict) -> dict:
-    return {k: v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else str(v)
-            for k, v in details.items()}

@@ -6,7 +6,9 @@ Enrolment and identify also take an ``embedding`` instead of an image, checked
 against the collection's model (409) and dimension (422). A collection is
 bound to the embedding model it was created with; requests that name no model
 use the collection's. Listings, person updates, export and import are in
-``routes_listing``.
+``routes_listing``. Who may call which route, and see which collection, is
+``deployments/access.py``; every change carries the caller (``actor_of``) to
+the gallery, which records it in the audit trail in the same transaction.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves these signatures.
@@ -21,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from configs.errors import FacefleetError, ValidationError
+from deployments.access import actor_of, check_collection, visible
 from deployments.http_app import api_of, body_schema
 from deployments.schemas import (GALLERY_ERRORS, BatchOut, CollectionOut, CollectionsOut,
                                  CollectionStatsOut, EnrolledFaceOut, FaceRecordOut,
@@ -128,16 +131,20 @@ async def _idempotency(request: Request, body: BaseModel,
 async def create_collection(request: Request) -> Response:
     api = api_of(request)
     body, _ = await api.parse(request, CreateCollectionBody)
+    check_collection(request, body.name)
     model = body.model or api.s.default_embedder
     info = await api.flow.embedder_info(model)
-    out = await api.flow.gallery.create_collection(body.name, model, info["dim"])
+    out = await api.flow.gallery.create_collection(body.name, model, info["dim"],
+                                                   actor=actor_of(request))
     return JSONResponse(out, status_code=201)
 
 
 @router.get("/v1/collections", tags=["gallery"], response_model=CollectionsOut,
             responses=errors(401, 503))
 async def list_collections(request: Request) -> dict:
-    return {"collections": await api_of(request).flow.gallery.list_collections()}
+    """The collections the caller's key may see."""
+    return {"collections": visible(request,
+                                   await api_of(request).flow.gallery.list_collections())}
 
 
 @router.get("/v1/collections/{collection}", tags=["gallery"], response_model=CollectionStatsOut,
@@ -149,7 +156,7 @@ async def collection_stats(collection: Collection, request: Request) -> dict:
 @router.delete("/v1/collections/{collection}", tags=["gallery"], response_model=CollectionOut,
                responses=GALLERY_ERRORS)
 async def drop_collection(collection: Collection, request: Request) -> dict:
-    return await api_of(request).flow.drop_collection(collection)
+    return await api_of(request).flow.drop_collection(collection, actor_of(request))
 
 
 @router.post("/v1/collections/{collection}/faces", tags=["gallery"], status_code=201,
@@ -167,7 +174,8 @@ async def register_face(collection: Collection, request: Request) -> Response:
         data: Any = (np.asarray(body.embedding, dtype=np.float32) if body.embedding is not None
                      else await api.image(body.img, files, "img"))
         res = await api.flow.register(collection, [(data, _meta(body))],
-                                      FaceQuery(body.detector), body.model, key, digest)
+                                      FaceQuery(body.detector), body.model, key, digest,
+                                      actor_of(request))
     face = res.results[0]
     if isinstance(face, FacefleetError):
         raise face
@@ -202,7 +210,7 @@ async def register_batch(collection: Collection, request: Request) -> dict:
         res = await api.flow.register(
             collection, [(d, {**_meta(it), "field": f"items[{i}].img"})
                          for i, (d, it) in enumerate(zip(datas, body.items, strict=True))],
-            FaceQuery(body.detector), body.model, key, digest)
+            FaceQuery(body.detector), body.model, key, digest, actor_of(request))
     results: list[dict[str, Any]] = []
     for i, r in enumerate(res.results):
         if isinstance(r, FacefleetError):
@@ -227,14 +235,14 @@ async def identify(collection: Collection, request: Request) -> dict:
     if body.embedding is not None:
         model, row = await api.flow.identify_vector(
             collection, np.asarray(body.embedding, dtype=np.float32), body.top_k,
-            body.per_person, body.model)
+            body.per_person, body.model, actor_of(request))
         threshold = _threshold(api, body, model)
         return {"faces": [{"box": None, "confidence": None, "matches": _matches(row, threshold)}],
                 "collection": collection, "model": model, "threshold": threshold}
     data = await api.image(body.img, files, "img")
     res = await api.flow.identify(
         collection, data, FaceQuery(body.detector, body.max_faces, 0.0, body.enforce_detection),
-        body.top_k, body.per_person, body.model)
+        body.top_k, body.per_person, body.model, actor_of(request))
     model = res.image.model
     threshold = _threshold(api, body, model)
     faces = []
@@ -269,7 +277,7 @@ async def get_face(collection: Collection, face_id: str, request: Request) -> di
 @router.delete("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"],
                status_code=204, response_class=Response, responses=GALLERY_ERRORS)
 async def delete_face(collection: Collection, face_id: str, request: Request) -> Response:
-    await api_of(request).flow.gallery.delete_face(collection, face_id)
+    await api_of(request).flow.gallery.delete_face(collection, face_id, actor=actor_of(request))
     return Response(status_code=204)
 
 
@@ -282,4 +290,5 @@ async def get_person(collection: Collection, person_id: str, request: Request) -
 @router.delete("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"],
                response_model=ForgottenPersonOut, responses=GALLERY_ERRORS)
 async def delete_person(collection: Collection, person_id: str, request: Request) -> dict:
-    return await api_of(request).flow.gallery.delete_person(collection, person_id)
+    return await api_of(request).flow.gallery.delete_person(collection, person_id,
+                                                            actor=actor_of(request))

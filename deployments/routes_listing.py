@@ -26,6 +26,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field
 
 from configs.errors import CollectionNotFound, FacefleetError, ModelMismatch, error_from_code
+from deployments.access import actor_of
 from deployments.gallery_io import (LineError, export_lines, invalid, line_error, parse_line,
                                     read_lines)
 from deployments.http_app import api_of, body_schema, lines_body_schema
@@ -86,7 +87,8 @@ async def update_person(collection: Collection, person_id: str, request: Request
     api = api_of(request)
     body, _ = await api.parse(request, PersonPatchBody)
     changes = body.model_dump(include=body.model_fields_set)
-    return await api.flow.gallery.update_person(collection, person_id, changes)
+    return await api.flow.gallery.update_person(collection, person_id, changes,
+                                                actor_of(request))
 
 
 @router.get("/v1/collections/{collection}/export", tags=["gallery"],
@@ -125,7 +127,7 @@ async def import_collection(collection: Collection, request: Request) -> dict:
     already are skipped (an import runs again safely), ids another collection
     holds are left out (``elsewhere``); invalid lines are left out and listed."""
     api = api_of(request)
-    importer = _Importer(api.flow, collection)
+    importer = _Importer(api.flow, collection, actor_of(request))
     await importer.bind_existing()
     async for number, raw in read_lines(request.stream()):
         doc = raw if isinstance(raw, LineError) else parse_line(number, raw)
@@ -143,9 +145,10 @@ class _Importer:
     """The state of one import: the collection's binding, the chunk being filled,
     the counts and the lines left out."""
 
-    def __init__(self, flow: Any, collection: str) -> None:
+    def __init__(self, flow: Any, collection: str, actor: Any) -> None:
         self.flow = flow
         self.collection = collection
+        self.actor = actor
         self.model: str | None = None
         self.dim: int | None = None
         self.existed = False
@@ -158,7 +161,7 @@ class _Importer:
         try:
             info = await self.flow.gallery.get_collection(self.collection)
         except CollectionNotFound:
-            if self.flow.strict_collections:
+            if self.flow.strict_collections or not getattr(self.actor, "may_create", True):
                 raise
             return
         self.model, self.dim, self.existed = info["model"], int(info["dim"]), True
@@ -221,7 +224,8 @@ class _Importer:
             return
         chunk, self.chunk, self.ids = self.chunk, [], set()
         try:
-            res = await self.flow.import_faces(self.collection, self.model, self.dim, chunk)
+            res = await self.flow.import_faces(self.collection, self.model, self.dim, chunk,
+                                               self.actor)
         except FacefleetError as exc:
             # what was committed stays (an import runs again safely): say how far it got
             raise error_from_code(exc.code.value, f"{exc.message} (after {self.imported} "

@@ -379,3 +379,55 @@ class ImportOut(BaseModel):
                            examples=[0])
     failed: int = Field(..., description="lines left out as invalid", examples=[2])
     errors: list[ImportLineError] = Field(..., description="the first 100 invalid lines")
+
+
+# --------------------------------------------------------------------------- keys and audit
+
+Scope = Literal["read", "write", "admin"]
+
+
+class ApiKeyOut(BaseModel):
+    id: str = Field(..., examples=["f3a6b201bae72b86"], description="the key's public id")
+    name: str = Field(..., examples=["front desk"])
+    scopes: list[Scope] = Field(..., examples=[["read"]])
+    collections: list[str] | None = Field(
+        ..., examples=[["staff"]], description="the only collections it sees; null: every one")
+    created_at: float = Field(..., description="Unix time")
+    last_used_at: float | None = Field(
+        None, description="Unix time, up to auth.refresh_s late; absent: never used")
+
+
+class NewApiKeyOut(ApiKeyOut):
+    key: str = Field(..., examples=["ffk_f3a6b201bae72b86_qT-JOWcaWEQ-0NyWh8G5vq59u47RXPU3gmTpYz65IgY"],
+                     description="the secret, shown only in this answer")
+
+
+class ApiKeysOut(BaseModel):
+    keys: list[ApiKeyOut]
+
+
+class AuditEntryOut(BaseModel):
+    seq: int = Field(..., examples=[7], description="increasing, never reused")
+    at: float = Field(..., description="Unix time")
+    action: Literal["face.register", "face.forget", "face.import", "person.forget",
+                    "person.update", "collection.create", "collection.drop", "key.create",
+                    "key.revoke", "identify"]
+    collection: str | None = Field(None, examples=["staff"])
+    face_ids: list[str] | None = Field(None, description="faces enrolled or forgotten")
+    person_id: str | None = None
+    person_ids: list[str] | None = Field(
+        None, description="an enrolment of several persons: the person of each face")
+    matches: list[str | None] | None = Field(
+        None, description="identify: the nearest enrolled face of each face found")
+    target_key_id: str | None = Field(None, description="the key created or revoked")
+    key_id: str | None = Field(..., examples=["f3a6b201bae72b86"],
+                               description='the caller\'s key; "settings" for a key from the '
+                               "settings, null with authentication off")
+    request_id: str | None = Field(..., examples=["enrol-ricardo"])
+    status: str = Field(..., examples=["ok"])
+
+
+class AuditPageOut(BaseModel):
+    entries: list[AuditEntryOut]
+    next_cursor: str | None = Field(
+        ..., examples=["7"], description="the cursor of the next page; null: the last page")

@@ -11,20 +11,25 @@ connection failures, but a request that may have changed server state is only
 repeated when a retry cannot apply it twice (see ``_retryable``): enrolments,
 single and batched, carry an ``Idempotency-Key`` (one per call), so a retry
 after a lost answer gets the first answer back instead of enrolling twice,
-and imports are idempotent by face id. Exports stream JSON Lines; imports
-stream them up, from a file or any iterable of faces, with progress callbacks.
+and imports are idempotent by face id. Every call sends an ``X-Request-Id``
+(the same one on each of its retries): a fresh one, or the one set with
+``with client.request_id("..."):``, and keeps it in ``last_request_id``; the
+server's audit trail records it. Exports stream JSON Lines; imports stream
+them up, from a file or any iterable of faces, with progress callbacks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import json as jsonlib
 import os
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -34,15 +39,19 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from facefleet.errors import TransportError, envelope, error_from_response
-from facefleet.types import (AnalyzeResult, BatchResult, Collection, Deleted, DetectResult,
-                             EmbedResult, Face, IdentifyResult, ImportResult, Page, Person,
-                             PersonSummary, VerifyResult)
+from facefleet.types import (AnalyzeResult, ApiKey, AuditEntry, AuditPage, BatchResult,
+                             Collection, Deleted, DetectResult, EmbedResult, Face,
+                             IdentifyResult, ImportResult, Page, Person, PersonSummary,
+                             VerifyResult)
 
 T = TypeVar("T")
 ImageInput = str | os.PathLike[str] | bytes
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "facefleet-client/0.1"
+#: the request id the next calls send (``Client.request_id``); unset: a fresh one per call
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "facefleet_request_id", default=None)
 
 
 def encode_image(img: ImageInput) -> str:
@@ -367,6 +376,29 @@ class _Endpoints:
     def _get(self, path: str, ok_statuses: tuple[int, ...] = ()) -> _Call[Any]:
         return _Call("GET", path, _json, ok_statuses=ok_statuses)
 
+    # -- keys and the audit trail
+    def _create_key(self, name: str, scopes: Iterable[str],
+                    collections: Iterable[str] | None) -> _Call[ApiKey]:
+        # a repeat after the first one committed would make a second key
+        return _Call("POST", "/v1/keys", lambda r: ApiKey.from_json(r.json()), {
+            "name": name, "scopes": list(scopes),
+            "collections": None if collections is None else list(collections)},
+            idempotent=False)
+
+    def _list_keys(self) -> _Call[list[ApiKey]]:
+        return _Call("GET", "/v1/keys", lambda r: [ApiKey.from_json(k) for k in r.json()["keys"]])
+
+    def _revoke_key(self, key_id: str) -> _Call[None]:
+        # a repeat after the first one committed would answer 404
+        return _Call("DELETE", f"/v1/keys/{_q(key_id)}", lambda r: None, idempotent=False)
+
+    def _audit(self, collection: str | None, action: str | None, since: float | str | None,
+               limit: int, cursor: str | None) -> _Call[AuditPage]:
+        params = _body(collection=collection, action=action, since=since, limit=limit,
+                       cursor=cursor)
+        query = "&".join(f"{k}={_q(str(v))}" for k, v in params.items())
+        return _Call("GET", f"/v1/audit?{query}", lambda r: AuditPage.from_json(r.json()))
+
 
 async def _aiter(chunks: Iterable[bytes]) -> Any:
     """A sync body as the async iterable httpx's AsyncClient streams."""
@@ -397,7 +429,29 @@ def _finish(call: _Call[T], r: httpx.Response) -> T:
     raise error_from_response(r)
 
 
-class Client(_Endpoints):
+class _RequestIds:
+    """``X-Request-Id`` handling shared by both clients."""
+
+    last_request_id: str | None = None
+
+    @staticmethod
+    @contextmanager
+    def request_id(request_id: str) -> Iterator[None]:
+        """Send ``request_id`` as the ``X-Request-Id`` of the calls made in this block
+        (letters, digits and ``._:-``, up to 128; the server makes its own otherwise)."""
+        token = _REQUEST_ID.set(request_id)
+        try:
+            yield
+        finally:
+            _REQUEST_ID.reset(token)
+
+    def _headers_of(self, call: _Call[Any]) -> dict[str, str]:
+        rid = _REQUEST_ID.get() or uuid.uuid4().hex
+        self.last_request_id = rid
+        return {**call.headers, "X-Request-Id": rid}
+
+
+class Client(_Endpoints, _RequestIds):
     """Blocking client. ``Client(url, api_key=...)``; use as a context manager or
     call :meth:`close`. ``url`` and ``api_key`` default to ``FACEFLEET_URL`` and
     ``FACEFLEET_API_KEY``."""
@@ -421,11 +475,12 @@ class Client(_Endpoints):
 
     def _run(self, call: _Call[T]) -> T:
         attempt = 0
+        headers = self._headers_of(call)  # one request id for all of its retries
         while True:
             response: httpx.Response | None = None
             try:
                 response = self._http.request(
-                    call.method, call.path, json=call.json, headers=call.headers,
+                    call.method, call.path, json=call.json, headers=headers,
                     content=call.content() if call.content else None)
             except httpx.TransportError as exc:
                 if attempt >= self.retry.max_retries or not _retryable(call, None, exc):
@@ -601,11 +656,12 @@ class Client(_Endpoints):
     def _export_lines(self, collection: str,
                       on_start: Callable[[httpx.Response], None] | None = None) -> Iterator[str]:
         call = self._export(collection)
+        headers = self._headers_of(call)  # one request id for all of its retries
         attempt = 0
         while True:
             started = False
             try:
-                with self._http.stream("GET", call.path, headers=call.headers) as r:
+                with self._http.stream("GET", call.path, headers=headers) as r:
                     if not r.is_success:
                         if attempt >= self.retry.max_retries or not _retryable(call, r, None):
                             r.read()
@@ -639,8 +695,38 @@ class Client(_Endpoints):
     def delete_person(self, collection: str, person_id: str) -> Deleted:
         return self._run(self._delete_person(collection, person_id))
 
+    # -- keys and the audit trail (admin keys only)
+    def create_key(self, name: str, scopes: Iterable[str], *,
+                   collections: Iterable[str] | None = None) -> ApiKey:
+        """A new API key; its secret is in ``.key``, and only in this answer."""
+        return self._run(self._create_key(name, scopes, collections))
 
-class AsyncClient(_Endpoints):
+    def list_keys(self) -> list[ApiKey]:
+        return self._run(self._list_keys())
+
+    def revoke_key(self, key_id: str) -> None:
+        self._run(self._revoke_key(key_id))
+
+    def audit(self, *, collection: str | None = None, action: str | None = None,
+              since: float | str | None = None, limit: int = 100,
+              cursor: str | None = None) -> AuditPage:
+        """One page of the audit trail, oldest first."""
+        return self._run(self._audit(collection, action, since, limit, cursor))
+
+    def iter_audit(self, *, collection: str | None = None, action: str | None = None,
+                   since: float | str | None = None, page_size: int = 500,
+                   cursor: str | None = None) -> Iterator[AuditEntry]:
+        """Every entry after ``cursor``, page after page."""
+        while True:
+            page = self.audit(collection=collection, action=action, since=since,
+                              limit=page_size, cursor=cursor)
+            yield from page.entries
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+
+class AsyncClient(_Endpoints, _RequestIds):
     """The same API as :class:`Client`, with every method a coroutine."""
 
     def __init__(self, url: str | None = None, *, api_key: str | None = None,
@@ -665,11 +751,12 @@ class AsyncClient(_Endpoints):
 
     async def _run(self, call: _Call[T]) -> T:
         attempt = 0
+        headers = self._headers_of(call)  # one request id for all of its retries
         while True:
             response: httpx.Response | None = None
             try:
                 response = await self._http.request(
-                    call.method, call.path, json=call.json, headers=call.headers,
+                    call.method, call.path, json=call.json, headers=headers,
                     content=_aiter(call.content()) if call.content else None)
             except httpx.TransportError as exc:
                 if attempt >= self.retry.max_retries or not _retryable(call, None, exc):
@@ -834,11 +921,12 @@ class AsyncClient(_Endpoints):
                             on_start: Callable[[httpx.Response], None] | None = None
                             ) -> AsyncIterator[str]:
         call = self._export(collection)
+        headers = self._headers_of(call)  # one request id for all of its retries
         attempt = 0
         while True:
             started = False
             try:
-                async with self._http.stream("GET", call.path, headers=call.headers) as r:
+                async with self._http.stream("GET", call.path, headers=headers) as r:
                     if not r.is_success:
                         if attempt >= self.retry.max_retries or not _retryable(call, r, None):
                             await r.aread()
@@ -871,3 +959,30 @@ class AsyncClient(_Endpoints):
 
     async def delete_person(self, collection: str, person_id: str) -> Deleted:
         return await self._run(self._delete_person(collection, person_id))
+
+    async def create_key(self, name: str, scopes: Iterable[str], *,
+                         collections: Iterable[str] | None = None) -> ApiKey:
+        return await self._run(self._create_key(name, scopes, collections))
+
+    async def list_keys(self) -> list[ApiKey]:
+        return await self._run(self._list_keys())
+
+    async def revoke_key(self, key_id: str) -> None:
+        await self._run(self._revoke_key(key_id))
+
+    async def audit(self, *, collection: str | None = None, action: str | None = None,
+                    since: float | str | None = None, limit: int = 100,
+                    cursor: str | None = None) -> AuditPage:
+        return await self._run(self._audit(collection, action, since, limit, cursor))
+
+    async def iter_audit(self, *, collection: str | None = None, action: str | None = None,
+                         since: float | str | None = None, page_size: int = 500,
+                         cursor: str | None = None) -> AsyncIterator[AuditEntry]:
+        while True:
+            page = await self.audit(collection=collection, action=action, since=since,
+                                    limit=page_size, cursor=cursor)
+            for entry in page.entries:
+                yield entry
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor

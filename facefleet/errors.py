@@ -92,7 +92,21 @@ class ModelMismatch(Conflict):
 
 
 class Unauthorized(ApiError):
+    """No API key, or one the service does not know (or has revoked)."""
+
     code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    """The key is known but lacks the scope the request needs."""
+
+    code = "forbidden"
+
+
+class AuthDisabled(Conflict):
+    """Key management asked of a service that runs without authentication."""
+
+    code = "auth_disabled"
 
 
 class MethodNotAllowed(ApiError):
@@ -115,12 +129,13 @@ ERRORS: dict[str, type[ApiError]] = {
     cls.code: cls for cls in (
         ValidationError, ImageDecodeError, ImageTooLarge, TooManyPixels, NoFaceDetected,
         ModelNotInstalled, UnknownModel, UrlFetchFailed, NotFound, CollectionNotFound, Conflict,
-        ModelMismatch, Unauthorized, MethodNotAllowed, RateLimited, Unavailable, InternalError)
+        ModelMismatch, Unauthorized, Forbidden, AuthDisabled, MethodNotAllowed, RateLimited,
+        Unavailable, InternalError)
 }
 
 # A status without an envelope (a proxy, a load balancer) still gets a useful class.
 _BY_STATUS: dict[int, type[ApiError]] = {
-    401: Unauthorized, 404: NotFound, 405: MethodNotAllowed, 409: Conflict,
+    401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed, 409: Conflict,
     422: ValidationError, 429: RateLimited, 503: Unavailable,
 }
 

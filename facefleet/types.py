@@ -344,3 +344,63 @@ class ImportResult:
                    int(d.get("elsewhere", 0)), int(d.get("failed", 0)),
                    [ImportLineError(int(e["line"]), e["code"], e["message"])
                     for e in d.get("errors", [])], d)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key made through ``/v1/keys``; ``key`` (the secret) is set only in the
+    answer to its creation."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    collections: list[str] | None  # None: every collection
+    created_at: float
+    last_used_at: float | None = None
+    key: str | None = field(default=None, repr=False)
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ApiKey:
+        colls = d.get("collections")
+        return cls(d["id"], d.get("name", ""), list(d.get("scopes", [])),
+                   None if colls is None else list(colls), _f(d.get("created_at")),
+                   d.get("last_used_at"), d.get("key"), d)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One entry of the audit trail (fields the action does not use are None)."""
+
+    seq: int
+    at: float
+    action: str
+    collection: str | None
+    key_id: str | None
+    request_id: str | None
+    status: str
+    face_ids: list[str] | None = None
+    person_id: str | None = None
+    matches: list[str | None] | None = None
+    target_key_id: str | None = None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AuditEntry:
+        return cls(int(d["seq"]), _f(d.get("at")), d.get("action", ""), d.get("collection"),
+                   d.get("key_id"), d.get("request_id"), d.get("status", ""),
+                   d.get("face_ids"), d.get("person_id"), d.get("matches"),
+                   d.get("target_key_id"), d)
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    entries: list[AuditEntry]
+    #: pass it back as ``cursor`` for the next page; None: this was the last one
+    next_cursor: str | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AuditPage:
+        return cls([AuditEntry.from_json(e) for e in d.get("entries", [])],
+                   d.get("next_cursor"), d)

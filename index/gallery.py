@@ -18,6 +18,7 @@ drives the service from synchronous code (tests, benchmarks, scripts).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import inspect
 import json
@@ -31,10 +32,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from index.audit import Actor, AuditAction, AuditEntry
 from index.merge import cosine_distance, merge_topk
 from index.shard import DropOp, IndexConfig, ShardIndex, ShardOp, shard_ops
 from index import cursors
-from index.store import KEEP, AddResult, CollectionInfo, Deleted, FaceRecord, PersonUpsert, Store
+from index.store import (KEEP, AddResult, CollectionInfo, Deleted, FaceRecord, KeyRecord,
+                         PersonUpsert, Store)
 from configs.errors import CollectionNotFound, ModelMismatch, NotFound, ValidationError
 
 Plan = list[list[ShardOp]]
@@ -188,6 +191,11 @@ def _check_model_binding(info: CollectionInfo, model: str, dim: int) -> None:
              "collection_dim": info.dim, "model": model, "dim": dim})
 
 
+def _entry(actor: Actor | None, action: AuditAction,
+           collection: str | None = None) -> AuditEntry | None:
+    return None if actor is None else actor.entry(action, collection)
+
+
 def collection_dict(info: CollectionInfo) -> dict[str, Any]:
     return {"collection": info.name, "model": info.model, "dim": info.dim,
             "created_at": info.created_at}
@@ -222,8 +230,8 @@ class GalleryCore:
         return shard_ops(self.nshards, cid, 0, ids, buckets, None, deleted.seq)
 
     # -- collections
-    def create_collection(self, name: str, model: str, dim: int,
-                          exist_ok: bool = False) -> dict[str, Any]:
+    def create_collection(self, name: str, model: str, dim: int, exist_ok: bool = False,
+                          actor: Actor | None = None) -> dict[str, Any]:
         check_collection_name(name)
         model, dim = _check_model(model, dim)
         if exist_ok:
@@ -234,7 +242,8 @@ class GalleryCore:
             else:
                 _check_model_binding(info, model, dim)
                 return collection_dict(info)
-        return collection_dict(self.store.create_collection(name, model, dim))
+        return collection_dict(self.store.create_collection(
+            name, model, dim, _entry(actor, AuditAction.COLLECTION_CREATE, name)))
 
     def collection(self, name: str) -> CollectionInfo:
         return self.store.get_collection(check_collection_name(name))
@@ -242,15 +251,17 @@ class GalleryCore:
     def list_collections(self) -> list[dict[str, Any]]:
         return [collection_dict(c) for c in self.store.list_collections()]
 
-    def drop_collection(self, name: str) -> tuple[dict[str, Any], Plan]:
-        info = self.store.drop_collection(check_collection_name(name))
+    def drop_collection(self, name: str,
+                        actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
+        info = self.store.drop_collection(check_collection_name(name),
+                                          _entry(actor, AuditAction.COLLECTION_DROP, name))
         return collection_dict(info), [[DropOp(info.id)] for _ in range(self.nshards)]
 
     # -- register
     def register(self, collection: str, model: str, dim: int, items: Sequence[Mapping[str, Any]],
                  idempotency_key: str | None = None, create_collection: bool = False,
                  face_ids: Sequence[str] | None = None, request_hash: str | None = None,
-                 extra: Any = None) -> tuple[dict[str, Any], Plan]:
+                 extra: Any = None, actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
         """Items: ``{"embedding": vector, "person_id"?: str, "name"?: str, "labels"?: {..}}``.
 
         ``face_ids`` (32 lowercase hex characters each, e.g. a UUID without dashes)
@@ -258,7 +269,8 @@ class GalleryCore:
         Under an ``idempotency_key`` the request is told apart by ``request_hash``
         (the caller's digest of the request as it was sent; by default one of the
         vectors and items) and ``extra`` (any JSON value) is kept with the answer;
-        a replay's answer carries the first write's ``extra``.
+        a replay's answer carries the first write's ``extra``. ``actor`` is who
+        makes the change, for its audit entry.
         """
         check_collection_name(collection)
         model, dim = _check_model(model, dim)
@@ -304,7 +316,8 @@ class GalleryCore:
                 raise ValidationError("face_ids repeat within one request")
         res = self.store.add_faces(collection, model, dim, face_ids, person_ids, emb,
                                    list(persons.values()), create=create_collection,
-                                   idempotency=idem)
+                                   idempotency=idem,
+                                   audit=_entry(actor, AuditAction.FACE_REGISTER, collection))
         plan = shard_ops(self.nshards, res.collection.id, dim, res.ids, res.buckets,
                          res.embeddings, res.seq)
         return self._register_answer(collection, res), plan
@@ -394,10 +407,11 @@ class GalleryCore:
         out["name"], out["labels"] = person.name, person.labels
         return out
 
-    def delete_faces(self, collection: str,
-                     face_ids: Sequence[str]) -> tuple[list[str], Plan]:
+    def delete_faces(self, collection: str, face_ids: Sequence[str],
+                     actor: Actor | None = None) -> tuple[list[str], Plan]:
         info = self.collection(collection)
-        deleted = self.store.delete_faces(info.id, [str(f) for f in face_ids])
+        deleted = self.store.delete_faces(info.id, [str(f) for f in face_ids],
+                                          _entry(actor, AuditAction.FACE_FORGET, info.name))
         return [d.face_id for d in deleted.faces], self._removal_plan(info.id, deleted)
 
     def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
@@ -407,9 +421,12 @@ class GalleryCore:
                 "collection": info.name, "created_at": p.created_at,
                 "faces": [face_dict(f, info.name) for f in p.faces]}
 
-    def delete_person(self, collection: str, person_id: str) -> tuple[dict[str, Any], Plan]:
+    def delete_person(self, collection: str, person_id: str,
+                      actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
         info = self.collection(collection)
-        person, deleted = self.store.delete_person(info.id, _check_person_id(person_id))
+        person, deleted = self.store.delete_person(
+            info.id, _check_person_id(person_id),
+            _entry(actor, AuditAction.PERSON_FORGET, info.name))
         return ({"person_id": person.person_id, "collection": info.name,
                  "deleted_faces": [d.face_id for d in deleted.faces]},
                 self._removal_plan(info.id, deleted))
@@ -448,8 +465,8 @@ class GalleryCore:
                 "next_cursor": cursors.encode("faces", info.id, rows[-1].id, person_id)
                 if more else None}
 
-    def update_person(self, collection: str, person_id: str,
-                      changes: Mapping[str, Any]) -> dict[str, Any]:
+    def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
+                      actor: Actor | None = None) -> dict[str, Any]:
         """Rename / relabel a person: ``changes`` holds ``name`` (None clears it) and/or
         ``labels`` (replaces the map); keys left out stay as they are."""
         info = self.collection(collection)
@@ -462,7 +479,8 @@ class GalleryCore:
         labels = KEEP
         if "labels" in changes:
             labels = _check_labels(changes["labels"]) or {}
-        p = self.store.update_person(info.id, person_id, name, labels)
+        p = self.store.update_person(info.id, person_id, name, labels,
+                                     _entry(actor, AuditAction.PERSON_UPDATE, info.name))
         return {"person_id": p.person_id, "name": p.name, "labels": p.labels,
                 "collection": info.name, "created_at": p.created_at,
                 "faces": [face_dict(f, info.name) for f in p.faces]}
@@ -483,8 +501,8 @@ class GalleryCore:
                 "faces": faces, "after": rows[-1].id if len(rows) == limit else None}
 
     def import_faces(self, collection: str, model: str, dim: int,
-                     rows: Sequence[Mapping[str, Any]],
-                     create_collection: bool = False) -> tuple[dict[str, Any], Plan]:
+                     rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
+                     actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
         """Faces exported elsewhere, with their ids: ``{"id", "embedding", "person_id",
         "name"?, "labels"?, "created_at"?}`` each. Ids the collection holds already
         are skipped (an import can be run again), ids another collection holds are
@@ -512,7 +530,8 @@ class GalleryCore:
             person_ids.append(pid)
         res = self.store.import_faces(collection, model, dim, face_ids, person_ids, emb,
                                       created, list(persons.values()),
-                                      create=create_collection)
+                                      create=create_collection,
+                                      audit=_entry(actor, AuditAction.FACE_IMPORT, collection))
         a = res.added
         plan = shard_ops(self.nshards, a.collection.id, dim, a.ids, a.buckets, a.embeddings,
                          a.seq)
@@ -634,7 +653,8 @@ class GalleryService:
     """
 
     def __init__(self, store: Store, shards: ShardSet, store_threads: int = 8,
-                 cache_ttl_s: float = 2.0) -> None:
+                 cache_ttl_s: float = 2.0, audit_identify: bool = True,
+                 audit_retention_days: float | None = None) -> None:
         self.store = store
         self.shards = shards
         self.core = GalleryCore(store, shards.nshards)
@@ -642,6 +662,11 @@ class GalleryService:
                                            thread_name_prefix="store")
         self._ttl = cache_ttl_s
         self._infos: dict[str, tuple[float, CollectionInfo]] = {}
+        self.audit_identify = audit_identify
+        self.audit_retention_days = audit_retention_days
+        # identify entries waiting for the next group commit (see _record)
+        self._pending: list[tuple[AuditEntry, asyncio.Future]] = []
+        self._writer: asyncio.Task | None = None
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
@@ -662,9 +687,9 @@ class GalleryService:
         await self.shards.apply(plan)
 
     # -- collections
-    async def create_collection(self, name: str, model: str, dim: int,
-                                exist_ok: bool = False) -> dict[str, Any]:
-        return await self._db(self.core.create_collection, name, model, dim, exist_ok)
+    async def create_collection(self, name: str, model: str, dim: int, exist_ok: bool = False,
+                                actor: Actor | None = None) -> dict[str, Any]:
+        return await self._db(self.core.create_collection, name, model, dim, exist_ok, actor)
 
     async def get_collection(self, name: str) -> dict[str, Any]:
         return collection_dict(await self._db(self.core.collection, name))
@@ -672,9 +697,9 @@ class GalleryService:
     async def list_collections(self) -> list[dict[str, Any]]:
         return await self._db(self.core.list_collections)
 
-    async def drop_collection(self, name: str) -> dict[str, Any]:
+    async def drop_collection(self, name: str, actor: Actor | None = None) -> dict[str, Any]:
         self._forget_info(name)
-        result, plan = await self._db(self.core.drop_collection, name)
+        result, plan = await self._db(self.core.drop_collection, name, actor)
         await self._apply(plan)
         return result
 
@@ -683,10 +708,11 @@ class GalleryService:
                        items: Sequence[Mapping[str, Any]], idempotency_key: str | None = None,
                        create_collection: bool = False,
                        face_ids: Sequence[str] | None = None, request_hash: str | None = None,
-                       extra: Any = None) -> dict[str, Any]:
-        result, plan = await self._db(self.core.register, collection, model, dim, items,
-                                      idempotency_key, create_collection, face_ids,
-                                      request_hash, extra)
+                       extra: Any = None, actor: Actor | None = None) -> dict[str, Any]:
+        result, plan = await self._db(functools.partial(
+            self.core.register, collection, model, dim, items, idempotency_key,
+            create_collection, face_ids=face_ids, request_hash=request_hash, extra=extra,
+            actor=actor))
         await self._apply(plan)
         return result
 
@@ -701,10 +727,10 @@ class GalleryService:
         return result
 
     async def import_faces(self, collection: str, model: str, dim: int,
-                           rows: Sequence[Mapping[str, Any]],
-                           create_collection: bool = False) -> dict[str, Any]:
+                           rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
+                           actor: Actor | None = None) -> dict[str, Any]:
         result, plan = await self._db(self.core.import_faces, collection, model, dim, rows,
-                                      create_collection)
+                                      create_collection, actor)
         await self._apply(plan)
         return result
 
@@ -720,9 +746,9 @@ class GalleryService:
                          limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
         return await self._db(self.core.list_faces, collection, person_id, limit, cursor)
 
-    async def update_person(self, collection: str, person_id: str,
-                            changes: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._db(self.core.update_person, collection, person_id, changes)
+    async def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
+                            actor: Actor | None = None) -> dict[str, Any]:
+        return await self._db(self.core.update_person, collection, person_id, changes, actor)
 
     async def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
                             person_ids: Sequence[str] | None = None,
@@ -733,7 +759,10 @@ class GalleryService:
         return result
 
     async def search(self, collection: str, model: str, vectors: Any, k: int = 10,
-                     max_distance: float | None = None) -> list[list[dict[str, Any]]]:
+                     max_distance: float | None = None,
+                     actor: Actor | None = None) -> list[list[dict[str, Any]]]:
+        """The nearest faces of each query vector; with an ``actor`` (and
+        ``audit_identify``) the search is recorded before it is answered."""
         info = await self._info(check_collection_name(collection))
         try:
             queries = self.core.check_search(info, model, vectors, k)
@@ -742,7 +771,81 @@ class GalleryService:
             info = await self._info(collection)
             queries = self.core.check_search(info, model, vectors, k)
         scores, ids = await self._search_shards(info.id, queries, int(k))
-        return await self._db(self.core.resolve, info, scores, ids, max_distance)
+        hits = await self._db(self.core.resolve, info, scores, ids, max_distance)
+        if actor is not None and self.audit_identify:
+            entry = actor.entry(AuditAction.IDENTIFY, info.name)
+            entry.matches = [row[0]["face_id"] if row else None for row in hits]
+            await self._record(entry)
+        return hits
+
+    async def _record(self, entry: AuditEntry) -> None:
+        """Commit an entry of its own (identify) and return once it is durable.
+
+        Group commit: entries that arrive while a write is in flight go together
+        in the next transaction, so concurrent identifies share one commit (one
+        fsync on SQLite) instead of queueing for one each.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, fut))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_pending())
+        await fut
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._db(self.store.append_audit, [e for e, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - each waiting search fails with it
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    # -- the audit trail and API keys (the ingress reaches the store only through here)
+    async def audit_entries(self, collection: str | None = None, action: str | None = None,
+                            since: float | None = None, after_seq: int = 0,
+                            limit: int = 100) -> list[dict[str, Any]]:
+        entries = await self._db(functools.partial(
+            self.store.audit_entries, collection=collection, action=action, since=since,
+            after_seq=after_seq, limit=limit))
+        return [e.as_dict() for e in entries]
+
+    async def prune_audit(self, now: float | None = None) -> int:
+        """Delete entries older than the retention (nothing when it is unset)."""
+        if self.audit_retention_days is None:
+            return 0
+        cutoff = (time.time() if now is None else now) - self.audit_retention_days * 86400.0
+        return await self._db(self.store.prune_audit, cutoff)
+
+    async def create_key(self, key: KeyRecord, actor: Actor | None = None) -> dict[str, Any]:
+        rec = await self._db(self.store.create_key, key, _entry(actor, AuditAction.KEY_CREATE))
+        return rec.public()
+
+    async def revoke_key(self, key_id: str, actor: Actor | None = None) -> dict[str, Any]:
+        rec = await self._db(self.store.revoke_key, key_id,
+                             _entry(actor, AuditAction.KEY_REVOKE))
+        return rec.public()
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        return [k.public() for k in await self._db(self.store.list_keys)]
+
+    async def key_table(self, known_version: int | None = None,
+                        used: dict[str, float] | None = None
+                        ) -> tuple[int, list[KeyRecord] | None]:
+        """What an ingress replica polls: the key table's version, and the table itself
+        only when it changed since ``known_version``. ``used`` (key id -> last use)
+        is written first, so ``last_used_at`` costs one write per poll, not one per
+        request."""
+        if used:
+            await self._db(self.store.touch_keys, used)
+        version = await self._db(self.store.keys_version)
+        if version == known_version:
+            return version, None
+        return await self._db(self.store.key_table)
 
     async def _search_shards(self, cid: int, queries: np.ndarray,
                              k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -753,22 +856,25 @@ class GalleryService:
                        with_embedding: bool = False) -> dict[str, Any]:
         return await self._db(self.core.get_face, collection, face_id, with_embedding)
 
-    async def delete_face(self, collection: str, face_id: str) -> dict[str, Any]:
-        deleted = await self.delete_faces(collection, [face_id])
+    async def delete_face(self, collection: str, face_id: str,
+                          actor: Actor | None = None) -> dict[str, Any]:
+        deleted = await self.delete_faces(collection, [face_id], actor)
         if not deleted:
             raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
         return {"face_id": face_id, "collection": collection, "deleted": True}
 
-    async def delete_faces(self, collection: str, face_ids: Sequence[str]) -> list[str]:
-        deleted, plan = await self._db(self.core.delete_faces, collection, face_ids)
+    async def delete_faces(self, collection: str, face_ids: Sequence[str],
+                           actor: Actor | None = None) -> list[str]:
+        deleted, plan = await self._db(self.core.delete_faces, collection, face_ids, actor)
         await self._apply(plan)
         return deleted
 
     async def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
         return await self._db(self.core.get_person, collection, person_id)
 
-    async def delete_person(self, collection: str, person_id: str) -> dict[str, Any]:
-        result, plan = await self._db(self.core.delete_person, collection, person_id)
+    async def delete_person(self, collection: str, person_id: str,
+                            actor: Actor | None = None) -> dict[str, Any]:
+        result, plan = await self._db(self.core.delete_person, collection, person_id, actor)
         await self._apply(plan)
         return result
 

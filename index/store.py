@@ -28,6 +28,16 @@ faces carry their ``seq``; a forget leaves a tombstone (id, bucket, seq). A
 shard that knows the last sequence it applied catches up with
 :meth:`changes_since`; one that restarts rebuilds from a consistent snapshot
 (:meth:`iter_shard`), which also gives each collection's sequence.
+
+The store also keeps the API keys made through ``/v1/keys`` (hashed, never in
+clear, with a version counter that every key change bumps so ingress
+replicas can poll it cheaply) and the audit trail. Every write method takes
+an optional :class:`index.audit.AuditEntry` and inserts it as the last
+statement of its own transaction: the change and its entry commit together
+or not at all. Entries take their ``seq`` from one counter row, updated last
+so its lock is held only while the transaction commits; that keeps ``seq``
+in commit order, which is what makes a cursor over ``seq`` stable (a reader
+never sees seq N+1 before N is committed).
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from index.audit import AuditAction, AuditEntry
 from index.errors import SchemaTooNew, StoreUnavailable
 from configs.errors import CollectionNotFound, Conflict, ModelMismatch, NotFound
 
@@ -197,6 +208,30 @@ class Deleted:
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """An API key made through ``/v1/keys``: its public id and the SHA-256 of its secret."""
+
+    id: str
+    name: str
+    key_sha256: str
+    scopes: tuple[str, ...]
+    #: None: every collection; else only these (exact names)
+    collections: tuple[str, ...] | None
+    created_at: float
+    last_used_at: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The key as ``GET /v1/keys`` shows it: everything but the hash."""
+        out: dict[str, Any] = {"id": self.id, "name": self.name, "scopes": list(self.scopes),
+                               "collections": (None if self.collections is None
+                                               else list(self.collections)),
+                               "created_at": self.created_at}
+        if self.last_used_at is not None:
+            out["last_used_at"] = self.last_used_at
+        return out
+
+
 @dataclass(slots=True)
 class Changes:
     """One shard's share of a collection's changes after some sequence number.
@@ -223,18 +258,22 @@ class Store(Protocol):
     backend: str
 
     def schema_version(self) -> int: ...
-    def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo: ...
+    def create_collection(self, name: str, model: str, dim: int,
+                          audit: AuditEntry | None = None) -> CollectionInfo: ...
     def get_collection(self, name: str) -> CollectionInfo: ...
     def list_collections(self) -> list[CollectionInfo]: ...
-    def drop_collection(self, name: str) -> CollectionInfo: ...
+    def drop_collection(self, name: str, audit: AuditEntry | None = None) -> CollectionInfo: ...
     def add_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                   person_ids: Sequence[str], embeddings: np.ndarray,
                   persons: Sequence[PersonUpsert], *, create: bool = False,
-                  idempotency: tuple[Any, ...] | None = None) -> AddResult: ...
+                  idempotency: tuple[Any, ...] | None = None,
+                  audit: AuditEntry | None = None) -> AddResult: ...
     def get_face(self, cid: int, face_id: str, with_embedding: bool = False) -> FaceRecord: ...
-    def delete_faces(self, cid: int, face_ids: Sequence[str]) -> Deleted: ...
+    def delete_faces(self, cid: int, face_ids: Sequence[str],
+                     audit: AuditEntry | None = None) -> Deleted: ...
     def get_person(self, cid: int, person_id: str) -> PersonRecord: ...
-    def delete_person(self, cid: int, person_id: str) -> tuple[PersonRecord, Deleted]: ...
+    def delete_person(self, cid: int, person_id: str,
+                      audit: AuditEntry | None = None) -> tuple[PersonRecord, Deleted]: ...
     def lookup(self, cid: int, ids: Sequence[int]) -> dict[int, HitInfo]: ...
     def counts(self, cid: int) -> tuple[int, int]: ...
     def existing_face_ids(self, cid: int, face_ids: Sequence[str]) -> set[str]: ...
@@ -249,12 +288,23 @@ class Store(Protocol):
     def list_faces(self, cid: int, person_id: str | None = None, after: int = 0,
                    limit: int = 100, with_embedding: bool = False) -> list[ListedFace]: ...
     def update_person(self, cid: int, person_id: str, name: Any = KEEP,
-                      labels: Any = KEEP) -> PersonRecord: ...
+                      labels: Any = KEEP, audit: AuditEntry | None = None) -> PersonRecord: ...
     def import_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                      person_ids: Sequence[str], embeddings: np.ndarray,
                      created_at: Sequence[float], persons: Sequence[PersonUpsert], *,
-                     create: bool = False) -> ImportResult: ...
+                     create: bool = False, audit: AuditEntry | None = None) -> ImportResult: ...
     def replay(self, collection: str, key: str, request_hash: str) -> AddResult | None: ...
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None: ...
+    def audit_entries(self, *, collection: str | None = None, action: str | None = None,
+                      since: float | None = None, after_seq: int = 0,
+                      limit: int = 100) -> list[AuditEntry]: ...
+    def prune_audit(self, before: float) -> int: ...
+    def create_key(self, key: KeyRecord, audit: AuditEntry | None = None) -> KeyRecord: ...
+    def revoke_key(self, key_id: str, audit: AuditEntry | None = None) -> KeyRecord: ...
+    def list_keys(self) -> list[KeyRecord]: ...
+    def keys_version(self) -> int: ...
+    def key_table(self) -> tuple[int, list[KeyRecord]]: ...
+    def touch_keys(self, used: dict[str, float]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -373,7 +423,42 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX tombstones_by_seq ON face_tombstones (collection_id, seq)",
         ),
     ),
-    # 4 is left to the API keys and audit tables; the two are independent
+    Migration(
+        4,
+        "API keys and the audit trail",
+        sqlite=(
+            # 'audit': the last audit seq; 'api_keys': the key table's version
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+            "INSERT INTO counters (name, value) VALUES ('audit', 0), ('api_keys', 0)",
+            """CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY, name TEXT NOT NULL, key_sha256 TEXT NOT NULL UNIQUE,
+                scopes TEXT NOT NULL, collections TEXT, created_at REAL NOT NULL,
+                last_used_at REAL, revoked_at REAL)""",
+            # no foreign keys: an entry outlives the collection, face or key it names
+            """CREATE TABLE audit_log (
+                seq INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL,
+                collection TEXT, person_id TEXT, key_id TEXT, request_id TEXT,
+                status TEXT NOT NULL, details TEXT)""",
+            "CREATE INDEX audit_by_collection ON audit_log (collection, seq)",
+            "CREATE INDEX audit_by_action ON audit_log (action, seq)",
+            "CREATE INDEX audit_by_time ON audit_log (at)",
+        ),
+        postgres=(
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+            "INSERT INTO counters (name, value) VALUES ('audit', 0), ('api_keys', 0)",
+            """CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY, name TEXT NOT NULL, key_sha256 TEXT NOT NULL UNIQUE,
+                scopes TEXT NOT NULL, collections TEXT, created_at DOUBLE PRECISION NOT NULL,
+                last_used_at DOUBLE PRECISION, revoked_at DOUBLE PRECISION)""",
+            """CREATE TABLE audit_log (
+                seq BIGINT PRIMARY KEY, at DOUBLE PRECISION NOT NULL, action TEXT NOT NULL,
+                collection TEXT, person_id TEXT, key_id TEXT, request_id TEXT,
+                status TEXT NOT NULL, details TEXT)""",
+            "CREATE INDEX audit_by_collection ON audit_log (collection, seq)",
+            "CREATE INDEX audit_by_action ON audit_log (action, seq)",
+            "CREATE INDEX audit_by_time ON audit_log (at)",
+        ),
+    ),
     Migration(
         5,
         "faces in enrolment order per collection: keyset pages of listings and exports",
@@ -551,11 +636,13 @@ class _SqlStore:
         return self._coll(row) if row else None
 
     @_guarded
-    def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo:
+    def create_collection(self, name: str, model: str, dim: int,
+                          audit: AuditEntry | None = None) -> CollectionInfo:
         with self._tx(write=True) as cur:
             info = self._create_collection(cur, name, model, dim)
-        if info is None:
-            raise Conflict(f"collection {name!r} already exists", {"collection": name})
+            if info is None:
+                raise Conflict(f"collection {name!r} already exists", {"collection": name})
+            self._audit(cur, audit)
         return info
 
     def _create_collection(self, cur: Any, name: str, model: str,
@@ -595,15 +682,16 @@ class _SqlStore:
             return [self._coll(r) for r in cur.fetchall()]
 
     @_guarded
-    def drop_collection(self, name: str) -> CollectionInfo:
+    def drop_collection(self, name: str, audit: AuditEntry | None = None) -> CollectionInfo:
         with self._tx(write=True) as cur:
             cur.execute(self._q(
                 f"DELETE FROM collections WHERE name = ? RETURNING {self._COLL}"), (name,))
             row = cur.fetchone()
-            if row is not None:
-                self._collection_dropped(cur, self._coll(row))
-        if row is None:
-            raise CollectionNotFound(f"collection {name!r} does not exist", {"collection": name})
+            if row is None:
+                raise CollectionNotFound(f"collection {name!r} does not exist",
+                                         {"collection": name})
+            self._collection_dropped(cur, self._coll(row))
+            self._audit(cur, audit)
         return self._coll(row)
 
     def _next_seq(self, cur: Any, cid: int) -> int:
@@ -624,8 +712,10 @@ class _SqlStore:
     def add_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                   person_ids: Sequence[str], embeddings: np.ndarray,
                   persons: Sequence[PersonUpsert], *, create: bool = False,
-                  idempotency: tuple[Any, ...] | None = None) -> AddResult:
-        """Commit new faces (and upsert their persons) as one change.
+                  idempotency: tuple[Any, ...] | None = None,
+                  audit: AuditEntry | None = None) -> AddResult:
+        """Commit new faces (and upsert their persons) as one change, with its audit
+        entry.
 
         ``idempotency`` is ``(key, request hash)`` or ``(key, request hash, extra)``:
         the first write under a key stores its answer (and ``extra``, any JSON value),
@@ -638,13 +728,15 @@ class _SqlStore:
             raise ValueError("face_ids, person_ids and embeddings must have matching lengths")
         with self._tx(write=True) as cur:
             info = self._find_collection(cur, collection)
+            created = False
             if info is None:
                 if not create:
                     raise CollectionNotFound(f"collection {collection!r} does not exist",
                                              {"collection": collection})
                 # two first writes may race here: the loser finds the winner's row
-                info = (self._create_collection(cur, collection, model, dim)
-                        or self._find_collection(cur, collection))
+                info = self._create_collection(cur, collection, model, dim)
+                created = info is not None
+                info = info or self._find_collection(cur, collection)
                 if info is None:  # created and dropped again meanwhile
                     raise CollectionNotFound(f"collection {collection!r} does not exist",
                                              {"collection": collection})
@@ -684,6 +776,16 @@ class _SqlStore:
                 cur.execute(self._q(
                     "UPDATE idempotency_keys SET response = ? WHERE collection_id = ? AND key = ?"),
                     (json.dumps(answer), info.id, idempotency[0]))
+            if audit is not None:
+                if created:
+                    self._audit(cur, AuditEntry(
+                        AuditAction.COLLECTION_CREATE.value, collection, key_id=audit.key_id,
+                        request_id=audit.request_id))
+                audit.face_ids = list(face_ids)
+                distinct = list(dict.fromkeys(person_ids))
+                audit.person_id = distinct[0] if len(distinct) == 1 else None
+                audit.person_ids = None if len(distinct) == 1 else list(person_ids)
+                self._audit(cur, audit)
         return AddResult(info, list(face_ids), list(person_ids), ids, buckets, emb, seq, now,
                          stored)
 
@@ -774,7 +876,8 @@ class _SqlStore:
                 "UPDATE collections SET pruned_seq = ? WHERE id = ?"), (int(horizon), cid))
 
     @_guarded
-    def delete_faces(self, cid: int, face_ids: Sequence[str]) -> Deleted:
+    def delete_faces(self, cid: int, face_ids: Sequence[str],
+                     audit: AuditEntry | None = None) -> Deleted:
         out: list[DeletedFace] = []
         with self._tx(write=True) as cur:
             seq = self._next_seq(cur, cid)
@@ -785,6 +888,9 @@ class _SqlStore:
                     "RETURNING id, face_id, bucket"), [cid, *params])
                 out.extend(DeletedFace(int(r[0]), r[1], int(r[2])) for r in cur.fetchall())
             self._tombstone(cur, cid, seq, out)
+            if audit is not None and out:  # nothing forgotten, nothing to record
+                audit.face_ids = [d.face_id for d in out]
+                self._audit(cur, audit)
         return Deleted(out, seq)
 
     def _person(self, cur: Any, cid: int, person_id: str) -> PersonRecord:
@@ -807,7 +913,8 @@ class _SqlStore:
             return self._person(cur, cid, person_id)
 
     @_guarded
-    def delete_person(self, cid: int, person_id: str) -> tuple[PersonRecord, Deleted]:
+    def delete_person(self, cid: int, person_id: str,
+                      audit: AuditEntry | None = None) -> tuple[PersonRecord, Deleted]:
         with self._tx(write=True) as cur:
             seq = self._next_seq(cur, cid)
             person = self._person(cur, cid, person_id)
@@ -818,6 +925,10 @@ class _SqlStore:
             cur.execute(self._q(
                 "DELETE FROM persons WHERE collection_id = ? AND person_id = ?"), (cid, person_id))
             self._tombstone(cur, cid, seq, deleted)
+            if audit is not None:
+                audit.person_id = person_id
+                audit.face_ids = [d.face_id for d in deleted]
+                self._audit(cur, audit)
         return person, Deleted(deleted, seq)
 
     @_guarded
@@ -905,10 +1016,11 @@ class _SqlStore:
     # -- persons
     @_guarded
     def update_person(self, cid: int, person_id: str, name: Any = KEEP,
-                      labels: Any = KEEP) -> PersonRecord:
+                      labels: Any = KEEP, audit: AuditEntry | None = None) -> PersonRecord:
         """Rename (``name``, None clears it) or relabel (``labels`` replaces the map)
         a person; fields left at :data:`KEEP` stay. Names and labels live in the
-        person's row only (hits are resolved through it), so no index changes."""
+        person's row only (hits are resolved through it), so no index changes;
+        ``audit`` is recorded in the same transaction."""
         sets: list[str] = []
         params: list[Any] = []
         if name is not KEEP:
@@ -922,17 +1034,22 @@ class _SqlStore:
                 cur.execute(self._q(
                     f"UPDATE persons SET {', '.join(sets)} WHERE collection_id = ? "
                     "AND person_id = ?"), [*params, cid, person_id])
-            return self._person(cur, cid, person_id)
+            person = self._person(cur, cid, person_id)
+            if audit is not None:
+                audit.person_id = person_id
+                self._audit(cur, audit)
+            return person
 
     # -- imports
     @_guarded
     def import_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                      person_ids: Sequence[str], embeddings: np.ndarray,
                      created_at: Sequence[float], persons: Sequence[PersonUpsert], *,
-                     create: bool = False) -> ImportResult:
+                     create: bool = False, audit: AuditEntry | None = None) -> ImportResult:
         """Add faces that keep the ids (and enrolment times) they had elsewhere, as one
         change; ids the collection already holds are skipped, so an import runs again
-        safely, and ids another collection holds are left out (``elsewhere``)."""
+        safely, and ids another collection holds are left out (``elsewhere``).
+        ``audit`` is recorded in the same transaction, with the faces added."""
         emb = np.ascontiguousarray(embeddings, dtype="<f4")
         n = len(face_ids)
         if emb.shape != (n, dim) or len(person_ids) != n or len(created_at) != n:
@@ -940,7 +1057,7 @@ class _SqlStore:
         for attempt in range(2):
             try:
                 return self._import(collection, model, dim, face_ids, person_ids, emb,
-                                    created_at, persons, create)
+                                    created_at, persons, create, audit)
             except self._integrity as e:
                 # the same ids committed by a concurrent import into another
                 # collection after the check: the second look sees them
@@ -951,15 +1068,18 @@ class _SqlStore:
 
     def _import(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                 person_ids: Sequence[str], emb: np.ndarray, created_at: Sequence[float],
-                persons: Sequence[PersonUpsert], create: bool) -> ImportResult:
+                persons: Sequence[PersonUpsert], create: bool,
+                audit: AuditEntry | None) -> ImportResult:
         with self._tx(write=True) as cur:
             info = self._find_collection(cur, collection)
+            created = False
             if info is None:
                 if not create:
                     raise CollectionNotFound(f"collection {collection!r} does not exist",
                                              {"collection": collection})
-                info = (self._create_collection(cur, collection, model, dim)
-                        or self._find_collection(cur, collection))
+                info = self._create_collection(cur, collection, model, dim)
+                created = info is not None
+                info = info or self._find_collection(cur, collection)
                 if info is None:
                     raise CollectionNotFound(f"collection {collection!r} does not exist",
                                              {"collection": collection})
@@ -1007,6 +1127,13 @@ class _SqlStore:
                     (int(ids[j]), kept_ids[j], info.id, person_ids[i], int(buckets[j]),
                      self._encode(kept_emb[j]), float(created_at[i]), seq)
                     for j, i in enumerate(keep)])
+            if audit is not None:
+                if created:
+                    self._audit(cur, AuditEntry(
+                        AuditAction.COLLECTION_CREATE.value, collection, key_id=audit.key_id,
+                        request_id=audit.request_id))
+                audit.face_ids = kept_ids
+                self._audit(cur, audit)
         added = AddResult(info, kept_ids, [person_ids[i] for i in keep], ids, buckets,
                           kept_emb, seq, now, stored)
         return ImportResult(added, skipped, elsewhere)
@@ -1067,6 +1194,138 @@ class _SqlStore:
                 removed = np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
         return Changes(cid, dim, last, np.array([r[0] for r in rows], dtype=np.int64),
                        self._decode([r[1] for r in rows], dim), removed, full)
+
+    # -- the audit trail
+    def _audit(self, cur: Any, entry: AuditEntry | None) -> None:
+        """Insert ``entry`` in the transaction of ``cur``. Call it last: the counter
+        row it updates is locked until the transaction ends (see the module doc)."""
+        if entry is None:
+            return
+        cur.execute("UPDATE counters SET value = value + 1 WHERE name = 'audit' RETURNING value")
+        entry.seq = int(cur.fetchone()[0])
+        entry.at = time.time()
+        cur.execute(self._q(
+            "INSERT INTO audit_log (seq, at, action, collection, person_id, key_id, request_id,"
+            " status, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+            (entry.seq, entry.at, entry.action, entry.collection, entry.person_id, entry.key_id,
+             entry.request_id, entry.status, entry.details_json()))
+
+    @_guarded
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Record entries that go with no change of their own (identify), in one
+        transaction."""
+        if not entries:
+            return
+        with self._tx(write=True) as cur:
+            for entry in entries:
+                self._audit(cur, entry)
+
+    @_guarded
+    def audit_entries(self, *, collection: str | None = None, action: str | None = None,
+                      since: float | None = None, after_seq: int = 0,
+                      limit: int = 100) -> list[AuditEntry]:
+        """Entries after ``after_seq``, oldest first, filtered."""
+        where, params = ["seq > ?"], [int(after_seq)]
+        if collection is not None:
+            where.append("collection = ?")
+            params.append(collection)
+        if action is not None:
+            where.append("action = ?")
+            params.append(action)
+        if since is not None:
+            where.append("at >= ?")
+            params.append(float(since))
+        params.append(int(limit))
+        with self._tx(write=False) as cur:
+            cur.execute(self._q(
+                "SELECT seq, at, action, collection, person_id, key_id, request_id, status, "
+                f"details FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"),
+                params)
+            return [AuditEntry.from_row(*r) for r in cur.fetchall()]
+
+    @_guarded
+    def prune_audit(self, before: float) -> int:
+        """Delete the entries recorded before ``before`` (epoch seconds); their seqs are
+        never reused, so cursors stay valid."""
+        with self._tx(write=True) as cur:
+            cur.execute(self._q("DELETE FROM audit_log WHERE at < ?"), (float(before),))
+            return max(0, int(cur.rowcount or 0))
+
+    # -- API keys
+    _KEY = "id, name, key_sha256, scopes, collections, created_at, last_used_at"
+
+    @staticmethod
+    def _key(row: Sequence[Any]) -> KeyRecord:
+        colls = json.loads(row[4]) if row[4] is not None else None
+        return KeyRecord(row[0], row[1], row[2], tuple(json.loads(row[3])),
+                         None if colls is None else tuple(colls), float(row[5]),
+                         None if row[6] is None else float(row[6]))
+
+    def _bump_keys(self, cur: Any) -> None:
+        cur.execute("UPDATE counters SET value = value + 1 WHERE name = 'api_keys'")
+
+    @_guarded
+    def create_key(self, key: KeyRecord, audit: AuditEntry | None = None) -> KeyRecord:
+        with self._tx(write=True) as cur:
+            cur.execute(self._q(
+                "INSERT INTO api_keys (id, name, key_sha256, scopes, collections, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)"),
+                (key.id, key.name, key.key_sha256, json.dumps(list(key.scopes)),
+                 None if key.collections is None else json.dumps(list(key.collections)),
+                 key.created_at))
+            self._bump_keys(cur)
+            if audit is not None:
+                audit.target_key_id = key.id
+                self._audit(cur, audit)
+        return key
+
+    @_guarded
+    def revoke_key(self, key_id: str, audit: AuditEntry | None = None) -> KeyRecord:
+        with self._tx(write=True) as cur:
+            cur.execute(self._q(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL "
+                f"RETURNING {self._KEY}"), (time.time(), key_id))
+            row = cur.fetchone()
+            if row is None:
+                raise NotFound(f"API key {key_id!r} does not exist", {"key_id": key_id})
+            self._bump_keys(cur)
+            if audit is not None:
+                audit.target_key_id = key_id
+                self._audit(cur, audit)
+        return self._key(row)
+
+    @_guarded
+    def list_keys(self) -> list[KeyRecord]:
+        return self.key_table()[1]
+
+    @_guarded
+    def keys_version(self) -> int:
+        """Bumped by every key created or revoked: a cheap "has the table changed?"."""
+        with self._tx(write=False) as cur:
+            cur.execute("SELECT value FROM counters WHERE name = 'api_keys'")
+            return int(cur.fetchone()[0])
+
+    @_guarded
+    def key_table(self) -> tuple[int, list[KeyRecord]]:
+        """The version and every live key, read in one snapshot."""
+        with self._tx(write=False, snapshot=True) as cur:
+            cur.execute("SELECT value FROM counters WHERE name = 'api_keys'")
+            version = int(cur.fetchone()[0])
+            cur.execute(f"SELECT {self._KEY} FROM api_keys WHERE revoked_at IS NULL "
+                        "ORDER BY created_at, id")
+            return version, [self._key(r) for r in cur.fetchall()]
+
+    @_guarded
+    def touch_keys(self, used: dict[str, float]) -> None:
+        """Record when keys were last used (batched by the ingress replicas)."""
+        if not used:
+            return
+        with self._tx(write=True) as cur:
+            # sorted: concurrent touches lock rows in one order
+            cur.executemany(self._q(
+                "UPDATE api_keys SET last_used_at = ? WHERE id = ? "
+                "AND (last_used_at IS NULL OR last_used_at < ?)"),
+                [(at, kid, at) for kid, at in sorted(used.items())])
 
     # -- rebuild
     def iter_shard(self, shard: int, nshards: int, chunk: int = 20000,

@@ -14,11 +14,14 @@ bad item of a batch fails alone). Nothing here knows Serve or FastAPI.
 
 The gallery side of identify and register (:func:`identify_embedded`,
 :func:`register_embedded`) runs where the gallery is, next to its search and
-register, so only faces and matches travel back. Embeddings a client sends in
-place of images (:class:`pipelines.types.GivenEmbedding`) skip the model stages
-and are checked against the collection's model and dimension first. A register
-under an idempotency key stores its whole answer with its commit, so a retry
-gets that answer back (:meth:`Flow.replay_register`, :func:`replayed_answer`).
+register, so only faces and matches travel back. The gallery calls take an
+``actor`` (``index.audit.Actor``: who asks, under which request id), which
+the gallery records in its audit trail with the change it makes. Embeddings a
+client sends in place of images (:class:`pipelines.types.GivenEmbedding`) skip
+the model stages and are checked against the collection's model and dimension
+first. A register under an idempotency key stores its whole answer with its
+commit, so a retry gets that answer back (:meth:`Flow.replay_register`,
+:func:`replayed_answer`).
 """
 
 from __future__ import annotations
@@ -62,11 +65,11 @@ class GalleryBackend(Protocol):
     """The gallery's own operations (``index.gallery.GalleryService``) plus the two
     that take embedded images from the stage before."""
 
-    def identify_embedded(self, embedded: Any, collection: str, k: int,
-                          per_person: bool) -> Awaitable[Any]: ...
+    def identify_embedded(self, embedded: Any, collection: str, k: int, per_person: bool,
+                          actor: Any = None) -> Awaitable[Any]: ...
     def register_embedded(self, collection: str, metas: list[dict[str, Any]],
-                          idempotency_key: str | None, embedded: list[Any], *,
-                          request_hash: str | None = None,
+                          idempotency_key: str | None, embedded: list[Any],
+                          actor: Any = None, *, request_hash: str | None = None,
                           create: bool = True) -> Awaitable[Any]: ...
     def __getattr__(self, name: str) -> Any: ...
 
@@ -274,10 +277,11 @@ class Flow:
             return unwrap(await run(await self.collection_model(collection, None, write)))
 
     async def identify(self, collection: str, data: bytes, q: FaceQuery, k: int,
-                       per_person: bool = False, model: str | None = None) -> IdentifiedImage:
+                       per_person: bool = False, model: str | None = None,
+                       actor: Any = None) -> IdentifiedImage:
         async def run(m: str) -> Any:
             return await self.gallery.identify_embedded(await self._embedding_ref(data, q, m),
-                                                        collection, k, per_person)
+                                                        collection, k, per_person, actor)
 
         res: IdentifiedImage = await self._retry_stale_model(collection, model, run)
         self._enforce(res.image.faces, q)
@@ -295,12 +299,13 @@ class Flow:
         return None if stored is None else replayed_answer(collection, stored, n)
 
     async def identify_vector(self, collection: str, vector: Any, k: int,
-                              per_person: bool = False,
-                              model: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+                              per_person: bool = False, model: str | None = None,
+                              actor: Any = None) -> tuple[str, list[dict[str, Any]]]:
         """The model and the matches of one embedding sent by the client (nearest first);
         its model and dimension must be the collection's."""
         async def run(m: str) -> Any:
-            hits = await self.gallery.search(collection, m, [vector], search_depth(k, per_person))
+            hits = await self.gallery.search(collection, m, [vector], search_depth(k, per_person),
+                                             actor=actor)
             return m, hits[0]
 
         m, row = await self._retry_stale_model(collection, model, run)
@@ -312,7 +317,8 @@ class Flow:
                                               dict[str, Any]]],
                        q: FaceQuery, model: str | None = None,
                        idempotency_key: str | None = None,
-                       request_hash: str | None = None) -> RegisteredImages:
+                       request_hash: str | None = None,
+                       actor: Any = None) -> RegisteredImages:
         """Enrol the largest face of each image, or each embedding as it is; ``images``
         pairs each image (its bytes), embedding (an array) or the error met while
         reading it with its ``person_id`` / ``name`` / ``labels``.
@@ -339,7 +345,7 @@ class Flow:
                 refs.append(await self._embedding_ref(data, field_q, m))
             metas = [meta for _data, meta in images]
             return await self.gallery.register_embedded(
-                collection, metas, idempotency_key, refs, request_hash=request_hash,
+                collection, metas, idempotency_key, refs, actor, request_hash=request_hash,
                 create=not self.strict_collections)
 
         res: RegisteredImages = await self._retry_stale_model(collection, model, run,
@@ -349,14 +355,16 @@ class Flow:
         return res
 
     async def import_faces(self, collection: str, model: str, dim: int,
-                           rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """One chunk of exported faces, kept with their ids (see ``GalleryCore.import_faces``)."""
-        return await self.gallery.import_faces(collection, model, dim, rows,
-                                               not self.strict_collections)
+                           rows: Sequence[Mapping[str, Any]],
+                           actor: Any = None) -> dict[str, Any]:
+        """One chunk of exported faces, kept with their ids (see ``GalleryCore.import_faces``);
+        it may create the collection unless collections are strict or the actor may not."""
+        create = not self.strict_collections and getattr(actor, "may_create", True)
+        return await self.gallery.import_faces(collection, model, dim, rows, create, actor)
 
-    async def drop_collection(self, collection: str) -> dict[str, Any]:
+    async def drop_collection(self, collection: str, actor: Any = None) -> dict[str, Any]:
         self.forget_collection(collection)
-        return await self.gallery.drop_collection(collection)
+        return await self.gallery.drop_collection(collection, actor)
 
 
 # --------------------------------------------------------------------------- gallery side
@@ -414,8 +422,8 @@ def nearest_per_person(row: list[dict[str, Any]], k: int) -> list[dict[str, Any]
 
 
 async def identify_embedded(gallery: Any, embedded: EmbeddedImage | FacefleetError,
-                            collection: str, k: int,
-                            per_person: bool = False) -> IdentifiedImage | FacefleetError:
+                            collection: str, k: int, per_person: bool = False,
+                            actor: Any = None) -> IdentifiedImage | FacefleetError:
     """Search every face of an embedded probe image (runs where the gallery is)."""
     if isinstance(embedded, FacefleetError):
         return embedded
@@ -423,7 +431,7 @@ async def identify_embedded(gallery: Any, embedded: EmbeddedImage | FacefleetErr
         return IdentifiedImage(embedded, [])
     try:
         hits = await gallery.search(collection, embedded.model, embedded.vectors,
-                                    search_depth(k, per_person))
+                                    search_depth(k, per_person), actor=actor)
     except FacefleetError as exc:
         return exc
     if per_person:
@@ -434,13 +442,15 @@ async def identify_embedded(gallery: Any, embedded: EmbeddedImage | FacefleetErr
 async def register_embedded(gallery: Any, collection: str, metas: Sequence[Mapping[str, Any]],
                             idempotency_key: str | None,
                             embedded: Sequence[EmbeddedImage | GivenEmbedding | FacefleetError],
-                            request_hash: str | None = None,
+                            actor: Any = None, request_hash: str | None = None,
                             create: bool = True) -> RegisteredImages | FacefleetError:
     """Commit the largest face of each embedded image (and each embedding given as
     it is) in one register (runs where the gallery is); items without a face, or
-    that failed before, fail alone. Under an idempotency key the whole answer
-    (boxes, and the failures) is stored with the write, so a retry that lands on
-    it gets the first answer back, whatever its own images gave this time."""
+    that failed before, fail alone. The collection is created on first enrolment
+    unless ``create`` is False (strict collections) or ``actor.may_create`` is.
+    Under an idempotency key the whole answer (boxes, and the failures) is stored
+    with the write, so a retry that lands on it gets the first answer back,
+    whatever its own images gave this time."""
     results: list[dict[str, Any] | FacefleetError] = []
     ok: list[int] = []
     vecs: list[np.ndarray] = []
@@ -473,8 +483,10 @@ async def register_embedded(gallery: Any, collection: str, metas: Sequence[Mappi
                         if isinstance(r, FacefleetError)}}
     try:
         res = await gallery.register(collection, model, int(len(vecs[0])), items,
-                                     idempotency_key=idempotency_key, create_collection=create,
-                                     request_hash=request_hash, extra=extra)
+                                     idempotency_key=idempotency_key,
+                                     create_collection=create and getattr(actor, "may_create",
+                                                                          True),
+                                     request_hash=request_hash, extra=extra, actor=actor)
     except FacefleetError as exc:
         return exc
     if res.get("replayed") and request_hash is not None:

@@ -34,15 +34,14 @@ REPO = Path(__file__).resolve().parent.parent.parent
 MARK = "FACEFLEET_CRASH_TEST"
 
 
-#: listener ports ``deployments.local`` puts in this process's environment when the
-#: session's own service starts; a second service inheriting them cannot bind them
-_SESSION_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
-                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+#: side listeners of this process's own Serve instance (the session's app, which
+#: deployments.local put in os.environ): the service under test picks its own
+_OWN_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+              "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
 
 
 def _start(config_path: Path, marker: str, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in _SESSION_PORTS}
-    env[MARK] = marker
+    env = {**{k: v for k, v in os.environ.items() if k not in _OWN_PORTS}, MARK: marker}
     return subprocess.Popen(
         [sys.executable, "-m", "deployments.local", "--config", str(config_path),
          "--no-dashboard"], cwd=REPO, env=env, start_new_session=True,

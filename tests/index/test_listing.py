@@ -13,6 +13,7 @@ import pytest
 
 from configs.errors import CollectionNotFound, Conflict, ModelMismatch, NotFound, ValidationError
 from index import cursors
+from index.audit import Actor
 from index.gallery import Gallery
 from index.store import SqliteStore
 
@@ -305,4 +306,24 @@ def test_huge_but_finite_vectors_are_normalised_not_zeroed(store):
                create_collection=True)
     (face,) = g.export_page("c")["faces"]
     np.testing.assert_allclose(face["embedding"], np.full(DIM, DIM ** -0.5), rtol=1e-6)
+    g.close()
+
+
+def test_person_updates_and_imports_are_audited(store):
+    g = Gallery(store, 1)
+    actor = Actor("k-1", "req-1")
+    enrol(g, "c", ["ann", "bob"])
+    g.update_person("c", "ann", {"name": "Anne"}, actor)
+    lines = export_all(g, "c", 10)
+    g.drop_collection("c")
+    g.import_faces("c", "dlib", DIM, lines, True, actor)
+    g.import_faces("c", "dlib", DIM, lines, False, actor)  # all skipped: an empty change
+    mine = [e for e in store.audit_entries() if e.key_id == "k-1"]
+    assert [e.action for e in mine] == ["person.update", "collection.create", "face.import",
+                                        "face.import"]
+    assert mine[0].person_id == "ann" and mine[0].request_id == "req-1"
+    assert sorted(mine[2].face_ids) == sorted(x["id"] for x in lines) and mine[3].face_ids == []
+    with pytest.raises(NotFound):  # a failed change leaves no entry
+        g.update_person("c", "nobody", {"name": "x"}, actor)
+    assert len([e for e in store.audit_entries() if e.key_id == "k-1"]) == 4
     g.close()

@@ -1,0 +1,103 @@
+"""The audit trail's records: who changed or searched what, and when.
+
+An :class:`Actor` says who makes a request (the API key's id, ``"settings"``
+for a key from the settings, None when authentication is off) and under which
+request id; the ingress builds it and every gallery write carries it to the
+store. The store turns it into an :class:`AuditEntry` and inserts the entry
+in the very transaction of the change it records, so one cannot exist
+without the other. Entries name collections, faces, persons and keys by
+their public ids; they never hold an embedding, an image or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class AuditAction(str, Enum):
+    FACE_REGISTER = "face.register"
+    FACE_FORGET = "face.forget"
+    PERSON_FORGET = "person.forget"
+    PERSON_UPDATE = "person.update"
+    FACE_IMPORT = "face.import"
+    COLLECTION_CREATE = "collection.create"
+    COLLECTION_DROP = "collection.drop"
+    KEY_CREATE = "key.create"
+    KEY_REVOKE = "key.revoke"
+    IDENTIFY = "identify"
+
+
+#: the ``key_id`` of entries made with a key from the settings (``api_key_sha256``)
+SETTINGS_KEY_ID = "settings"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who makes a request: the key's id and the request id it came with.
+
+    ``may_create`` says whether an enrolment may create its collection (only
+    keys with the ``admin`` scope, or any request when authentication is off).
+    """
+
+    key_id: str | None = None
+    request_id: str | None = None
+    may_create: bool = True
+
+    def entry(self, action: AuditAction, collection: str | None = None,
+              **fields: Any) -> AuditEntry:
+        return AuditEntry(action.value, collection, key_id=self.key_id,
+                          request_id=self.request_id, **fields)
+
+
+@dataclass(slots=True)
+class AuditEntry:
+    """One line of the audit trail. ``seq`` and ``at`` are set by the store when it
+    inserts the entry; ``face_ids`` / ``person_id`` are completed there with what the
+    change actually touched."""
+
+    action: str
+    collection: str | None = None
+    face_ids: list[str] | None = None
+    person_id: str | None = None
+    key_id: str | None = None
+    request_id: str | None = None
+    status: str = "ok"
+    #: register of several persons: the person of each face (aligned with face_ids)
+    person_ids: list[str] | None = None
+    #: identify: the nearest enrolled face of each probe face (None: nothing enrolled)
+    matches: list[str | None] | None = None
+    #: key.create / key.revoke: the key created or revoked
+    target_key_id: str | None = None
+    seq: int = 0
+    at: float = 0.0
+
+    #: optional fields stored together as one JSON column
+    DETAIL_FIELDS = ("face_ids", "person_ids", "matches", "target_key_id")
+
+    def details_json(self) -> str | None:
+        d = {k: getattr(self, k) for k in self.DETAIL_FIELDS if getattr(self, k) is not None}
+        return json.dumps(d, separators=(",", ":")) if d else None
+
+    @classmethod
+    def from_row(cls, seq: int, at: float, action: str, collection: str | None,
+                 person_id: str | None, key_id: str | None, request_id: str | None,
+                 status: str, details: str | None) -> AuditEntry:
+        d = json.loads(details) if details else {}
+        return cls(action, collection, d.get("face_ids"), person_id, key_id, request_id, status,
+                   d.get("person_ids"), d.get("matches"), d.get("target_key_id"), int(seq),
+                   float(at))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as ``GET /v1/audit`` shows it (absent optional fields left out)."""
+        out: dict[str, Any] = {"seq": self.seq, "at": self.at, "action": self.action}
+        if self.collection is not None:
+            out["collection"] = self.collection
+        for k in ("face_ids", "person_id", "person_ids", "matches", "target_key_id"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        out.update(key_id=self.key_id, request_id=self.request_id, status=self.status)
+        return out
