@@ -16,7 +16,8 @@ counter, and with the table only when it changed. A key from the table is
 accepted only while the copy was read less than ``auth.max_age_s`` ago;
 otherwise the request waits for a fresh read, and gets 503 if there is none.
 A key id the copy does not hold (made on another replica a moment ago) makes
-the replica read the table once more, at most every ``MISS_REREAD_S``.
+the request wait for a read that started after it arrived; such reads are
+shared and start at most every ``MISS_REREAD_S``.
 So a revoked key is refused by every replica within ``max_age_s``, even one
 that cannot reach the store, which keeps failing closed. The replica does
 not open the database itself: the Gallery already holds the store
@@ -49,7 +50,7 @@ KEY_PREFIX = "ffk_"
 _ID_HEX = 16  # 64-bit public key ids
 #: a replica whose store keys went unused this long stops polling the key table
 IDLE_STOP_S = 30.0
-#: a key id missing from a copy older than this makes the replica read the table again
+#: reads of the table for key ids the copy does not hold start at most this often
 MISS_REREAD_S = 0.1
 
 KeySource = Callable[[int | None, dict[str, float]],
@@ -127,6 +128,7 @@ class KeyTable:
         self._keys: dict[str, KeyRecord] = {}
         self._version: int | None = None
         self._read_at = -1e18  # monotonic time the copy was read (its poll started)
+        self._last_start = -1e18  # when the latest read started
         self._not_before = -1e18  # reads that started before this do not refresh it
         self._used: dict[str, float] = {}
         self._last_use = 0.0
@@ -154,11 +156,13 @@ class KeyTable:
         kid = key_id_of(key)
         if kid is None or self._source is None:
             return None
+        arrived = time.monotonic()
         rec = (await self._current()).get(kid)
-        if rec is None and time.monotonic() - self._read_at > MISS_REREAD_S:
-            # perhaps made on another replica since the last read: look once more
-            # (shared and spaced out, so unknown keys cannot flood the store)
-            await self._reread()
+        if rec is None and self._read_at < arrived:
+            # perhaps made on another replica since the copy was read: wait for a read
+            # that started after this request arrived, so a key whose creation was
+            # acknowledged before the request was sent is always found
+            await self._read_since(arrived)
             rec = self._keys.get(kid)
         if rec is None or not hmac.compare_digest(digest, rec.key_sha256):
             return None
@@ -192,10 +196,23 @@ class KeyTable:
                               "unreachable); retry shortly")
         return self._keys
 
-    async def _reread(self) -> None:
+    async def _read_since(self, arrived: float) -> None:
+        """Until the copy comes from a read that started at or after ``arrived``.
+
+        Reads are shared and started at most every ``MISS_REREAD_S``, so a flood of
+        unknown keys costs the store a few cheap version reads a second, not one each.
+        """
+        deadline = arrived + max(1.0, self.config.max_age_s)
         try:
-            await asyncio.wait_for(asyncio.shield(self._refresh()),
-                                   max(1.0, self.config.max_age_s))
+            # twice at most: the read in flight may have started before ``arrived``
+            for _ in range(2):
+                if self._read_at >= arrived:
+                    return
+                wait = self._last_start + MISS_REREAD_S - time.monotonic()
+                if wait > 0 and (self._inflight is None or self._inflight.done()):
+                    await asyncio.sleep(wait)
+                await asyncio.wait_for(asyncio.shield(self._refresh()),
+                                       max(0.01, deadline - time.monotonic()))
         except Exception as exc:  # noqa: BLE001 - the key stays unknown
             log.warning("the API key table could not be read: %r", exc)
 
@@ -210,7 +227,7 @@ class KeyTable:
 
     async def _fetch(self) -> None:
         assert self._source is not None
-        started = time.monotonic()
+        started = self._last_start = time.monotonic()
         used, self._used = self._used, {}
         try:
             version, records = await self._source(self._version, used)

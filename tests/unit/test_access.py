@@ -88,8 +88,21 @@ def test_key_table_accepts_live_keys_and_refuses_revoked_ones_within_max_age(ser
         assert (await slow.authenticate(key)).key_id == kid
         kid2, key2, digest2 = new_key()
         await svc.create_key(KeyRecord(kid2, "new", digest2, ("write",), None, time.time()))
-        await asyncio.sleep(0.15)
+        # made just after that read, with no pause: still found on first use
         assert (await slow.authenticate(key2)).key_id == kid2
+        # an unknown id waits for one fresh read and is refused, without a read each
+        reads = {"n": 0}
+
+        async def counted(version, used):
+            reads["n"] += 1
+            return await svc.key_table(version, used)
+
+        counting = KeyTable([], counted, AuthSettings(refresh_s=10, max_age_s=10))
+        assert (await counting.authenticate(key)).key_id == kid
+        unknown = [new_key()[1] for _ in range(50)]
+        assert await asyncio.gather(*(counting.authenticate(k) for k in unknown)) \
+            == [None] * 50
+        assert reads["n"] <= 4
         forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
         assert await table.authenticate(forged) is None  # right id, wrong secret
         await asyncio.sleep(0.2)  # a later poll writes the use back, for last_used_at
