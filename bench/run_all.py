@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.run_all [--skip head_to_head,index_scale]
 
 The head-to-head run installs DeepFace's server in its own virtual environment
-(about 2.6 GB, once) and takes about 10 minutes; the 1M-face index run about 5.
+(about 2.6 GB, once) and takes about 10 minutes; the 1M-face index run about 5;
+the pgvector run (100k and 1M faces, both backends, HNSW builds) about 25.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 BENCHES = ["box_calibration", "accuracy", "recognizer", "stage_throughput", "embedder_throughput",
            "attribute_throughput", "serve_throughput", "event_loop", "startup", "index_scale",
-           "dlib_onnx_parity", "head_to_head", "vs_deepface", "fuzz", "soak"]
+           "pgvector_scale", "dlib_onnx_parity", "head_to_head", "vs_deepface", "fuzz", "soak"]
 
 
 def main() -> int:

@@ -122,3 +122,15 @@ class AuthDisabled(FacefleetError):
     """Key management asked of a service that runs without authentication."""
 
     code = ErrorCode.AUTH_DISABLED
+
+
+def error_from_code(code: str, message: str, details: dict[str, Any] | None = None
+                    ) -> FacefleetError:
+    """The domain error of ``code`` (an error kept as data, say in a stored answer)."""
+    def walk(cls: type[FacefleetError]) -> list[type[FacefleetError]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in walk(sub))]
+
+    for cls in walk(FacefleetError):
+        if cls.code.value == code and cls is not FacefleetError:
+            return cls(message, details)
+    return FacefleetError(message, details)

@@ -100,13 +100,25 @@ class Runtime(BaseModel):
 
 
 class IndexSettings(BaseModel):
-    """The gallery: sharded FAISS over a durable store."""
+    """The gallery: sharded FAISS over a durable store, or pgvector searched in SQL."""
 
     shards: int = Field(2, ge=1, le=256)
-    backend: Literal["sqlite", "postgres"] = "sqlite"
+    backend: Literal["sqlite", "postgres", "pgvector"] = Field(
+        "sqlite", description="pgvector: faces and their HNSW index live in PostgreSQL "
+        "(no FAISS shards)")
     database_url: str | None = Field(
-        None, description="postgresql://... when backend is postgres; SQLite file otherwise"
+        None, description="postgresql://... when backend is postgres or pgvector; "
+        "SQLite file otherwise"
     )
+    hnsw_m: int = Field(16, ge=2, le=100, description="pgvector HNSW: links per node")
+    hnsw_ef_construction: int = Field(
+        64, ge=4, le=1000, description="pgvector HNSW: candidate list size while building")
+    hnsw_ef_search: int = Field(
+        40, ge=1, le=1000, description="pgvector HNSW: candidate list size per search "
+        "(raised to top_k when smaller)")
+    hnsw_maintenance_work_mem: str = Field(
+        "1GB", pattern=r"^\d+\s*(kB|MB|GB)$",
+        description="pgvector: memory for an index (re)build; the graph should fit")
     index_type: Literal["flat", "ivf"] = "flat"
     ivf_nlist: int = Field(1024, ge=1)
     ivf_nprobe: int = Field(32, ge=1)
@@ -121,6 +133,10 @@ class IndexSettings(BaseModel):
         2.0, gt=0, description="how often shards catch up on changes they missed, and how "
         "long a Gallery replica trusts its cached view of a collection")
     store_threads: int = Field(8, ge=1, le=64, description="store connections per Gallery replica")
+    strict_collections: bool = Field(
+        False, description="writes (enrol, faces:batch, import) to a collection that does not "
+        "exist answer 404 collection_not_found instead of creating it: a typo does not make "
+        "a new gallery; create collections with POST /v1/collections")
 
 
 class AuthSettings(BaseModel):

@@ -79,6 +79,13 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/v1/collections/{collection}/faces/{face_id}"): Rule(WRITE, _C),
     ("GET", "/v1/collections/{collection}/persons/{person_id}"): Rule(READ, _C),
     ("DELETE", "/v1/collections/{collection}/persons/{person_id}"): Rule(WRITE, _C),
+    # listings, person updates, export and import (an import creates its collection
+    # only for an admin key, as enrolment does)
+    ("GET", "/v1/collections/{collection}/persons"): Rule(READ, _C),
+    ("GET", "/v1/collections/{collection}/faces"): Rule(READ, _C),
+    ("PATCH", "/v1/collections/{collection}/persons/{person_id}"): Rule(WRITE, _C),
+    ("GET", "/v1/collections/{collection}/export"): Rule(READ, _C),
+    ("POST", "/v1/collections/{collection}/import"): Rule(WRITE, _C),
     # keys and the audit trail
     ("POST", "/v1/keys"): _KEYS,
     ("GET", "/v1/keys"): _KEYS,

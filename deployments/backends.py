@@ -94,10 +94,12 @@ class ServeGallery:
 
     async def register_embedded(self, collection: str, metas: list[dict[str, Any]],
                                 idempotency_key: str | None, embedded: list[Any],
-                                actor: Any = None) -> Any:
+                                actor: Any = None, *, request_hash: str | None = None,
+                                create: bool = True) -> Any:
         refs = [await self._value(e) for e in embedded]
         return await self._h.register_embedded.remote(collection, metas, idempotency_key, actor,
-                                                      *refs)
+                                                      *refs, request_hash=request_hash,
+                                                      create=create)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._h, name).remote
@@ -160,10 +162,11 @@ class LocalGallery:
 
     async def register_embedded(self, collection: str, metas: list[dict[str, Any]],
                                 idempotency_key: str | None, embedded: list[Any],
-                                actor: Any = None) -> Any:
+                                actor: Any = None, *, request_hash: str | None = None,
+                                create: bool = True) -> Any:
         values = [await e if inspect.isawaitable(e) else e for e in embedded]
         return await register_embedded(self.service, collection, metas, idempotency_key, values,
-                                       actor)
+                                       actor, request_hash, create)
 
     async def ready(self) -> bool:
         return True

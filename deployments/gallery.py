@@ -13,7 +13,9 @@ searchable within that period. Shards are shared by all replicas of
 searches spread over them. ``Gallery`` *is* ``index.gallery.GalleryService``
 over those actors: it adds only the batching of concurrent searches
 (``serve.batch``, one call per shard and collection) and the two methods that
-take embedded images straight from the Embedder.
+take embedded images straight from the Embedder. With ``index.backend:
+pgvector`` there are no shard actors: the deployment searches the database
+(``index.pgvector_shards.SqlShards``), whose commits are the index.
 """
 
 from __future__ import annotations
@@ -123,6 +125,13 @@ def _rss_bytes() -> int | None:
     return None
 
 
+def pgvector_options(index: IndexSettings) -> dict[str, Any]:
+    """The HNSW settings as ``PgvectorStore`` keyword arguments."""
+    return {"hnsw_m": index.hnsw_m, "hnsw_ef_construction": index.hnsw_ef_construction,
+            "hnsw_ef_search": index.hnsw_ef_search,
+            "maintenance_work_mem": index.hnsw_maintenance_work_mem}
+
+
 def shard_handles(s: Settings) -> list[list[Any]]:
     """Get or create the shard actors of this store + index configuration:
     ``[shard][copy]``."""
@@ -202,10 +211,19 @@ class Gallery(GalleryService):
         index = s.index
         self._index_type = index.index_type
         self._fault: str | None = None
-        shards = RayShards(shard_handles(s))
-        ray.get([c.ready.remote() for copies in shards.handles for c in copies])
-        super().__init__(open_store(index.backend, index.database_url, s.data_dir.resolve()),
-                         shards, store_threads=index.store_threads,
+        if index.backend == "pgvector":
+            from index.pgvector_shards import SqlShards
+
+            self._index_type = "pgvector-hnsw"
+            store = open_store(index.backend, index.database_url, s.data_dir.resolve(),
+                               pgvector=pgvector_options(index))
+            shards: Any = SqlShards(store, search_threads=index.store_threads,  # type: ignore[arg-type]
+                                    ef_search=index.hnsw_ef_search)
+        else:
+            shards = RayShards(shard_handles(s))
+            ray.get([c.ready.remote() for copies in shards.handles for c in copies])
+            store = open_store(index.backend, index.database_url, s.data_dir.resolve())
+        super().__init__(store, shards, store_threads=index.store_threads,
                          cache_ttl_s=index.sync_interval_s, audit_identify=s.audit.identify,
                          audit_retention_days=s.audit.retention_days)
         self._search_batched.set_max_batch_size(index.search_batch_size)
@@ -278,9 +296,10 @@ class Gallery(GalleryService):
 
     async def register_embedded(self, collection: str, metas: Sequence[dict[str, Any]],
                                 idempotency_key: str | None, actor: Actor | None,
-                                *embedded: Any) -> Any:
+                                *embedded: Any, request_hash: str | None = None,
+                                create: bool = True) -> Any:
         return await register_embedded(self, collection, metas, idempotency_key, embedded,
-                                       actor)
+                                       actor, request_hash, create)
 
     async def ready(self) -> bool:
         """Readiness probe: every shard answers (and has rebuilt from the store), and
@@ -291,14 +310,15 @@ class Gallery(GalleryService):
 
     async def metrics(self) -> dict[str, Any]:
         """Faces per collection, store and shard health, replication lag
-        (``index.health.gallery_report``); the same from any replica."""
+        (``index.health.gallery_report``); the same from any replica. With pgvector
+        there are no shard actors to ask: the store is the index."""
         return await gallery_metrics(self.store, self._db, [
             [lambda c=c: _answer(c.info.remote(), 2.0) for c in copies]
-            for copies in self.shards.handles])
+            for copies in getattr(self.shards, "handles", [])])
 
     async def shutdown_shards(self) -> None:
         """Kill the shard actors (they are detached: deleting the app leaves them)."""
-        for copies in self.shards.handles:
+        for copies in getattr(self.shards, "handles", []):
             for copy in copies:
                 ray.kill(copy, no_restart=True)
 

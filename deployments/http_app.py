@@ -2,9 +2,10 @@
 
 The app holds what every route needs in one :class:`Api` object on
 ``app.state`` (the request flow, the settings, the image resolver); the route
-modules (``routes_faces``, ``routes_gallery``, ``routes_admin``,
-``routes_compat``, ``routes_metrics``) are plain ``APIRouter`` functions that
-parse a request, call the flow and shape the answer. The middleware tags every request with an id, times it, finds who is
+modules (``routes_faces``, ``routes_gallery``, ``routes_listing``,
+``routes_admin``, ``routes_compat``, ``routes_metrics``) are plain
+``APIRouter`` functions that parse a request, call the flow and shape the
+answer. The middleware tags every request with an id, times it, finds who is
 calling (``deployments/auth.py``), holds the real routes back while the
 service starts (``deployments/readiness.py``) and counts every answer for
 ``/metrics`` (``deployments/metrics.py``); what each route then allows is one
@@ -114,8 +115,8 @@ class IngressApp(FastAPI):
 def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None) -> FastAPI:
     """``metrics``: this replica's metrics and how to reach the other replicas'
     (the Ingress deployment's); without, the app counts its own requests only."""
-    from deployments import (routes_admin, routes_compat, routes_faces,
-                             routes_gallery, routes_metrics)
+    from deployments import (routes_admin, routes_compat, routes_faces, routes_gallery,
+                             routes_listing, routes_metrics)
 
     app = IngressApp(
         title="facefleet",
@@ -136,13 +137,15 @@ def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None
     app.middleware("http")(request_context)
     app.include_router(routes_faces.router)
     app.include_router(routes_gallery.router)
+    app.include_router(routes_listing.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_compat.router)
     app.include_router(routes_metrics.router)
     # the route templates requests are counted under (routers' own lists: FastAPI
     # may keep included routers nested in the app's)
     app.state.metrics.routes = [r for r in app.router.routes if isinstance(r, Route)] + [
-        r for m in (routes_faces, routes_gallery, routes_admin, routes_compat, routes_metrics)
+        r for m in (routes_faces, routes_gallery, routes_listing, routes_admin, routes_compat,
+                    routes_metrics)
         for r in m.router.routes]
     return app
 
@@ -194,6 +197,15 @@ def body_schema(model: type[BaseModel], required: bool = True) -> dict[str, Any]
     return {"requestBody": {"required": required, "content": {
         "application/json": {"schema": schema},
         "multipart/form-data": {"schema": form}}}}
+
+
+def lines_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring a JSON Lines body, each line a ``model`` (which
+    also becomes a named component, for responses that stream the same lines)."""
+    schema: dict[str, Any] = {}
+    _BODY_MODELS.append((model, schema, {}))
+    return {"requestBody": {"required": True, "content": {
+        "application/x-ndjson": {"schema": schema}}}}
 
 
 def _form_schema(ref: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:

@@ -293,7 +293,8 @@ async def df_register(request: Request) -> Any:
                  for v in vecs]
         actor = actor_of(request)
         res = await gallery.register(collection, name, int(info["dim"]), items, None,
-                                     actor.may_create, actor=actor)
+                                     actor.may_create and not api.s.index.strict_collections,
+                                     actor=actor)
         return {"inserted": len(items), "collection": collection,
                 "faces": res.get("faces", [])}
     return await _compat(request, run)

@@ -227,6 +227,9 @@ class CollectionStatsOut(CollectionOut):
     shards: int
     shard_sizes: list[int]
     index_type: str | None = None
+    sql_view: str | None = Field(
+        None, description="pgvector: the collection's recipe-shaped view (face_embeddings_...)",
+        examples=["face_embeddings_staff"])
 
 
 class FaceRecordOut(BaseModel):
@@ -239,7 +242,8 @@ class FaceRecordOut(BaseModel):
 
 
 class EnrolledFaceOut(FaceRecordOut):
-    box: BoxOut
+    box: BoxOut | None = Field(None, description="the face enrolled; null when enrolled by "
+                               "embedding")
     replayed: bool = Field(False, description="an Idempotency-Key retry of an earlier request")
 
 
@@ -253,7 +257,8 @@ class BatchCreated(BaseModel):
     status: Literal["created"]
     id: str
     person_id: str
-    box: BoxOut
+    box: BoxOut | None = Field(..., description="the face enrolled; null for an item "
+                               "enrolled by embedding")
 
 
 class BatchFailed(BaseModel):
@@ -267,6 +272,7 @@ class BatchOut(BaseModel):
     created: int
     failed: int
     results: list[Annotated[BatchCreated | BatchFailed, Field(discriminator="status")]]
+    replayed: bool = Field(False, description="an Idempotency-Key retry: the first answer")
 
 
 class Match(BaseModel):
@@ -279,8 +285,8 @@ class Match(BaseModel):
 
 
 class IdentifiedFace(BaseModel):
-    box: BoxOut
-    confidence: float
+    box: BoxOut | None = Field(..., description="the probe face; null for a probe embedding")
+    confidence: float | None = Field(..., description="detector score; null for an embedding")
     matches: list[Match]
 
 
@@ -313,6 +319,68 @@ class ForgottenPersonOut(BaseModel):
     deleted_faces: list[str]
 
 
+# --------------------------------------------------------------------------- listings
+
+
+class PersonSummaryOut(BaseModel):
+    person_id: str = Field(..., examples=["angelina"])
+    name: str | None = Field(None, examples=["Angelina"])
+    labels: dict[str, str] = Field(default_factory=dict, examples=[{"team": "red"}])
+    created_at: float = Field(..., description="Unix time")
+    faces: int = Field(..., description="faces enrolled for the person", examples=[3])
+
+
+class PersonsPageOut(BaseModel):
+    collection: str = Field(..., examples=["staff"])
+    persons: list[PersonSummaryOut] = Field(..., description="in person_id order")
+    next_cursor: str | None = Field(
+        None, description="pass as ?cursor= for the next page; null after the last page",
+        examples=["eyJ2IjoxLCJrIjoicGVyc29ucyIsImMiOjEsInMiOm51bGwsImEiOiJhbmdlbGluYSJ9"])
+
+
+class FacesPageOut(BaseModel):
+    collection: str = Field(..., examples=["staff"])
+    faces: list[FaceRecordOut] = Field(..., description="in enrolment order")
+    next_cursor: str | None = Field(
+        None, description="pass as ?cursor= for the next page; null after the last page")
+
+
+class ExportLine(BaseModel):
+    """One line of an export (and of an import): one face."""
+
+    model_config = ConfigDict(title="ExportLine")
+
+    id: str = Field(..., description="face id: 32 hex digits (a UUID with dashes is read too)",
+                    examples=["4f0c2b1e9d3a4c5b8e7f6a5b4c3d2e1f"])
+    person_id: str = Field(..., examples=["angelina"])
+    name: str | None = Field(None, examples=["Angelina"])
+    labels: dict[str, str] | None = Field(None, examples=[{"team": "red"}])
+    model: str = Field(..., description="the embedding model; binds the collection",
+                       examples=["dlib"])
+    created_at: float | None = Field(None, description="Unix time of enrolment (kept)")
+    embedding: list[float] = Field(..., description="the unit vector, collection's dimension",
+                                   examples=[[0.0132, -0.0871, 0.1045]])
+
+
+class ImportLineError(BaseModel):
+    line: int = Field(..., description="1-based line number", examples=[12])
+    code: str = Field(..., examples=["validation_error"])
+    message: str
+
+
+class ImportOut(BaseModel):
+    collection: str = Field(..., examples=["staff"])
+    model: str | None = Field(None, examples=["dlib"])
+    dim: int | None = Field(None, examples=[128])
+    lines: int = Field(..., description="faces read (non-blank lines)", examples=[1200])
+    imported: int = Field(..., description="faces added", examples=[1190])
+    skipped: int = Field(..., description="ids the collection held already", examples=[8])
+    elsewhere: int = Field(..., description="ids another collection holds (left out)",
+                           examples=[0])
+    failed: int = Field(..., description="lines left out as invalid", examples=[2])
+    errors: list[ImportLineError] = Field(..., description="the first 100 invalid lines")
+
+
 # --------------------------------------------------------------------------- keys and audit
 
 Scope = Literal["read", "write", "admin"]
@@ -341,8 +409,9 @@ class ApiKeysOut(BaseModel):
 class AuditEntryOut(BaseModel):
     seq: int = Field(..., examples=[7], description="increasing, never reused")
     at: float = Field(..., description="Unix time")
-    action: Literal["face.register", "face.forget", "person.forget", "collection.create",
-                    "collection.drop", "key.create", "key.revoke", "identify"]
+    action: Literal["face.register", "face.forget", "face.import", "person.forget",
+                    "person.update", "collection.create", "collection.drop", "key.create",
+                    "key.revoke", "identify"]
     collection: str | None = Field(None, examples=["staff"])
     face_ids: list[str] | None = Field(None, description="faces enrolled or forgotten")
     person_id: str | None = None

@@ -8,7 +8,7 @@ import this package.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from facefleet.client import AsyncClient, Client, EnrollItem, RetryPolicy
+from facefleet.client import UNSET, AsyncClient, Client, EnrollItem, RetryPolicy
 from facefleet.errors import ApiError, FacefleetError, NoFaceDetected, TransportError
 
 try:
@@ -16,5 +16,5 @@ try:
 except PackageNotFoundError:  # running from a source checkout that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["ApiError", "AsyncClient", "Client", "EnrollItem", "FacefleetError",
+__all__ = ["UNSET", "ApiError", "AsyncClient", "Client", "EnrollItem", "FacefleetError",
            "NoFaceDetected", "RetryPolicy", "TransportError"]

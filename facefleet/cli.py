@@ -1,5 +1,6 @@
-"""The ``facefleet`` command line: enroll a folder of people, identify, verify, detect;
-manage API keys and read the audit trail.
+"""The ``facefleet`` command line: enroll a folder of people, identify, verify, detect,
+list and update what is enrolled, export and import collections; manage API keys and
+read the audit trail.
 
 A thin layer over :mod:`facefleet.client` and :mod:`facefleet.enroll`: it
 parses options (server from ``--url`` / ``FACEFLEET_URL``, key from
@@ -14,18 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
-                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
+                           ProgressColumn, Task, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
 from rich.text import Text
 
 from facefleet import __version__, draw
-from facefleet.client import DEFAULT_URL, AsyncClient, Client
+from facefleet.client import DEFAULT_URL, UNSET, AsyncClient, Client
 from facefleet.enroll import MANIFEST_NAME, Manifest, enroll as enroll_tree, write_report
 from facefleet.errors import ApiError, FacefleetError, TransportError
 from facefleet.output import Output
@@ -176,24 +179,65 @@ def _draw_target(draw_to: Path | None, image: Path, many: bool) -> Path | None:
     return draw_to / f"{image.stem}-identified.jpg" if many else draw_to
 
 
+def read_embedding(source: str) -> list[float]:
+    """An embedding from a file or '-' (stdin): a JSON list of numbers, or an object
+    with an "embedding" list (a line of an export, a face of /v1/embed)."""
+    try:
+        text = click.get_text_stream("stdin").read() if source == "-" else \
+            Path(source).read_text()
+        doc = json.loads(text)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {source}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{source} is not JSON: {exc}") from exc
+    if isinstance(doc, dict):
+        doc = doc.get("embedding", (doc.get("faces") or [{}])[0].get("embedding"))
+    if not isinstance(doc, list) or not doc or not all(isinstance(x, int | float) for x in doc):
+        raise click.BadParameter(f"{source} holds no embedding (a JSON list of numbers)")
+    return [float(x) for x in doc]
+
+
 @main.command()
-@click.argument("images", nargs=-1, required=True,
+@click.argument("images", nargs=-1, required=False,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-c", "--collection", required=True, help="Collection to search.")
+@click.option("--embedding", "embedding_from", default=None, metavar="FILE",
+              help="Search this embedding (JSON list, or '-' for stdin) instead of IMAGES.")
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 100),
               help="Candidates per face (in --json).")
+@click.option("--per-person", is_flag=True,
+              help="At most one candidate (the nearest face) per person.")
 @click.option("--threshold", type=float, default=None,
               help="Cosine distance for a match (the model's calibrated one if unset).")
 @click.option("--max-faces", type=click.IntRange(1, 256), default=None)
 @click.option("--draw", "draw_to", type=click.Path(path_type=Path), default=None,
               help="Write the photo with boxes and names; a folder when several IMAGES.")
 @common
-def identify(ctx: Ctx, images: tuple[Path, ...], collection: str, top_k: int,
-             threshold: float | None, max_faces: int | None, draw_to: Path | None) -> None:
-    """Who is in each of IMAGES? Every face against COLLECTION, nearest match first."""
+def identify(ctx: Ctx, images: tuple[Path, ...], collection: str, embedding_from: str | None,
+             top_k: int, per_person: bool, threshold: float | None, max_faces: int | None,
+             draw_to: Path | None) -> None:
+    """Who is in each of IMAGES (or who is --embedding)? Every face against COLLECTION,
+    nearest match first."""
+    if bool(images) == (embedding_from is not None):
+        raise click.UsageError("give IMAGES or --embedding (one of them)")
     out, many, failed = ctx.out, len(images) > 1, 0
     docs: list[dict[str, Any]] = []
     rows: list[list[Any]] = []
+    if embedding_from is not None:
+        vector = read_embedding(embedding_from)
+        with ctx.client() as client:
+            res = client.identify_embedding(collection, vector, top_k=top_k,
+                                            threshold=threshold, per_person=per_person)
+        if out.as_json:
+            out.json({"collection": collection, "results": [{"embedding": embedding_from,
+                                                             **res.raw}]})
+            return
+        out.table(f"identify in '{collection}'", ["rank", "person", "name", "face", "distance",
+                                                  "match"],
+                  [[i, m.person_id, m.name or "", m.face_id, f"{max(0.0, m.distance):.3f}",
+                    "yes" if m.match else "no"]
+                   for i, m in enumerate(res.faces[0].matches if res.faces else [], 1)])
+        return
     with ctx.client() as client:
         # the collection's own model: the server would otherwise assume its default
         model = client.collection(collection).model
@@ -201,7 +245,7 @@ def identify(ctx: Ctx, images: tuple[Path, ...], collection: str, top_k: int,
             try:
                 res = client.identify(collection, image, top_k=top_k, threshold=threshold,
                                       model=model, max_faces=max_faces,
-                                      enforce_detection=False)
+                                      enforce_detection=False, per_person=per_person)
             except ApiError as exc:
                 if exc.status in (401, 403, 404, 409):
                     raise  # the collection or key is wrong: no other image will do better
@@ -343,6 +387,207 @@ def forget(ctx: Ctx, collection: str, persons: tuple[str, ...], faces: tuple[str
         ctx.out.line(f"forgot {what} ({len(r['faces'])} face(s)) in '{collection}'")
     if drop:
         ctx.out.line(f"dropped collection '{collection}'")
+
+
+# --------------------------------------------------------------------------- one face
+
+
+def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"labels are KEY=VALUE, not {v!r}")
+        labels[key] = value
+    return labels
+
+
+@main.command()
+@click.argument("image", required=False,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-c", "--collection", required=True, help="Collection to enrol into.")
+@click.option("--embedding", "embedding_from", default=None, metavar="FILE",
+              help="Enrol this embedding (JSON list, or '-' for stdin) instead of IMAGE.")
+@click.option("--person-id", default=None, help="The person (a new one if unset).")
+@click.option("--name", default=None, help="The person's name.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="A label of the person (repeatable).")
+@click.option("--model", default=None, help="Embedding model (the collection's if unset).")
+@common
+def register(ctx: Ctx, image: Path | None, collection: str, embedding_from: str | None,
+             person_id: str | None, name: str | None, labels: tuple[str, ...],
+             model: str | None) -> None:
+    """Enrol the largest face of IMAGE, or an --embedding, as one face of a person."""
+    if (image is None) == (embedding_from is None):
+        raise click.UsageError("give IMAGE or --embedding (one of them)")
+    meta = {"person_id": person_id, "name": name,
+            "labels": parse_labels(labels) if labels else None, "model": model}
+    with ctx.client() as client:
+        if image is not None:
+            face = client.register(collection, image, **meta)
+        else:
+            face = client.register_embedding(collection, read_embedding(embedding_from),
+                                             **meta)
+    if ctx.out.as_json:
+        ctx.out.json({"id": face.id, "person_id": face.person_id, "name": face.name,
+                      "labels": face.labels, "collection": face.collection,
+                      "box": face.box.__dict__ if face.box else None})
+        return
+    ctx.out.line(f"enrolled face {face.id} of {face.name or face.person_id} "
+                 f"({face.person_id}) in '{collection}'")
+
+
+# --------------------------------------------------------------------------- listings
+
+
+def _pages(fetch: Callable[..., Any], limit: int, cursor: str | None,
+           every: bool) -> tuple[list[Any], str | None]:
+    items: list[Any] = []
+    while True:
+        page = fetch(limit=limit, cursor=cursor)
+        items += page.items
+        cursor = page.next_cursor
+        if not every or cursor is None:
+            return items, cursor
+
+
+@main.command()
+@click.option("-c", "--collection", required=True)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000),
+              help="Persons per page.")
+@click.option("--cursor", default=None, help="Start after the page that gave this cursor.")
+@click.option("--all", "every", is_flag=True, help="Every page, not just one.")
+@common
+def persons(ctx: Ctx, collection: str, limit: int, cursor: str | None, every: bool) -> None:
+    """List the persons of COLLECTION (person-id order) with their face counts."""
+    with ctx.client() as client:
+        items, nxt = _pages(functools.partial(client.persons, collection), limit, cursor, every)
+    if ctx.out.as_json:
+        ctx.out.json({"collection": collection, "persons": [p.__dict__ for p in items],
+                      "next_cursor": nxt})
+        return
+    ctx.out.table(f"persons in '{collection}'", ["person", "name", "faces", "labels"],
+                  [[p.person_id, p.name or "", p.faces,
+                    ", ".join(f"{k}={v}" for k, v in sorted(p.labels.items()))]
+                   for p in items])
+    if nxt:
+        ctx.out.info(f"more: --cursor {nxt}")
+
+
+@main.command()
+@click.option("-c", "--collection", required=True)
+@click.option("--person", "person_id", default=None, help="Only this person's faces.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000),
+              help="Faces per page.")
+@click.option("--cursor", default=None, help="Start after the page that gave this cursor.")
+@click.option("--all", "every", is_flag=True, help="Every page, not just one.")
+@common
+def faces(ctx: Ctx, collection: str, person_id: str | None, limit: int, cursor: str | None,
+          every: bool) -> None:
+    """List the faces of COLLECTION in enrolment order (of one --person)."""
+    with ctx.client() as client:
+        items, nxt = _pages(functools.partial(client.faces, collection, person_id=person_id),
+                            limit, cursor, every)
+    if ctx.out.as_json:
+        ctx.out.json({"collection": collection, "next_cursor": nxt,
+                      "faces": [{"id": f.id, "person_id": f.person_id, "name": f.name,
+                                 "labels": f.labels, "created_at": f.created_at}
+                                for f in items]})
+        return
+    ctx.out.table(f"faces in '{collection}'", ["face", "person", "name"],
+                  [[f.id, f.person_id, f.name or ""] for f in items])
+    if nxt:
+        ctx.out.info(f"more: --cursor {nxt}")
+
+
+@main.command("update-person")
+@click.argument("person_id")
+@click.option("-c", "--collection", required=True)
+@click.option("--name", default=None, help="The new name.")
+@click.option("--clear-name", is_flag=True, help="Remove the name.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="The new labels, replacing the old ones (repeatable).")
+@click.option("--clear-labels", is_flag=True, help="Remove every label.")
+@common
+def update_person(ctx: Ctx, person_id: str, collection: str, name: str | None,
+                  clear_name: bool, labels: tuple[str, ...], clear_labels: bool) -> None:
+    """Rename or relabel PERSON_ID; what is not given stays."""
+    if name is not None and clear_name or labels and clear_labels:
+        raise click.UsageError("--name / --clear-name and --label / --clear-labels exclude "
+                               "each other")
+    new_name = None if clear_name else (name if name is not None else UNSET)
+    new_labels = {} if clear_labels else (parse_labels(labels) if labels else UNSET)
+    if new_name is UNSET and new_labels is UNSET:
+        raise click.UsageError("nothing to change: --name, --label, --clear-name or "
+                               "--clear-labels")
+    with ctx.client() as client:
+        p = client.update_person(collection, person_id, name=new_name, labels=new_labels)
+    if ctx.out.as_json:
+        ctx.out.json(p.raw)
+        return
+    ctx.out.line(f"{p.person_id} in '{collection}': name {p.name or '-'}, labels "
+                 + (", ".join(f"{k}={v}" for k, v in sorted(p.labels.items())) or "-"))
+
+
+# --------------------------------------------------------------------------- export / import
+
+
+@main.command("export")
+@click.option("-c", "--collection", required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write [default: COLLECTION.jsonl].")
+@click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
+@common
+def export_cmd(ctx: Ctx, collection: str, output: Path | None, no_progress: bool) -> None:
+    """Write every face of COLLECTION, with its embedding, as JSON Lines (what
+    `facefleet import` reads, into this service or another)."""
+    output = output or Path(f"{collection}.jsonl")
+    progress = Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), TimeElapsedColumn(), console=ctx.out.err,
+                        disable=no_progress)
+    task = progress.add_task("export", total=None)
+    with progress, ctx.client() as client:
+        n = client.export_to(collection, output,
+                             lambda done, total: progress.update(task, completed=done,
+                                                                 total=total))
+    if ctx.out.as_json:
+        ctx.out.json({"collection": collection, "faces": n, "output": str(output)})
+        return
+    ctx.out.line(f"exported {n} faces of '{collection}' to {output}")
+
+
+@main.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-c", "--collection", required=True, help="Collection to import into (created "
+              "if missing, unless the service is strict about collections).")
+@click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
+@click.option("--fail-on-error", is_flag=True, help="Exit 1 when any line was left out.")
+@common
+def import_cmd(ctx: Ctx, source: Path, collection: str, no_progress: bool,
+               fail_on_error: bool) -> None:
+    """Import the faces of SOURCE (JSON Lines, as `facefleet export` writes them) into
+    COLLECTION, keeping their ids. Faces already there are skipped: run it again
+    after any failure."""
+    progress = Progress(TextColumn("importing"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TextColumn("{task.fields[lines]} lines"),
+                        TimeRemainingColumn(), console=ctx.out.err, disable=no_progress)
+    task = progress.add_task("import", total=source.stat().st_size, lines=0)
+    with progress, ctx.client() as client:
+        res = client.import_faces(collection, source, on_progress=lambda lines, sent:
+                                  progress.update(task, completed=sent, lines=lines))
+    out = ctx.out
+    if out.as_json:
+        out.json(res.raw)
+    else:
+        out.table(f"imported into '{res.collection}' ({res.model}, {res.dim}-d)",
+                  ["faces read", "imported", "already there", "in another collection",
+                   "left out"],
+                  [[res.lines, res.imported, res.skipped, res.elsewhere, res.failed]])
+        if res.errors:
+            out.table("lines left out", ["line", "code", "message"],
+                      [[e.line, e.code, e.message] for e in res.errors[:20]])
+    if fail_on_error and res.failed:
+        raise SystemExit(1)
 
 
 # --------------------------------------------------------------------------- keys

@@ -8,7 +8,9 @@ reachable before this module learns about it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
 def _f(v: Any, default: float = 0.0) -> float:
@@ -194,12 +196,14 @@ class BatchResult:
     created: int
     failed: int
     results: list[BatchItemResult]
+    replayed: bool = False  # a retry under the same Idempotency-Key: the first answer
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> BatchResult:
         return cls(d.get("collection", ""), int(d.get("created", 0)), int(d.get("failed", 0)),
-                   [BatchItemResult.from_json(r) for r in d.get("results", [])], d)
+                   [BatchItemResult.from_json(r) for r in d.get("results", [])],
+                   bool(d.get("replayed", False)), d)
 
 
 @dataclass(frozen=True)
@@ -223,8 +227,8 @@ class Match:
 
 @dataclass(frozen=True)
 class IdentifiedFace:
-    box: Box
-    confidence: float
+    box: Box | None  # None for a probe embedding
+    confidence: float | None
     matches: list[Match]  # nearest first
 
     @property
@@ -234,7 +238,8 @@ class IdentifiedFace:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> IdentifiedFace:
-        return cls(Box.from_json(d["box"]), _f(d.get("confidence")),
+        box, conf = d.get("box"), d.get("confidence")
+        return cls(Box.from_json(box) if box else None, None if conf is None else float(conf),
                    [Match.from_json(m) for m in d.get("matches", [])])
 
 
@@ -277,6 +282,68 @@ class Deleted:
     face_ids: list[str]
     person_id: str | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PersonSummary:
+    """A person as a listing shows it."""
+
+    person_id: str
+    name: str | None
+    labels: dict[str, str]
+    created_at: float
+    faces: int
+
+    @property
+    def label(self) -> str:
+        return self.name or self.person_id
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PersonSummary:
+        return cls(d["person_id"], d.get("name"), dict(d.get("labels") or {}),
+                   _f(d.get("created_at")), int(d.get("faces", 0)))
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing; ``next_cursor`` fetches the next (None: the last page)."""
+
+    collection: str
+    items: list[T]
+    next_cursor: str | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImportLineError:
+    line: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did: faces read, added, already there, held by another
+    collection, and the lines left out (the first 100 in ``errors``)."""
+
+    collection: str
+    model: str | None
+    dim: int | None
+    lines: int
+    imported: int
+    skipped: int
+    elsewhere: int
+    failed: int
+    errors: list[ImportLineError]
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ImportResult:
+        return cls(d.get("collection", ""), d.get("model"), d.get("dim"),
+                   int(d.get("lines", 0)), int(d.get("imported", 0)), int(d.get("skipped", 0)),
+                   int(d.get("elsewhere", 0)), int(d.get("failed", 0)),
+                   [ImportLineError(int(e["line"]), e["code"], e["message"])
+                    for e in d.get("errors", [])], d)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ class AuditAction(str, Enum):
     FACE_REGISTER = "face.register"
     FACE_FORGET = "face.forget"
     PERSON_FORGET = "person.forget"
+    PERSON_UPDATE = "person.update"
+    FACE_IMPORT = "face.import"
     COLLECTION_CREATE = "collection.create"
     COLLECTION_DROP = "collection.drop"
     KEY_CREATE = "key.create"

@@ -1,4 +1,5 @@
-"""The gallery: collections, register, identify, forget, persons, stats.
+"""The gallery: collections, register, identify, forget, persons, listings,
+export / import, stats.
 
 :class:`GalleryCore` holds the logic that touches the store (validation, the
 model binding of collections, commits) and turns each committed write into
@@ -34,7 +35,9 @@ import numpy as np
 from index.audit import Actor, AuditAction, AuditEntry
 from index.merge import cosine_distance, merge_topk
 from index.shard import DropOp, IndexConfig, ShardIndex, ShardOp, shard_ops
-from index.store import CollectionInfo, Deleted, FaceRecord, KeyRecord, PersonUpsert, Store
+from index import cursors
+from index.store import (KEEP, AddResult, CollectionInfo, Deleted, FaceRecord, KeyRecord,
+                         PersonUpsert, Store)
 from configs.errors import CollectionNotFound, ModelMismatch, NotFound, ValidationError
 
 Plan = list[list[ShardOp]]
@@ -44,9 +47,13 @@ _COLLECTION_RE = re.compile(COLLECTION_PATTERN)
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")
 _PERSON_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_FACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_DIM = 4096
 MAX_K = 1000
 MAX_LABELS = 32
+#: rows per page of a listing, and per page an export reads
+MAX_PAGE = 1000
+MAX_EXPORT_PAGE = 5000
 
 
 # --------------------------------------------------------------------------- validation
@@ -106,6 +113,52 @@ def _check_labels(labels: Any) -> dict[str, str] | None:
     return dict(labels)
 
 
+def _check_limit(limit: Any, most: int | None = None) -> int:
+    most = most or MAX_PAGE
+    if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or not 0 < limit <= most:
+        raise ValidationError(f"limit must be an integer in 1..{most}", {"limit": str(limit)})
+    return int(limit)
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str) or not 0 < len(key) <= 128:
+        raise ValidationError("an idempotency key is a string of 1-128 characters")
+    return key
+
+
+def _check_face_id(face_id: Any) -> str:
+    """A face id as stored: 32 lowercase hex digits; a UUID in any usual spelling
+    (dashes, braces, upper case: the recipe's ``uuid`` column) is taken as its digits."""
+    if isinstance(face_id, str):
+        digits = face_id.strip("{}").replace("-", "").lower()
+        if _FACE_ID_RE.match(digits):
+            return digits
+    raise ValidationError("a face id is 32 hex digits (a UUID)", {"id": str(face_id)[:100]})
+
+
+def _check_time(value: Any, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e11:
+        raise ValidationError("created_at is a Unix time in seconds", {"created_at": str(value)})
+    return float(value)
+
+
+def check_import_row(row: Mapping[str, Any], dim: int, now: float | None = None
+                     ) -> dict[str, Any]:
+    """One face of an import, checked as the gallery will store it: its id as 32 hex
+    digits, a valid person id, name and labels, a Unix ``created_at`` (now when
+    missing) and a unit embedding of ``dim`` dimensions; a ``ValidationError``
+    says what is wrong."""
+    if not isinstance(row, Mapping):
+        raise ValidationError("a face to import is a JSON object")
+    return {"id": _check_face_id(row.get("id")),
+            "person_id": _check_person_id(row.get("person_id")),
+            "name": _check_name(row.get("name")), "labels": _check_labels(row.get("labels")),
+            "created_at": _check_time(row.get("created_at"), time.time() if now is None else now),
+            "embedding": _unit_rows(row.get("embedding"), dim, "embedding")[0]}
+
+
 def _unit_rows(vectors: Any, dim: int, what: str) -> np.ndarray:
     """``vectors`` as a C-contiguous (n, dim) float32 array of unit rows."""
     try:
@@ -119,7 +172,11 @@ def _unit_rows(vectors: Any, dim: int, what: str) -> np.ndarray:
                               {"shape": list(x.shape), "dim": dim})
     if not np.isfinite(x).all():
         raise ValidationError(f"{what} contain NaN or infinite values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if not np.isfinite(norms).all():
+        # large float32 values overflow the norm to inf (and the vector to zeros)
+        norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValidationError(f"{what} must not be zero vectors")
     return np.ascontiguousarray(x / norms, dtype=np.float32)
@@ -203,8 +260,18 @@ class GalleryCore:
     # -- register
     def register(self, collection: str, model: str, dim: int, items: Sequence[Mapping[str, Any]],
                  idempotency_key: str | None = None, create_collection: bool = False,
-                 actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
-        """Items: ``{"embedding": vector, "person_id"?: str, "name"?: str, "labels"?: {..}}``."""
+                 face_ids: Sequence[str] | None = None, request_hash: str | None = None,
+                 extra: Any = None, actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
+        """Items: ``{"embedding": vector, "person_id"?: str, "name"?: str, "labels"?: {..}}``.
+
+        ``face_ids`` (32 lowercase hex characters each, e.g. a UUID without dashes)
+        keep the ids faces had elsewhere, for imports; by default they are new.
+        Under an ``idempotency_key`` the request is told apart by ``request_hash``
+        (the caller's digest of the request as it was sent; by default one of the
+        vectors and items) and ``extra`` (any JSON value) is kept with the answer;
+        a replay's answer carries the first write's ``extra``. ``actor`` is who
+        makes the change, for its audit entry.
+        """
         check_collection_name(collection)
         model, dim = _check_model(model, dim)
         if not items:
@@ -228,30 +295,45 @@ class GalleryCore:
                 labels = labels if labels is not None else prev.labels
             persons[pid] = PersonUpsert(pid, name, labels)
             person_ids.append(pid)
-        idem = None
+        idem: tuple[Any, ...] | None = None
         if idempotency_key is not None:
-            if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 128:
-                raise ValidationError("an idempotency key is a string of 1-128 characters")
-            digest = hashlib.sha256(f"{model}\0{dim}\0".encode())
-            digest.update(emb.tobytes())
-            digest.update(json.dumps(
-                [[i.get("person_id"), i.get("name"), i.get("labels")] for i in items],
-                sort_keys=True, default=str).encode())
-            idem = (idempotency_key, digest.hexdigest())
-        face_ids = new_ids(len(items))
+            _check_key(idempotency_key)
+            if request_hash is None:
+                digest = hashlib.sha256(f"{model}\0{dim}\0".encode())
+                digest.update(emb.tobytes())
+                digest.update(json.dumps(
+                    [[i.get("person_id"), i.get("name"), i.get("labels")] for i in items],
+                    sort_keys=True, default=str).encode())
+                request_hash = digest.hexdigest()
+            idem = (idempotency_key, str(request_hash), extra)
+        if face_ids is None:
+            face_ids = new_ids(len(items))
+        else:
+            face_ids = [str(f) for f in face_ids]
+            if len(face_ids) != len(items) or not all(_FACE_ID_RE.match(f) for f in face_ids):
+                raise ValidationError("face_ids are 32 lowercase hex characters, one per item")
+            if len(set(face_ids)) != len(face_ids):
+                raise ValidationError("face_ids repeat within one request")
         res = self.store.add_faces(collection, model, dim, face_ids, person_ids, emb,
                                    list(persons.values()), create=create_collection,
                                    idempotency=idem,
                                    audit=_entry(actor, AuditAction.FACE_REGISTER, collection))
         plan = shard_ops(self.nshards, res.collection.id, dim, res.ids, res.buckets,
                          res.embeddings, res.seq)
+        return self._register_answer(collection, res), plan
+
+    @staticmethod
+    def _register_answer(collection: str, res: AddResult) -> dict[str, Any]:
         faces = []
         for f, p in zip(res.face_ids, res.person_ids, strict=True):
             name, labels = res.persons.get(p, (None, {}))
             faces.append({"face_id": f, "person_id": p, "name": name, "labels": labels,
                           "collection": collection, "created_at": res.created_at})
-        return {"collection": collection, "model": res.collection.model, "faces": faces,
-                "replayed": res.replayed}, plan
+        out = {"collection": collection, "model": res.collection.model, "faces": faces,
+               "replayed": res.replayed}
+        if res.replayed and res.extra is not None:
+            out["extra"] = res.extra
+        return out
 
     def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
                       person_ids: Sequence[str] | None = None,
@@ -349,11 +431,135 @@ class GalleryCore:
                  "deleted_faces": [d.face_id for d in deleted.faces]},
                 self._removal_plan(info.id, deleted))
 
+    # -- listings
+    def list_persons(self, collection: str, limit: int = 100,
+                     cursor: str | None = None) -> dict[str, Any]:
+        """One page of the collection's persons in person-id order, and the cursor of
+        the next page (None after the last)."""
+        info = self.collection(collection)
+        limit = _check_limit(limit)
+        after = cursors.decode(cursor, "persons", info.id) if cursor else ""
+        rows = self.store.list_persons(info.id, after, limit + 1)
+        more, rows = len(rows) > limit, rows[:limit]
+        return {"collection": info.name,
+                "persons": [{"person_id": p.person_id, "name": p.name, "labels": p.labels,
+                             "created_at": p.created_at, "faces": p.faces} for p in rows],
+                "next_cursor": cursors.encode("persons", info.id, rows[-1].person_id)
+                if more else None}
+
+    def list_faces(self, collection: str, person_id: str | None = None, limit: int = 100,
+                   cursor: str | None = None) -> dict[str, Any]:
+        """One page of the collection's faces (of one person, when given) in enrolment
+        order, and the cursor of the next page (None after the last)."""
+        info = self.collection(collection)
+        limit = _check_limit(limit)
+        if person_id is not None:
+            _check_person_id(person_id)
+        after = cursors.decode(cursor, "faces", info.id, person_id) if cursor else 0
+        rows = self.store.list_faces(info.id, person_id, after, limit + 1)
+        more, rows = len(rows) > limit, rows[:limit]
+        return {"collection": info.name,
+                "faces": [{"face_id": f.face_id, "person_id": f.person_id, "name": f.name,
+                           "labels": f.labels, "collection": info.name,
+                           "created_at": f.created_at} for f in rows],
+                "next_cursor": cursors.encode("faces", info.id, rows[-1].id, person_id)
+                if more else None}
+
+    def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
+                      actor: Actor | None = None) -> dict[str, Any]:
+        """Rename / relabel a person: ``changes`` holds ``name`` (None clears it) and/or
+        ``labels`` (replaces the map); keys left out stay as they are."""
+        info = self.collection(collection)
+        _check_person_id(person_id)
+        unknown = set(changes) - {"name", "labels"}
+        if unknown:
+            raise ValidationError("a person's name and labels are what can change",
+                                  {"fields": sorted(unknown)})
+        name = _check_name(changes["name"]) if "name" in changes else KEEP
+        labels = KEEP
+        if "labels" in changes:
+            labels = _check_labels(changes["labels"]) or {}
+        p = self.store.update_person(info.id, person_id, name, labels,
+                                     _entry(actor, AuditAction.PERSON_UPDATE, info.name))
+        return {"person_id": p.person_id, "name": p.name, "labels": p.labels,
+                "collection": info.name, "created_at": p.created_at,
+                "faces": [face_dict(f, info.name) for f in p.faces]}
+
+    # -- export and import
+    def export_page(self, collection: str, after: int = 0,
+                    limit: int = 1000) -> dict[str, Any]:
+        """Faces after internal id ``after`` with their embeddings, for an export that
+        streams a collection page by page; ``after`` of the answer is the next call's
+        (None after the last page)."""
+        info = self.collection(collection)
+        limit = _check_limit(limit, MAX_EXPORT_PAGE)
+        rows = self.store.list_faces(info.id, None, int(after), limit, with_embedding=True)
+        faces = [{"id": f.face_id, "person_id": f.person_id, "name": f.name,
+                  "labels": f.labels, "model": info.model, "created_at": f.created_at,
+                  "embedding": f.embedding} for f in rows]
+        return {"collection": info.name, "model": info.model, "dim": info.dim,
+                "faces": faces, "after": rows[-1].id if len(rows) == limit else None}
+
+    def import_faces(self, collection: str, model: str, dim: int,
+                     rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
+                     actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
+        """Faces exported elsewhere, with their ids: ``{"id", "embedding", "person_id",
+        "name"?, "labels"?, "created_at"?}`` each. Ids the collection holds already
+        are skipped (an import can be run again), ids another collection holds are
+        reported in ``elsewhere``; embeddings are normalised as every vector is."""
+        check_collection_name(collection)
+        model, dim = _check_model(model, dim)
+        if not rows:
+            raise ValidationError("nothing to import")
+        now = time.time()
+        rows = [check_import_row(r, dim, now) for r in rows]
+        face_ids = [r["id"] for r in rows]
+        if len(set(face_ids)) != len(face_ids):
+            raise ValidationError("face ids repeat within one import chunk")
+        emb = np.stack([r["embedding"] for r in rows])
+        created = [r["created_at"] for r in rows]
+        persons: dict[str, PersonUpsert] = {}
+        person_ids = []
+        for r in rows:
+            pid, name, labels = r["person_id"], r["name"], r["labels"]
+            prev = persons.get(pid)
+            if prev is not None:
+                name = name if name is not None else prev.name
+                labels = labels if labels is not None else prev.labels
+            persons[pid] = PersonUpsert(pid, name, labels)
+            person_ids.append(pid)
+        res = self.store.import_faces(collection, model, dim, face_ids, person_ids, emb,
+                                      created, list(persons.values()),
+                                      create=create_collection,
+                                      audit=_entry(actor, AuditAction.FACE_IMPORT, collection))
+        a = res.added
+        plan = shard_ops(self.nshards, a.collection.id, dim, a.ids, a.buckets, a.embeddings,
+                         a.seq)
+        return {"collection": collection, "model": a.collection.model, "dim": a.collection.dim,
+                "imported": a.face_ids, "skipped": res.skipped,
+                "elsewhere": res.elsewhere}, plan
+
+    def replay_register(self, collection: str, idempotency_key: str,
+                        request_hash: str) -> tuple[dict[str, Any] | None, Plan]:
+        """The answer of the register committed under ``idempotency_key`` (its faces
+        re-read, and re-sent to the shards as a replay is), or None when there is none."""
+        check_collection_name(collection)
+        _check_key(idempotency_key)
+        res = self.store.replay(collection, idempotency_key, request_hash)
+        if res is None:
+            return None, self._empty_plan()
+        plan = shard_ops(self.nshards, res.collection.id, res.collection.dim, res.ids,
+                         res.buckets, res.embeddings, res.seq)
+        return self._register_answer(collection, res), plan
+
     def stats(self, collection: str) -> tuple[CollectionInfo, dict[str, Any]]:
         info = self.collection(collection)
         faces, persons = self.store.counts(info.id)
         out = collection_dict(info)
         out.update(faces=faces, persons=persons, shards=self.nshards)
+        sql_view = getattr(self.store, "sql_view", None)
+        if sql_view is not None:  # pgvector: the collection's recipe-shaped view
+            out["sql_view"] = sql_view(info)
         return info, out
 
 
@@ -501,11 +707,48 @@ class GalleryService:
     async def register(self, collection: str, model: str, dim: int,
                        items: Sequence[Mapping[str, Any]], idempotency_key: str | None = None,
                        create_collection: bool = False,
-                       actor: Actor | None = None) -> dict[str, Any]:
-        result, plan = await self._db(self.core.register, collection, model, dim, items,
-                                      idempotency_key, create_collection, actor)
+                       face_ids: Sequence[str] | None = None, request_hash: str | None = None,
+                       extra: Any = None, actor: Actor | None = None) -> dict[str, Any]:
+        result, plan = await self._db(functools.partial(
+            self.core.register, collection, model, dim, items, idempotency_key,
+            create_collection, face_ids=face_ids, request_hash=request_hash, extra=extra,
+            actor=actor))
         await self._apply(plan)
         return result
+
+    async def replay_register(self, collection: str, idempotency_key: str,
+                              request_hash: str) -> dict[str, Any] | None:
+        """The first answer of a register made under ``idempotency_key`` (its faces
+        re-sent to the shards, as any replay does), or None when none was committed."""
+        result, plan = await self._db(self.core.replay_register, collection,
+                                      idempotency_key, request_hash)
+        if result is not None:
+            await self._apply(plan)
+        return result
+
+    async def import_faces(self, collection: str, model: str, dim: int,
+                           rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
+                           actor: Actor | None = None) -> dict[str, Any]:
+        result, plan = await self._db(self.core.import_faces, collection, model, dim, rows,
+                                      create_collection, actor)
+        await self._apply(plan)
+        return result
+
+    async def export_page(self, collection: str, after: int = 0,
+                          limit: int = 1000) -> dict[str, Any]:
+        return await self._db(self.core.export_page, collection, after, limit)
+
+    async def list_persons(self, collection: str, limit: int = 100,
+                           cursor: str | None = None) -> dict[str, Any]:
+        return await self._db(self.core.list_persons, collection, limit, cursor)
+
+    async def list_faces(self, collection: str, person_id: str | None = None,
+                         limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        return await self._db(self.core.list_faces, collection, person_id, limit, cursor)
+
+    async def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
+                            actor: Actor | None = None) -> dict[str, Any]:
+        return await self._db(self.core.update_person, collection, person_id, changes, actor)
 
     async def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
                             person_ids: Sequence[str] | None = None,
@@ -655,19 +898,35 @@ class GalleryService:
 
 
 class Gallery:
-    """The in-process gallery (a store plus :class:`LocalShards`), called synchronously.
+    """The in-process gallery (a store plus its shards), called synchronously.
 
-    Each method of :class:`GalleryService` is run to completion on a private
-    event loop thread, so tests, benchmarks and scripts use the one gallery
-    implementation without asyncio; it is safe to call from several threads.
+    The shards are :class:`LocalShards` (FAISS), or for a pgvector store the
+    SQL search of ``index.pgvector_shards`` (``search="sql"``, its default);
+    ``search="faiss"`` serves a pgvector store from FAISS shards too, as its
+    change log allows. Each method of :class:`GalleryService` is run to
+    completion on a private event loop thread, so tests, benchmarks and scripts
+    use the one gallery implementation without asyncio; it is safe to call
+    from several threads.
     """
 
     def __init__(self, store: Store, nshards: int = 1, config: IndexConfig | None = None,
-                 rebuild: bool = True) -> None:
+                 rebuild: bool = True, search: str | None = None,
+                 ef_search: int | None = None) -> None:
         self.store = store
-        self.local = LocalShards(store, nshards, config, rebuild)
+        if search is None:
+            search = "sql" if store.backend == "pgvector" else "faiss"
+        self.local: Any
+        if search == "sql":
+            from index.pgvector_shards import SqlShards
+
+            self.local = SqlShards(store, ef_search=ef_search)  # type: ignore[arg-type]
+            self.shards: list[ShardIndex] = []
+        elif search == "faiss":
+            self.local = LocalShards(store, nshards, config, rebuild)
+            self.shards = self.local.shards
+        else:
+            raise ValueError(f"unknown search {search!r}: 'faiss' or 'sql'")
         self.service = GalleryService(store, self.local)
-        self.shards = self.local.shards
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="gallery-loop")

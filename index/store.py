@@ -1,15 +1,24 @@
 """The gallery's source of truth: collections, persons and face embeddings in a
 real database.
 
-Two backends share one schema and one set of statements: SQLite in WAL mode
+Three backends share one schema and one set of statements: SQLite in WAL mode
 (the embedded default, one file under the data directory, safe for several
-processes thanks to ``BEGIN IMMEDIATE`` and a busy timeout) and PostgreSQL
-(production). Embeddings are stored as little-endian float32 bytes. Each face
+processes thanks to ``BEGIN IMMEDIATE`` and a busy timeout), PostgreSQL
+(production), and PostgreSQL with pgvector (``index.pgvector_store``: the
+embedding column is a pgvector ``vector`` searched in SQL). Embeddings are
+otherwise stored as little-endian float32 bytes. Each face
 has a public string id (random, unguessable) and an int64 internal id taken
 from a counter that never hands out a value twice, which is what FAISS stores:
 shards rely on "never reused" to ignore late or repeated updates. A face's
 ``bucket`` is a stable hash of its public id; its shard is ``bucket % N``.
 The schema is versioned; :data:`MIGRATIONS` is applied in order at open time.
+
+Listings and exports read keyset pages (persons by id, faces by internal id,
+one statement each), so a client paging through while others write sees every
+row that existed throughout exactly once. Imports keep the face ids they are
+given and skip the ones already held, so they can be run again. A register
+made under an idempotency key stores its answer, which a retry gets back
+(:meth:`replay`) instead of writing twice.
 
 The store is the single source of truth, with an ordered change log per
 collection: every committed register or forget takes the next number of its
@@ -141,6 +150,47 @@ class AddResult:
     created_at: float = 0.0
     persons: dict[str, tuple[str | None, dict[str, str]]] = field(default_factory=dict)
     replayed: bool = False
+    #: what the caller stored beside the key with the first write (``idempotency[2]``)
+    extra: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class PersonSummary:
+    """A person as a listing shows it: its record and how many faces it has."""
+
+    person_id: str
+    name: str | None
+    labels: dict[str, str]
+    created_at: float
+    faces: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListedFace:
+    """A face as a listing or an export shows it, with its person's name and labels."""
+
+    id: int
+    face_id: str
+    person_id: str
+    name: str | None
+    labels: dict[str, str]
+    created_at: float
+    embedding: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class ImportResult:
+    """What an import chunk committed: the faces added (``added``, as a register's
+    result, for the shards) and the ids left out because the collection holds them
+    already (``skipped``) or another collection does (``elsewhere``)."""
+
+    added: AddResult
+    skipped: list[str]
+    elsewhere: list[str]
+
+
+#: "leave this field as it is" in :meth:`_SqlStore.update_person`
+KEEP: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +266,7 @@ class Store(Protocol):
     def add_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                   person_ids: Sequence[str], embeddings: np.ndarray,
                   persons: Sequence[PersonUpsert], *, create: bool = False,
-                  idempotency: tuple[str, str] | None = None,
+                  idempotency: tuple[Any, ...] | None = None,
                   audit: AuditEntry | None = None) -> AddResult: ...
     def get_face(self, cid: int, face_id: str, with_embedding: bool = False) -> FaceRecord: ...
     def delete_faces(self, cid: int, face_ids: Sequence[str],
@@ -226,12 +276,24 @@ class Store(Protocol):
                       audit: AuditEntry | None = None) -> tuple[PersonRecord, Deleted]: ...
     def lookup(self, cid: int, ids: Sequence[int]) -> dict[int, HitInfo]: ...
     def counts(self, cid: int) -> tuple[int, int]: ...
+    def existing_face_ids(self, cid: int, face_ids: Sequence[str]) -> set[str]: ...
     def face_ids_internal(self, cid: int) -> np.ndarray: ...
     def iter_shard(self, shard: int, nshards: int, chunk: int = 20000,
                    seqs: dict[int, tuple[int, int]] | None = None,
                    ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]: ...
     def collection_seqs(self) -> dict[int, tuple[int, int]]: ...
     def changes_since(self, cid: int, after_seq: int, shard: int, nshards: int) -> Changes: ...
+    def list_persons(self, cid: int, after: str = "", limit: int = 100
+                     ) -> list[PersonSummary]: ...
+    def list_faces(self, cid: int, person_id: str | None = None, after: int = 0,
+                   limit: int = 100, with_embedding: bool = False) -> list[ListedFace]: ...
+    def update_person(self, cid: int, person_id: str, name: Any = KEEP,
+                      labels: Any = KEEP, audit: AuditEntry | None = None) -> PersonRecord: ...
+    def import_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
+                     person_ids: Sequence[str], embeddings: np.ndarray,
+                     created_at: Sequence[float], persons: Sequence[PersonUpsert], *,
+                     create: bool = False, audit: AuditEntry | None = None) -> ImportResult: ...
+    def replay(self, collection: str, key: str, request_hash: str) -> AddResult | None: ...
     def append_audit(self, entries: Sequence[AuditEntry]) -> None: ...
     def audit_entries(self, *, collection: str | None = None, action: str | None = None,
                       since: float | None = None, after_seq: int = 0,
@@ -255,6 +317,37 @@ class Migration:
     name: str
     sqlite: tuple[str, ...]
     postgres: tuple[str, ...]
+    #: the pgvector backend's statements where they differ from ``postgres``
+    pgvector: tuple[str, ...] | None = None
+
+    def statements(self, backend: str) -> tuple[str, ...]:
+        if backend == "sqlite":
+            return self.sqlite
+        if backend == "pgvector" and self.pgvector is not None:
+            return self.pgvector
+        return self.postgres
+
+
+_PG_V1 = (
+    """CREATE TABLE collections (
+                id BIGSERIAL PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE, model TEXT NOT NULL, dim INTEGER NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE persons (
+                collection_id BIGINT NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+                person_id TEXT NOT NULL, name TEXT, labels TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (collection_id, person_id))""",
+    "CREATE SEQUENCE face_ids",
+    """CREATE TABLE faces (
+                id BIGINT PRIMARY KEY, face_id TEXT NOT NULL UNIQUE,
+                collection_id BIGINT NOT NULL, person_id TEXT NOT NULL,
+                bucket INTEGER NOT NULL, embedding BYTEA NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                FOREIGN KEY (collection_id, person_id)
+                    REFERENCES persons (collection_id, person_id) ON DELETE CASCADE)""",
+    "CREATE INDEX faces_by_person ON faces (collection_id, person_id)",
+)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -281,26 +374,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
             "INSERT INTO sequences (name, value) VALUES ('faces', 0)",
         ),
-        postgres=(
-            """CREATE TABLE collections (
-                id BIGSERIAL PRIMARY KEY,
-                name TEXT NOT NULL UNIQUE, model TEXT NOT NULL, dim INTEGER NOT NULL,
-                created_at DOUBLE PRECISION NOT NULL)""",
-            """CREATE TABLE persons (
-                collection_id BIGINT NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
-                person_id TEXT NOT NULL, name TEXT, labels TEXT,
-                created_at DOUBLE PRECISION NOT NULL,
-                PRIMARY KEY (collection_id, person_id))""",
-            "CREATE SEQUENCE face_ids",
-            """CREATE TABLE faces (
-                id BIGINT PRIMARY KEY, face_id TEXT NOT NULL UNIQUE,
-                collection_id BIGINT NOT NULL, person_id TEXT NOT NULL,
-                bucket INTEGER NOT NULL, embedding BYTEA NOT NULL,
-                created_at DOUBLE PRECISION NOT NULL,
-                FOREIGN KEY (collection_id, person_id)
-                    REFERENCES persons (collection_id, person_id) ON DELETE CASCADE)""",
-            "CREATE INDEX faces_by_person ON faces (collection_id, person_id)",
-        ),
+        postgres=_PG_V1,
+        # pgvector: the same table with the embedding as a pgvector column of no fixed
+        # dimension; each collection gets an HNSW index of its own dimension
+        # (index.pgvector_store)
+        pgvector=tuple(st.replace("embedding BYTEA", "embedding vector") for st in _PG_V1),
     ),
     Migration(
         2,
@@ -381,6 +459,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX audit_by_time ON audit_log (at)",
         ),
     ),
+    Migration(
+        5,
+        "faces in enrolment order per collection: keyset pages of listings and exports",
+        sqlite=("CREATE INDEX faces_by_collection ON faces (collection_id, id)",),
+        postgres=("CREATE INDEX faces_by_collection ON faces (collection_id, id)",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -434,10 +518,14 @@ class _SqlStore:
     _transient: tuple[type[BaseException], ...] = ()
     #: errors that mean the store cannot serve (locked for too long, down)
     _unreachable: tuple[type[BaseException], ...] = ()
+    #: a unique constraint violated (an import racing another over the same face ids)
+    _integrity: tuple[type[BaseException], ...] = ()
 
     backend = "sql"
     #: placeholder of the driver ("?" or "%s"); statements below are written with "?"
     _ph = "?"
+    #: how statements read a face's embedding (decoded by :meth:`_decode`)
+    _EMB = "embedding"
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -459,6 +547,17 @@ class _SqlStore:
 
     def _insert_faces(self, cur: Any, rows: list[tuple]) -> None:
         raise NotImplementedError
+
+    def _encode(self, vector: np.ndarray) -> Any:
+        """One embedding as the value written to ``faces.embedding``."""
+        return vector.tobytes()
+
+    def _decode(self, values: list[Any], dim: int) -> np.ndarray:
+        """Embeddings read with :attr:`_EMB` as an ``(n, dim)`` float32 array."""
+        return _vectors([bytes(v) for v in values], dim)
+
+    def _decode_one(self, value: Any) -> np.ndarray:
+        return np.frombuffer(bytes(value), dtype="<f4").astype(np.float32)
 
     def _any(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """``column IN (...)`` (or ``= ANY``), as SQL text and parameters."""
@@ -507,7 +606,7 @@ class _SqlStore:
             for m in MIGRATIONS:
                 if m.version in applied:
                     continue
-                for stmt in (m.sqlite if self.backend == "sqlite" else m.postgres):
+                for stmt in m.statements(self.backend):
                     cur.execute(stmt)
                 cur.execute(self._q(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"),
@@ -555,7 +654,18 @@ class _SqlStore:
             f"ON CONFLICT (name) DO NOTHING RETURNING {self._COLL}"),
             (name, model, int(dim), time.time()))
         row = cur.fetchone()
-        return self._coll(row) if row else None
+        if row is None:
+            return None
+        info = self._coll(row)
+        self._collection_created(cur, info)
+        return info
+
+    def _collection_created(self, cur: Any, info: CollectionInfo) -> None:
+        """Per-collection objects a backend keeps (pgvector: its index and view),
+        made in the creating transaction."""
+
+    def _collection_dropped(self, cur: Any, info: CollectionInfo) -> None:
+        """Remove what :meth:`_collection_created` made, in the dropping transaction."""
 
     @_guarded
     def get_collection(self, name: str) -> CollectionInfo:
@@ -580,6 +690,7 @@ class _SqlStore:
             if row is None:
                 raise CollectionNotFound(f"collection {name!r} does not exist",
                                          {"collection": name})
+            self._collection_dropped(cur, self._coll(row))
             self._audit(cur, audit)
         return self._coll(row)
 
@@ -601,8 +712,16 @@ class _SqlStore:
     def add_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                   person_ids: Sequence[str], embeddings: np.ndarray,
                   persons: Sequence[PersonUpsert], *, create: bool = False,
-                  idempotency: tuple[str, str] | None = None,
+                  idempotency: tuple[Any, ...] | None = None,
                   audit: AuditEntry | None = None) -> AddResult:
+        """Commit new faces (and upsert their persons) as one change, with its audit
+        entry.
+
+        ``idempotency`` is ``(key, request hash)`` or ``(key, request hash, extra)``:
+        the first write under a key stores its answer (and ``extra``, any JSON value),
+        a repeat with the same hash gets it back (``replayed``), another request
+        under the same key a :class:`Conflict`.
+        """
         emb = np.ascontiguousarray(embeddings, dtype="<f4")
         n = len(face_ids)
         if emb.shape != (n, dim) or len(person_ids) != n:
@@ -651,11 +770,12 @@ class _SqlStore:
             row_bytes = emb.reshape(n, dim)
             self._insert_faces(cur, [
                 (int(ids[i]), face_ids[i], info.id, person_ids[i], int(buckets[i]),
-                 row_bytes[i].tobytes(), now, seq) for i in range(n)])
+                 self._encode(row_bytes[i]), now, seq) for i in range(n)])
             if idempotency is not None:
+                answer = [list(face_ids), list(person_ids), *idempotency[2:3]]
                 cur.execute(self._q(
                     "UPDATE idempotency_keys SET response = ? WHERE collection_id = ? AND key = ?"),
-                    (json.dumps([list(face_ids), list(person_ids)]), info.id, idempotency[0]))
+                    (json.dumps(answer), info.id, idempotency[0]))
             if audit is not None:
                 if created:
                     self._audit(cur, AuditEntry(
@@ -670,8 +790,8 @@ class _SqlStore:
                          stored)
 
     def _claim_key(self, cur: Any, info: CollectionInfo,
-                   idempotency: tuple[str, str]) -> AddResult | None:
-        key, request_hash = idempotency
+                   idempotency: tuple[str, ...]) -> AddResult | None:
+        key, request_hash = idempotency[0], idempotency[1]
         # Inserting first makes a concurrent retry with the same key wait for this
         # transaction (unique index), then find the stored response.
         cur.execute(self._q(
@@ -687,7 +807,11 @@ class _SqlStore:
         if stored_hash != request_hash or response is None:
             raise Conflict(f"idempotency key {key!r} was used with a different request",
                            {"idempotency_key": key})
-        face_ids, person_ids = json.loads(response)
+        return self._replayed(cur, info, response)
+
+    def _replayed(self, cur: Any, info: CollectionInfo, response: str) -> AddResult:
+        """The result of the write whose stored answer is ``response``, re-read."""
+        face_ids, person_ids, *extra = json.loads(response)
         rows = self._faces_by_public_id(cur, info.id, face_ids)
         # faces forgotten since the first answer stay forgotten: only the rest are re-sent
         seq = max((int(r[3]) for r in rows), default=0)
@@ -702,39 +826,36 @@ class _SqlStore:
             info, face_ids, person_ids,
             np.array([r[0] for r in rows], dtype=np.int64),
             np.array([r[1] for r in rows], dtype=np.int64),
-            _vectors([bytes(r[2]) for r in rows], info.dim), seq, created, persons,
-            replayed=True)
+            self._decode([r[2] for r in rows], info.dim), seq, created, persons,
+            replayed=True, extra=extra[0] if extra else None)
 
     def _faces_by_public_id(self, cur: Any, cid: int, face_ids: Sequence[str]) -> list[tuple]:
         rows: list[tuple] = []
         for i in range(0, len(face_ids), _IN_CHUNK):
             cond, params = self._any("face_id", face_ids[i:i + _IN_CHUNK])
             cur.execute(self._q(
-                "SELECT id, bucket, embedding, seq, created_at FROM faces "
+                f"SELECT id, bucket, {self._EMB}, seq, created_at FROM faces "
                 f"WHERE collection_id = ? AND {cond}"), [cid, *params])
             rows.extend(cur.fetchall())
         return rows
 
     # -- faces and persons
-    @staticmethod
-    def _face(row: Sequence[Any], dim: int | None = None) -> FaceRecord:
-        emb = None
-        if dim is not None and len(row) > 5:
-            emb = np.frombuffer(bytes(row[5]), dtype="<f4").astype(np.float32)
+    def _face(self, row: Sequence[Any], with_embedding: bool = False) -> FaceRecord:
+        emb = self._decode_one(row[5]) if with_embedding and len(row) > 5 else None
         return FaceRecord(int(row[0]), row[1], row[2], int(row[3]), float(row[4]), emb)
 
     @_guarded
     def get_face(self, cid: int, face_id: str, with_embedding: bool = False) -> FaceRecord:
         cols = "id, face_id, person_id, bucket, created_at"
         if with_embedding:
-            cols += ", embedding"
+            cols += f", {self._EMB}"
         with self._tx(write=False) as cur:
             cur.execute(self._q(f"SELECT {cols} FROM faces WHERE collection_id = ? AND face_id = ?"),
                         (cid, face_id))
             row = cur.fetchone()
         if row is None:
             raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
-        return self._face(row, 0 if with_embedding else None)
+        return self._face(row, with_embedding)
 
     def _tombstone(self, cur: Any, cid: int, seq: int, deleted: list[DeletedFace]) -> None:
         now = time.time()
@@ -829,6 +950,18 @@ class _SqlStore:
         return out
 
     @_guarded
+    def existing_face_ids(self, cid: int, face_ids: Sequence[str]) -> set[str]:
+        """Which of ``face_ids`` the collection holds (imports skip those)."""
+        found: set[str] = set()
+        with self._tx(write=False) as cur:
+            for i in range(0, len(face_ids), _IN_CHUNK):
+                cond, params = self._any("face_id", face_ids[i:i + _IN_CHUNK])
+                cur.execute(self._q(f"SELECT face_id FROM faces WHERE collection_id = ? AND {cond}"),
+                            [cid, *params])
+                found.update(r[0] for r in cur.fetchall())
+        return found
+
+    @_guarded
     def counts(self, cid: int) -> tuple[int, int]:
         with self._tx(write=False) as cur:
             cur.execute(self._q("SELECT COUNT(*) FROM faces WHERE collection_id = ?"), (cid,))
@@ -841,6 +974,190 @@ class _SqlStore:
         with self._tx(write=False) as cur:
             cur.execute(self._q("SELECT id FROM faces WHERE collection_id = ? ORDER BY id"), (cid,))
             return np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
+
+    # -- listings and exports: keyset pages, one statement (one snapshot) each
+    @_guarded
+    def list_persons(self, cid: int, after: str = "", limit: int = 100) -> list[PersonSummary]:
+        """Up to ``limit`` persons with ids after ``after``, in person-id order, each
+        with its face count. Keyset pages: a person that exists while a client
+        pages through is on exactly one page, whatever is written meanwhile."""
+        with self._tx(write=False) as cur:
+            cur.execute(self._q(
+                "SELECT p.person_id, p.name, p.labels, p.created_at, "
+                "(SELECT COUNT(*) FROM faces f WHERE f.collection_id = p.collection_id "
+                "AND f.person_id = p.person_id) FROM persons p "
+                "WHERE p.collection_id = ? AND p.person_id > ? ORDER BY p.person_id LIMIT ?"),
+                (cid, after, int(limit)))
+            return [PersonSummary(r[0], r[1], _labels_out(r[2]), float(r[3]), int(r[4]))
+                    for r in cur.fetchall()]
+
+    @_guarded
+    def list_faces(self, cid: int, person_id: str | None = None, after: int = 0,
+                   limit: int = 100, with_embedding: bool = False) -> list[ListedFace]:
+        """Up to ``limit`` faces with internal ids after ``after`` (of one person when
+        ``person_id`` is given), in enrolment order (internal ids are never reused),
+        with their persons' names and labels and, for exports, their embeddings."""
+        cols = "f.id, f.face_id, f.person_id, p.name, p.labels, f.created_at"
+        if with_embedding:
+            cols += ", " + self._EMB.replace("embedding", "f.embedding")
+        where, params = "f.collection_id = ? AND f.id > ?", [cid, int(after)]
+        if person_id is not None:
+            where += " AND f.person_id = ?"
+            params.append(person_id)
+        with self._tx(write=False) as cur:
+            cur.execute(self._q(
+                f"SELECT {cols} FROM faces f JOIN persons p ON p.collection_id = f.collection_id "
+                f"AND p.person_id = f.person_id WHERE {where} ORDER BY f.id LIMIT ?"),
+                [*params, int(limit)])
+            rows = cur.fetchall()
+        return [ListedFace(int(r[0]), r[1], r[2], r[3], _labels_out(r[4]), float(r[5]),
+                           self._decode_one(r[6]) if with_embedding else None) for r in rows]
+
+    # -- persons
+    @_guarded
+    def update_person(self, cid: int, person_id: str, name: Any = KEEP,
+                      labels: Any = KEEP, audit: AuditEntry | None = None) -> PersonRecord:
+        """Rename (``name``, None clears it) or relabel (``labels`` replaces the map)
+        a person; fields left at :data:`KEEP` stay. Names and labels live in the
+        person's row only (hits are resolved through it), so no index changes;
+        ``audit`` is recorded in the same transaction."""
+        sets: list[str] = []
+        params: list[Any] = []
+        if name is not KEEP:
+            sets.append("name = ?")
+            params.append(name)
+        if labels is not KEEP:
+            sets.append("labels = ?")
+            params.append(_labels_in(labels or {}))
+        with self._tx(write=True) as cur:
+            if sets:
+                cur.execute(self._q(
+                    f"UPDATE persons SET {', '.join(sets)} WHERE collection_id = ? "
+                    "AND person_id = ?"), [*params, cid, person_id])
+            person = self._person(cur, cid, person_id)
+            if audit is not None:
+                audit.person_id = person_id
+                self._audit(cur, audit)
+            return person
+
+    # -- imports
+    @_guarded
+    def import_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
+                     person_ids: Sequence[str], embeddings: np.ndarray,
+                     created_at: Sequence[float], persons: Sequence[PersonUpsert], *,
+                     create: bool = False, audit: AuditEntry | None = None) -> ImportResult:
+        """Add faces that keep the ids (and enrolment times) they had elsewhere, as one
+        change; ids the collection already holds are skipped, so an import runs again
+        safely, and ids another collection holds are left out (``elsewhere``).
+        ``audit`` is recorded in the same transaction, with the faces added."""
+        emb = np.ascontiguousarray(embeddings, dtype="<f4")
+        n = len(face_ids)
+        if emb.shape != (n, dim) or len(person_ids) != n or len(created_at) != n:
+            raise ValueError("face_ids, person_ids, embeddings and created_at must match")
+        for attempt in range(2):
+            try:
+                return self._import(collection, model, dim, face_ids, person_ids, emb,
+                                    created_at, persons, create, audit)
+            except self._integrity as e:
+                # the same ids committed by a concurrent import into another
+                # collection after the check: the second look sees them
+                if attempt:
+                    raise Conflict("face ids were imported concurrently elsewhere; retry",
+                                   {"collection": collection}) from e
+        raise AssertionError("unreachable")
+
+    def _import(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
+                person_ids: Sequence[str], emb: np.ndarray, created_at: Sequence[float],
+                persons: Sequence[PersonUpsert], create: bool,
+                audit: AuditEntry | None) -> ImportResult:
+        with self._tx(write=True) as cur:
+            info = self._find_collection(cur, collection)
+            created = False
+            if info is None:
+                if not create:
+                    raise CollectionNotFound(f"collection {collection!r} does not exist",
+                                             {"collection": collection})
+                info = self._create_collection(cur, collection, model, dim)
+                created = info is not None
+                info = info or self._find_collection(cur, collection)
+                if info is None:
+                    raise CollectionNotFound(f"collection {collection!r} does not exist",
+                                             {"collection": collection})
+            if info.model != model or info.dim != dim:
+                raise ModelMismatch(
+                    f"collection {collection!r} holds {info.model} ({info.dim}-d) embeddings, "
+                    f"not {model} ({dim}-d)",
+                    {"collection": collection, "collection_model": info.model,
+                     "collection_dim": info.dim, "model": model, "dim": dim})
+            # the collection's write lock first: a concurrent import of the same
+            # ids into this collection waits here, then finds them below
+            seq = self._next_seq(cur, info.id)
+            n = len(face_ids)
+            where: dict[str, int] = {}
+            for i in range(0, n, _IN_CHUNK):
+                cond, params = self._any("face_id", face_ids[i:i + _IN_CHUNK])
+                cur.execute(self._q(f"SELECT face_id, collection_id FROM faces WHERE {cond}"),
+                            params)
+                where.update((r[0], int(r[1])) for r in cur.fetchall())
+            keep = [i for i in range(n) if face_ids[i] not in where]
+            skipped = [f for f in face_ids if where.get(f) == info.id]
+            elsewhere = [f for f in face_ids if f in where and where[f] != info.id]
+            now = time.time()
+            stored: dict[str, tuple[str | None, dict[str, str]]] = {}
+            wanted = {person_ids[i] for i in keep}
+            for p in sorted(persons, key=lambda p: p.person_id):
+                if p.person_id not in wanted:
+                    continue
+                cur.execute(self._q(
+                    "INSERT INTO persons (collection_id, person_id, name, labels, created_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, person_id) DO UPDATE "
+                    "SET name = COALESCE(excluded.name, persons.name), "
+                    "labels = COALESCE(excluded.labels, persons.labels) "
+                    "RETURNING person_id, name, labels"),
+                    (info.id, p.person_id, p.name, _labels_in(p.labels), now))
+                row = cur.fetchone()
+                stored[row[0]] = (row[1], _labels_out(row[2]))
+            k = len(keep)
+            ids = self._next_ids(cur, k) if k else np.empty(0, np.int64)
+            kept_ids = [face_ids[i] for i in keep]
+            buckets = np.fromiter((face_bucket(f) for f in kept_ids), dtype=np.int64, count=k)
+            kept_emb = emb[keep].reshape(k, dim)
+            if k:
+                self._insert_faces(cur, [
+                    (int(ids[j]), kept_ids[j], info.id, person_ids[i], int(buckets[j]),
+                     self._encode(kept_emb[j]), float(created_at[i]), seq)
+                    for j, i in enumerate(keep)])
+            if audit is not None:
+                if created:
+                    self._audit(cur, AuditEntry(
+                        AuditAction.COLLECTION_CREATE.value, collection, key_id=audit.key_id,
+                        request_id=audit.request_id))
+                audit.face_ids = kept_ids
+                self._audit(cur, audit)
+        added = AddResult(info, kept_ids, [person_ids[i] for i in keep], ids, buckets,
+                          kept_emb, seq, now, stored)
+        return ImportResult(added, skipped, elsewhere)
+
+    # -- idempotency keys
+    @_guarded
+    def replay(self, collection: str, key: str, request_hash: str) -> AddResult | None:
+        """The stored result of the register made under ``key`` (re-read, as a replay),
+        or None when no write under that key was committed; a :class:`Conflict`
+        when the key was used with another request."""
+        with self._tx(write=False) as cur:
+            info = self._find_collection(cur, collection)
+            if info is None:
+                return None
+            cur.execute(self._q(
+                "SELECT request_hash, response FROM idempotency_keys "
+                "WHERE collection_id = ? AND key = ?"), (info.id, key))
+            row = cur.fetchone()
+            if row is None or row[1] is None:
+                return None
+            if row[0] != request_hash:
+                raise Conflict(f"idempotency key {key!r} was used with a different request",
+                               {"idempotency_key": key})
+            return self._replayed(cur, info, row[1])
 
     # -- the change log, as shards read it
     @_guarded
@@ -866,7 +1183,7 @@ class _SqlStore:
             full = after_seq < pruned
             since = 0 if full else after_seq
             cur.execute(self._q(
-                "SELECT id, embedding FROM faces WHERE collection_id = ? AND seq > ? "
+                f"SELECT id, {self._EMB} FROM faces WHERE collection_id = ? AND seq > ? "
                 "AND bucket % ? = ? ORDER BY id"), (cid, since, nshards, shard))
             rows = cur.fetchall()
             removed = empty
@@ -876,7 +1193,7 @@ class _SqlStore:
                     "AND bucket % ? = ?"), (cid, after_seq, nshards, shard))
                 removed = np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
         return Changes(cid, dim, last, np.array([r[0] for r in rows], dtype=np.int64),
-                       _vectors([bytes(r[1]) for r in rows], dim), removed, full)
+                       self._decode([r[1] for r in rows], dim), removed, full)
 
     # -- the audit trail
     def _audit(self, cur: Any, entry: AuditEntry | None) -> None:
@@ -1036,15 +1353,14 @@ class _SqlStore:
         scan = self._scan_cursor(cur)
         try:
             scan.execute(self._q(
-                "SELECT collection_id, id, embedding FROM faces WHERE bucket % ? = ?"),
+                f"SELECT collection_id, id, {self._EMB} FROM faces WHERE bucket % ? = ?"),
                 (nshards, shard))
             yield from self._group_rows(scan, dims, chunk)
         finally:
             if scan is not cur:
                 scan.close()
 
-    @staticmethod
-    def _group_rows(scan: Any, dims: dict[int, int],
+    def _group_rows(self, scan: Any, dims: dict[int, int],
                     chunk: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
         while True:
             rows = scan.fetchmany(chunk)
@@ -1058,7 +1374,7 @@ class _SqlStore:
             for cid, (ids, blobs) in groups.items():
                 if cid in dims:
                     yield (cid, dims[cid], np.array(ids, dtype=np.int64),
-                           _vectors([bytes(b) for b in blobs], dims[cid]))
+                           self._decode(blobs, dims[cid]))
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -1068,6 +1384,7 @@ class SqliteStore(_SqlStore):
     """Embedded store: one SQLite file in WAL mode, shared safely by processes."""
 
     backend = "sqlite"
+    _integrity = (sqlite3.IntegrityError,)
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 30.0,
                  synchronous: str = "FULL") -> None:
@@ -1163,10 +1480,29 @@ class PostgresStore(_SqlStore):
             raise StoreUnavailable("the postgres backend needs psycopg installed") from e
         self._psycopg = psycopg
         self._transient = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+        self._integrity = (psycopg.errors.UniqueViolation,)
         self._unreachable = (psycopg.OperationalError,)
         self.url = url
         self._timeout = connect_timeout_s
         self._migrate()
+        self._check_layout()
+
+    #: the type of ``faces.embedding`` this backend reads and writes
+    _EMB_TYPE = "bytea"
+
+    def _check_layout(self) -> None:
+        """Refuse a database laid out for the other PostgreSQL backend (the embedding
+        column is ``bytea`` for ``postgres``, ``vector`` for ``pgvector``)."""
+        with self._tx(write=False) as cur:
+            cur.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                        "WHERE attrelid = 'faces'::regclass AND attname = 'embedding'")
+            found = cur.fetchone()[0]
+        if found != self._EMB_TYPE:
+            other = "pgvector" if found == "vector" else "postgres"
+            raise StoreUnavailable(
+                f"this database holds the {other} backend's layout (faces.embedding is "
+                f"{found}); open it with index.backend: {other}",
+                {"embedding_type": found, "backend": self.backend})
 
     def _connect(self) -> Any:
         try:
@@ -1216,11 +1552,13 @@ class PostgresStore(_SqlStore):
 
 
 def open_store(backend: str = "sqlite", database_url: str | None = None,
-               data_dir: str | Path = "data") -> Store:
+               data_dir: str | Path = "data", pgvector: dict[str, Any] | None = None) -> Store:
     """Open (and migrate) the configured store.
 
     SQLite: ``database_url`` is a file path or ``sqlite:///path``; by default
-    ``DATA_DIR/gallery.sqlite3``. PostgreSQL: ``database_url`` is required.
+    ``DATA_DIR/gallery.sqlite3``. PostgreSQL and pgvector: ``database_url`` is
+    required; ``pgvector`` holds the HNSW options of the latter
+    (:class:`index.pgvector_store.PgvectorStore`).
     """
     if backend == "sqlite":
         path: str | Path = Path(data_dir) / "gallery.sqlite3"
@@ -1228,8 +1566,13 @@ def open_store(backend: str = "sqlite", database_url: str | None = None,
             path = database_url.removeprefix("sqlite:///") if database_url.startswith(
                 "sqlite:///") else database_url
         return SqliteStore(path)
-    if backend == "postgres":
+    if backend in ("postgres", "pgvector"):
         if not database_url:
-            raise StoreUnavailable("index.backend is postgres but index.database_url is not set")
+            raise StoreUnavailable(
+                f"index.backend is {backend} but index.database_url is not set")
+        if backend == "pgvector":
+            from index.pgvector_store import PgvectorStore
+
+            return PgvectorStore(database_url, **(pgvector or {}))
         return PostgresStore(database_url)
     raise StoreUnavailable(f"unknown index backend {backend!r}")

@@ -140,6 +140,15 @@ class EmbeddedImage:
 
 
 @dataclass(slots=True)
+class GivenEmbedding:
+    """An embedding a client sent in place of an image (enrol or identify by vector):
+    no face box, already checked against the collection's model and dimension."""
+
+    vector: np.ndarray
+    model: str
+
+
+@dataclass(slots=True)
 class AnalyzedImage:
     """Faces of one image with their attributes (one dict per face, API-shaped)."""
 

@@ -253,19 +253,37 @@ def test_async_client_concurrent_batch(service, faces):
 
 
 class _Flaky(http.server.BaseHTTPRequestHandler):
-    """Answers from ``server.script`` first (status, headers, body), then forwards."""
+    """Answers from ``server.script`` first (status, headers, body), then forwards. A
+    scripted answer whose status is ``("forward", status)`` forwards the request
+    (the service commits it) and answers with ``status`` instead: a lost answer."""
+
+    def _body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("content-length") or 0))
+        out = b""
+        while size := int(self.rfile.readline().split(b";")[0].strip(), 16):
+            out += self.rfile.read(size)
+            self.rfile.readline()
+        self.rfile.readline()
+        return out
 
     def _handle(self) -> None:
         srv = self.server
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = self._body()
         with srv.lock:
             srv.seen.append(self.path)
+            srv.keys.append(self.headers.get("idempotency-key"))
             scripted = srv.script.pop(0) if srv.script else None
-        if scripted is None:
+        forward = {"content-type": self.headers.get("content-type", "")}
+        if self.headers.get("idempotency-key"):
+            forward["idempotency-key"] = self.headers["idempotency-key"]
+        if scripted is None or isinstance(scripted[0], tuple):
             r = httpx.request(self.command, srv.upstream + self.path, content=body,
-                              headers={"content-type": self.headers.get("content-type", "")},
-                              timeout=60)
-            scripted = (r.status_code, {}, r.content)
+                              headers=forward, timeout=60)
+            if scripted is None:
+                scripted = (r.status_code, {}, r.content)
+            else:
+                scripted = (scripted[0][1], *scripted[1:])
         status, headers, payload = scripted
         self.send_response(status)
         for k, v in headers.items():
@@ -274,7 +292,7 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    do_GET = do_POST = do_DELETE = _handle
+    do_GET = do_POST = do_DELETE = do_PATCH = _handle
 
     def log_message(self, *args) -> None:
         pass
@@ -284,6 +302,7 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
 def flaky(service) -> Iterator[http.server.ThreadingHTTPServer]:
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     srv.upstream, srv.script, srv.seen, srv.lock = service.base_url, [], [], threading.Lock()
+    srv.keys = []
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield srv
@@ -301,16 +320,41 @@ def test_retries_on_429_and_503_then_succeeds(flaky, faces):
     assert res.verified and flaky.seen == ["/v1/verify"] * 3
 
 
-def test_committed_write_is_not_repeated(flaky, faces):
-    """facefleet's own 503 on a batch may follow a committed write: no blind retry."""
+_UNAVAILABLE = json.dumps({"error": {"code": "unavailable", "request_id": "r1",
+                                     "message": "an index shard is unavailable"}}).encode()
+
+
+def test_committed_write_without_a_key_is_not_repeated(flaky, faces):
+    """facefleet's own 503 may follow a committed write: a write that a repeat could
+    apply twice (an import from a one-shot iterable) is not retried blind."""
     url = f"http://127.0.0.1:{flaky.server_address[1]}"
-    err = {"error": {"code": "unavailable", "message": "an index shard is unavailable",
-                     "request_id": "r1"}}
-    flaky.script = [(503, {"content-type": "application/json"}, json.dumps(err).encode())]
+    flaky.script = [(503, {"content-type": "application/json"}, _UNAVAILABLE)]
+    line = {"id": "ab" * 16, "person_id": "x", "model": "dlib", "embedding": [0.1] * 128}
     with Client(url, retry=RetryPolicy(max_retries=3, backoff_s=0.01)) as client:
         with pytest.raises(Unavailable) as exc:
-            client.register_batch("cli-flaky", [EnrollItem(faces / "deepface/img1.jpg")])
+            client.import_faces("cli-flaky", iter([line]))
     assert exc.value.request_id == "r1" and len(flaky.seen) == 1
+
+
+def test_batch_answer_lost_after_commit_is_retried_safely(service, flaky, faces):
+    """The first try of a batch is committed but its answer is lost (a 503, then a
+    dropped connection): the retries carry the same Idempotency-Key, and the
+    service answers them with the first answer, enrolling nothing twice."""
+    url = f"http://127.0.0.1:{flaky.server_address[1]}"
+    items = [EnrollItem(faces / "deepface/img1.jpg", person_id="a"),
+             EnrollItem(faces / "dlib-boxes/dogs.jpg", person_id="dog")]
+    flaky.script = [(("forward", 503), {"content-type": "application/json"}, _UNAVAILABLE),
+                    (("forward", 502), {}, b"bad gateway")]
+    with Client(url, retry=RetryPolicy(max_retries=3, backoff_s=0.01)) as client:
+        res = client.register_batch("cli-batch-retry", items)
+    assert len(flaky.seen) == 3 and len(set(flaky.keys)) == 1 and flaky.keys[0]
+    assert res.replayed and (res.created, res.failed) == (1, 1)
+    assert res.results[1].error_code == "no_face_detected"
+    with Client(service.base_url) as client:
+        assert client.collection("cli-batch-retry").faces == 1
+        # a new call is a new key: it enrols again
+        assert not client.register_batch("cli-batch-retry", items[:1]).replayed
+        assert client.collection("cli-batch-retry").faces == 2
 
 
 def test_connection_refused_is_a_transport_error(service):
@@ -318,3 +362,102 @@ def test_connection_refused_is_a_transport_error(service):
         with pytest.raises(TransportError):
             c.health()
     code, _ = run_cli(service, "collections", "--url", "http://127.0.0.1:9", ok=(2,))
+
+
+# --------------------------------------------------------------------------- vectors, listings
+
+
+def test_client_vectors_listings_and_person_updates(service, faces):
+    d = faces / "deepface"
+    with Client(service.base_url) as client:
+        emb = client.embed(d / "img1.jpg").faces[0].embedding
+        face = client.register_embedding("cli-vec", emb, person_id="ann", name="Ann",
+                                         labels={"team": "red"})
+        assert face.box is None and face.name == "Ann"
+        res = client.register_batch("cli-vec", [
+            EnrollItem(d / "img3.jpg", person_id="bob"),
+            EnrollItem(embedding=client.embed(d / "img2.jpg").faces[0].embedding,
+                       person_id="ann")])
+        assert (res.created, res.failed) == (2, 0) and res.results[1].box is None
+        hit = client.identify_embedding("cli-vec", emb, top_k=3)
+        assert hit.faces[0].box is None and hit.faces[0].best.face_id == face.id
+        per = client.identify("cli-vec", d / "img2.jpg", top_k=3, per_person=True)
+        assert [m.person_id for m in per.faces[0].matches] == ["ann", "bob"]
+
+        page = client.persons("cli-vec", limit=1)
+        assert [p.person_id for p in page.items] == ["ann"] and page.next_cursor
+        assert page.items[0].faces == 2 and page.items[0].labels == {"team": "red"}
+        assert [p.person_id for p in client.iter_persons("cli-vec", page_size=1)] == [
+            "ann", "bob"]
+        assert len(list(client.iter_faces("cli-vec", page_size=1))) == 3
+        assert len(list(client.iter_faces("cli-vec", person_id="ann"))) == 2
+
+        p = client.update_person("cli-vec", "ann", name="Anne")
+        assert (p.name, p.labels) == ("Anne", {"team": "red"})
+        p = client.update_person("cli-vec", "ann", labels=None)
+        assert (p.name, p.labels) == ("Anne", {})
+        assert client.identify_embedding("cli-vec", emb).faces[0].best.label == "Anne"
+        lines = list(client.export("cli-vec"))
+        assert len(lines) == 3 and {x["person_id"] for x in lines} == {"ann", "bob"}
+
+    async def go():
+        async with AsyncClient(service.base_url) as client:
+            names = [p.label async for p in client.iter_persons("cli-vec", page_size=1)]
+            exported = [x async for x in client.export("cli-vec")]
+            hit = await client.identify_embedding("cli-vec", emb, per_person=True)
+            return names, exported, hit
+
+    names, exported, hit = asyncio.run(go())
+    assert names == ["Anne", "bob"] and exported == lines
+    assert hit.faces[0].matches[0].person_id == "ann"
+
+
+def test_cli_register_list_export_import(service, faces, tmp_path):
+    d = faces / "deepface"
+    with Client(service.base_url) as client:
+        vector = client.embed(d / "img1.jpg").faces[0].embedding
+    vec_file = tmp_path / "vec.json"
+    vec_file.write_text(json.dumps(vector))
+    _, one = run_json(service, "register", "-c", "cli-io", "--embedding", str(vec_file),
+                      "--person-id", "ann", "--name", "Ann", "--label", "team=red")
+    assert one["box"] is None and one["labels"] == {"team": "red"}
+    _, two = run_json(service, "register", str(d / "img3.jpg"), "-c", "cli-io",
+                      "--person-id", "bob")
+    assert two["box"]["w"] > 0
+
+    _, found = run_json(service, "identify", "-c", "cli-io", "--embedding", str(vec_file),
+                        "--per-person")
+    assert found["results"][0]["faces"][0]["matches"][0]["person_id"] == "ann"
+    _, text = run_cli(service, "identify", "-c", "cli-io", "--embedding", str(vec_file))
+    assert "ann" in text and "yes" in text
+    _, people = run_json(service, "persons", "-c", "cli-io", "--limit", "1", "--all")
+    assert [p["person_id"] for p in people["persons"]] == ["ann", "bob"]
+    _, page = run_json(service, "persons", "-c", "cli-io", "--limit", "1")
+    assert len(page["persons"]) == 1 and page["next_cursor"]
+    _, mine = run_json(service, "faces", "-c", "cli-io", "--person", "ann")
+    assert [f["id"] for f in mine["faces"]] == [one["id"]]
+    _, upd = run_json(service, "update-person", "ann", "-c", "cli-io", "--name", "Anne",
+                      "--clear-labels")
+    assert (upd["name"], upd["labels"]) == ("Anne", {})
+
+    out = tmp_path / "cli-io.jsonl"
+    res = invoke(service, "export", "-c", "cli-io", "-o", str(out))
+    assert "exported 2 faces" in res.stdout and "2/2" in res.stderr  # the progress bar
+    assert len(out.read_text().splitlines()) == 2 and not (tmp_path / "cli-io.jsonl.part").exists()
+    run_cli(service, "forget", "-c", "cli-io", "--all", "--yes")
+    res = invoke(service, "import", str(out), "-c", "cli-io")
+    assert "importing" in res.stderr and "2 lines" in res.stderr
+    assert "already there" in res.stdout
+    _, again = run_json(service, "import", str(out), "-c", "cli-io", "--no-progress")
+    assert (again["imported"], again["skipped"]) == (0, 2)
+    _, people = run_json(service, "persons", "-c", "cli-io", "--all")
+    assert {(p["person_id"], p["name"]) for p in people["persons"]} == {("ann", "Anne"),
+                                                                       ("bob", None)}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(out.read_text() + "{oops\n")
+    code, doc = run_json(service, "import", str(bad), "-c", "cli-io", "--no-progress",
+                         "--fail-on-error", ok=(1,))
+    assert doc["failed"] == 1 and doc["errors"][0]["line"] == 3
+    run_cli(service, "identify", "-c", "cli-io", ok=(2,))  # neither IMAGES nor --embedding
+    run_cli(service, "export", "-c", "cli-no-such", "-o", str(tmp_path / "x.jsonl"), ok=(2,))
+    assert not (tmp_path / "x.jsonl").exists()

@@ -14,7 +14,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from bench.fuzz import excluded_checks
+from bench.fuzz import excluded_checks, register_serializers
 from configs.settings import Settings
 from deployments.http_app import create_app
 from pipelines.flow import Flow
@@ -31,6 +31,7 @@ def _document() -> dict:
     return create_app(Flow(settings_, None, None, None), settings_).openapi()
 
 
+register_serializers()
 schema = schemathesis.openapi.from_dict(_document())
 
 

@@ -1,5 +1,5 @@
 """The sharded index against a brute-force reference, IVF recall, shard op
-ordering, the top-k merge, and concurrent clients (no Ray)."""
+ordering, the top-k merge, and concurrent clients on every backend (no Ray)."""
 
 from __future__ import annotations
 
@@ -141,15 +141,20 @@ def test_merge_keeps_the_largest_similarities():
     assert ids.tolist() == [[10, 11, -1, -1, -1]] and np.isneginf(scores[0, 2:]).all()
 
 
-@pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("backend", [
+    "sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("pgvector", marks=pytest.mark.postgres)])
 def test_concurrent_clients_keep_store_and_index_consistent(backend, tmp_path, request):
     if backend == "sqlite":
         store = SqliteStore(tmp_path / "g.sqlite3")
-    else:
+    elif backend == "postgres":
         from index.store import PostgresStore
 
         store = PostgresStore(request.getfixturevalue("pg_url"))
+    else:  # searched in SQL, no FAISS shards
+        from index.pgvector_store import PgvectorStore
+
+        store = PgvectorStore(request.getfixturevalue("pgvector_url"))
     g = Gallery(store, 3)
     g.create_collection("c", "dlib", D)
     errors: list[BaseException] = []

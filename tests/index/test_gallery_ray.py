@@ -1,5 +1,7 @@
-"""The gallery as a Serve deployment with shard actors on a local Ray: a shard
-that crashes restarts with every acknowledged face and without forgotten ones."""
+"""The gallery as a Serve deployment on a local Ray: with shard actors, a shard
+that crashes restarts with every acknowledged face and without forgotten ones;
+on every backend (pgvector: no shard actors, searched in SQL), a replica killed
+after a commit loses nothing and two replicas stay consistent."""
 
 from __future__ import annotations
 
@@ -127,7 +129,12 @@ def test_concurrent_identify_is_batched_and_exact(serve_instance, tmp_path):
 
 
 def _store_url(backend: str, request) -> str | None:
-    return request.getfixturevalue("pg_url") if backend == "postgres" else None
+    fixture = {"postgres": "pg_url", "pgvector": "pgvector_url"}.get(backend)
+    return request.getfixturevalue(fixture) if fixture else None
+
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+            pytest.param("pgvector", marks=pytest.mark.postgres)]
 
 
 def _until(cond, timeout: float = 30.0) -> bool:
@@ -139,8 +146,7 @@ def _until(cond, timeout: float = 30.0) -> bool:
     return cond()
 
 
-@pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_writes_of_a_replica_killed_after_commit_reach_the_index(serve_instance, tmp_path,
                                                                  backend, request):
     """The Gallery replica dies between the store commit and the shard update; the
@@ -181,12 +187,17 @@ def test_writes_of_a_replica_killed_after_commit_reach_the_index(serve_instance,
     assert found(x[0]) is None and found(x[1]) == kept[1]["face_id"]
     report = handle.verify.remote("f").result()
     assert report["store"] == report["index"] == 2 and not in_index()
+    if backend == "pgvector":  # the database is the index: no shard actor was started
+        from deployments.gallery import NAMESPACE
+
+        assert not [a for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["namespace"] == NAMESPACE and a["name"].startswith("gallery-")]
+        assert handle.stats.remote("f").result()["index_type"] == "pgvector-hnsw"
     handle.shutdown_shards.remote().result()
     serve.delete(f"gallery-fault-{backend}")
 
 
-@pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_two_gallery_replicas_over_the_same_shards_stay_consistent(serve_instance, tmp_path,
                                                                    backend, request):
     import random

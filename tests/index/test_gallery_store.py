@@ -191,8 +191,9 @@ def test_idempotent_register(store):
     with pytest.raises(Conflict):  # same key, different request
         g.register("c", "dlib", DIM, items[:2], idempotency_key="req-1")
     # a retry repairs shards that missed the first attempt's update (here: empty
-    # shards that were never rebuilt, as after a crash between commit and update)
-    bare = Gallery(store, 2, rebuild=False)
+    # FAISS shards that were never rebuilt, as after a crash between commit and
+    # update); the replay re-reads the stored vectors, pgvector's included
+    bare = Gallery(store, 2, rebuild=False, search="faiss")
     assert not bare.verify("c")["consistent"]
     assert bare.register("c", "dlib", DIM, items, idempotency_key="req-1")["replayed"]
     assert bare.verify("c")["consistent"]
@@ -205,7 +206,7 @@ def test_drop_and_recreate_collection_does_not_resurrect(store):
     g.drop_collection("c")
     g.create_collection("c", "dlib", DIM)
     assert g.search("c", "dlib", x, k=4) == [[], [], [], []]
-    assert g.stats("c")["shard_sizes"] == [0, 0]
+    assert sum(g.stats("c")["shard_sizes"]) == 0
 
 
 def test_bucket_is_stable():

@@ -9,7 +9,8 @@ from ray.serve import exceptions as sx
 from starlette.requests import Request
 
 from deployments.errors import STATUS, unexpected_response
-from configs.errors import ErrorCode, ImageDecodeError
+from configs.errors import (ErrorCode, FacefleetError, ImageDecodeError, NoFaceDetected,
+                           error_from_code)
 
 
 def _request() -> Request:
@@ -40,6 +41,25 @@ def test_every_domain_code_has_a_status():
     assert ImageDecodeError("x").code == ErrorCode.IMAGE_DECODE_ERROR
 
 
+def test_an_error_kept_as_its_code_comes_back_as_its_class():
+    # stored answers (an idempotent batch's failed items) keep errors as code + message
+    raised = {c.code for c in FacefleetError.__subclasses__()}  # codes domain errors carry
+    assert len(raised) >= 12
+    for code in raised:
+        err = error_from_code(code.value, "why", {"field": "img"})
+        assert err.code == code and err.message == "why" and err.details == {"field": "img"}
+    assert isinstance(error_from_code("no_face_detected", "x"), NoFaceDetected)
+    assert error_from_code("something new", "x").code == ErrorCode.INTERNAL_ERROR
+
+
+def test_strict_collections_is_a_setting_from_the_environment(monkeypatch):
+    from configs.settings import Settings
+
+    assert Settings().index.strict_collections is False
+    monkeypatch.setenv("FACEFLEET_INDEX__STRICT_COLLECTIONS", "true")
+    assert Settings().index.strict_collections is True
+
+
 def test_a_405_allows_every_method_of_its_path():
     from configs.settings import Settings
     from deployments.errors import _allowed_methods
@@ -56,4 +76,5 @@ def test_a_405_allows_every_method_of_its_path():
 
     assert allowed("/v1/collections") == ["GET", "POST"]
     assert allowed("/v1/collections/staff") == ["DELETE", "GET"]
-    assert allowed("/v1/collections/staff/persons/p1") == ["DELETE", "GET"]
+    assert allowed("/v1/collections/staff/persons/p1") == ["DELETE", "GET", "PATCH"]
+    assert allowed("/v1/collections/staff/faces") == ["GET", "POST"]

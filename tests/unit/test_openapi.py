@@ -53,6 +53,11 @@ def test_every_post_route_has_a_resolvable_body(doc):
         if not op:
             continue
         content = op["requestBody"]["content"]
+        if path.endswith("/import"):  # JSON Lines: one face (an ExportLine) per line
+            assert set(content) == {"application/x-ndjson"}
+            line = resolve(doc, content["application/x-ndjson"]["schema"]["$ref"])
+            assert {"id", "model", "embedding"} <= set(line["required"])
+            continue
         assert set(content) == {"application/json", "multipart/form-data"}, path
         schema = resolve(doc, content["application/json"]["schema"]["$ref"])
         assert schema["type"] == "object" and schema["properties"], path
@@ -64,7 +69,8 @@ def test_batch_items_resolve_to_their_model(doc):
     op = doc["paths"]["/v1/collections/{collection}/faces:batch"]["post"]
     body = resolve(doc, op["requestBody"]["content"]["application/json"]["schema"]["$ref"])
     item = resolve(doc, body["properties"]["items"]["items"]["$ref"])
-    assert "img" in item["required"] and "person_id" in item["properties"]
+    # an item is an image or an embedding
+    assert {"img", "embedding", "person_id"} <= set(item["properties"])
 
 
 def test_models_sharing_a_name_stay_distinct(doc):
@@ -76,3 +82,17 @@ def test_models_sharing_a_name_stay_distinct(doc):
     assert "img1" in body_of("/v1/verify")["properties"]
     assert "distance_metric" in body_of("/verify")["properties"]
     assert "distance_metric" not in body_of("/v1/verify")["properties"]
+
+
+def test_listing_routes_document_their_pages_and_streams(doc):
+    persons = doc["paths"]["/v1/collections/{collection}/persons"]["get"]
+    page = resolve(doc, persons["responses"]["200"]["content"]["application/json"]["schema"]
+                   ["$ref"])
+    assert {"persons", "next_cursor"} <= set(page["properties"])
+    params = {p["name"]: p for p in doc["paths"]["/v1/collections/{collection}/faces"]["get"]
+              ["parameters"]}
+    assert {"person_id", "limit", "cursor"} <= set(params)
+    assert params["limit"]["schema"]["maximum"] == 1000
+    export = doc["paths"]["/v1/collections/{collection}/export"]["get"]["responses"]["200"]
+    assert set(export["content"]) == {"application/x-ndjson"}
+    assert "patch" in doc["paths"]["/v1/collections/{collection}/persons/{person_id}"]

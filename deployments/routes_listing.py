@@ -1,0 +1,243 @@
+"""Gallery routes that page through a collection, change persons, and move it.
+
+- ``GET .../persons`` and ``GET .../faces`` list a collection in pages of
+  ``limit`` with an opaque ``cursor`` (keyset pages: persons by id, faces in
+  enrolment order), so a client paging while others write sees every row that
+  existed throughout exactly once;
+- ``PATCH .../persons/{person_id}`` renames or relabels a person;
+- ``GET .../export`` streams the collection as JSON Lines, one face per line,
+  read from the store a page at a time;
+- ``POST .../import`` reads the same lines as the body streams in and commits
+  them in chunks, each face keeping its id: faces the collection holds already
+  are skipped, so an import can be run again, and a gallery moves between
+  backends or machines. The first face binds a new collection to its model
+  and dimension; an existing collection bound to another model refuses the
+  import (409), another dimension too (422), before anything is written.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves these signatures.
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ConfigDict, Field
+
+from configs.errors import CollectionNotFound, FacefleetError, ModelMismatch, error_from_code
+from deployments.access import actor_of
+from deployments.gallery_io import (LineError, export_lines, invalid, line_error, parse_line,
+                                    read_lines)
+from deployments.http_app import api_of, body_schema, lines_body_schema
+from deployments.routes_gallery import Collection, _Body
+from deployments.schemas import (GALLERY_ERRORS, ExportLine, FacesPageOut, ImportOut,
+                                 PersonOut, PersonsPageOut, errors)
+from index.gallery import check_import_row
+
+router = APIRouter()
+
+#: faces per store read of an export, and per commit of an import
+EXPORT_PAGE = 1000
+IMPORT_CHUNK = 500
+#: invalid lines reported in an import's answer (all are counted)
+MAX_REPORTED = 100
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="rows per page")]
+Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the "
+                                     "previous page; none for the first")]
+
+
+class PersonPatchBody(_Body):
+    """The fields to change; a field left out stays as it is."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"name": "Angelina Jolie"}, {"labels": {"team": "blue"}}]})
+
+    name: str | None = Field(None, max_length=256, description="null clears the name")
+    labels: dict[str, str] | None = Field(None, description="replaces the labels; {} or null "
+                                          "clears them")
+
+
+@router.get("/v1/collections/{collection}/persons", tags=["gallery"],
+            response_model=PersonsPageOut, responses=GALLERY_ERRORS)
+async def list_persons(collection: Collection, request: Request, limit: Limit = 100,
+                       cursor: Cursor = None) -> dict:
+    """A page of the collection's persons in person_id order, with face counts."""
+    return await api_of(request).flow.gallery.list_persons(collection, limit, cursor)
+
+
+@router.get("/v1/collections/{collection}/faces", tags=["gallery"],
+            response_model=FacesPageOut, responses=GALLERY_ERRORS)
+async def list_faces(collection: Collection, request: Request,
+                     person_id: Annotated[str | None, Query(max_length=128)] = None,
+                     limit: Limit = 100, cursor: Cursor = None) -> dict:
+    """A page of the collection's faces (of one person with ``person_id``) in
+    enrolment order."""
+    page = await api_of(request).flow.gallery.list_faces(collection, person_id, limit, cursor)
+    page["faces"] = [{"id": f["face_id"], **f} for f in page["faces"]]
+    return page
+
+
+@router.patch("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"],
+              response_model=PersonOut, responses=GALLERY_ERRORS,
+              openapi_extra=body_schema(PersonPatchBody))
+async def update_person(collection: Collection, person_id: str, request: Request) -> dict:
+    """Rename or relabel a person (what identify answers with changes at once)."""
+    api = api_of(request)
+    body, _ = await api.parse(request, PersonPatchBody)
+    changes = body.model_dump(include=body.model_fields_set)
+    return await api.flow.gallery.update_person(collection, person_id, changes,
+                                                actor_of(request))
+
+
+@router.get("/v1/collections/{collection}/export", tags=["gallery"],
+            response_class=StreamingResponse, responses={
+                **GALLERY_ERRORS, 200: {
+                    "description": "JSON Lines, one face per line (the body of an import)",
+                    "content": {"application/x-ndjson": {
+                        "schema": {"$ref": "#/components/schemas/ExportLine"}}}}})
+async def export_collection(collection: Collection, request: Request) -> StreamingResponse:
+    """The whole collection as JSON Lines, streamed page by page from the store (a
+    face forgotten or enrolled meanwhile may or may not be in it; every face that
+    existed throughout is, once). ``X-Facefleet-Faces`` says how many faces the
+    collection held when the export began."""
+    gallery = api_of(request).flow.gallery
+    stats = await gallery.stats(collection)  # 404 before any byte is sent
+
+    async def lines() -> AsyncIterator[bytes]:
+        after: int | None = 0
+        while after is not None:
+            page = await gallery.export_page(collection, after, EXPORT_PAGE)
+            if page["faces"]:
+                yield await asyncio.to_thread(export_lines, page["faces"])
+            after = page["after"]
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson", headers={
+        "X-Facefleet-Faces": str(stats["faces"]), "X-Facefleet-Model": stats["model"],
+        "Content-Disposition": f'attachment; filename="{collection}.jsonl"'})
+
+
+@router.post("/v1/collections/{collection}/import", tags=["gallery"],
+             response_model=ImportOut, responses={**GALLERY_ERRORS, **errors(404)},
+             openapi_extra=lines_body_schema(ExportLine))
+async def import_collection(collection: Collection, request: Request) -> dict:
+    """Faces as an export wrote them, one JSON object per line, committed in chunks
+    of 500 as the body streams in. Faces keep their ids; ids the collection holds
+    already are skipped (an import runs again safely), ids another collection
+    holds are left out (``elsewhere``); invalid lines are left out and listed."""
+    api = api_of(request)
+    importer = _Importer(api.flow, collection, actor_of(request))
+    await importer.bind_existing()
+    async for number, raw in read_lines(request.stream()):
+        doc = raw if isinstance(raw, LineError) else parse_line(number, raw)
+        if isinstance(doc, LineError):
+            importer.fail(doc)
+        else:
+            await importer.add(number, doc)
+    await importer.flush()
+    if importer.lines == 0:
+        raise invalid("the body holds no faces: send JSON Lines, one face per line")
+    return importer.answer()
+
+
+class _Importer:
+    """The state of one import: the collection's binding, the chunk being filled,
+    the counts and the lines left out."""
+
+    def __init__(self, flow: Any, collection: str, actor: Any) -> None:
+        self.flow = flow
+        self.collection = collection
+        self.actor = actor
+        self.model: str | None = None
+        self.dim: int | None = None
+        self.existed = False
+        self.chunk: list[dict[str, Any]] = []
+        self.ids: set[str] = set()
+        self.lines = self.imported = self.skipped = self.elsewhere = self.failed = 0
+        self.errors: list[LineError] = []
+
+    async def bind_existing(self) -> None:
+        try:
+            info = await self.flow.gallery.get_collection(self.collection)
+        except CollectionNotFound:
+            if self.flow.strict_collections or not getattr(self.actor, "may_create", True):
+                raise
+            return
+        self.model, self.dim, self.existed = info["model"], int(info["dim"]), True
+
+    def fail(self, error: LineError) -> None:
+        self.lines += 1
+        self.failed += 1
+        if len(self.errors) < MAX_REPORTED:
+            self.errors.append(error)
+
+    async def add(self, number: int, doc: dict[str, Any]) -> None:
+        model, dim = doc["model"], len(doc["embedding"])
+        first = self.imported + self.skipped + self.elsewhere + len(self.chunk) == 0
+        if self.model is None:
+            await self._bind_new(model, dim)
+        if model != self.model or dim != self.dim:
+            if first and self.existed:  # the wrong collection, or the wrong file: say so
+                raise self._mismatch(model, dim)
+            what = (f"model {model}, not the collection's {self.model}" if model != self.model
+                    else f"{dim} dimensions, not the collection's {self.dim}")
+            code = "model_mismatch" if model != self.model else "validation_error"
+            self.fail(LineError(number, code, f"this face has {what}"))
+            return
+        try:
+            row = check_import_row(doc, dim, time.time())
+        except FacefleetError as exc:
+            self.fail(line_error(number, exc))
+            return
+        self.lines += 1
+        if row["id"] in self.ids:  # repeated within the chunk: the next chunk skips it
+            await self.flush()
+        self.chunk.append(row)
+        self.ids.add(row["id"])
+        if len(self.chunk) >= IMPORT_CHUNK:
+            await self.flush()
+
+    async def _bind_new(self, model: str, dim: int) -> None:
+        """The first face binds a new collection; a model this service runs must
+        come with the dimension it computes."""
+        try:
+            info = await self.flow.embedder_info(model)
+        except FacefleetError:
+            info = None  # a model this service does not run: embeddings only
+        if info is not None and int(info["dim"]) != dim:
+            raise invalid(f"model {model} computes {info['dim']}-d embeddings, the first face "
+                          f"has {dim}", dim=dim, model_dim=int(info["dim"]), model=model)
+        self.model, self.dim = model, dim
+
+    def _mismatch(self, model: str, dim: int) -> FacefleetError:
+        details = {"collection": self.collection, "collection_model": self.model,
+                   "collection_dim": self.dim, "model": model, "dim": dim}
+        if model != self.model:
+            return ModelMismatch(f"collection {self.collection!r} holds {self.model} "
+                                 f"embeddings, the import {model}", details)
+        return invalid(f"collection {self.collection!r} holds {self.dim}-d embeddings, the "
+                       f"import {dim}-d", **details)
+
+    async def flush(self) -> None:
+        if not self.chunk:
+            return
+        chunk, self.chunk, self.ids = self.chunk, [], set()
+        try:
+            res = await self.flow.import_faces(self.collection, self.model, self.dim, chunk,
+                                               self.actor)
+        except FacefleetError as exc:
+            # what was committed stays (an import runs again safely): say how far it got
+            raise error_from_code(exc.code.value, f"{exc.message} (after {self.imported} "
+                                  "faces were imported; importing again skips them)",
+                                  {**exc.details, "imported": self.imported}) from exc
+        self.imported += len(res["imported"])
+        self.skipped += len(res["skipped"])
+        self.elsewhere += len(res["elsewhere"])
+
+    def answer(self) -> dict[str, Any]:
+        return {"collection": self.collection, "model": self.model, "dim": self.dim,
+                "lines": self.lines, "imported": self.imported, "skipped": self.skipped,
+                "elsewhere": self.elsewhere, "failed": self.failed,
+                "errors": [e.as_dict() for e in self.errors]}
+
