@@ -630,6 +630,31 @@ class _SqlStore:
         return CollectionInfo(int(row[0]), row[1], row[2], int(row[3]), float(row[4]),
                               int(row[5]))
 
+    def _collection_for_write(self, cur: Any, collection: str, model: str, dim: int,
+                              create: bool) -> tuple[CollectionInfo, bool]:
+        """The collection a write goes to, made first when ``create`` allows it,
+        and whether this transaction made it; bound to ``model`` and ``dim``."""
+        info = self._find_collection(cur, collection)
+        created = False
+        if info is None:
+            if not create:
+                raise CollectionNotFound(f"collection {collection!r} does not exist",
+                                         {"collection": collection})
+            # two first writes may race here: the loser finds the winner's row
+            info = self._create_collection(cur, collection, model, dim)
+            created = info is not None
+            info = info or self._find_collection(cur, collection)
+            if info is None:  # created and dropped again meanwhile
+                raise CollectionNotFound(f"collection {collection!r} does not exist",
+                                         {"collection": collection})
+        if info.model != model or info.dim != dim:
+            raise ModelMismatch(
+                f"collection {collection!r} holds {info.model} ({info.dim}-d) embeddings, "
+                f"not {model} ({dim}-d)",
+                {"collection": collection, "collection_model": info.model,
+                 "collection_dim": info.dim, "model": model, "dim": dim})
+        return info, created
+
     def _find_collection(self, cur: Any, name: str) -> CollectionInfo | None:
         cur.execute(self._q(f"SELECT {self._COLL} FROM collections WHERE name = ?"), (name,))
         row = cur.fetchone()
@@ -727,25 +752,7 @@ class _SqlStore:
         if emb.shape != (n, dim) or len(person_ids) != n:
             raise ValueError("face_ids, person_ids and embeddings must have matching lengths")
         with self._tx(write=True) as cur:
-            info = self._find_collection(cur, collection)
-            created = False
-            if info is None:
-                if not create:
-                    raise CollectionNotFound(f"collection {collection!r} does not exist",
-                                             {"collection": collection})
-                # two first writes may race here: the loser finds the winner's row
-                info = self._create_collection(cur, collection, model, dim)
-                created = info is not None
-                info = info or self._find_collection(cur, collection)
-                if info is None:  # created and dropped again meanwhile
-                    raise CollectionNotFound(f"collection {collection!r} does not exist",
-                                             {"collection": collection})
-            if info.model != model or info.dim != dim:
-                raise ModelMismatch(
-                    f"collection {collection!r} holds {info.model} ({info.dim}-d) embeddings, "
-                    f"not {model} ({dim}-d)",
-                    {"collection": collection, "collection_model": info.model,
-                     "collection_dim": info.dim, "model": model, "dim": dim})
+            info, created = self._collection_for_write(cur, collection, model, dim, create)
             if idempotency is not None:
                 replay = self._claim_key(cur, info, idempotency)
                 if replay is not None:
@@ -1071,24 +1078,7 @@ class _SqlStore:
                 persons: Sequence[PersonUpsert], create: bool,
                 audit: AuditEntry | None) -> ImportResult:
         with self._tx(write=True) as cur:
-            info = self._find_collection(cur, collection)
-            created = False
-            if info is None:
-                if not create:
-                    raise CollectionNotFound(f"collection {collection!r} does not exist",
-                                             {"collection": collection})
-                info = self._create_collection(cur, collection, model, dim)
-                created = info is not None
-                info = info or self._find_collection(cur, collection)
-                if info is None:
-                    raise CollectionNotFound(f"collection {collection!r} does not exist",
-                                             {"collection": collection})
-            if info.model != model or info.dim != dim:
-                raise ModelMismatch(
-                    f"collection {collection!r} holds {info.model} ({info.dim}-d) embeddings, "
-                    f"not {model} ({dim}-d)",
-                    {"collection": collection, "collection_model": info.model,
-                     "collection_dim": info.dim, "model": model, "dim": dim})
+            info, created = self._collection_for_write(cur, collection, model, dim, create)
             # the collection's write lock first: a concurrent import of the same
             # ids into this collection waits here, then finds them below
             seq = self._next_seq(cur, info.id)

@@ -12,12 +12,9 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+from tests.app.photos import b64
 
 pytestmark = pytest.mark.app
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def check_error(r, status: int, code: str) -> dict:

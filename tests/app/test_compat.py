@@ -5,7 +5,6 @@ plus the gallery-backed /register and /search."""
 
 from __future__ import annotations
 
-import base64
 import math
 import uuid
 
@@ -15,14 +14,11 @@ import pytest
 from deployments.compat_schemas import (collection_for, confidence, detector_for,
                                         distance_from_similarity, embedder_for, threshold_in)
 from configs.errors import ValidationError
+from tests.app.photos import b64
 
 pytestmark = pytest.mark.app
 
 AREA_KEYS = {"x", "y", "w", "h", "left_eye", "right_eye"}
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def deepface_error(r, fragment: str = "") -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures as cf
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from deployments import local
+from tests.app.photos import b64
 
 pytestmark = pytest.mark.app
 
@@ -28,10 +28,6 @@ def fused(service):
         yield service.client
     finally:
         service.redeploy(original)
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def test_fused_app_answers_like_the_separate_one(fused, faces):

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import csv
 import time
-from collections import defaultdict
 
 import pytest
 import ray
 from ray import serve
+from tests.app.photos import b64, identities
 
 pytestmark = pytest.mark.app
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
-def identities(faces) -> dict[str, list]:
-    people = defaultdict(list)
-    for row in csv.DictReader(open(faces / "deepface/identities.csv")):
-        people[row["identity"]].append(faces / "deepface" / row["image"])
-    return dict(people)
 
 
 @pytest.fixture(scope="module")

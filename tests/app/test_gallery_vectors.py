@@ -7,28 +7,15 @@ photos), so enrolling by embedding and by photo must find the same people.
 
 from __future__ import annotations
 
-import base64
-import csv
 import json
 import threading
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from tests.app.photos import b64, identities
 
 pytestmark = pytest.mark.app
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
-def identities(faces) -> dict[str, list]:
-    people = defaultdict(list)
-    for row in csv.DictReader(open(faces / "deepface/identities.csv")):
-        people[row["identity"]].append(faces / "deepface" / row["image"])
-    return dict(people)
 
 
 def error(r, status: int, code: str) -> dict:

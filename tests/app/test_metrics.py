@@ -10,14 +10,11 @@ import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.app.photos import b64
 
 pytestmark = pytest.mark.app
 
 LFW = "lfw-dev/images"
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def scrape(api, **kw) -> dict:

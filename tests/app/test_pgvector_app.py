@@ -7,29 +7,16 @@ session's app (SQLite + FAISS shards) is imported into it with its ids."""
 
 from __future__ import annotations
 
-import base64
 import copy
-import csv
 import re
-from collections import defaultdict
 
 import psycopg
 import pytest
 
 from index.local_pg import PgServer, pgvector_bindir
+from tests.app.photos import b64, identities
 
 pytestmark = [pytest.mark.app, pytest.mark.postgres]
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
-def identities(faces) -> dict[str, list]:
-    people = defaultdict(list)
-    for row in csv.DictReader(open(faces / "deepface/identities.csv")):
-        people[row["identity"]].append(faces / "deepface" / row["image"])
-    return dict(people)
 
 
 @pytest.fixture(scope="module")

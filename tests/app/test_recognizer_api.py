@@ -3,15 +3,11 @@ default, per-route thresholds, collections bound to dlib, DeepFace names."""
 
 from __future__ import annotations
 
-import base64
 
 import numpy as np
+from tests.app.photos import b64
 
 FUSED = "dlib+mobilefacenet"
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def test_models_list_the_new_embedders_with_both_thresholds(api):

@@ -12,7 +12,6 @@ HAProxy); the audit trail of a scripted sequence is read back in pages.
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import time
@@ -22,16 +21,13 @@ import pytest
 
 from facefleet import Client
 from facefleet.errors import Forbidden, Unauthorized
+from tests.app.photos import b64
 
 pytestmark = pytest.mark.app
 
 ADMIN = "tenancy-bootstrap-admin-key"
 OWN, OTHER, OWN_NEW, MISSING = "tn-own", "tn-other", "tn-own-new", "tn-missing"
 LFW = "lfw-dev/images"
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def _ingress(config: dict, keys: list[str], replicas: int) -> dict:

@@ -16,17 +16,7 @@ import numpy as np
 
 from index import store as store_mod
 from index.gallery import Gallery, LocalShards
-
-D = 16
-
-
-def unit(n: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).normal(size=(n, D)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def items(x: np.ndarray, person: str = "p") -> list[dict]:
-    return [{"embedding": v, "person_id": f"{person}{i}"} for i, v in enumerate(x)]
+from tests.index.vectors import D, items, unit
 
 
 def top1(g: Gallery, x: np.ndarray) -> list[str | None]:

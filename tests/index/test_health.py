@@ -6,21 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
-
 from index.gallery import Gallery
 from index.health import gallery_metrics, gallery_report, read_store
-
-D = 16
-
-
-def unit(n: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).normal(size=(n, D)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def items(x: np.ndarray, person: str = "p") -> list[dict]:
-    return [{"embedding": v, "person_id": f"{person}{i}"} for i, v in enumerate(x)]
+from tests.index.vectors import D, items, unit
 
 
 def report(g: Gallery, store) -> dict:
