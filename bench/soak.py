@@ -1,12 +1,14 @@
 """Soak: mixed traffic at a steady rate for a long time, with every replica's RSS.
 
     .venv/bin/python -m bench.soak [--minutes 30] [--rate 4] [--warmup-minutes 5]
+                                   [--scrape-s 15]
 
 Starts the app from ``serve_config.yaml`` (separate deployments, gallery on
 SQLite in a temp dir) on 127.0.0.1 and sends an open-loop mix of real requests
 on LFW photos at ``--rate`` requests/s: embed 30%, analyze 15%, enrol 25%,
 identify 25%, forget 5% (of a face enrolled earlier, so the gallery grows
-slowly and every write path runs). Every 30 s it samples the resident memory of
+slowly and every write path runs), and scrapes ``GET /metrics`` every
+``--scrape-s`` seconds as Prometheus would. Every 30 s it samples the resident memory of
 each Ray process of the service (Serve controller, proxy, every replica, shard
 actors, Ray's daemons) from /proc. Growth is measured from the end of the
 warm-up to the mean of the last three samples, per process and in total; the
@@ -135,6 +137,8 @@ class Traffic:
                         self.enrolled.append(r.json()["id"])
             elif kind == "identify":
                 r = c.post("/v1/collections/soak/identify", json={"img": self.bodies[i]})
+            elif kind == "metrics":
+                r = c.get("/metrics")
             elif victim is None:
                 return
             else:
@@ -153,6 +157,7 @@ def main() -> int:
     p.add_argument("--warmup-minutes", type=float, default=5)
     p.add_argument("--rate", type=float, default=4.0, help="requests per second (open loop)")
     p.add_argument("--sample-s", type=float, default=30)
+    p.add_argument("--scrape-s", type=float, default=15, help="GET /metrics this often")
     a = p.parse_args()
     port = local.free_port()
     base = f"http://127.0.0.1:{port}"
@@ -165,7 +170,7 @@ def main() -> int:
         try:
             t0 = time.monotonic()
             end = t0 + a.minutes * 60
-            next_sample = t0
+            next_sample = next_scrape = t0
             with ThreadPoolExecutor(max_workers=32) as pool:
                 n = 0
                 while time.monotonic() < end:
@@ -176,6 +181,9 @@ def main() -> int:
                         print(f"{(now - t0) / 60:5.1f} min  RSS "
                               f"{sum(samples[-1][1].values()) / 2**20:.0f} MiB  "
                               f"{sum(traffic.status.values())} requests", flush=True)
+                    if now >= next_scrape:
+                        pool.submit(traffic.one, "metrics")
+                        next_scrape += a.scrape_s
                     pool.submit(traffic.one, traffic.pick())
                     n += 1
                     time.sleep(max(t0 + n / a.rate - time.monotonic(), 0))
@@ -202,9 +210,11 @@ def write_report(a, samples: list[tuple[float, dict[str, int]]], traffic: Traffi
     errors = sum(v for (k, c), v in traffic.status.items()
                  if c == 0 or c >= 500)
     lines = [
-        f"`python -m bench.soak --minutes {a.minutes:g} --rate {a.rate:g}`: "
+        f"`python -m bench.soak --minutes {a.minutes:g} --rate {a.rate:g} "
+        f"--scrape-s {a.scrape_s:g}`: "
         f"{total} requests in {samples[-1][0] / 60:.1f} min (embed 30%, analyze 15%, enrol "
-        f"25%, identify 25%, forget 5%; LFW photos), {os.cpu_count()} cores "
+        f"25%, identify 25%, forget 5%; LFW photos; GET /metrics every {a.scrape_s:g} s), "
+        f"{os.cpu_count()} cores "
         f"({platform.machine()}), load average at the end {os.getloadavg()[0]:.2f}. "
         f"RSS sampled every {a.sample_s:g} s; growth from the end of the "
         f"{a.warmup_minutes:g}-minute warm-up to the mean of the last three samples.", "",
@@ -215,7 +225,7 @@ def write_report(a, samples: list[tuple[float, dict[str, int]]], traffic: Traffi
         "|---|---|---|---|"]
     lines += [f"| {n} | {b:.0f} | {e:.0f} | {g:+.1f}% |" for n, b, e, g in rows]
     lines += ["", "| request | count | statuses | p50 ms | p99 ms |", "|---|---|---|---|---|"]
-    for kind, _ in MIX:
+    for kind, _ in [*MIX, ("metrics", 0)]:
         lat = sorted(traffic.lat.get(kind, []))
         if not lat:
             continue
