@@ -78,25 +78,25 @@ def _side(name: str, repo: Path, args: argparse.Namespace) -> dict:
         config["http_options"]["port"] = port
         path = data / "serve_config.yaml"
         path.write_text(yaml.safe_dump(config))
-        log = open(data / "service.log", "w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "deployments.local", "--config", str(path),
-             "--port", str(port), "--no-dashboard"],
-            cwd=repo, env=_env(repo), start_new_session=True, stdout=log, stderr=log)
         base = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(base + "/ready", proc, args.start_timeout)
-            route = "/v1/collections/bench/identify"
-            extra = {"top_k": 5}
-            http_load.run(base, route, args.photos, 4, requests=32, extra=extra)  # warm up
-            res = http_load.run(base, route, args.photos, args.concurrency,
-                                requests=args.requests, extra=extra)
-        except Exception:
-            log.flush()
-            print((data / "service.log").read_text()[-4000:], file=sys.stderr)
-            raise
-        finally:
-            stop_tree(proc)
+        with open(data / "service.log", "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "deployments.local", "--config", str(path),
+                 "--port", str(port), "--no-dashboard"],
+                cwd=repo, env=_env(repo), start_new_session=True, stdout=log, stderr=log)
+            try:
+                wait_ready(base + "/ready", proc, args.start_timeout)
+                route = "/v1/collections/bench/identify"
+                extra = {"top_k": 5}
+                http_load.run(base, route, args.photos, 4, requests=32, extra=extra)  # warm-up
+                res = http_load.run(base, route, args.photos, args.concurrency,
+                                    requests=args.requests, extra=extra)
+            except Exception:
+                log.flush()
+                print((data / "service.log").read_text()[-4000:], file=sys.stderr)
+                raise
+            finally:
+                stop_tree(proc)
         res["fill_s"] = fill_s
         return res
 

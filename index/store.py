@@ -630,6 +630,24 @@ class _SqlStore:
         return CollectionInfo(int(row[0]), row[1], row[2], int(row[3]), float(row[4]),
                               int(row[5]))
 
+    def _upsert_persons(self, cur: Any, info: CollectionInfo, persons: Sequence[PersonUpsert],
+                        now: float) -> dict[str, tuple[str | None, dict[str, str]]]:
+        """Create or update the persons a write names; ``{person_id: (name, labels)}``
+        as stored (a field the write leaves out keeps its stored value)."""
+        stored: dict[str, tuple[str | None, dict[str, str]]] = {}
+        # sorted: concurrent writes lock persons in one order (no deadlock)
+        for p in sorted(persons, key=lambda p: p.person_id):
+            cur.execute(self._q(
+                "INSERT INTO persons (collection_id, person_id, name, labels, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, person_id) DO UPDATE "
+                "SET name = COALESCE(excluded.name, persons.name), "
+                "labels = COALESCE(excluded.labels, persons.labels) "
+                "RETURNING person_id, name, labels"),
+                (info.id, p.person_id, p.name, _labels_in(p.labels), now))
+            row = cur.fetchone()
+            stored[row[0]] = (row[1], _labels_out(row[2]))
+        return stored
+
     def _collection_for_write(self, cur: Any, collection: str, model: str, dim: int,
                               create: bool) -> tuple[CollectionInfo, bool]:
         """The collection a write goes to, made first when ``create`` allows it,
@@ -759,19 +777,7 @@ class _SqlStore:
                     return replay
             seq = self._next_seq(cur, info.id)
             now = time.time()
-            stored: dict[str, tuple[str | None, dict[str, str]]] = {}
-            if persons:
-                # sorted: concurrent registers lock persons in one order (no deadlock)
-                for p in sorted(persons, key=lambda p: p.person_id):
-                    cur.execute(self._q(
-                        "INSERT INTO persons (collection_id, person_id, name, labels, created_at) "
-                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, person_id) DO UPDATE "
-                        "SET name = COALESCE(excluded.name, persons.name), "
-                        "labels = COALESCE(excluded.labels, persons.labels) "
-                        "RETURNING person_id, name, labels"),
-                        (info.id, p.person_id, p.name, _labels_in(p.labels), now))
-                    row = cur.fetchone()
-                    stored[row[0]] = (row[1], _labels_out(row[2]))
+            stored = self._upsert_persons(cur, info, persons, now)
             ids = self._next_ids(cur, n)
             buckets = np.fromiter((face_bucket(f) for f in face_ids), dtype=np.int64, count=n)
             row_bytes = emb.reshape(n, dim)
@@ -1093,20 +1099,9 @@ class _SqlStore:
             skipped = [f for f in face_ids if where.get(f) == info.id]
             elsewhere = [f for f in face_ids if f in where and where[f] != info.id]
             now = time.time()
-            stored: dict[str, tuple[str | None, dict[str, str]]] = {}
             wanted = {person_ids[i] for i in keep}
-            for p in sorted(persons, key=lambda p: p.person_id):
-                if p.person_id not in wanted:
-                    continue
-                cur.execute(self._q(
-                    "INSERT INTO persons (collection_id, person_id, name, labels, created_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, person_id) DO UPDATE "
-                    "SET name = COALESCE(excluded.name, persons.name), "
-                    "labels = COALESCE(excluded.labels, persons.labels) "
-                    "RETURNING person_id, name, labels"),
-                    (info.id, p.person_id, p.name, _labels_in(p.labels), now))
-                row = cur.fetchone()
-                stored[row[0]] = (row[1], _labels_out(row[2]))
+            stored = self._upsert_persons(
+                cur, info, [p for p in persons if p.person_id in wanted], now)
             k = len(keep)
             ids = self._next_ids(cur, k) if k else np.empty(0, np.int64)
             kept_ids = [face_ids[i] for i in keep]
