@@ -18,6 +18,7 @@ class ErrorCode(str, Enum):
     IMAGE_TOO_LARGE = "image_too_large"
     TOO_MANY_PIXELS = "too_many_pixels"
     NO_FACE_DETECTED = "no_face_detected"
+    SPOOF_DETECTED = "spoof_detected"
     MODEL_NOT_INSTALLED = "model_not_installed"
     UNKNOWN_MODEL = "unknown_model"
     URL_FETCH_FAILED = "url_fetch_failed"
@@ -68,6 +69,12 @@ class TooManyPixels(FacefleetError):
 
 class NoFaceDetected(FacefleetError):
     code = ErrorCode.NO_FACE_DETECTED
+
+
+class SpoofDetected(FacefleetError):
+    """A face the anti-spoofing model judged a print or a replay (compat routes)."""
+
+    code = ErrorCode.SPOOF_DETECTED
 
 
 class ModelNotInstalled(FacefleetError):

@@ -27,6 +27,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.IMAGE_TOO_LARGE: 413,
     ErrorCode.TOO_MANY_PIXELS: 413,
     ErrorCode.NO_FACE_DETECTED: 422,
+    ErrorCode.SPOOF_DETECTED: 422,
     # 400, not 501: the service works, and the client can pick an installed model
     # (/v1/models lists them); a 5xx would page whoever watches the error rate
     ErrorCode.MODEL_NOT_INSTALLED: 400,

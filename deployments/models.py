@@ -150,8 +150,9 @@ class _AnalyzeMixin(_Batching):
             m = await _in_thread(self.analyze_stage.model, action)
         except FacefleetError as exc:
             return exc
-        return {"action": action, "name": m.name, "chip_size": m.chip.size,
-                "chip_padding": m.chip.padding}
+        specs = m.chip_specs
+        return {"action": action, "name": m.name, "chip_specs": [c.as_dict() for c in specs],
+                "chip_size": specs[0].size, "chip_padding": specs[0].padding}
 
 
 @serve.deployment(name="Detector", max_ongoing_requests=64,

@@ -31,12 +31,13 @@ from deployments.compat_schemas import (COMPAT_ERRORS, DEEPFACE_ACTIONS, Analyze
                                         detector_for, distance_from_similarity,
                                         distances, embedder_for, threshold_in,
                                         unit_embedding)
-from configs.errors import FacefleetError, ModelNotInstalled, ValidationError
+from configs.errors import FacefleetError, ModelNotInstalled, SpoofDetected, ValidationError
 from deployments.access import actor_of, check_collection
 from deployments.errors import compat_error_response
 from deployments.http_app import Api, api_of, body_schema
+from pipelines.antispoof import ANTI_SPOOFING
 from pipelines.flow import FaceQuery
-from pipelines.registry import ATTRIBUTES, DETECTORS, embedder_names
+from pipelines.registry import DETECTORS, embedder_names
 from pipelines.types import ChipSpec, Face
 
 _TAGS = ["deepface-compat"]
@@ -63,26 +64,33 @@ def _area(face: Face) -> dict[str, Any]:
             "right_eye": [int(round(float(lm[1][0]))), int(round(float(lm[1][1])))]}
 
 
-def _whole_image_chip(data: bytes, sizes: list[int], limits) -> tuple[dict[int, np.ndarray],
-                                                                      int, int]:
-    """The whole image letterboxed to each square size (DeepFace's ``skip``)."""
+def _whole_image_chip(data: bytes, specs: list[ChipSpec], limits
+                      ) -> tuple[dict[str, np.ndarray], int, int]:
+    """The whole image as each spec's chip (DeepFace's ``skip``): letterboxed to
+    the square size, or for ``box`` chips the whole frame as the face's box."""
     import cv2
 
+    from pipelines.align import box_chip
     from pipelines.decode import decode_image
+    from pipelines.types import Box
 
     img = decode_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels,
-                       work_max_side=max(sizes) * 4)
+                       work_max_side=max(s.size for s in specs) * 4)
     px = img.pixels
     h, w = px.shape[:2]
     out = {}
-    for size in sizes:
+    for spec in specs:
+        size = spec.size
+        if spec.kind == "box":
+            out[spec.key] = box_chip(px, Box(0, 0, w, h), spec)[None]
+            continue
         scale = size / max(h, w)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         small = cv2.resize(px, (nw, nh), interpolation=cv2.INTER_AREA)
         chip = np.zeros((size, size, 3), np.uint8)
         y0, x0 = (size - nh) // 2, (size - nw) // 2
         chip[y0:y0 + nh, x0:x0 + nw] = small
-        out[size] = chip[None]
+        out[spec.key] = chip[None]
     return out, img.original_width, img.original_height
 
 
@@ -135,20 +143,41 @@ async def _compat_image(api: Api, value: Any, files: dict[str, bytes], field: st
 
 
 def _detector(api: Api, body) -> str:
-    if body.anti_spoofing:
-        raise ModelNotInstalled("anti_spoofing needs DeepFace's MiniFASNet weights, which "
-                                "facefleet does not ship; send anti_spoofing=false",
-                                {"field": "anti_spoofing"})
     return detector_for(body.detector_backend, api.s.default_detector, list(DETECTORS))
+
+
+async def _spoof_specs(api: Api, body) -> list[ChipSpec]:
+    """The anti-spoofing crops a request needs: none unless it set anti_spoofing.
+
+    The model ships without weights; asking for it without them answers
+    ``model_not_installed`` before any image is decoded.
+    """
+    if not body.anti_spoofing:
+        return []
+    try:
+        return api.flow.chip_specs(await api.flow.attribute_info(ANTI_SPOOFING))
+    except ModelNotInstalled as exc:
+        raise ModelNotInstalled(f"anti_spoofing=true: {exc.message}; or send "
+                                "anti_spoofing=false", {**exc.details,
+                                                        "field": "anti_spoofing"}) from None
+
+
+async def _check_live(api: Api, chips: dict[str, np.ndarray], specs: list[ChipSpec]) -> None:
+    """DeepFace's anti_spoofing: any face judged a spoof fails the whole request."""
+    if not specs:
+        return
+    verdicts = await api.flow.analyze_chips([ANTI_SPOOFING], {s.key: chips[s.key] for s in specs})
+    if any(not v["is_real"] for v in verdicts):
+        raise SpoofDetected("Spoof detected in the given image.",
+                            {"faces": [i for i, v in enumerate(verdicts) if not v["is_real"]]})
 
 
 async def _whole_image(api: Api, data: bytes, specs: list[ChipSpec],
                        detector: str) -> _Faces:
     """DeepFace's stand-in when it finds no face (or is told to skip detection)."""
-    sizes = sorted({s.size for s in specs})
-    by_size, w, h = await asyncio.to_thread(_whole_image_chip, data, sizes, api.s.images)
+    chips, w, h = await asyncio.to_thread(_whole_image_chip, data, specs, api.s.images)
     area = {"x": 0, "y": 0, "w": w, "h": h, "left_eye": None, "right_eye": None}
-    return _Faces([area], [0.0], {s.key: by_size[s.size] for s in specs},
+    return _Faces([area], [0.0], chips,
                   detector if detector == "skip" else f"{detector} (no face: whole image)")
 
 
@@ -156,16 +185,27 @@ async def _compat_embed(api: Api, data: bytes, body, field: str, max_faces: int 
                         ) -> tuple[_Faces, np.ndarray, str, dict]:
     name, info = await _compat_embedder(api, body.model_name)
     detector = _detector(api, body)
-    if detector != "skip":
+    spoof = await _spoof_specs(api, body)
+    specs = api.flow.chip_specs(info)
+    query = FaceQuery(detector, max_faces, 0.0, body.enforce_detection, field)
+    faces = None
+    if detector != "skip" and not spoof:
         # detect -> embed stage to stage, as /v1/embed does
-        emb = await api.flow.embed(data, FaceQuery(detector, max_faces, 0.0,
-                                                   body.enforce_detection, field), name)
+        emb = await api.flow.embed(data, query, name)
         if emb.faces:
             return (_Faces([_area(f) for f in emb.faces],
                            [round(float(f.confidence), 2) for f in emb.faces], {}, detector),
                     np.asarray(emb.vectors, np.float32), name, info)
-    specs = api.flow.chip_specs(info)
-    faces = await _whole_image(api, data, specs, detector)
+    elif detector != "skip":
+        # the liveness crops come back with the embedder's chips, checked first
+        det = await api.flow.detect_chips(data, query, list(dict.fromkeys(specs + spoof)))
+        if det.faces:
+            faces = _Faces([_area(f) for f in det.faces],
+                           [round(float(f.confidence), 2) for f in det.faces], det.chips,
+                           detector)
+    if faces is None:
+        faces = await _whole_image(api, data, list(dict.fromkeys(specs + spoof)), detector)
+    await _check_live(api, faces.chips, spoof)
     vecs = await api.flow.embed_chips(name, {c.key: faces.chips[c.key] for c in specs})
     return faces, np.asarray(vecs, np.float32), name, info
 
@@ -189,7 +229,7 @@ async def _compat_actions(api: Api, requested: list[str] | None) -> list[str]:
         raise ValidationError("'actions' is empty; name at least one of "
                               f"{', '.join(DEEPFACE_ACTIONS)}")
     for a in requested:
-        if a not in ATTRIBUTES:
+        if a not in DEEPFACE_ACTIONS:
             raise ValidationError(f"Invalid action passed ({a!r}); available actions are "
                                   f"{', '.join(DEEPFACE_ACTIONS)}", {"action": a})
     return list(dict.fromkeys(requested))
@@ -258,7 +298,8 @@ async def df_analyze(request: Request) -> Any:
         data = await _compat_image(api, body.img, files, "img")
         actions = await _compat_actions(api, body.actions)
         infos = await asyncio.gather(*(api.flow.attribute_info(a) for a in actions))
-        specs = list(dict.fromkeys(c for i in infos for c in api.flow.chip_specs(i)))
+        spoof = await _spoof_specs(api, body)
+        specs = list(dict.fromkeys([c for i in infos for c in api.flow.chip_specs(i)] + spoof))
         detector = _detector(api, body)
         faces = None
         if detector != "skip":
@@ -270,6 +311,7 @@ async def df_analyze(request: Request) -> Any:
                                det.chips, detector)
         if faces is None:
             faces = await _whole_image(api, data, specs, detector)
+        await _check_live(api, faces.chips, spoof)
         preds = await api.flow.analyze_chips(actions, faces.chips)
         results = [{**p, "region": a, "face_confidence": c}
                    for p, a, c in zip(preds, faces.areas, faces.scores, strict=True)]

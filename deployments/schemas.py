@@ -45,7 +45,7 @@ class VerifyBody(_Body):
     enforce_detection: bool = True
 
 
-Action = Literal["age", "gender", "emotion", "race"]
+Action = Literal["age", "gender", "emotion", "race", "anti_spoofing"]
 
 
 class AnalyzeBody(_Body):
@@ -111,6 +111,10 @@ class AnalyzedFace(BaseModel):
     dominant_emotion: str | None = None
     race: dict[str, float] | None = None
     dominant_race: str | None = None
+    is_real: bool | None = Field(None, description="anti_spoofing: the face is live, not a "
+                                 "print or a replay")
+    antispoof_score: float | None = Field(None, description="anti_spoofing: the winning "
+                                          "class's probability (0.33-1)")
 
 
 class AnalyzeOut(BaseModel):
@@ -137,7 +141,8 @@ class DetectorInfo(BaseModel):
 class ChipSpecOut(BaseModel):
     size: int
     padding: float
-    kind: str = Field(..., description="dlib: dlib's face chip; warp5: 5-point similarity warp")
+    kind: str = Field(..., description="dlib: dlib's face chip; warp5: 5-point similarity "
+                                       "warp; box: the detector's box grown `padding` times")
 
 
 class EmbedderInfo(BaseModel):
@@ -160,6 +165,7 @@ class AttributeInfo(BaseModel):
     action: str
     installed: bool
     name: str | None = None
+    chip_specs: list[ChipSpecOut] | None = Field(None, description="the chips it reads per face")
     chip_size: int | None = None
     chip_padding: float | None = None
     reason: str | None = None

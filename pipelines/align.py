@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.models import ModelContext, require_file
-from pipelines.types import ChipSpec, Face
+from pipelines.types import Box, ChipSpec, Face
 
 # Canonical 5-point face template (112 px frame; first eye = image left).
 _TEMPLATE = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74],
@@ -72,6 +72,35 @@ def warp5_chip(image: np.ndarray, shape: np.ndarray, spec: ChipSpec) -> np.ndarr
             m = np.c_[m[:, 0] / fx, m[:, 1] / fy, m[:, :2] @ np.array([x0, y0]) + m[:, 2]]
     return cv2.warpAffine(np.ascontiguousarray(image), m, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
+def box_chip(image: np.ndarray, box: Box, spec: ChipSpec) -> np.ndarray:
+    """The ``box`` chip: the detector's box grown ``spec.padding`` times, resized.
+
+    The geometry of the MiniFASNet anti-spoofing crop: the grown box keeps the
+    face's centre, is shrunk when it would exceed the image, and is shifted
+    back inside the image where it sticks out, so a face at the border still
+    gets a full-size context crop. Integer pixel bounds, inclusive, as the
+    models were trained on; bilinear resize to ``spec.size`` square.
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    bx, by = int(round(box.x)), int(round(box.y))
+    bw, bh = max(int(round(box.w)), 1), max(int(round(box.h)), 1)
+    scale = min((h - 1) / bh, (w - 1) / bw, spec.padding)
+    bounds = []
+    for start, length, limit in ((bx, bw, w - 1), (by, bh, h - 1)):
+        centre, half = start + length / 2, length * scale / 2
+        lo, hi = centre - half, centre + half
+        if lo < 0:
+            lo, hi = 0.0, hi - lo
+        if hi > limit:
+            lo, hi = lo - (hi - limit), float(limit)
+        bounds.append((int(lo), int(hi)))
+    (x0, x1), (y0, y1) = bounds
+    crop = np.ascontiguousarray(image[y0:y1 + 1, x0:x1 + 1])
+    return cv2.resize(crop, (spec.size, spec.size))
 
 
 def shape_predictor_path() -> Path:
@@ -132,6 +161,8 @@ class Aligner:
                 out[spec.key] = np.zeros((0, spec.size, spec.size, 3), dtype=np.uint8)
             elif spec.kind == "warp5":
                 out[spec.key] = np.stack([warp5_chip(image, f.shape, spec) for f in faces])
+            elif spec.kind == "box":
+                out[spec.key] = np.stack([box_chip(image, f.box, spec) for f in faces])
             else:
                 # One chip at a time: dlib's batched get_face_chips is not pixel-equal.
                 out[spec.key] = np.stack([

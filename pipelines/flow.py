@@ -193,7 +193,8 @@ class Flow:
 
     async def analyze(self, data: bytes, q: FaceQuery, actions: Sequence[str]) -> AnalyzedImage:
         if not actions:
-            raise ValidationError("'actions' must name at least one of age, gender, emotion, race")
+            raise ValidationError("'actions' must name at least one of age, gender, emotion, race, "
+                                  "anti_spoofing")
         actions = tuple(dict.fromkeys(actions))
         infos = await asyncio.gather(*(self.attribute_info(a) for a in actions))
         specs = list(dict.fromkeys(c for i in infos for c in self.chip_specs(i)))

@@ -101,11 +101,16 @@ class Embedder(ABC):
 
 
 class AttributeModel(ABC):
-    """Predicts one face attribute (age, gender, emotion, race) from chips."""
+    """Predicts one face attribute (age, gender, emotion, race, liveness) from chips."""
 
     name: str = ""
     action: str = ""
     chip: ChipSpec = DLIB_CHIP
+
+    @property
+    def chip_specs(self) -> tuple[ChipSpec, ...]:
+        """Every chip the model reads per face (anti-spoofing reads two crops)."""
+        return (self.chip,)
 
     def load(self) -> None:  # noqa: B027 - optional hook
         """Load weights; raise ModelNotInstalled when they are missing."""
@@ -113,6 +118,10 @@ class AttributeModel(ABC):
     @abstractmethod
     def predict(self, chips: np.ndarray) -> list[dict]:
         """One result dict per chip, in the API's shape for this action."""
+
+    def predict_chips(self, chips: Mapping[str, np.ndarray]) -> list[dict]:
+        """Chips keyed by ``ChipSpec.key`` -> one result dict per face."""
+        return self.predict(chips_for(chips, self.chip, self.name))
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

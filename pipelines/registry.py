@@ -146,11 +146,18 @@ def _attr(cls_name: str) -> Callable[[ModelContext], AttributeModel]:
     return build
 
 
+def _antispoof(ctx: ModelContext) -> AttributeModel:
+    from pipelines.antispoof import AntiSpoofModel
+
+    return AntiSpoofModel(ctx)
+
+
 ATTRIBUTES: dict[str, Callable[[ModelContext], AttributeModel]] = {
     "age": _attr("AgeModel"),
     "gender": _attr("GenderModel"),
     "emotion": _attr("EmotionModel"),
     "race": _attr("RaceModel"),
+    "anti_spoofing": _antispoof,
 }
 
 

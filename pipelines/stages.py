@@ -287,7 +287,7 @@ class EmbeddingStage:
 
 def _face_count(chips: Mapping[str, np.ndarray], keys: list[str], model: str) -> int:
     if not isinstance(chips, Mapping):
-        raise ValidationError(f"an embed request carries chips keyed by chip spec, got "
+        raise ValidationError(f"a model request carries chips keyed by chip spec, got "
                               f"{type(chips).__name__}")
     missing = [k for k in keys if k not in chips]
     if missing:
@@ -296,7 +296,7 @@ def _face_count(chips: Mapping[str, np.ndarray], keys: list[str], model: str) ->
                               {"model": model, "missing": missing})
     counts = {len(chips[k]) for k in keys}
     if len(counts) != 1:
-        raise ValidationError(f"the chips of one embed request must cover the same faces; "
+        raise ValidationError(f"the chips of one request must cover the same faces; "
                               f"got {sorted(counts)} faces per kind", {"model": model})
     return counts.pop()
 
@@ -340,12 +340,14 @@ class AnalysisStage:
             idx = [i for i, r in enumerate(requests) if action in r.actions and i not in failed]
             try:
                 model = self.models.get(action)
-                parts = [requests[i].chips[model.chip.key] for i in idx]
-                nonempty = [p for p in parts if len(p)]
-                preds = model.predict(np.concatenate(nonempty)) if nonempty else []
+                keys = [c.key for c in model.chip_specs]
+                counts = [_face_count(requests[i].chips, keys, model.name) for i in idx]
+                batch = {key: np.concatenate([requests[i].chips[key] for i in idx])
+                         for key in keys} if sum(counts) else {}
+                preds = model.predict_chips(batch) if batch else []
                 k = 0
-                for i, p in zip(idx, parts, strict=True):
-                    for j in range(len(p)):
+                for i, n in zip(idx, counts, strict=True):
+                    for j in range(n):
                         merged[i][j].update(preds[k])
                         k += 1
             except FacefleetError as exc:

@@ -79,8 +79,11 @@ class Face:
 #: How a chip is cut from dlib's 5-point shape (``pipelines.align``):
 #: ``dlib``: ``dlib.get_face_chip`` (dlib's own template, what dlib's ResNet and
 #: the age/gender networks were trained on); ``warp5``: a similarity warp of the
-#: five points onto a 112 px template (the ArcFace-style crop MobileFaceNet takes).
-CHIP_KINDS = ("dlib", "warp5")
+#: five points onto a 112 px template (the ArcFace-style crop MobileFaceNet takes);
+#: ``box``: no alignment, the detector's box grown ``padding`` times about its
+#: centre and kept inside the image (the context crop MiniFASNet anti-spoofing
+#: models take; ``padding`` is their scale, e.g. 2.7).
+CHIP_KINDS = ("dlib", "warp5", "box")
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ def test_models_lists_defaults_and_missing_weights(api):
     attrs = {a["action"]: a for a in m["attributes"]}
     assert attrs["age"]["installed"] and attrs["emotion"]["installed"]
     assert not attrs["race"]["installed"]
+    assert not attrs["anti_spoofing"]["installed"] and attrs["anti_spoofing"]["reason"]
 
 
 def test_detect_multi_face_with_crops(api, faces):
@@ -122,11 +123,15 @@ def test_analyze_group_photo(api, faces):
         assert f["dominant_emotion"] in f["emotion"]
 
 
-def test_analyze_race_without_weights_is_typed(api, faces):
+@pytest.mark.parametrize("action, weights", [
+    ("race", "race_model_single_batch.onnx"),
+    ("anti_spoofing", "2.7_80x80_MiniFASNetV2.onnx")])
+def test_analyze_without_user_supplied_weights_is_typed(api, faces, action, weights):
+    # race and anti-spoofing ship no weights: each names the file it needs
     r = api.post("/v1/analyze", json={"img": b64(faces / "deepface/img1.jpg"),
-                                      "actions": ["race"]})
+                                      "actions": ["age", action]})
     err = check_error(r, 400, "model_not_installed")
-    assert "race" in err["message"]
+    assert weights in err["message"] and "FACEFLEET_DEEPFACE_HOME" in err["message"]
 
 
 def _bomb() -> str:
