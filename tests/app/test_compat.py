@@ -231,8 +231,17 @@ def test_invalid_inputs_and_missing_file(api, faces):
                    "available:")
     deepface_error(api.post("/verify", json={"img1": img, "img2": img,
                                              "distance_metric": "manhattan"}))
-    deepface_error(api.post("/represent", json={"img": img, "anti_spoofing": True}),
-                   "anti_spoofing")
+    # anti-spoofing ships no weights: every route that takes the flag names the files
+    for route, body in [("/represent", {"img": img}), ("/verify", {"img1": img, "img2": img}),
+                        ("/analyze", {"img": img, "actions": ["age"]}),
+                        ("/register", {"img": img}), ("/search", {"img": img})]:
+        err = deepface_error(api.post(route, json={**body, "anti_spoofing": True}),
+                             "anti_spoofing=true")
+        assert err["error"]["code"] == "model_not_installed"
+        assert "2.7_80x80_MiniFASNetV2.onnx" in err["exception"]
+    # and DeepFace's analyze actions stay DeepFace's four
+    deepface_error(api.post("/analyze", json={"img": img, "actions": ["anti_spoofing"]}),
+                   "invalid action")
     # the service still answers real work
     assert api.post("/represent", json={"img": img}).status_code == 200
 
