@@ -20,8 +20,9 @@ model:
   probes): rank-1/5, true accepts and wrong top-1 flagged at the identify
   threshold and, for contrast, at the 1:1 threshold.
 
-Writes ``bench/results/recognizer.md`` (the tables for the README) and prints
-the settings to put in ``configs/settings.py``.
+Writes ``bench/results/recognizer.md``, rewrites the two result tables in the
+README (``--readme ''`` leaves it alone) and prints the settings to put in
+``configs/settings.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import logging
 import math
 import os
 import platform
+import re
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -45,6 +47,8 @@ from configs.settings import Settings
 from pipelines.models import DLIB_CHIP, ModelContext, l2_normalise
 
 OUT = Path(__file__).parent / "results" / "recognizer.md"
+README = Path(__file__).parents[1] / "README.md"
+README_BLOCKS = ("recognizer-devtest", "recognizer-gallery")
 NETS = ("dlib", "mobilefacenet")
 WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)  # dlib's weight, MobileFaceNet's = 1
 #: cost of one forward pass per face, in dlib passes (bench/embedder_throughput.py:
@@ -204,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None,
                    help="keep the vectors in this .npz and reuse them on a rerun")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--readme", default=str(README),
+                   help="README whose result tables are rewritten ('' to leave it alone)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     s = Settings()
@@ -339,7 +345,49 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines))
     print("\n".join(lines))
+    if a.readme:
+        write_readme_tables(Path(a.readme), readme_tables(final, models))
+        print(f"tables {', '.join(README_BLOCKS)} rewritten in {a.readme}")
     return 0
+
+
+def readme_tables(final: dict[str, Row], models: dict[str, Vectors]) -> dict[str, list[str]]:
+    """The README's two result tables: DevTest and 1:N through the gallery."""
+    devtest = ["| model | dim | DevTest acc | verify thr | identify thr | rank-1 | "
+               "TAR at the identify thr | wrong top-1 flagged | open-set FAR |",
+               "|---|---|---|---|---|---|---|---|---|"]
+    gallery = ["| model | rank-1 | rank-5 | TAR at the identify thr | wrong top-1 flagged "
+               "`match` | open-set FAR | wrong top-1 flagged at the 1:1 thr (before) |",
+               "|---|---|---|---|---|---|---|"]
+    for name, r in final.items():
+        dim = next(v for v in models[name].values() if v is not None).shape[0]
+        devtest.append(f"| `{name}` | {dim} | {pct(r.test_acc)} | {r.train_thr:.4f} | "
+                       f"{r.id_thr:.4f} | {pct(r.rep.rank1)} | {pct(r.rep.tar)} | "
+                       f"{pct(r.rep.wrong_flagged)} | {pct(r.rep_far)} |")
+        f = r.full
+        gallery.append(f"| `{name}` | {pct(f.rank1)} | {pct(f.rank5)} | {pct(f.tar)} | "
+                       f"{pct(f.wrong_flagged)} | {pct(r.full_far)} | "
+                       f"{pct(r.full_at_verify.wrong_flagged)} |")
+    return {"recognizer-devtest": devtest, "recognizer-gallery": gallery}
+
+
+def write_readme_tables(readme: Path, tables: dict[str, list[str]]) -> None:
+    """Replace each ``<!-- name ... -->`` ... ``<!-- /name -->`` block of ``readme``.
+
+    Every block must already be there exactly once: a README edited by hand
+    into another shape fails loudly instead of growing a second copy.
+    """
+    text = readme.read_text()
+    for name, rows in tables.items():
+        begin, end = f"<!-- {name} (written by bench.recognizer) -->", f"<!-- /{name} -->"
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        if len(pattern.findall(text)) != 1:
+            raise SystemExit(f"{readme} must hold exactly one {begin} ... {end} block")
+        block = "\n".join([begin, *rows, end])
+        text = pattern.sub(lambda _: block, text)
+    tmp = readme.with_name(readme.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, readme)
 
 
 if __name__ == "__main__":

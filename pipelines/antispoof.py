@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from configs.errors import ValidationError
 from pipelines.models import AttributeModel, ModelContext, chips_for
 from pipelines.types import ChipSpec
 
@@ -66,7 +67,8 @@ class AntiSpoofModel(AttributeModel):
         self._sessions = [onnx_session(str(p), self.ctx.runtime) for p in paths]
 
     def predict(self, chips: np.ndarray) -> list[dict]:
-        raise NotImplementedError("anti-spoofing reads two crops per face; use predict_chips")
+        raise ValidationError(f"'{self.name}' reads two crops per face; call predict_chips "
+                              f"with {', '.join(s.key for s in self.specs)}")
 
     def predict_chips(self, chips: Mapping[str, np.ndarray]) -> list[dict]:
         crops = [chips_for(chips, spec, self.name) for spec in self.specs]
