@@ -1,12 +1,15 @@
 """Schema-driven fuzzing of the real service from its own ``/openapi.json``.
 
-    .venv/bin/python -m bench.fuzz [--requests 10000] [--seconds 1800]
+    .venv/bin/python -m bench.fuzz [--requests 10000] [--seconds 1800] [--auth off]
 
 Starts the app from ``serve_config.yaml`` on 127.0.0.1 (data in a temp
 directory), reads the document it serves, and has schemathesis generate
 requests for every operation (valid and invalid bodies, path values, headers)
 until ``--requests`` were sent or ``--seconds`` passed, shared evenly among the
-operations. Each answer is checked as ``tests/app/test_schema_fuzz.py`` checks
+operations. With ``--auth on`` (the default) the service has an admin key from
+its settings and every request carries it, so the key routes validate their
+bodies instead of answering 409 ``auth_disabled``, and every route passes the
+access check. Each answer is checked as ``tests/app/test_schema_fuzz.py`` checks
 it: no 5xx, every 4xx carries the error envelope, status, content type and body
 conform to the document. Writes bench/results/fuzz.md (requests per operation,
 status classes, failures by check) and exits 1 when any check failed.
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import os
 import platform
+import secrets
 import sys
 import tempfile
 import time
@@ -72,7 +77,7 @@ def excluded_checks(case) -> list:
     return [positive_data_acceptance, negative_data_rejection]
 
 
-def fuzz(base: str, budget: int, deadline: float
+def fuzz(base: str, budget: int, deadline: float, headers: dict[str, str] | None = None
          ) -> tuple[list[tuple], collections.Counter, dict[str, str]]:
     import schemathesis
     from hypothesis import HealthCheck, given, settings
@@ -94,7 +99,7 @@ def fuzz(base: str, budget: int, deadline: float
         def run(case) -> None:
             if time.monotonic() > deadline or counts["sent"] >= stop_at:
                 return
-            response = case.call(base_url=base, timeout=120)
+            response = case.call(base_url=base, headers=headers, timeout=120)
             counts["sent"] += 1
             counts[f"{response.status_code // 100}xx"] += 1
             try:
@@ -134,25 +139,34 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--seconds", type=float, default=1800)
+    p.add_argument("--auth", choices=("on", "off"), default="on",
+                   help="on: an admin key from the settings, sent with every request")
     a = p.parse_args()
     port = local.free_port()
+    key = secrets.token_urlsafe(32)
+    headers = {"Authorization": f"Bearer {key}"} if a.auth == "on" else None
     with tempfile.TemporaryDirectory() as data:
         overrides = {"settings": {"data_dir": data, "model_dir": str(REPO / "data" / "models")}}
+        if headers:
+            overrides["settings"]["api_key_sha256"] = [hashlib.sha256(key.encode()).hexdigest()]
         local.start(local.load_config(REPO / "serve_config.yaml", overrides, port),
                     num_cpus=os.cpu_count())
         base = f"http://127.0.0.1:{port}"
         try:
             httpx.get(base + "/ready", timeout=120)
             t0 = time.monotonic()
-            rows, failures, examples = fuzz(base, a.requests, t0 + a.seconds)
+            rows, failures, examples = fuzz(base, a.requests, t0 + a.seconds, headers)
             elapsed = time.monotonic() - t0
         finally:
             local.stop()
     total = collections.Counter()
     for _, seen in rows:
         total.update(seen)
-    lines = [f"`python -m bench.fuzz --requests {a.requests}`: {total['sent']} requests over "
-             f"{len(rows)} operations in {elapsed:.0f} s, {os.cpu_count()} cores "
+    auth = ("auth on, an admin key from the settings on every request" if headers
+            else "auth off")
+    lines = [f"`python -m bench.fuzz --requests {a.requests} --auth {a.auth}`: {total['sent']} "
+             f"requests over {len(rows)} operations in {elapsed:.0f} s ({auth}), "
+             f"{os.cpu_count()} cores "
              f"({platform.machine()}), load average at the end {os.getloadavg()[0]:.2f}.", "",
              f"**5xx: {total['5xx']}; failed checks: {sum(failures.values())}.**", "",
              "| operation | requests | 2xx | 4xx | 5xx |", "|---|---|---|---|---|"]
