@@ -48,6 +48,13 @@ LOOPBACK_ENV = {
 FAST_SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # A stopping ingress replica stays reachable this long before it closes its
+    # listener (Serve's default, 30 s, gives a cloud load balancer time to
+    # deregister it). Here the only balancer is the local HAProxy, which drops the
+    # replica on its next reload and retries a refused connection on another one,
+    # so 30 s only made every stop (Ctrl-C, a test's teardown) wait 30 s.
+    # In-flight requests are still waited for (graceful_shutdown_timeout_s).
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
 HAPROXY_SHIM = Path(__file__).resolve().parent / "haproxy_loopback.sh"
 
