@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,29 @@ FACES = REPO.parent / "shared" / "faces"
 def faces() -> Path:
     assert FACES.is_dir(), f"shared photos not found at {FACES}"
     return FACES
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without finalising the interpreter.
+
+    This process loads onnxruntime, TensorFlow, dlib and Ray's core worker, whose
+    native threads can still run while Python finalises and unloads them: a CI run
+    once died with SIGSEGV after "415 passed" (the kernel logged a non-main thread
+    executing at an unmapped address). By now every fixture is torn down (Ray and
+    Serve shut down, servers stopped) and every report written, so nothing is lost
+    by skipping finalisation, and the exit status stays the one pytest reported.
+    """
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        capman.stop_global_capturing()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(config.stash.get(_EXIT, 0))
+
+
+_EXIT = pytest.StashKey[int]()
