@@ -23,6 +23,9 @@ def faces() -> Path:
     return FACES
 
 
+_EXIT = pytest.StashKey[int]()  # pytest's exit status, kept for pytest_unconfigure
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config.stash[_EXIT] = int(exitstatus)
 
@@ -37,13 +40,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     executing at an unmapped address). By now every fixture is torn down (Ray and
     Serve shut down, servers stopped) and every report written, so nothing is lost
     by skipping finalisation, and the exit status stays the one pytest reported.
+    Without a finished session there is no status to keep: pytest exits as usual.
     """
+    if _EXIT not in config.stash:
+        return
     capman = config.pluginmanager.getplugin("capturemanager")
     if capman is not None:
         capman.stop_global_capturing()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(config.stash.get(_EXIT, 0))
-
-
-_EXIT = pytest.StashKey[int]()
+    os._exit(config.stash[_EXIT])
