@@ -140,13 +140,15 @@ def unexpected_response(request: Request, exc: Exception) -> JSONResponse:
     """An exception no handler knows: 503 for a backend outage, else a logged 500."""
     if _is_backend_outage(exc):
         # a replica or actor died, is restarting, or sheds load: worth a retry
-        log.warning("backend unavailable: %s", type(exc).__name__,
-                    extra={"request_id": request_id_of(request)})
+        log.warning("backend unavailable: %s on %s %s request_id=%s", type(exc).__name__,
+                    request.method, request.url.path, request_id_of(request))
         response = error_response(request, ErrorCode.UNAVAILABLE,
                                   "a backend deployment is unavailable; retry shortly")
         response.headers["Retry-After"] = "1"
         return response
-    log.error("unhandled error", exc_info=exc, extra={"request_id": request_id_of(request)})
+    # the id in the text too: Serve's log filter sets record.request_id to its own
+    log.error("unhandled error on %s %s request_id=%s", request.method, request.url.path,
+              request_id_of(request), exc_info=exc)
     return error_response(request, ErrorCode.INTERNAL_ERROR,
                           "internal error; see the server log for this request id")
 

@@ -274,13 +274,20 @@ class Gallery(GalleryService):
         if self._fault == "exit_after_commit":
             # fault injection (tests): die between the commit and the shard update
             os._exit(1)
+        if self._fault == "raise_after_commit":
+            # fault injection (tests): a bug between the commit and the shard update,
+            # once; the shards catch up from the change log
+            self._fault = None
+            raise RuntimeError("injected fault: raise_after_commit")
         await super()._apply(plan)
 
     async def inject_fault(self, fault: str | None) -> None:
         """Arm a fault in this replica, for fault-injection tests only: with
         ``"exit_after_commit"`` the next write is committed and the process exits
-        before any shard hears of it. Not reachable over HTTP."""
-        if fault not in (None, "exit_after_commit"):
+        before any shard hears of it; with ``"raise_after_commit"`` it raises there
+        instead, once (an unexpected error: the request answers 500). Not reachable
+        over HTTP."""
+        if fault not in (None, "exit_after_commit", "raise_after_commit"):
             raise ValueError(f"unknown fault {fault!r}")
         self._fault = fault
 

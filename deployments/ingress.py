@@ -18,6 +18,7 @@ from typing import Any
 from ray import serve
 
 from configs.settings import Settings
+from deployments import replica_process
 from deployments.backends import (LocalAnalyzer, LocalDetector, LocalEmbedder, ServeAnalyzer,
                                   ServeDetector, ServeEmbedder, ServeGallery)
 from deployments.http_app import create_app
@@ -33,8 +34,8 @@ log = logging.getLogger("facefleet.ingress")
 class Ingress:
     def __init__(self, settings: dict[str, Any], detector: Any = None, embedder: Any = None,
                  analyzer: Any = None, gallery: Any = None) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
         self.s = Settings.model_validate(settings)  # validated once, in build_app
+        replica_process.check_message_limit(self.s.images.max_request_bytes)
         # this replica's metrics (HTTP, and the fused stages' batches), reported to
         # the board so that every Ingress replica's /metrics shows all replicas
         metrics = replica_metrics()

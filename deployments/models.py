@@ -43,7 +43,6 @@ def _prepare(settings: dict[str, Any]) -> Settings:
     # validated once in build_app; a replica only rebuilds the object from its dump
     s = Settings.model_validate(settings)
     limit_native_threads(max(s.runtime.intra_op_threads, 1))
-    logging.basicConfig(level=logging.INFO)
     return s
 
 
