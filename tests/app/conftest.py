@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from deployments import local
+from tests.app.photos import phone_photo
 
 REPO = Path(__file__).resolve().parent.parent.parent
 GALLERY = True
@@ -41,9 +42,7 @@ def service(tmp_path_factory, photo_server) -> Iterator[Service]:
     overrides = {"gallery": GALLERY, "settings": {"data_dir": str(data),
                               "model_dir": str(REPO / "data" / "models"),
                               "urls": {"allow_private": True, "timeout_s": 5,
-                                       "allowed_ports": [photo_port]},
-                              "images": {"max_bytes": 8 * 1024 * 1024,
-                                         "max_request_bytes": 20 * 1024 * 1024}}}
+                                       "allowed_ports": [photo_port]}}}
     config = local.load_config(REPO / "serve_config.yaml", overrides, port)
     local.start(config, num_cpus=2)
     svc = Service(f"http://127.0.0.1:{port}", config)
@@ -57,6 +56,14 @@ def service(tmp_path_factory, photo_server) -> Iterator[Service]:
 @pytest.fixture(scope="session")
 def api(service) -> httpx.Client:
     return service.client
+
+
+@pytest.fixture(scope="session")
+def phone_photos(faces, tmp_path_factory) -> dict[int, Path]:
+    """Real photos of 5, 10 and 19 MiB as phones send them (key: size in MiB)."""
+    d = tmp_path_factory.mktemp("phone")
+    return {mb: phone_photo(faces / "deepface/img1.jpg", mb << 20, d / f"{mb}mib.jpg")
+            for mb in (5, 10, 19)}
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+
+from configs.settings import ImageLimits
 from tests.app.photos import b64
 
 pytestmark = pytest.mark.app
@@ -181,10 +183,12 @@ def test_bad_inputs_are_typed_errors_and_service_survives(api, faces, photo_serv
 
 
 def test_oversized_image_is_413(api, faces):
-    big = base64.b64encode(b"\xff\xd8" + b"\x00" * (8 * 1024 * 1024 + 10)).decode()
+    limits = ImageLimits()  # the service runs with the documented defaults
+    max_bytes, max_request = limits.max_bytes, limits.max_request_bytes
+    big = base64.b64encode(b"\xff\xd8" + b"\x00" * (max_bytes + 10)).decode()
     check_error(api.post("/v1/detect", json={"img": big}), 413, "image_too_large")
     # a body over max_request_bytes is refused from its length, and when streamed
-    huge = b'{"img": "' + b"A" * (21 * 1024 * 1024) + b'"}'
+    huge = b'{"img": "' + b"A" * (max_request + (1 << 20)) + b'"}'
     check_error(api.post("/v1/detect", content=huge,
                          headers={"content-type": "application/json"}), 413, "image_too_large")
 
@@ -194,8 +198,8 @@ def test_oversized_image_is_413(api, faces):
 
     check_error(api.post("/v1/detect", content=chunks(),
                          headers={"content-type": "application/json"}), 413, "image_too_large")
-    # multipart, chunked (no Content-Length): a file part over max_bytes (8 MiB),
-    # and a body over max_request_bytes (20 MiB) made of parts under it
+    # multipart, chunked (no Content-Length): a file part over max_bytes, and a body
+    # over max_request_bytes made of parts under it
     def multipart(parts: list[tuple[str, int]]):
         for name, size in parts:
             yield (f'--bnd\r\nContent-Disposition: form-data; name="{name}"; '
@@ -206,13 +210,16 @@ def test_oversized_image_is_413(api, faces):
         yield b"--bnd--\r\n"
 
     mp = {"content-type": "multipart/form-data; boundary=bnd"}
-    err = check_error(api.post("/v1/detect", content=multipart([("img", 12 << 20)]), headers=mp),
+    err = check_error(api.post("/v1/detect", headers=mp,
+                               content=multipart([("img", max_bytes + (4 << 20))])),
                       413, "image_too_large")
     assert err["details"]["field"] == "img"
+    part = max_bytes - (1 << 20)
+    n = max_request // part + 1
     err = check_error(api.post("/v1/detect", headers=mp,
-                               content=multipart([(f"f{i}", 7 << 20) for i in range(4)])),
+                               content=multipart([(f"f{i}", part) for i in range(n)])),
                       413, "image_too_large")
-    assert err["details"]["max_request_bytes"] == 20 * 1024 * 1024
+    assert err["details"]["max_request_bytes"] == max_request
     assert api.get("/health").status_code == 200
 
 

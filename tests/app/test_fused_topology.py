@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs.settings import ImageLimits
 from deployments import local
-from tests.app.photos import b64
+from tests.app.photos import b64, check_phone_photos
 
 pytestmark = pytest.mark.app
 
@@ -53,3 +54,7 @@ def test_fused_app_batches_concurrent_requests(fused, faces):
     assert codes == [200] * len(imgs)
     sizes = fused.get("/v1/stats").json()["batch_sizes"]["Detector"]
     assert max(int(k) for k in sizes["detect"]) > 1, sizes
+
+
+def test_fused_app_takes_phone_size_photos(fused, phone_photos):
+    check_phone_photos(fused, phone_photos, ImageLimits().max_bytes)
