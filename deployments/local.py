@@ -225,6 +225,13 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
         time.sleep(1.0)
 
 
+def ray_logs_dir() -> str:
+    """This Ray instance's log directory (``<temp dir>/session_*/logs``)."""
+    import ray
+
+    return ray._private.worker._global_node.get_logs_dir_path()
+
+
 def stop() -> None:
     import ray
     from ray import serve
@@ -274,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     port = config.get("http_options", {}).get("port", 8000)
     log.info("facefleet is serving on http://127.0.0.1:%s (docs at /docs); Ctrl-C stops it", port)
+    log.info("replica logs (every 500 with its traceback and request id): %s",
+             Path(ray_logs_dir()) / "serve")
     if a.metrics_export_port:
         log.info("Ray's metrics: http://127.0.0.1:%s/metrics", a.metrics_export_port)
     if not a.no_dashboard:

@@ -24,8 +24,9 @@ def test_phone_size_photos_in_the_separate_topology(api, phone_photos):
 
 
 def test_a_500_is_logged_with_its_traceback_and_request_id(api, faces):
-    import ray
     from ray import serve
+
+    from deployments import local
 
     gallery = serve.get_deployment_handle("Gallery", "facefleet")
     gallery.inject_fault.remote("raise_after_commit").result()
@@ -34,7 +35,7 @@ def test_a_500_is_logged_with_its_traceback_and_request_id(api, faces):
     assert r.status_code == 500, r.text
     rid = r.json()["error"]["request_id"]
     assert rid and r.headers["x-request-id"] == rid
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    logs = Path(local.ray_logs_dir()) / "serve"
     deadline = time.monotonic() + 10
     while True:  # written and flushed as it happens, not when a buffer fills
         hits = [p for p in logs.glob("replica_facefleet_Ingress_*.log")
