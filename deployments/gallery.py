@@ -49,6 +49,9 @@ from pipelines.flow import identify_embedded, register_embedded
 log = logging.getLogger(__name__)
 
 NAMESPACE = "facefleet"
+#: the least CPU a shard actor reserves (``index.shard_num_cpus`` 0 included): with
+#: none, Ray places it anywhere whatever node it is asked to start on
+MIN_SHARD_CPUS = 0.01
 #: how often each Gallery replica deletes audit entries past their retention
 AUDIT_PRUNE_INTERVAL_S = 3600.0
 
@@ -110,6 +113,7 @@ class IndexShard:
         with self._lock:
             out = self._shard.info()
         out["pid"] = os.getpid()
+        out["node_id"] = ray.get_runtime_context().get_node_id()
         out["rss_bytes"] = _rss_bytes()
         return out
 
@@ -134,7 +138,7 @@ def pgvector_options(index: IndexSettings) -> dict[str, Any]:
 
 def shard_handles(s: Settings) -> list[list[Any]]:
     """Get or create the shard actors of this store + index configuration:
-    ``[shard][copy]``."""
+    ``[shard][copy]``, placed by :func:`shard_nodes`."""
     index: IndexSettings = s.index
     store = {"backend": index.backend, "database_url": index.database_url,
              "data_dir": str(s.data_dir.resolve())}
@@ -143,13 +147,61 @@ def shard_handles(s: Settings) -> list[list[Any]]:
     # the name pins the store and index layout: another store never gets these shards
     key = hashlib.sha256(json.dumps([store, icfg, index.shards], sort_keys=True).encode())
     prefix = f"gallery-{key.hexdigest()[:12]}"
+    # Ray honours a soft node affinity only for an actor that reserves something
+    num_cpus = max(index.shard_num_cpus, MIN_SHARD_CPUS)
+    nodes = shard_nodes(index.shards, index.shard_replicas, num_cpus)
     return [[
         IndexShard.options(
             name=f"{prefix}-{i}of{index.shards}" + (f"-copy{r}" if r else ""),
             namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1,
-            max_task_retries=-1, num_cpus=index.shard_num_cpus,
+            max_task_retries=-1, num_cpus=num_cpus,
+            scheduling_strategy=_on_node(nodes[i][r]),
         ).remote(i, index.shards, store, icfg, index.faiss_threads, index.sync_interval_s)
         for r in range(index.shard_replicas)] for i in range(index.shards)]
+
+
+def alive_nodes(min_cpus: float = 0.0) -> list[str]:
+    """Ids of the cluster's alive nodes that can hold an actor needing ``min_cpus``
+    (nodes with no CPU, such as a KubeRay head started with ``num-cpus: 0``, only
+    when no other node is there), sorted, so every Gallery replica sees one order."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    fit = [n for n in alive if (cpus := n.get("Resources", {}).get("CPU", 0)) > 0
+           and cpus >= min_cpus]
+    return sorted(n["NodeID"] for n in (fit or alive))
+
+
+def shard_nodes(nshards: int, copies: int, min_cpus: float = 0.0) -> list[list[str | None]]:
+    """The node each copy of each shard starts on: shards round-robin over the alive
+    nodes, and the copies of one shard on different nodes while there are enough,
+    so that losing one node never takes every copy of a shard."""
+    nodes = alive_nodes(min_cpus)
+    if len(nodes) < 2:
+        return [[None] * copies for _ in range(nshards)]
+    return [[nodes[(i + r) % len(nodes)] for r in range(copies)] for i in range(nshards)]
+
+
+def _on_node(node_id: str | None) -> Any:
+    """Start on that node, but restart anywhere once it is gone (``soft``): a shard
+    whose node died is rebuilt on a surviving node from the store and change log."""
+    if node_id is None:
+        return "DEFAULT"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id, soft=True)
+
+
+def refuse_sqlite_on_a_cluster(index: IndexSettings) -> None:
+    """SQLite keeps the gallery in one file on one node's disk: on a cluster of several
+    nodes a Gallery replica or shard started on another node would open another file."""
+    if index.backend != "sqlite":
+        return
+    nodes = alive_nodes()
+    if len(nodes) > 1:
+        raise RuntimeError(
+            f"index.backend sqlite on a Ray cluster of {len(nodes)} nodes: the Gallery and "
+            "its shards may run on any node, and each node would open its own SQLite file. "
+            "Use PostgreSQL: index.backend postgres (or pgvector) with "
+            "FACEFLEET_INDEX__DATABASE_URL=postgresql://..., reachable from every node")
 
 
 class RayShards:
@@ -220,6 +272,7 @@ class Gallery(GalleryService):
             shards: Any = SqlShards(store, search_threads=index.store_threads,  # type: ignore[arg-type]
                                     ef_search=index.hnsw_ef_search)
         else:
+            refuse_sqlite_on_a_cluster(index)
             shards = RayShards(shard_handles(s))
             ray.get([c.ready.remote() for copies in shards.handles for c in copies])
             store = open_store(index.backend, index.database_url, s.data_dir.resolve())
