@@ -43,22 +43,27 @@ class LocalCluster:
         os.makedirs(os.path.join(self.temp_dir, "ray"), exist_ok=True)
         self._cpus = cpus
         self._object_store = object_store_mb * 1024 * 1024
+        # log_to_stderr False: each node's daemons log to files, as ray.init's do
         head = {"num_cpus": cpus, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-                "object_store_memory": self._object_store, "temp_dir": self.temp_dir}
+                "object_store_memory": self._object_store, "temp_dir": self.temp_dir,
+                "log_to_stderr": False}
         if system_config:
             head["_system_config"] = system_config
         self.cluster = Cluster(initialize_head=True, head_node_args=head)
         self.workers: list[Any] = []
+        self._resources: dict[str, str] = {}
         self._next = 1
         for _ in range(workers):
             self.add_worker()
 
     def add_worker(self) -> Any:
         """Start one more worker node (a node that joins, or rejoins)."""
+        resource = f"node{self._next}"
         node = self.cluster.add_node(num_cpus=self._cpus, node_ip_address="127.0.0.1",
                                      object_store_memory=self._object_store,
-                                     resources={f"node{self._next}": 1})
+                                     log_to_stderr=False, resources={resource: 1})
         self._next += 1
+        self._resources[node.node_id] = resource
         self.workers.append(node)
         return node
 
@@ -77,9 +82,10 @@ class LocalCluster:
         self.cluster.remove_node(node, allow_graceful=False)
         self.workers.remove(node)
 
-    @staticmethod
-    def node_id(node: Any) -> str:
-        return node.node_id
+    def resource(self, node: Any) -> str:
+        """The custom resource only that worker node has (``node<N>``): ask for a
+        fraction of it to pin an actor or replica there."""
+        return self._resources[node.node_id]
 
     def shutdown(self) -> None:
         import ray

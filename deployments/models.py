@@ -13,8 +13,10 @@ options in ``serve_config.yaml``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from ray import serve
@@ -37,6 +39,20 @@ def context_from(s: Settings) -> ModelContext:
     return ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
                         runtime=RuntimeConfig.from_settings(s.runtime), model_pack=s.model_pack,
                         fusion_weights=s.fusion_weights)
+
+
+@contextlib.contextmanager
+def _naming_this_node() -> Iterator[None]:
+    """A model missing here fails the replica's start naming this node: on a cluster
+    every node that may run a model replica needs the models in its ``model_dir``."""
+    try:
+        yield
+    except FacefleetError as exc:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        raise RuntimeError(f"on node {ray.util.get_node_ip_address()} (node id {node}): "
+                           f"{exc.message}") from exc
 
 
 def _prepare(settings: dict[str, Any]) -> Settings:
@@ -162,7 +178,8 @@ class Detector(_DetectMixin):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = _prepare(settings)
         self._init_metrics("Detector")
-        self._init_detect(s)
+        with _naming_this_node():
+            self._init_detect(s)
 
 
 @serve.deployment(name="Embedder", max_ongoing_requests=64,
@@ -173,7 +190,8 @@ class Embedder(_EmbedMixin):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = _prepare(settings)
         self._init_metrics("Embedder")
-        self._init_embed(s)
+        with _naming_this_node():
+            self._init_embed(s)
 
 
 @serve.deployment(name="Analyzer", max_ongoing_requests=64,
@@ -184,7 +202,8 @@ class Analyzer(_AnalyzeMixin):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = _prepare(settings)
         self._init_metrics("Analyzer")
-        self._init_analyze(s)
+        with _naming_this_node():
+            self._init_analyze(s)
 
 
 class LocalStages(_DetectMixin, _EmbedMixin, _AnalyzeMixin):
@@ -200,6 +219,7 @@ class LocalStages(_DetectMixin, _EmbedMixin, _AnalyzeMixin):
     def __init__(self, settings: dict[str, Any], metrics: ProcessMetrics) -> None:
         s = _prepare(settings)
         self._init_metrics("Ingress", metrics)
-        self._init_detect(s)
-        self._init_embed(s)
-        self._init_analyze(s)
+        with _naming_this_node():
+            self._init_detect(s)
+            self._init_embed(s)
+            self._init_analyze(s)

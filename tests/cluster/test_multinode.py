@@ -215,3 +215,23 @@ def test_node_loss_under_load(cluster, pg, tmp_path):
         h.shutdown_shards.remote().result()
     serve.delete("gallery-nodes")
     serve.delete("gallery-rejoin")
+
+
+def test_a_node_without_the_models_fails_the_start_naming_it(cluster, tmp_path):
+    """A model replica on a node whose model_dir lacks the converted models: the
+    deployment fails with the node and the missing file named."""
+    from ray import serve
+
+    from configs.settings import Settings
+    from deployments.models import Embedder
+
+    node = cluster.workers[-1]
+    s = Settings(data_dir=tmp_path, model_dir=tmp_path / "no-models").model_dump(mode="json")
+    pinned = Embedder.options(ray_actor_options={"num_cpus": 0.1, "resources": {
+        cluster.resource(node): 0.01}})
+    with pytest.raises(RuntimeError, match="failed"):
+        serve.run(pinned.bind(s), name="embedder-no-models", route_prefix=None)
+    why = serve.status().applications["embedder-no-models"].deployments["Embedder"].message
+    assert f"node id {node.node_id}" in why, why
+    assert str(tmp_path / "no-models") in why and "is missing" in why, why
+    serve.delete("embedder-no-models")
