@@ -49,8 +49,8 @@ from pipelines.flow import identify_embedded, register_embedded
 log = logging.getLogger(__name__)
 
 NAMESPACE = "facefleet"
-#: the least CPU a shard actor reserves (``index.shard_num_cpus`` 0 included): with
-#: none, Ray places it anywhere whatever node it is asked to start on
+#: the least CPU a shard actor placed on a node reserves (``index.shard_num_cpus`` 0
+#: included): with none, Ray places it anywhere whatever node it is asked to start on
 MIN_SHARD_CPUS = 0.01
 #: how often each Gallery replica deletes audit entries past their retention
 AUDIT_PRUNE_INTERVAL_S = 3600.0
@@ -147,9 +147,10 @@ def shard_handles(s: Settings) -> list[list[Any]]:
     # the name pins the store and index layout: another store never gets these shards
     key = hashlib.sha256(json.dumps([store, icfg, index.shards], sort_keys=True).encode())
     prefix = f"gallery-{key.hexdigest()[:12]}"
-    # Ray honours a soft node affinity only for an actor that reserves something
-    num_cpus = max(index.shard_num_cpus, MIN_SHARD_CPUS)
-    nodes = shard_nodes(index.shards, index.shard_replicas, num_cpus)
+    nodes = shard_nodes(index.shards, index.shard_replicas, index.shard_num_cpus)
+    num_cpus = index.shard_num_cpus
+    if nodes[0][0] is not None:  # placed: Ray honours a soft node affinity only
+        num_cpus = max(num_cpus, MIN_SHARD_CPUS)  # for an actor that reserves something
     return [[
         IndexShard.options(
             name=f"{prefix}-{i}of{index.shards}" + (f"-copy{r}" if r else ""),
