@@ -155,8 +155,8 @@ class AuditSettings(BaseModel):
 
     identify: bool = Field(True, description="record every identify / search (a read)")
     retention_days: float | None = Field(
-        None, gt=0, description="delete entries older than this (checked hourly by every "
-        "Gallery replica); unset: keep every entry")
+        90.0, gt=0, description="delete entries older than this (checked hourly by every "
+        "Gallery replica); null: keep every entry")
 
 
 class Settings(BaseSettings):

@@ -319,10 +319,41 @@ class PersonOut(BaseModel):
     faces: list[PersonFace]
 
 
+class ErasedStoreOut(BaseModel):
+    faces: int = Field(..., description="face rows deleted (with secure_delete on SQLite)")
+    persons: int
+    idempotency_keys: int = Field(
+        ..., description="idempotency rows of the registers that created those faces: "
+        "deleted, or left naming only faces that remain")
+    write_ahead_log: str | None = Field(
+        None, description="SQLite: 'truncated' once the WAL is emptied into the zeroed "
+        "main file; 'busy' if readers held it past the busy timeout (the next forget "
+        "empties it)")
+
+
+class ErasedShardsOut(BaseModel):
+    entries: int = Field(..., description="search index entries removed before this answer")
+
+
+class ErasedAuditOut(BaseModel):
+    entries_pseudonymised: int = Field(
+        ..., description="audit entries whose person id is now a keyed hash (this "
+        "forget's own entry included)")
+
+
+class ErasedOut(BaseModel):
+    """What a forget removed, where (docs/security.md)."""
+
+    store: ErasedStoreOut
+    shards: ErasedShardsOut
+    audit: ErasedAuditOut
+
+
 class ForgottenPersonOut(BaseModel):
     person_id: str
     collection: str
     deleted_faces: list[str]
+    erased: ErasedOut | None = None
 
 
 # --------------------------------------------------------------------------- listings

@@ -255,6 +255,7 @@ class GalleryCore:
                         actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
         info = self.store.drop_collection(check_collection_name(name),
                                           _entry(actor, AuditAction.COLLECTION_DROP, name))
+        self.store.checkpoint()  # the dropped rows' bytes leave the write-ahead log
         return collection_dict(info), [[DropOp(info.id)] for _ in range(self.nshards)]
 
     # -- register
@@ -412,6 +413,8 @@ class GalleryCore:
         info = self.collection(collection)
         deleted = self.store.delete_faces(info.id, [str(f) for f in face_ids],
                                           _entry(actor, AuditAction.FACE_FORGET, info.name))
+        if deleted.faces:
+            self.store.checkpoint()
         return [d.face_id for d in deleted.faces], self._removal_plan(info.id, deleted)
 
     def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
@@ -427,8 +430,18 @@ class GalleryCore:
         person, deleted = self.store.delete_person(
             info.id, _check_person_id(person_id),
             _entry(actor, AuditAction.PERSON_FORGET, info.name))
+        log_state = self.store.checkpoint()
+        n = len(deleted.faces)
+        # what was removed where; the shards drop the same faces before the answer
+        erased: dict[str, Any] = {
+            "store": {"faces": n, "persons": 1, "idempotency_keys": deleted.idempotency_keys},
+            "shards": {"entries": n},
+            "audit": {"entries_pseudonymised": deleted.audit_pseudonymised + (actor is not None)},
+        }
+        if log_state is not None:
+            erased["store"]["write_ahead_log"] = log_state
         return ({"person_id": person.person_id, "collection": info.name,
-                 "deleted_faces": [d.face_id for d in deleted.faces]},
+                 "deleted_faces": [d.face_id for d in deleted.faces], "erased": erased},
                 self._removal_plan(info.id, deleted))
 
     # -- listings
