@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from configs.keyhash import parse
+
 #: 1:1 verify thresholds (cosine distance) per embedding model, the best
 #: accuracy on LFW View 1 DevTrain (``bench/recognizer.py``); a pair is "the
 #: same person" when the distance is <= the threshold.
@@ -140,7 +142,17 @@ class IndexSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    """How ingress replicas keep the table of API keys made through ``/v1/keys``."""
+    """Whether keys are required, how long keys made through ``/v1/keys`` may live,
+    and how ingress replicas keep the table of those keys."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="true: every request needs a key, and an empty api_key_sha256 "
+        "is refused (at start and on reconfigure); false: authentication off, keys "
+        "ignored; auto: on exactly when api_key_sha256 names a key (the open local "
+        "default), and once on it stays on")
+    key_max_lifetime_days: float | None = Field(
+        365.0, gt=0, description="keys made through POST /v1/keys expire within this many "
+        "days (one asking for no expiry gets this one; longer is refused); null: no bound")
 
     refresh_s: float = Field(
         0.5, gt=0, le=10, description="how often each ingress replica re-reads the key table")
@@ -201,8 +213,9 @@ class Settings(BaseSettings):
     runtime: Runtime = Field(default_factory=Runtime)
     index: IndexSettings = Field(default_factory=IndexSettings)
     api_key_sha256: list[str] = Field(
-        default_factory=list, description="hex SHA-256 of the admin keys; empty: auth off"
-    )
+        default_factory=list, description="the admin keys, hashed: 'hmac-sha256:<salt>:<hex>' "
+        "(python -m configs.keyhash) or a plain hex SHA-256 (older form, accepted); "
+        "empty: authentication off unless auth.enabled is true")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     preload_actions: list[str] = Field(
@@ -214,6 +227,23 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         return self.model_dir if self.model_dir is not None else self.data_dir / "models"
+
+    @model_validator(mode="after")
+    def _auth_keys(self) -> Settings:
+        for entry in self.api_key_sha256:
+            parse(entry)
+        if self.auth.enabled is True and not self.api_key_sha256:
+            raise ValueError("auth.enabled is true but api_key_sha256 names no key: refusing "
+                             "to start without an admin key (set auth.enabled: false to run "
+                             "without authentication)")
+        return self
+
+    @property
+    def auth_on(self) -> bool:
+        """Whether requests need a key at start (``auth.enabled`` resolved)."""
+        if self.auth.enabled == "auto":
+            return bool(self.api_key_sha256)
+        return bool(self.auth.enabled)
 
     @model_validator(mode="after")
     def _pack_default(self) -> Settings:

@@ -115,8 +115,8 @@ async def authorize(request: Request) -> None:
     route = request.scope.get("route")
     rule = rule_of(request.method, getattr(route, "path", request.url.path))
     if rule.needs_auth and not request.app.state.api.auth.enabled:
-        raise AuthDisabled("authentication is off (no api_key_sha256 in the settings): "
-                           "there are no keys to manage")
+        raise AuthDisabled("authentication is off (auth.enabled false, or no api_key_sha256 "
+                           "in the settings): there are no keys to manage")
     if rule.scope is None:
         return
     p = principal_of(request)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ray import serve
 
+from configs import keyhash
 from configs.settings import Settings
 from deployments import replica_process
 from deployments.backends import (LocalAnalyzer, LocalDetector, LocalEmbedder, ServeAnalyzer,
@@ -57,10 +58,20 @@ class Ingress:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Rotate the settings' admin keys without a restart
-        (``user_config: {api_key_sha256: [...]}``);
-        with ``topology: fused`` also the batch knobs of the in-replica models."""
+        (``user_config: {api_key_sha256: [...], auth_enabled?: bool}``);
+        with ``topology: fused`` also the batch knobs of the in-replica models.
+
+        An empty key list while authentication is on is refused (ValueError: Serve
+        reports the update as failed), so keys cannot be turned off by omission;
+        ``auth_enabled: false`` turns authentication off explicitly."""
         if self._local is not None and "max_batch_size" in user_config:
             self._local.reconfigure(user_config)
         keys = user_config.get("api_key_sha256", self.s.api_key_sha256) or []
-        self._app.state.api.auth.set_settings_keys(keys)
-        log.info(json.dumps({"event": "auth", "api_keys": len(keys)}))
+        enabled = user_config.get("auth_enabled")
+        auth = self._app.state.api.auth
+        auth.set_settings_keys(keys, None if enabled is None else bool(enabled))
+        plain = sum(keyhash.is_plain(k) for k in keys)
+        if plain:
+            log.warning("%d settings key(s) are plain SHA-256: prefer the salted form "
+                        "(python -m configs.keyhash)", plain)
+        log.info(json.dumps({"event": "auth", "enabled": auth.enabled, "api_keys": len(keys)}))

@@ -432,6 +432,8 @@ class ApiKeyOut(BaseModel):
     created_at: float = Field(..., description="Unix time")
     last_used_at: float | None = Field(
         None, description="Unix time, up to auth.refresh_s late; absent: never used")
+    expires_at: float | None = Field(
+        None, description="Unix time after which the key is refused (401); absent: never")
 
 
 class NewApiKeyOut(ApiKeyOut):

@@ -226,6 +226,8 @@ class KeyRecord:
     collections: tuple[str, ...] | None
     created_at: float
     last_used_at: float | None = None
+    #: Unix time after which the key is refused; None: never
+    expires_at: float | None = None
 
     def public(self) -> dict[str, Any]:
         """The key as ``GET /v1/keys`` shows it: everything but the hash."""
@@ -235,6 +237,8 @@ class KeyRecord:
                                "created_at": self.created_at}
         if self.last_used_at is not None:
             out["last_used_at"] = self.last_used_at
+        if self.expires_at is not None:
+            out["expires_at"] = self.expires_at
         return out
 
 
@@ -471,6 +475,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "faces in enrolment order per collection: keyset pages of listings and exports",
         sqlite=("CREATE INDEX faces_by_collection ON faces (collection_id, id)",),
         postgres=("CREATE INDEX faces_by_collection ON faces (collection_id, id)",),
+    ),
+    Migration(
+        6,
+        "API keys that expire",
+        sqlite=("ALTER TABLE api_keys ADD COLUMN expires_at REAL",),
+        postgres=("ALTER TABLE api_keys ADD COLUMN expires_at DOUBLE PRECISION",),
     ),
 )
 
@@ -1261,14 +1271,15 @@ class _SqlStore:
             return max(0, int(cur.rowcount or 0))
 
     # -- API keys
-    _KEY = "id, name, key_sha256, scopes, collections, created_at, last_used_at"
+    _KEY = "id, name, key_sha256, scopes, collections, created_at, last_used_at, expires_at"
 
     @staticmethod
     def _key(row: Sequence[Any]) -> KeyRecord:
         colls = json.loads(row[4]) if row[4] is not None else None
         return KeyRecord(row[0], row[1], row[2], tuple(json.loads(row[3])),
                          None if colls is None else tuple(colls), float(row[5]),
-                         None if row[6] is None else float(row[6]))
+                         None if row[6] is None else float(row[6]),
+                         None if row[7] is None else float(row[7]))
 
     def _bump_keys(self, cur: Any) -> None:
         cur.execute("UPDATE counters SET value = value + 1 WHERE name = 'api_keys'")
@@ -1277,11 +1288,11 @@ class _SqlStore:
     def create_key(self, key: KeyRecord, audit: AuditEntry | None = None) -> KeyRecord:
         with self._tx(write=True) as cur:
             cur.execute(self._q(
-                "INSERT INTO api_keys (id, name, key_sha256, scopes, collections, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)"),
+                "INSERT INTO api_keys (id, name, key_sha256, scopes, collections, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
                 (key.id, key.name, key.key_sha256, json.dumps(list(key.scopes)),
                  None if key.collections is None else json.dumps(list(key.collections)),
-                 key.created_at))
+                 key.created_at, key.expires_at))
             self._bump_keys(cur)
             if audit is not None:
                 audit.target_key_id = key.id

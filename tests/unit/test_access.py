@@ -195,7 +195,7 @@ def test_http_answers_without_models(service):
             listed = (await c.get("/v1/keys", headers=admin)).json()["keys"]
             assert [k["id"] for k in listed] == [made["id"]] and "key" not in listed[0]
             assert set(listed[0]) - {"last_used_at"} == {"id", "name", "scopes", "collections",
-                                                         "created_at"}
+                                                         "created_at", "expires_at"}
             for q in ("limit=0", "limit=1001", "cursor=abc", "action=nope", "since=yesterday"):
                 r = await c.get(f"/v1/audit?{q}", headers=admin)
                 assert r.status_code == 422, q
