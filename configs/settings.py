@@ -162,10 +162,44 @@ class AuthSettings(BaseModel):
         "older, the replica reads it again before answering, and answers 503 if it cannot")
 
 
+class RateLimitSettings(BaseModel):
+    """Requests per key and per client, and failed authentications per client, each
+    as ``limits`` strings ("20/minute", "50/second;2000/minute"); counted by each
+    Ingress replica on its own (N replicas let through up to N times as many).
+    Past a limit the answer is 429 ``rate_limited`` with ``Retry-After``."""
+
+    per_key: str | None = Field(
+        None, description="requests each API key may make; unset: no limit")
+    per_client: str | None = Field(
+        None, description="requests each client address may make; unset: no limit")
+    failed_auth_per_client: str | None = Field(
+        "20/minute", description="failed authentications a client address may make; past "
+        "it every request of that address answers 429 until the window moves on")
+    client_address_header: str | None = Field(
+        None, description="a header the proxy in front sets to the client's address "
+        "(e.g. X-Forwarded-For: its last value is taken); unset: the connection's peer, "
+        "which behind a proxy is the proxy for every client")
+
+    @model_validator(mode="after")
+    def _parse(self) -> RateLimitSettings:
+        from limits import parse_many
+
+        for name in ("per_key", "per_client", "failed_auth_per_client"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parse_many(value)
+                except ValueError as e:
+                    raise ValueError(f"rate_limits.{name}: {e}") from None
+        return self
+
+
 class AuditSettings(BaseModel):
     """The audit trail: which changes and searches are recorded, and for how long."""
 
     identify: bool = Field(True, description="record every identify / search (a read)")
+    reads: bool = Field(True, description="record every read of stored data: face and "
+                        "person reads, listings and exports (key, collection, rows)")
     retention_days: float | None = Field(
         90.0, gt=0, description="delete entries older than this (checked hourly by every "
         "Gallery replica); null: keep every entry")
@@ -218,6 +252,7 @@ class Settings(BaseSettings):
         "empty: authentication off unless auth.enabled is true")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     preload_actions: list[str] = Field(
         default_factory=lambda: ["age", "gender", "emotion"],
         description="attribute models loaded at start (race loads on first use)",

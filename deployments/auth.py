@@ -51,8 +51,12 @@ from index.store import KeyRecord
 
 log = logging.getLogger("facefleet.auth")
 
-SCOPES = ("read", "write", "admin")
-_RANK = {s: i + 1 for i, s in enumerate(SCOPES)}
+#: ranked scopes (each includes the ones before) and ``export``, which stands apart:
+#: reading every template of a collection is more than a read, and is given only
+#: by ``export`` itself or by ``admin``
+SCOPES = ("read", "write", "admin", "export")
+_RANK = {s: i + 1 for i, s in enumerate(SCOPES[:3])}
+EXPORT = "export"
 KEY_PREFIX = "ffk_"
 _ID_HEX = 16  # 64-bit public key ids
 #: a replica whose store keys went unused this long stops polling the key table
@@ -73,8 +77,12 @@ class Principal:
     level: int
     #: None: every collection
     collections: frozenset[str] | None = None
+    #: scopes outside the ranking that the key holds (``export``)
+    extra: frozenset[str] = frozenset()
 
     def has(self, scope: str) -> bool:
+        if scope == EXPORT:
+            return self.level >= _RANK["admin"] or EXPORT in self.extra
         return self.level >= _RANK[scope]
 
     def sees(self, collection: str) -> bool:
@@ -90,7 +98,7 @@ SETTINGS_ADMIN = Principal(SETTINGS_KEY_ID, _RANK["admin"])
 
 
 def scope_level(scopes: Iterable[str]) -> int:
-    return max((_RANK[s] for s in scopes), default=0)
+    return max((_RANK[s] for s in scopes if s in _RANK), default=0)
 
 
 def _expired(rec: KeyRecord) -> bool:
@@ -204,7 +212,8 @@ class KeyTable:
             return None
         self._used[kid] = time.time()
         return Principal(kid, scope_level(rec.scopes),
-                         None if rec.collections is None else frozenset(rec.collections))
+                         None if rec.collections is None else frozenset(rec.collections),
+                         frozenset(s for s in rec.scopes if s not in _RANK))
 
     def invalidate(self) -> None:
         """This replica changed the table itself (create / revoke): re-read it before

@@ -39,6 +39,8 @@ LOOPBACK_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
+    # an unusable X-Request-Id is replaced before Serve echoes it (deployments/request_ids.py)
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.request_ids.proxy_middlewares",
 }
 
 

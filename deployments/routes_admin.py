@@ -36,8 +36,10 @@ class CreateKeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., min_length=1, max_length=128, description="what the key is for")
-    scopes: list[Literal["read", "write", "admin"]] = Field(
-        ..., min_length=1, description="read < write < admin; each includes the ones before")
+    scopes: list[Literal["read", "write", "admin", "export"]] = Field(
+        ..., min_length=1, description="read < write < admin; each includes the ones before; "
+        "export (GET .../export, every template of a collection) stands apart: only export "
+        "or admin gives it")
     collections: list[str] | None = Field(
         None, max_length=1000,
         description="the only collections the key may see (exact names); null: every one")

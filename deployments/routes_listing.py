@@ -33,6 +33,7 @@ from deployments.http_app import api_of, body_schema, lines_body_schema
 from deployments.routes_gallery import Collection, _Body
 from deployments.schemas import (GALLERY_ERRORS, ExportLine, FacesPageOut, ImportOut,
                                  PersonOut, PersonsPageOut, errors)
+from index.audit import AuditAction
 from index.gallery import check_import_row
 
 router = APIRouter()
@@ -64,7 +65,8 @@ class PersonPatchBody(_Body):
 async def list_persons(collection: Collection, request: Request, limit: Limit = 100,
                        cursor: Cursor = None) -> dict:
     """A page of the collection's persons in person_id order, with face counts."""
-    return await api_of(request).flow.gallery.list_persons(collection, limit, cursor)
+    return await api_of(request).flow.gallery.list_persons(collection, limit, cursor,
+                                                           actor=actor_of(request))
 
 
 @router.get("/v1/collections/{collection}/faces", tags=["gallery"],
@@ -74,7 +76,8 @@ async def list_faces(collection: Collection, request: Request,
                      limit: Limit = 100, cursor: Cursor = None) -> dict:
     """A page of the collection's faces (of one person with ``person_id``) in
     enrolment order."""
-    page = await api_of(request).flow.gallery.list_faces(collection, person_id, limit, cursor)
+    page = await api_of(request).flow.gallery.list_faces(collection, person_id, limit, cursor,
+                                                         actor=actor_of(request))
     page["faces"] = [{"id": f["face_id"], **f} for f in page["faces"]]
     return page
 
@@ -104,6 +107,9 @@ async def export_collection(collection: Collection, request: Request) -> Streami
     collection held when the export began."""
     gallery = api_of(request).flow.gallery
     stats = await gallery.stats(collection)  # 404 before any byte is sent
+    # recorded (durably) before any template leaves: the faces the collection holds now
+    await gallery.record_read(AuditAction.EXPORT, collection, stats["faces"],
+                              actor=actor_of(request))
 
     async def lines() -> AsyncIterator[bytes]:
         after: int | None = 0

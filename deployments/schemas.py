@@ -420,7 +420,7 @@ class ImportOut(BaseModel):
 
 # --------------------------------------------------------------------------- keys and audit
 
-Scope = Literal["read", "write", "admin"]
+Scope = Literal["read", "write", "admin", "export"]
 
 
 class ApiKeyOut(BaseModel):
@@ -450,7 +450,8 @@ class AuditEntryOut(BaseModel):
     at: float = Field(..., description="Unix time")
     action: Literal["face.register", "face.forget", "face.import", "person.forget",
                     "person.update", "collection.create", "collection.drop", "key.create",
-                    "key.revoke", "identify"]
+                    "key.revoke", "identify", "face.read", "person.read", "persons.list",
+                    "faces.list", "export", "auth.failure"]
     collection: str | None = Field(None, examples=["staff"])
     face_ids: list[str] | None = Field(None, description="faces enrolled or forgotten")
     person_id: str | None = None
@@ -459,6 +460,11 @@ class AuditEntryOut(BaseModel):
     matches: list[str | None] | None = Field(
         None, description="identify: the nearest enrolled face of each face found")
     target_key_id: str | None = Field(None, description="the key created or revoked")
+    rows: int | None = Field(None, description="reads: faces or persons answered")
+    client: str | None = Field(None, description="auth.failure: the client's address")
+    failures: int | None = Field(
+        None, description="auth.failure: failed authentications of that client in the "
+        "current minute")
     key_id: str | None = Field(..., examples=["f3a6b201bae72b86"],
                                description='the caller\'s key; "settings" for a key from the '
                                "settings, null with authentication off")

@@ -667,7 +667,7 @@ class GalleryService:
 
     def __init__(self, store: Store, shards: ShardSet, store_threads: int = 8,
                  cache_ttl_s: float = 2.0, audit_identify: bool = True,
-                 audit_retention_days: float | None = None) -> None:
+                 audit_retention_days: float | None = None, audit_reads: bool = True) -> None:
         self.store = store
         self.shards = shards
         self.core = GalleryCore(store, shards.nshards)
@@ -677,6 +677,7 @@ class GalleryService:
         self._infos: dict[str, tuple[float, CollectionInfo]] = {}
         self.audit_identify = audit_identify
         self.audit_retention_days = audit_retention_days
+        self.audit_reads = audit_reads
         # identify entries waiting for the next group commit (see _record)
         self._pending: list[tuple[AuditEntry, asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
@@ -752,12 +753,32 @@ class GalleryService:
         return await self._db(self.core.export_page, collection, after, limit)
 
     async def list_persons(self, collection: str, limit: int = 100,
-                           cursor: str | None = None) -> dict[str, Any]:
-        return await self._db(self.core.list_persons, collection, limit, cursor)
+                           cursor: str | None = None, actor: Actor | None = None
+                           ) -> dict[str, Any]:
+        out = await self._db(self.core.list_persons, collection, limit, cursor)
+        await self.record_read(AuditAction.PERSONS_LIST, collection, len(out["persons"]), actor)
+        return out
 
     async def list_faces(self, collection: str, person_id: str | None = None,
-                         limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
-        return await self._db(self.core.list_faces, collection, person_id, limit, cursor)
+                         limit: int = 100, cursor: str | None = None,
+                         actor: Actor | None = None) -> dict[str, Any]:
+        out = await self._db(self.core.list_faces, collection, person_id, limit, cursor)
+        await self.record_read(AuditAction.FACES_LIST, collection, len(out["faces"]), actor)
+        return out
+
+    async def record_read(self, action: AuditAction | str, collection: str, rows: int,
+                          actor: Actor | None = None) -> None:
+        """Record that ``actor`` read ``rows`` rows of ``collection`` (``audit.reads``);
+        durable before the caller answers, so no read leaves unrecorded."""
+        if actor is None or not self.audit_reads:
+            return
+        entry = actor.entry(AuditAction(action), collection)
+        entry.rows = int(rows)
+        await self._record(entry)
+
+    async def record(self, entry: AuditEntry) -> None:
+        """Record an entry made outside the gallery (a sampled failed authentication)."""
+        await self._record(entry)
 
     async def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
                             actor: Actor | None = None) -> dict[str, Any]:
@@ -866,8 +887,11 @@ class GalleryService:
         return await self.shards.search(cid, queries, k)
 
     async def get_face(self, collection: str, face_id: str,
-                       with_embedding: bool = False) -> dict[str, Any]:
-        return await self._db(self.core.get_face, collection, face_id, with_embedding)
+                       with_embedding: bool = False, actor: Actor | None = None
+                       ) -> dict[str, Any]:
+        out = await self._db(self.core.get_face, collection, face_id, with_embedding)
+        await self.record_read(AuditAction.FACE_READ, collection, 1, actor)
+        return out
 
     async def delete_face(self, collection: str, face_id: str,
                           actor: Actor | None = None) -> dict[str, Any]:
@@ -882,8 +906,11 @@ class GalleryService:
         await self._apply(plan)
         return deleted
 
-    async def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
-        return await self._db(self.core.get_person, collection, person_id)
+    async def get_person(self, collection: str, person_id: str,
+                         actor: Actor | None = None) -> dict[str, Any]:
+        out = await self._db(self.core.get_person, collection, person_id)
+        await self.record_read(AuditAction.PERSON_READ, collection, len(out["faces"]), actor)
+        return out
 
     async def delete_person(self, collection: str, person_id: str,
                             actor: Actor | None = None) -> dict[str, Any]:
