@@ -411,9 +411,10 @@ class ImportOut(BaseModel):
     dim: int | None = Field(None, examples=[128])
     lines: int = Field(..., description="faces read (non-blank lines)", examples=[1200])
     imported: int = Field(..., description="faces added", examples=[1190])
-    skipped: int = Field(..., description="ids the collection held already", examples=[8])
-    elsewhere: int = Field(..., description="ids another collection holds (left out)",
-                           examples=[0])
+    skipped: int = Field(..., description="ids the collection held already (and, for a key "
+                         "limited to collections, ids held outside them)", examples=[8])
+    elsewhere: int = Field(..., description="ids another collection holds (left out); "
+                           "always 0 for a key limited to collections", examples=[0])
     failed: int = Field(..., description="lines left out as invalid", examples=[2])
     errors: list[ImportLineError] = Field(..., description="the first 100 invalid lines")
 

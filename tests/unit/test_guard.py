@@ -208,3 +208,27 @@ def test_settings_plain_sha256_keys_still_open_the_api(service):
         async with _client(app) as c:
             assert (await c.get("/v1/collections", headers=ADMIN)).status_code == 200
     asyncio.run(run())
+
+
+def test_an_import_does_not_confirm_ids_outside_the_keys_collections(service):
+    async def run():
+        svc = service()
+        x = np.random.default_rng(2).normal(size=(3, 16)).astype(np.float32)
+        await svc.register("theirs", "m", 16, [{"embedding": v} for v in x],
+                           create_collection=True)
+        await svc.create_collection("mine", "m", 16)
+        app = _app(svc)
+        async with _client(app) as c:
+            lines = (await c.get("/v1/collections/theirs/export", headers=ADMIN)).content
+            r = await c.post("/v1/keys", headers=ADMIN, json={
+                "name": "w", "scopes": ["write"], "collections": ["mine"]})
+            limited = {"X-API-Key": r.json()["key"]}
+            r = await c.post("/v1/collections/mine/import", headers=limited, content=lines)
+            assert r.status_code == 200, r.text
+            got = r.json()
+            assert (got["imported"], got["skipped"], got["elsewhere"]) == (0, 3, 0)
+            # a key that sees every collection is told where they are
+            r = await c.post("/v1/collections/mine/import", headers=ADMIN, content=lines)
+            got = r.json()
+            assert (got["imported"], got["skipped"], got["elsewhere"]) == (0, 0, 3)
+    asyncio.run(run())
