@@ -101,6 +101,27 @@ def scope_level(scopes: Iterable[str]) -> int:
     return max((_RANK[s] for s in scopes if s in _RANK), default=0)
 
 
+def settings_keys_update(user_config: dict[str, Any], current: Sequence[str]
+                         ) -> tuple[list[str], bool | None]:
+    """The settings keys and the explicit on / off that an Ingress ``user_config``
+    asks for: ``(keys, enabled)``, ``enabled`` None when it says nothing.
+
+    An explicit empty ``api_key_sha256`` must come with ``auth_enabled: false``:
+    a replica that Serve starts afresh with that config (after a failed update, or
+    to scale) knows nothing of the keys before it, so the list alone must never
+    turn authentication off (ValueError)."""
+    enabled = user_config.get("auth_enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ValueError("user_config.auth_enabled is true or false")
+    if "api_key_sha256" not in user_config:
+        return list(current), enabled
+    keys = list(user_config.get("api_key_sha256") or [])
+    if not keys and enabled is not False:
+        raise ValueError("user_config.api_key_sha256 is empty: refused, since it would turn "
+                         "authentication off; say auth_enabled: false to do that")
+    return keys, enabled
+
+
 def _expired(rec: KeyRecord) -> bool:
     return rec.expires_at is not None and rec.expires_at <= time.time()
 

@@ -22,6 +22,7 @@ from configs.settings import Settings
 from deployments import replica_process
 from deployments.backends import (LocalAnalyzer, LocalDetector, LocalEmbedder, ServeAnalyzer,
                                   ServeDetector, ServeEmbedder, ServeGallery)
+from deployments.auth import settings_keys_update
 from deployments.http_app import create_app
 from deployments.metrics import AppMetrics
 from deployments.metrics_board import Reporter, replica_metrics
@@ -61,15 +62,15 @@ class Ingress:
         (``user_config: {api_key_sha256: [...], auth_enabled?: bool}``);
         with ``topology: fused`` also the batch knobs of the in-replica models.
 
-        An empty key list while authentication is on is refused (ValueError: Serve
-        reports the update as failed), so keys cannot be turned off by omission;
-        ``auth_enabled: false`` turns authentication off explicitly."""
+        An empty key list is refused unless ``auth_enabled: false`` comes with it
+        (ValueError: Serve reports the update as failed, and a replica started
+        afresh with that config fails to start), so keys are never turned off by
+        omission (``deployments.auth.settings_keys_update``)."""
         if self._local is not None and "max_batch_size" in user_config:
             self._local.reconfigure(user_config)
-        keys = user_config.get("api_key_sha256", self.s.api_key_sha256) or []
-        enabled = user_config.get("auth_enabled")
+        keys, enabled = settings_keys_update(user_config, self.s.api_key_sha256)
         auth = self._app.state.api.auth
-        auth.set_settings_keys(keys, None if enabled is None else bool(enabled))
+        auth.set_settings_keys(keys, enabled)
         plain = sum(keyhash.is_plain(k) for k in keys)
         if plain:
             log.warning("%d settings key(s) are plain SHA-256: prefer the salted form "

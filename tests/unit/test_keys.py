@@ -186,3 +186,19 @@ def test_keys_made_over_http_expire_within_the_maximum_lifetime(service):
             r = await c.get("/v1/collections", headers=brief)
             assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     asyncio.run(run())
+
+
+def test_an_ingress_user_config_never_turns_keys_off_by_an_empty_list():
+    from deployments.auth import settings_keys_update
+
+    entry = keyhash.salted(ADMIN_KEY)
+    assert settings_keys_update({}, [entry]) == ([entry], None)  # batch knobs only
+    assert settings_keys_update({"api_key_sha256": [entry]}, []) == ([entry], None)
+    for bad in ({"api_key_sha256": []}, {"api_key_sha256": None},
+                {"api_key_sha256": [], "auth_enabled": True}):
+        with pytest.raises(ValueError, match="auth_enabled: false"):
+            settings_keys_update(bad, [entry])
+    assert settings_keys_update({"api_key_sha256": [], "auth_enabled": False}, [entry]) \
+        == ([], False)
+    with pytest.raises(ValueError):
+        settings_keys_update({"auth_enabled": "no"}, [])
