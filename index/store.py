@@ -1616,6 +1616,8 @@ def open_store(backend: str = "sqlite", database_url: str | None = None,
             store: Store = PgvectorStore(database_url, **(pgvector or {}))
         else:
             store = PostgresStore(database_url)
-        store.erasure_key = erasure.server_secret(erasure.private_dir(data_dir))  # type: ignore[attr-defined]
+        # the audit pseudonyms' key: the data dir's secret, shared by every process
+        store.erasure_key = erasure.server_secret(  # type: ignore[attr-defined]
+            erasure.private_dir(data_dir))
         return store
     raise StoreUnavailable(f"unknown index backend {backend!r}")
