@@ -48,8 +48,8 @@ class CreateKeyBody(BaseModel):
         "it names a zone); at most auth.key_max_lifetime_days ahead, which is also the "
         "expiry of a key that names none")
     ttl_s: float | None = Field(
-        None, gt=0, description="the key stops working this many seconds from now "
-        "(instead of expires_at)")
+        None, gt=0, le=100 * 365 * 86400, description="the key stops working this many "
+        "seconds from now (instead of expires_at)")
 
     @field_validator("collections")
     @classmethod
