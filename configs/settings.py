@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from configs.keyhash import parse
+
 #: 1:1 verify thresholds (cosine distance) per embedding model, the best
 #: accuracy on LFW View 1 DevTrain (``bench/recognizer.py``); a pair is "the
 #: same person" when the distance is <= the threshold.
@@ -140,7 +142,17 @@ class IndexSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    """How ingress replicas keep the table of API keys made through ``/v1/keys``."""
+    """Whether keys are required, how long keys made through ``/v1/keys`` may live,
+    and how ingress replicas keep the table of those keys."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="true: every request needs a key, and an empty api_key_sha256 "
+        "is refused (at start and on reconfigure); false: authentication off, keys "
+        "ignored; auto: on exactly when api_key_sha256 names a key (the open local "
+        "default), and once on it stays on")
+    key_max_lifetime_days: float | None = Field(
+        365.0, gt=0, description="keys made through POST /v1/keys expire within this many "
+        "days (one asking for no expiry gets this one; longer is refused); null: no bound")
 
     refresh_s: float = Field(
         0.5, gt=0, le=10, description="how often each ingress replica re-reads the key table")
@@ -150,13 +162,47 @@ class AuthSettings(BaseModel):
         "older, the replica reads it again before answering, and answers 503 if it cannot")
 
 
+class RateLimitSettings(BaseModel):
+    """Requests per key and per client, and failed authentications per client, each
+    as ``limits`` strings ("20/minute", "50/second;2000/minute"); counted by each
+    Ingress replica on its own (N replicas let through up to N times as many).
+    Past a limit the answer is 429 ``rate_limited`` with ``Retry-After``."""
+
+    per_key: str | None = Field(
+        None, description="requests each API key may make; unset: no limit")
+    per_client: str | None = Field(
+        None, description="requests each client address may make; unset: no limit")
+    failed_auth_per_client: str | None = Field(
+        "20/minute", description="failed authentications a client address may make; past "
+        "it every request of that address answers 429 until the window moves on")
+    client_address_header: str | None = Field(
+        None, description="a header the proxy in front sets to the client's address "
+        "(e.g. X-Forwarded-For: its last value is taken); unset: the connection's peer, "
+        "which behind a proxy is the proxy for every client")
+
+    @model_validator(mode="after")
+    def _parse(self) -> RateLimitSettings:
+        from limits import parse_many
+
+        for name in ("per_key", "per_client", "failed_auth_per_client"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parse_many(value)
+                except ValueError as e:
+                    raise ValueError(f"rate_limits.{name}: {e}") from None
+        return self
+
+
 class AuditSettings(BaseModel):
     """The audit trail: which changes and searches are recorded, and for how long."""
 
     identify: bool = Field(True, description="record every identify / search (a read)")
+    reads: bool = Field(True, description="record every read of stored data: face and "
+                        "person reads, listings and exports (key, collection, rows)")
     retention_days: float | None = Field(
-        None, gt=0, description="delete entries older than this (checked hourly by every "
-        "Gallery replica); unset: keep every entry")
+        90.0, gt=0, description="delete entries older than this (checked hourly by every "
+        "Gallery replica); null: keep every entry")
 
 
 class Settings(BaseSettings):
@@ -201,10 +247,12 @@ class Settings(BaseSettings):
     runtime: Runtime = Field(default_factory=Runtime)
     index: IndexSettings = Field(default_factory=IndexSettings)
     api_key_sha256: list[str] = Field(
-        default_factory=list, description="hex SHA-256 of the admin keys; empty: auth off"
-    )
+        default_factory=list, description="the admin keys, hashed: 'hmac-sha256:<salt>:<hex>' "
+        "(python -m configs.keyhash) or a plain hex SHA-256 (older form, accepted); "
+        "empty: authentication off unless auth.enabled is true")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     preload_actions: list[str] = Field(
         default_factory=lambda: ["age", "gender", "emotion"],
         description="attribute models loaded at start (race loads on first use)",
@@ -214,6 +262,23 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         return self.model_dir if self.model_dir is not None else self.data_dir / "models"
+
+    @model_validator(mode="after")
+    def _auth_keys(self) -> Settings:
+        for entry in self.api_key_sha256:
+            parse(entry)
+        if self.auth.enabled is True and not self.api_key_sha256:
+            raise ValueError("auth.enabled is true but api_key_sha256 names no key: refusing "
+                             "to start without an admin key (set auth.enabled: false to run "
+                             "without authentication)")
+        return self
+
+    @property
+    def auth_on(self) -> bool:
+        """Whether requests need a key at start (``auth.enabled`` resolved)."""
+        if self.auth.enabled == "auto":
+            return bool(self.api_key_sha256)
+        return bool(self.auth.enabled)
 
     @model_validator(mode="after")
     def _pack_default(self) -> Settings:

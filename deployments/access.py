@@ -31,7 +31,7 @@ from configs.errors import AuthDisabled, CollectionNotFound, Forbidden
 from deployments.auth import NOBODY, Principal
 from index.audit import Actor
 
-READ, WRITE, ADMIN = "read", "write", "admin"
+READ, WRITE, ADMIN, EXPORT = "read", "write", "admin", "export"
 #: the route reads its collection's name from its body and calls check_collection
 BODY = "<body>"
 
@@ -84,7 +84,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/collections/{collection}/persons"): Rule(READ, _C),
     ("GET", "/v1/collections/{collection}/faces"): Rule(READ, _C),
     ("PATCH", "/v1/collections/{collection}/persons/{person_id}"): Rule(WRITE, _C),
-    ("GET", "/v1/collections/{collection}/export"): Rule(READ, _C),
+    # every template of the collection: a scope of its own (or admin), not read
+    ("GET", "/v1/collections/{collection}/export"): Rule(EXPORT, _C),
     ("POST", "/v1/collections/{collection}/import"): Rule(WRITE, _C),
     # keys and the audit trail
     ("POST", "/v1/keys"): _KEYS,
@@ -115,8 +116,8 @@ async def authorize(request: Request) -> None:
     route = request.scope.get("route")
     rule = rule_of(request.method, getattr(route, "path", request.url.path))
     if rule.needs_auth and not request.app.state.api.auth.enabled:
-        raise AuthDisabled("authentication is off (no api_key_sha256 in the settings): "
-                           "there are no keys to manage")
+        raise AuthDisabled("authentication is off (auth.enabled false, or no api_key_sha256 "
+                           "in the settings): there are no keys to manage")
     if rule.scope is None:
         return
     p = principal_of(request)

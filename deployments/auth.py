@@ -1,11 +1,15 @@
 """Who is calling: API keys, their scopes and collections, and each replica's key table.
 
 Two kinds of keys open the API. Admin keys from the settings
-(``api_key_sha256``, hex SHA-256 of each key) bootstrap the service: when
-that list is empty authentication is off and every request is allowed. Keys
+(``api_key_sha256``, each a salted HMAC-SHA256 or an older plain SHA-256 of
+the key, :mod:`configs.keyhash`) bootstrap the service. Authentication is off
+only when ``auth.enabled`` is false, or, with ``auto`` (the default), while
+the settings name no key: an empty list cannot turn it off once it is on, and
+``auth.enabled: true`` with no key is refused. Keys
 made through ``POST /v1/keys`` live in the gallery store, hashed; each has
 scopes (``read`` < ``write`` < ``admin``, each including the ones before it)
-and optionally a list of the collections it may see. Such a key reads
+optionally a list of the collections it may see, and an expiry after which
+it is refused like a wrong key. Such a key reads
 ``ffk_<id>_<secret>``: the public id finds its row, the secret (256 bits from
 :mod:`secrets`) is only ever compared as a SHA-256 digest, in constant time.
 
@@ -19,7 +23,9 @@ A key id the copy does not hold (made on another replica a moment ago) makes
 the request wait for a read that started after it arrived; such reads are
 shared and start at most every ``MISS_REREAD_S``.
 So a revoked key is refused by every replica within ``max_age_s``, even one
-that cannot reach the store, which keeps failing closed. The replica does
+that cannot reach the store, which keeps failing closed. A known key id with
+a wrong secret (or an expired key) waits for the same read before it is
+refused, so the time of a refusal does not tell whether a key id exists. The replica does
 not open the database itself: the Gallery already holds the store
 connections, and one more pool per ingress replica would only multiply them.
 Polling stops while no store key is used, so an idle replica costs nothing.
@@ -37,6 +43,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from configs import keyhash
 from configs.errors import Unavailable
 from configs.settings import AuthSettings
 from index.audit import SETTINGS_KEY_ID
@@ -44,8 +51,12 @@ from index.store import KeyRecord
 
 log = logging.getLogger("facefleet.auth")
 
-SCOPES = ("read", "write", "admin")
-_RANK = {s: i + 1 for i, s in enumerate(SCOPES)}
+#: ranked scopes (each includes the ones before) and ``export``, which stands apart:
+#: reading every template of a collection is more than a read, and is given only
+#: by ``export`` itself or by ``admin``
+SCOPES = ("read", "write", "admin", "export")
+_RANK = {s: i + 1 for i, s in enumerate(SCOPES[:3])}
+EXPORT = "export"
 KEY_PREFIX = "ffk_"
 _ID_HEX = 16  # 64-bit public key ids
 #: a replica whose store keys went unused this long stops polling the key table
@@ -66,8 +77,12 @@ class Principal:
     level: int
     #: None: every collection
     collections: frozenset[str] | None = None
+    #: scopes outside the ranking that the key holds (``export``)
+    extra: frozenset[str] = frozenset()
 
     def has(self, scope: str) -> bool:
+        if scope == EXPORT:
+            return self.level >= _RANK["admin"] or EXPORT in self.extra
         return self.level >= _RANK[scope]
 
     def sees(self, collection: str) -> bool:
@@ -83,7 +98,32 @@ SETTINGS_ADMIN = Principal(SETTINGS_KEY_ID, _RANK["admin"])
 
 
 def scope_level(scopes: Iterable[str]) -> int:
-    return max((_RANK[s] for s in scopes), default=0)
+    return max((_RANK[s] for s in scopes if s in _RANK), default=0)
+
+
+def settings_keys_update(user_config: dict[str, Any], current: Sequence[str]
+                         ) -> tuple[list[str], bool | None]:
+    """The settings keys and the explicit on / off that an Ingress ``user_config``
+    asks for: ``(keys, enabled)``, ``enabled`` None when it says nothing.
+
+    An explicit empty ``api_key_sha256`` must come with ``auth_enabled: false``:
+    a replica that Serve starts afresh with that config (after a failed update, or
+    to scale) knows nothing of the keys before it, so the list alone must never
+    turn authentication off (ValueError)."""
+    enabled = user_config.get("auth_enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ValueError("user_config.auth_enabled is true or false")
+    if "api_key_sha256" not in user_config:
+        return list(current), enabled
+    keys = list(user_config.get("api_key_sha256") or [])
+    if not keys and enabled is not False:
+        raise ValueError("user_config.api_key_sha256 is empty: refused, since it would turn "
+                         "authentication off; say auth_enabled: false to do that")
+    return keys, enabled
+
+
+def _expired(rec: KeyRecord) -> bool:
+    return rec.expires_at is not None and rec.expires_at <= time.time()
 
 
 def new_key() -> tuple[str, str, str]:
@@ -123,8 +163,10 @@ class KeyTable:
                  config: AuthSettings | None = None) -> None:
         self.config = config or AuthSettings()
         self._source = source
-        self._settings: list[str] = []
-        self.set_settings_keys(settings_sha256)
+        self._settings: list[keyhash.KeyEntry] = []
+        entries = list(settings_sha256)
+        self._on = bool(entries) if self.config.enabled == "auto" else bool(self.config.enabled)
+        self.set_settings_keys(entries)
         self._keys: dict[str, KeyRecord] = {}
         self._version: int | None = None
         self._read_at = -1e18  # monotonic time the copy was read (its poll started)
@@ -136,13 +178,28 @@ class KeyTable:
         self._poller: asyncio.Task | None = None
 
     # -- settings keys
-    def set_settings_keys(self, sha256s: Iterable[str]) -> None:
-        self._settings = [str(k).strip().lower() for k in sha256s]
+    def set_settings_keys(self, entries: Iterable[str], enabled: bool | None = None) -> None:
+        """Replace the settings keys (``reconfigure``). ``enabled`` turns authentication
+        on or off explicitly; without it, ``auth.enabled: auto`` turns it on when keys
+        appear and never off. ValueError when authentication would be on with no key,
+        or an entry is malformed: nothing is changed then."""
+        parsed = [keyhash.parse(e) for e in entries]
+        if enabled is not None:
+            on = enabled
+        elif self.config.enabled == "auto":
+            on = self._on or bool(parsed)
+        else:
+            on = bool(self.config.enabled)
+        if on and not parsed:
+            raise ValueError("authentication is on and api_key_sha256 would name no key: "
+                             "refused (turn authentication off explicitly with "
+                             "auth.enabled: false)")
+        self._settings, self._on = parsed, on
 
     @property
     def enabled(self) -> bool:
-        """Authentication is on exactly when the settings name admin keys."""
-        return bool(self._settings)
+        """Whether requests need a key (``auth.enabled``, see the module docstring)."""
+        return self._on
 
     # -- who is this?
     async def authenticate(self, key: str) -> Principal | None:
@@ -150,8 +207,9 @@ class KeyTable:
         if not key:
             return None
         digest = sha256_hex(key)
-        # every settings digest is compared, so the time taken does not tell which matched
-        if sum(hmac.compare_digest(digest, k) for k in self._settings):
+        plain = bytes.fromhex(digest)
+        # every settings entry is compared, so the time taken does not tell which matched
+        if sum(e.matches(key, plain) for e in self._settings):
             return SETTINGS_ADMIN
         kid = key_id_of(key)
         if kid is None or self._source is None:
@@ -164,11 +222,19 @@ class KeyTable:
             # acknowledged before the request was sent is always found
             await self._read_since(arrived)
             rec = self._keys.get(kid)
-        if rec is None or not hmac.compare_digest(digest, rec.key_sha256):
+        if rec is not None and (not hmac.compare_digest(digest, rec.key_sha256)
+                                or _expired(rec)):
+            # refused: but only after the read an unknown id waits for, so that both
+            # refusals take the same time (the wait is shared and bounded)
+            if self._read_at < arrived:
+                await self._read_since(arrived)
+            rec = None
+        if rec is None:
             return None
         self._used[kid] = time.time()
         return Principal(kid, scope_level(rec.scopes),
-                         None if rec.collections is None else frozenset(rec.collections))
+                         None if rec.collections is None else frozenset(rec.collections),
+                         frozenset(s for s in rec.scopes if s not in _RANK))
 
     def invalidate(self) -> None:
         """This replica changed the table itself (create / revoke): re-read it before

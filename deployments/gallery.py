@@ -279,7 +279,8 @@ class Gallery(GalleryService):
             store = open_store(index.backend, index.database_url, s.data_dir.resolve())
         super().__init__(store, shards, store_threads=index.store_threads,
                          cache_ttl_s=index.sync_interval_s, audit_identify=s.audit.identify,
-                         audit_retention_days=s.audit.retention_days)
+                         audit_retention_days=s.audit.retention_days,
+                         audit_reads=s.audit.reads)
         self._search_batched.set_max_batch_size(index.search_batch_size)
         self._search_batched.set_batch_wait_timeout_s(index.search_batch_wait_s)
         metrics = replica_metrics()

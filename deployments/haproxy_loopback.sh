@@ -19,15 +19,25 @@
 # server of an application's backend (Serve's fallback proxy, which holds a
 # request until an ingress replica is up, for as long as that takes) is kept
 # but disabled: with no ingress replica up, HAProxy answers that 503 at once.
+#
+# Always: the admin socket (Ray writes `mode 666 level admin`: anyone on the
+# machine could drive HAProxy) is made 0600, and the defaults get a
+# `timeout http-request` (FACEFLEET_HAPROXY_HTTP_REQUEST_TIMEOUT_S, 10 s), so a
+# client that sends its request headers a byte at a time is cut off (408)
+# instead of holding a connection for as long as it likes.
 set -eu
 real="${FACEFLEET_HAPROXY_BINARY:?FACEFLEET_HAPROXY_BINARY is not set}"
 resp="${FACEFLEET_HAPROXY_RESPONSES:-}"
+hreq="${FACEFLEET_HAPROXY_HTTP_REQUEST_TIMEOUT_S:-10}"
+case "$hreq" in ''|*[!0-9]*) echo "FACEFLEET_HAPROXY_HTTP_REQUEST_TIMEOUT_S: whole seconds" >&2; exit 2;; esac
+sock='s/^([[:space:]]*stats[[:space:]]+socket[[:space:]].*[[:space:]]mode[[:space:]]+)[0-7]+/\1600/'
+hto="s/^defaults\$/defaults\n    timeout http-request ${hreq}s/"
 next_is_cfg=0
 for arg do
     shift
     if [ "$next_is_cfg" = 1 ]; then
         if [ -n "$resp" ] && [ -f "$resp/no_app.cfg" ] && [ -f "$resp/unavailable.http" ]; then
-            sed -E \
+            sed -E -e "$sock" -e "$hto" \
                 -e 's/^([[:space:]]*bind[[:space:]]+)(\*|0\.0\.0\.0)?:/\1127.0.0.1:/' \
                 -e "s#^([[:space:]]*errorfile[[:space:]]+50[234][[:space:]]+).*#\\1$resp/unavailable.http#" \
                 -e 's/^([[:space:]]*server[[:space:]].*[[:space:]]check backup)$/\1 disabled/' \
@@ -36,7 +46,9 @@ r $resp/no_app.cfg
 d
 }" "$arg" > "$arg.loopback"
         else
-            sed -E 's/^([[:space:]]*bind[[:space:]]+)(\*|0\.0\.0\.0)?:/\1127.0.0.1:/' "$arg" > "$arg.loopback"
+            sed -E -e "$sock" -e "$hto" \
+                -e 's/^([[:space:]]*bind[[:space:]]+)(\*|0\.0\.0\.0)?:/\1127.0.0.1:/' \
+                "$arg" > "$arg.loopback"
         fi
         arg="$arg.loopback"
         next_is_cfg=0

@@ -16,12 +16,11 @@ Ray: tests build the same app over in-process backends.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
-import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +34,10 @@ from configs.errors import ErrorCode, FacefleetError
 from configs.settings import Settings
 from deployments import readiness
 from deployments.access import authorize
-from deployments.auth import ANONYMOUS, NOBODY, KeyTable, presented_key
+from deployments import request_ids
+from deployments.auth import ANONYMOUS, NOBODY, KeyTable, key_id_of, presented_key
 from deployments.errors import error_response, install_error_handlers, unexpected_response
+from deployments.guard import Guard, Refusal
 from deployments.images import ImageResolver
 from deployments.metrics import AppMetrics, ProcessMetrics, observe_request
 from deployments.readiness import StartupGate
@@ -46,7 +47,6 @@ from pipelines.flow import Flow
 
 log = logging.getLogger("facefleet.ingress")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _OPEN_PATHS = {"/health", "/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 
 
@@ -59,6 +59,8 @@ class Api:
     images: ImageResolver
     #: settings keys (rotated by reconfigure) and this replica's copy of the key table
     auth: KeyTable = field(default_factory=lambda: KeyTable([], None))
+    #: this replica's rate limits and failed-authentication windows
+    guard: Guard = field(default_factory=Guard)
 
     async def parse(self, request: Request, model: type[BaseModel]) -> tuple[Any, dict[str, bytes]]:
         return await parse_body(request, model, self.limits)
@@ -129,7 +131,8 @@ def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None
     )
     source = flow.gallery.key_table if flow.has_gallery else None
     app.state.api = Api(flow, settings, ImageResolver(settings),
-                        KeyTable(settings.api_key_sha256, source, settings.auth))
+                        KeyTable(settings.api_key_sha256, source, settings.auth),
+                        Guard(settings.rate_limits))
     app.state.metrics = metrics or AppMetrics(ProcessMetrics({"deployment": "Ingress",
                                                               "replica": "local"}))
     app.state.gate = StartupGate(flow)
@@ -155,16 +158,30 @@ async def request_context(request: Request, call_next):
     start-up gate (``deployments/readiness.py``) and the request metrics."""
     t0 = time.perf_counter()
     rid = request.headers.get("x-request-id", "")
-    request.state.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
-    auth = api_of(request).auth
+    # normally made valid before Serve echoes it (request_ids.SanitizeRequestId)
+    request.state.request_id = rid if request_ids.valid(rid) else request_ids.new_id()
+    api = api_of(request)
+    auth, guard = api.auth, api.guard
+    open_path = request.url.path in _OPEN_PATHS
+    client = guard.client_of(request)
     try:
-        if not auth.enabled:
+        refused = None if open_path else guard.before_auth(client)
+        if refused is not None:
+            request.state.principal = NOBODY
+        elif not auth.enabled:
             request.state.principal = ANONYMOUS
-        elif request.url.path in _OPEN_PATHS:
+        elif open_path:
             request.state.principal = NOBODY
         else:
-            request.state.principal = await auth.authenticate(presented_key(request.headers))
-        if request.state.principal is None:
+            key = presented_key(request.headers)
+            request.state.principal = await auth.authenticate(key)
+            if request.state.principal is None:
+                _failed_auth(request, api, client, key)
+        if refused is None and request.state.principal is not None and not open_path:
+            refused = guard.after_auth(request.state.principal.key_id)
+        if refused is not None:
+            response = _rate_limited(request, refused)
+        elif request.state.principal is None:
             response = error_response(request, ErrorCode.UNAUTHORIZED,
                                       "missing or invalid API key (Authorization: Bearer or X-API-Key)")
         elif not await readiness.admit(request):
@@ -186,6 +203,53 @@ async def request_context(request: Request, call_next):
                              "method": request.method, "path": request.url.path,
                              "status": response.status_code, "ms": round(ms, 1)}))
     return response
+
+
+def _rate_limited(request: Request, refused: Refusal) -> Any:
+    metrics: AppMetrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.own.http.rate_limited.labels(refused.limit).inc()
+    what = {"failed_auth": "too many failed authentications from this client",
+            "client": "too many requests from this client",
+            "key": "too many requests with this API key"}[refused.limit]
+    response = error_response(request, ErrorCode.RATE_LIMITED, f"{what}; retry later",
+                              {"limit": refused.limit, "retry_after_s": refused.retry_after_s})
+    response.headers["Retry-After"] = str(refused.retry_after_s)
+    return response
+
+
+def _failed_auth(request: Request, api: Api, client: str, key: str) -> None:
+    """Count a failed authentication in /metrics and its client's window; sample it
+    into the audit trail (without waiting for the write)."""
+    metrics: AppMetrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.own.http.auth_failures.labels("missing" if not key else "invalid").inc()
+    sample, failures = api.guard.failed(client)
+    if not sample or not api.flow.has_gallery:
+        return
+    from index.audit import AuditAction, AuditEntry
+
+    # the key id of a store key's format (never a secret); a settings key has none
+    entry = AuditEntry(AuditAction.AUTH_FAILURE.value, key_id=key_id_of(key),
+                       request_id=request.state.request_id, status="refused",
+                       client=client, failures=failures)
+    task = asyncio.ensure_future(_record(api, entry))
+    _PENDING.add(task)
+    task.add_done_callback(_audited)
+
+
+async def _record(api: Api, entry: Any) -> None:
+    await api.flow.gallery.record(entry)
+
+
+#: sampled audit writes in flight (kept referenced until they finish)
+_PENDING: set[asyncio.Future] = set()
+
+
+def _audited(task: asyncio.Future) -> None:
+    _PENDING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a failed authentication could not be audited: %r", task.exception())
 
 
 def body_schema(model: type[BaseModel], required: bool = True) -> dict[str, Any]:

@@ -60,6 +60,31 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+#: IPv6 prefixes whose last 32 bits are an IPv4 address a gateway forwards to:
+#: NAT64 (RFC 6052 well-known and RFC 8215 local-use prefixes)
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+                  ) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, which is what a fetch would
+    reach: IPv4-mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::a.b.c.d``, 6to4
+    ``2002:AABB:CCDD::`` and the deprecated IPv4-compatible ``::a.b.c.d``.
+    Python counts the last three as global whatever IPv4 address they carry, so
+    ``64:ff9b::7f00:1`` (127.0.0.1) passed the check. None for any other address."""
+    if ip.version != 6:
+        return None
+    assert isinstance(ip, ipaddress.IPv6Address)
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    n = int(ip)
+    if any(ip in net for net in _NAT64) or (n >> 32 == 0 and n > 1):
+        return ipaddress.IPv4Address(n & 0xFFFFFFFF)
+    return None
+
+
 class ImageResolver:
     """Resolves request image values to bytes according to the settings."""
 
@@ -207,8 +232,7 @@ class ImageResolver:
             except ValueError:
                 raise UrlFetchFailed(f"host '{host}' resolved to an invalid address",
                                      {"host": host}) from None
-            if ip.version == 6 and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
+            ip = embedded_ipv4(ip) or ip
             if not self.s.urls.allow_private and (not ip.is_global or ip.is_multicast):
                 raise UrlFetchFailed(
                     f"URL host '{host}' resolves to a non-public address; refused",

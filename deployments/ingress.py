@@ -17,10 +17,12 @@ from typing import Any
 
 from ray import serve
 
+from configs import keyhash
 from configs.settings import Settings
 from deployments import replica_process
 from deployments.backends import (LocalAnalyzer, LocalDetector, LocalEmbedder, ServeAnalyzer,
                                   ServeDetector, ServeEmbedder, ServeGallery)
+from deployments.auth import settings_keys_update
 from deployments.http_app import create_app
 from deployments.metrics import AppMetrics
 from deployments.metrics_board import Reporter, replica_metrics
@@ -57,10 +59,20 @@ class Ingress:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Rotate the settings' admin keys without a restart
-        (``user_config: {api_key_sha256: [...]}``);
-        with ``topology: fused`` also the batch knobs of the in-replica models."""
+        (``user_config: {api_key_sha256: [...], auth_enabled?: bool}``);
+        with ``topology: fused`` also the batch knobs of the in-replica models.
+
+        An empty key list is refused unless ``auth_enabled: false`` comes with it
+        (ValueError: Serve reports the update as failed, and a replica started
+        afresh with that config fails to start), so keys are never turned off by
+        omission (``deployments.auth.settings_keys_update``)."""
         if self._local is not None and "max_batch_size" in user_config:
             self._local.reconfigure(user_config)
-        keys = user_config.get("api_key_sha256", self.s.api_key_sha256) or []
-        self._app.state.api.auth.set_settings_keys(keys)
-        log.info(json.dumps({"event": "auth", "api_keys": len(keys)}))
+        keys, enabled = settings_keys_update(user_config, self.s.api_key_sha256)
+        auth = self._app.state.api.auth
+        auth.set_settings_keys(keys, enabled)
+        plain = sum(keyhash.is_plain(k) for k in keys)
+        if plain:
+            log.warning("%d settings key(s) are plain SHA-256: prefer the salted form "
+                        "(python -m configs.keyhash)", plain)
+        log.info(json.dumps({"event": "auth", "enabled": auth.enabled, "api_keys": len(keys)}))

@@ -39,6 +39,8 @@ LOOPBACK_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
+    # an unusable X-Request-Id is replaced before Serve echoes it (deployments/request_ids.py)
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.request_ids.proxy_middlewares",
 }
 
 
@@ -248,8 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--topology", choices=["separate", "fused"], default=None,
                    help="override args.topology (configs/serve_config.fused.yaml tunes fused)")
-    p.add_argument("--no-dashboard", action="store_true",
-                   help="do not serve Ray's dashboard on 127.0.0.1:8265")
+    # Ray's dashboard has no authentication and can redeploy the app, keys included:
+    # only when asked for (--no-dashboard, its old opt-out, is still accepted)
+    p.add_argument("--dashboard", action="store_true",
+                   help="also serve Ray's dashboard on 127.0.0.1:8265 (no authentication: "
+                   "anyone on this machine can redeploy the app there)")
+    p.add_argument("--no-dashboard", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--proxy", choices=["haproxy", "serve"], default="haproxy",
                    help="HAProxy in front of the ingress (Serve's high-throughput mode, "
                    "the default) or Serve's own Python proxy")
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
          ).mkdir(parents=True, exist_ok=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
-    start(config, dashboard=not a.no_dashboard, fast_serve=a.proxy == "haproxy",
+    start(config, dashboard=a.dashboard and not a.no_dashboard, fast_serve=a.proxy == "haproxy",
           metrics_export_port=a.metrics_export_port)
     # ray.init installs its own SIGTERM handler (it aborts the process): take it back
     # so that SIGTERM, like Ctrl-C, shuts Serve and Ray down cleanly.
@@ -285,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
              Path(ray_logs_dir()) / "serve")
     if a.metrics_export_port:
         log.info("Ray's metrics: http://127.0.0.1:%s/metrics", a.metrics_export_port)
-    if not a.no_dashboard:
-        log.info("Ray dashboard (replicas, autoscaling, logs): http://127.0.0.1:8265")
+    if a.dashboard and not a.no_dashboard:
+        log.warning("Ray dashboard (replicas, autoscaling, logs; no authentication): "
+                    "http://127.0.0.1:8265")
     try:
         while not done.wait(1.0):
             pass

@@ -93,6 +93,17 @@ class HttpMetrics:
             "ingress to its response headers, by route template and method",
             ("route", "method"), buckets=LATENCY_BUCKETS, registry=registry)
 
+        self.auth_failures = Counter(
+            "facefleet_auth_failures", "requests refused for a missing, wrong, revoked or "
+            "expired API key", ("reason",), registry=registry)
+        self.rate_limited = Counter(
+            "facefleet_rate_limited", "requests answered 429, by the limit they ran into "
+            "(key, client, failed_auth)", ("limit",), registry=registry)
+        for reason in ("missing", "invalid"):  # shown at 0 before the first failure
+            self.auth_failures.labels(reason)
+        for limit in ("key", "client", "failed_auth"):
+            self.rate_limited.labels(limit)
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in _METHODS else "other"
         self.requests.labels(route, method, str(status)).inc()

@@ -36,11 +36,20 @@ class CreateKeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., min_length=1, max_length=128, description="what the key is for")
-    scopes: list[Literal["read", "write", "admin"]] = Field(
-        ..., min_length=1, description="read < write < admin; each includes the ones before")
+    scopes: list[Literal["read", "write", "admin", "export"]] = Field(
+        ..., min_length=1, description="read < write < admin; each includes the ones before; "
+        "export (GET .../export, every template of a collection) stands apart: only export "
+        "or admin gives it")
     collections: list[str] | None = Field(
         None, max_length=1000,
         description="the only collections the key may see (exact names); null: every one")
+    expires_at: float | str | None = Field(
+        None, description="when the key stops working: Unix time or ISO 8601 (UTC unless "
+        "it names a zone); at most auth.key_max_lifetime_days ahead, which is also the "
+        "expiry of a key that names none")
+    ttl_s: float | None = Field(
+        None, gt=0, le=100 * 365 * 86400, description="the key stops working this many "
+        "seconds from now (instead of expires_at)")
 
     @field_validator("collections")
     @classmethod
@@ -61,10 +70,13 @@ async def create_key(request: Request) -> Response:
     """A new API key; the ``key`` field of the answer is the secret, shown only here."""
     api = api_of(request)
     body, _ = await api.parse(request, CreateKeyBody)
+    now = time.time()
+    expires = _expiry(body, now, api.s.auth.key_max_lifetime_days)
     key_id, key, digest = new_key()
     scopes = tuple(s for s in SCOPES if s in body.scopes)
     rec = KeyRecord(key_id, body.name, digest, scopes,
-                    None if body.collections is None else tuple(body.collections), time.time())
+                    None if body.collections is None else tuple(body.collections), now,
+                    expires_at=expires)
     out = await api.flow.gallery.create_key(rec, actor=actor_of(request))
     api.auth.invalidate()
     out["key"] = key
@@ -118,7 +130,29 @@ async def audit(
             "next_cursor": str(entries[-1]["seq"]) if more else None}
 
 
-def _since(value: str | None) -> float | None:
+def _expiry(body: CreateKeyBody, now: float, max_days: float | None) -> float | None:
+    """The key's expiry: asked for (``expires_at`` or ``ttl_s``), else the longest
+    lifetime allowed; 422 when it is past or beyond that lifetime."""
+    if body.expires_at is not None and body.ttl_s is not None:
+        raise ValidationError("give expires_at or ttl_s, not both", {"field": "expires_at"})
+    latest = None if max_days is None else now + max_days * 86400.0
+    if body.ttl_s is not None:
+        at: float | None = now + body.ttl_s
+    elif body.expires_at is not None:
+        at = _since(str(body.expires_at), "expires_at")
+    else:
+        return latest
+    assert at is not None
+    if at <= now:
+        raise ValidationError("expires_at is not in the future", {"field": "expires_at"})
+    if latest is not None and at > latest + 1.0:
+        raise ValidationError(
+            f"a key may live at most {max_days:g} days (auth.key_max_lifetime_days)",
+            {"field": "expires_at", "max_lifetime_days": max_days})
+    return at
+
+
+def _since(value: str | None, name: str = "since") -> float | None:
     if value is None:
         return None
     try:
@@ -127,13 +161,13 @@ def _since(value: str | None) -> float | None:
         pass
     else:
         if not math.isfinite(t):
-            raise ValidationError("'since' must be a finite time", {"since": value[:40]})
+            raise ValidationError(f"'{name}' must be a finite time", {name: value[:40]})
         return t
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ValidationError("'since' is epoch seconds or an ISO 8601 time",
-                              {"since": value[:40]}) from None
+        raise ValidationError(f"'{name}' is epoch seconds or an ISO 8601 time",
+                              {name: value[:40]}) from None
     if at.tzinfo is None:
         at = at.replace(tzinfo=timezone.utc)
     return at.timestamp()

@@ -271,7 +271,8 @@ def _matches(row: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]
 @router.get("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"],
             response_model=FaceRecordOut, responses=GALLERY_ERRORS)
 async def get_face(collection: Collection, face_id: str, request: Request) -> dict:
-    return _face_out(await api_of(request).flow.gallery.get_face(collection, face_id))
+    return _face_out(await api_of(request).flow.gallery.get_face(
+        collection, face_id, actor=actor_of(request)))
 
 
 @router.delete("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"],
@@ -284,7 +285,8 @@ async def delete_face(collection: Collection, face_id: str, request: Request) ->
 @router.get("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"],
             response_model=PersonOut, responses=GALLERY_ERRORS)
 async def get_person(collection: Collection, person_id: str, request: Request) -> dict:
-    return await api_of(request).flow.gallery.get_person(collection, person_id)
+    return await api_of(request).flow.gallery.get_person(collection, person_id,
+                                                         actor=actor_of(request))
 
 
 @router.delete("/v1/collections/{collection}/persons/{person_id}", tags=["gallery"],

@@ -26,13 +26,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field
 
 from configs.errors import CollectionNotFound, FacefleetError, ModelMismatch, error_from_code
-from deployments.access import actor_of
+from deployments.access import actor_of, principal_of
 from deployments.gallery_io import (LineError, export_lines, invalid, line_error, parse_line,
                                     read_lines)
 from deployments.http_app import api_of, body_schema, lines_body_schema
 from deployments.routes_gallery import Collection, _Body
 from deployments.schemas import (GALLERY_ERRORS, ExportLine, FacesPageOut, ImportOut,
                                  PersonOut, PersonsPageOut, errors)
+from index.audit import AuditAction
 from index.gallery import check_import_row
 
 router = APIRouter()
@@ -64,7 +65,8 @@ class PersonPatchBody(_Body):
 async def list_persons(collection: Collection, request: Request, limit: Limit = 100,
                        cursor: Cursor = None) -> dict:
     """A page of the collection's persons in person_id order, with face counts."""
-    return await api_of(request).flow.gallery.list_persons(collection, limit, cursor)
+    return await api_of(request).flow.gallery.list_persons(collection, limit, cursor,
+                                                           actor=actor_of(request))
 
 
 @router.get("/v1/collections/{collection}/faces", tags=["gallery"],
@@ -74,7 +76,8 @@ async def list_faces(collection: Collection, request: Request,
                      limit: Limit = 100, cursor: Cursor = None) -> dict:
     """A page of the collection's faces (of one person with ``person_id``) in
     enrolment order."""
-    page = await api_of(request).flow.gallery.list_faces(collection, person_id, limit, cursor)
+    page = await api_of(request).flow.gallery.list_faces(collection, person_id, limit, cursor,
+                                                         actor=actor_of(request))
     page["faces"] = [{"id": f["face_id"], **f} for f in page["faces"]]
     return page
 
@@ -104,6 +107,9 @@ async def export_collection(collection: Collection, request: Request) -> Streami
     collection held when the export began."""
     gallery = api_of(request).flow.gallery
     stats = await gallery.stats(collection)  # 404 before any byte is sent
+    # recorded (durably) before any template leaves: the faces the collection holds now
+    await gallery.record_read(AuditAction.EXPORT, collection, stats["faces"],
+                              actor=actor_of(request))
 
     async def lines() -> AsyncIterator[bytes]:
         after: int | None = 0
@@ -125,9 +131,12 @@ async def import_collection(collection: Collection, request: Request) -> dict:
     """Faces as an export wrote them, one JSON object per line, committed in chunks
     of 500 as the body streams in. Faces keep their ids; ids the collection holds
     already are skipped (an import runs again safely), ids another collection
-    holds are left out (``elsewhere``); invalid lines are left out and listed."""
+    holds are left out (``elsewhere``; counted as ``skipped`` for a key limited to
+    collections, which must not learn that an id exists outside them); invalid
+    lines are left out and listed."""
     api = api_of(request)
     importer = _Importer(api.flow, collection, actor_of(request))
+    importer.hide_elsewhere = principal_of(request).collections is not None
     await importer.bind_existing()
     async for number, raw in read_lines(request.stream()):
         doc = raw if isinstance(raw, LineError) else parse_line(number, raw)
@@ -156,6 +165,8 @@ class _Importer:
         self.ids: set[str] = set()
         self.lines = self.imported = self.skipped = self.elsewhere = self.failed = 0
         self.errors: list[LineError] = []
+        #: fold ``elsewhere`` into ``skipped`` in the answer (see import_collection)
+        self.hide_elsewhere = False
 
     async def bind_existing(self) -> None:
         try:
@@ -236,8 +247,11 @@ class _Importer:
         self.elsewhere += len(res["elsewhere"])
 
     def answer(self) -> dict[str, Any]:
+        skipped, elsewhere = self.skipped, self.elsewhere
+        if self.hide_elsewhere:
+            skipped, elsewhere = skipped + elsewhere, 0
         return {"collection": self.collection, "model": self.model, "dim": self.dim,
-                "lines": self.lines, "imported": self.imported, "skipped": self.skipped,
-                "elsewhere": self.elsewhere, "failed": self.failed,
+                "lines": self.lines, "imported": self.imported, "skipped": skipped,
+                "elsewhere": elsewhere, "failed": self.failed,
                 "errors": [e.as_dict() for e in self.errors]}
 

@@ -319,10 +319,41 @@ class PersonOut(BaseModel):
     faces: list[PersonFace]
 
 
+class ErasedStoreOut(BaseModel):
+    faces: int = Field(..., description="face rows deleted (with secure_delete on SQLite)")
+    persons: int
+    idempotency_keys: int = Field(
+        ..., description="idempotency rows of the registers that created those faces: "
+        "deleted, or left naming only faces that remain")
+    write_ahead_log: str | None = Field(
+        None, description="SQLite: 'truncated' once the WAL is emptied into the zeroed "
+        "main file; 'busy' if readers held it past the busy timeout (the next forget "
+        "empties it)")
+
+
+class ErasedShardsOut(BaseModel):
+    entries: int = Field(..., description="search index entries removed before this answer")
+
+
+class ErasedAuditOut(BaseModel):
+    entries_pseudonymised: int = Field(
+        ..., description="audit entries whose person id is now a keyed hash (this "
+        "forget's own entry included)")
+
+
+class ErasedOut(BaseModel):
+    """What a forget removed, where (docs/security.md)."""
+
+    store: ErasedStoreOut
+    shards: ErasedShardsOut
+    audit: ErasedAuditOut
+
+
 class ForgottenPersonOut(BaseModel):
     person_id: str
     collection: str
     deleted_faces: list[str]
+    erased: ErasedOut | None = None
 
 
 # --------------------------------------------------------------------------- listings
@@ -380,16 +411,17 @@ class ImportOut(BaseModel):
     dim: int | None = Field(None, examples=[128])
     lines: int = Field(..., description="faces read (non-blank lines)", examples=[1200])
     imported: int = Field(..., description="faces added", examples=[1190])
-    skipped: int = Field(..., description="ids the collection held already", examples=[8])
-    elsewhere: int = Field(..., description="ids another collection holds (left out)",
-                           examples=[0])
+    skipped: int = Field(..., description="ids the collection held already (and, for a key "
+                         "limited to collections, ids held outside them)", examples=[8])
+    elsewhere: int = Field(..., description="ids another collection holds (left out); "
+                           "always 0 for a key limited to collections", examples=[0])
     failed: int = Field(..., description="lines left out as invalid", examples=[2])
     errors: list[ImportLineError] = Field(..., description="the first 100 invalid lines")
 
 
 # --------------------------------------------------------------------------- keys and audit
 
-Scope = Literal["read", "write", "admin"]
+Scope = Literal["read", "write", "admin", "export"]
 
 
 class ApiKeyOut(BaseModel):
@@ -401,6 +433,8 @@ class ApiKeyOut(BaseModel):
     created_at: float = Field(..., description="Unix time")
     last_used_at: float | None = Field(
         None, description="Unix time, up to auth.refresh_s late; absent: never used")
+    expires_at: float | None = Field(
+        None, description="Unix time after which the key is refused (401); absent: never")
 
 
 class NewApiKeyOut(ApiKeyOut):
@@ -417,7 +451,8 @@ class AuditEntryOut(BaseModel):
     at: float = Field(..., description="Unix time")
     action: Literal["face.register", "face.forget", "face.import", "person.forget",
                     "person.update", "collection.create", "collection.drop", "key.create",
-                    "key.revoke", "identify"]
+                    "key.revoke", "identify", "face.read", "person.read", "persons.list",
+                    "faces.list", "export", "auth.failure"]
     collection: str | None = Field(None, examples=["staff"])
     face_ids: list[str] | None = Field(None, description="faces enrolled or forgotten")
     person_id: str | None = None
@@ -426,6 +461,11 @@ class AuditEntryOut(BaseModel):
     matches: list[str | None] | None = Field(
         None, description="identify: the nearest enrolled face of each face found")
     target_key_id: str | None = Field(None, description="the key created or revoked")
+    rows: int | None = Field(None, description="reads: faces or persons answered")
+    client: str | None = Field(None, description="auth.failure: the client's address")
+    failures: int | None = Field(
+        None, description="auth.failure: failed authentications of that client in the "
+        "current minute")
     key_id: str | None = Field(..., examples=["f3a6b201bae72b86"],
                                description='the caller\'s key; "settings" for a key from the '
                                "settings, null with authentication off")

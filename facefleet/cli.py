@@ -610,16 +610,21 @@ _KEY_COLUMNS = ["id", "name", "scopes", "collections", "created", "last used"]
 @keys.command("create")
 @click.argument("name")
 @click.option("-s", "--scope", "scopes", multiple=True, required=True,
-              type=click.Choice(["read", "write", "admin"]),
-              help="read < write < admin, each including the ones before (repeatable).")
+              type=click.Choice(["read", "write", "admin", "export"]),
+              help="read < write < admin, each including the ones before; export (every "
+              "template of a collection) apart, included only in admin (repeatable).")
 @click.option("-c", "--collection", "collections", multiple=True,
               help="Limit the key to this collection (repeatable); default: every one.")
+@click.option("--ttl-days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The key expires after this many days (default: the server's longest "
+              "lifetime, auth.key_max_lifetime_days).")
 @common
 def keys_create(ctx: Ctx, name: str, scopes: tuple[str, ...],
-                collections: tuple[str, ...]) -> None:
+                collections: tuple[str, ...], ttl_days: float | None) -> None:
     """Make a key called NAME. Its secret is printed once: store it now."""
     with ctx.client() as client:
-        k = client.create_key(name, scopes, collections=list(collections) or None)
+        k = client.create_key(name, scopes, collections=list(collections) or None,
+                              ttl_s=None if ttl_days is None else ttl_days * 86400.0)
     if ctx.out.as_json:
         ctx.out.json(k.raw)
         return
@@ -680,8 +685,10 @@ def _subject(e: Any) -> str:
 @main.command()
 @click.option("-c", "--collection", default=None, help="Only this collection.")
 @click.option("--action", default=None, type=click.Choice(
-    ["face.register", "face.forget", "person.forget", "collection.create", "collection.drop",
-     "key.create", "key.revoke", "identify"]), help="Only this action.")
+    ["face.register", "face.forget", "face.import", "person.forget", "person.update",
+     "collection.create", "collection.drop", "key.create", "key.revoke", "identify",
+     "face.read", "person.read", "persons.list", "faces.list", "export", "auth.failure"]),
+    help="Only this action.")
 @click.option("--since", default=None, help="Epoch seconds or ISO 8601 time (UTC).")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000),
               help="Entries per page.")

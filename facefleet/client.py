@@ -378,12 +378,15 @@ class _Endpoints:
 
     # -- keys and the audit trail
     def _create_key(self, name: str, scopes: Iterable[str],
-                    collections: Iterable[str] | None) -> _Call[ApiKey]:
+                    collections: Iterable[str] | None,
+                    ttl_s: float | None = None) -> _Call[ApiKey]:
+        body: dict[str, Any] = {"name": name, "scopes": list(scopes),
+                                "collections": None if collections is None else list(collections)}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
         # a repeat after the first one committed would make a second key
-        return _Call("POST", "/v1/keys", lambda r: ApiKey.from_json(r.json()), {
-            "name": name, "scopes": list(scopes),
-            "collections": None if collections is None else list(collections)},
-            idempotent=False)
+        return _Call("POST", "/v1/keys", lambda r: ApiKey.from_json(r.json()), body,
+                     idempotent=False)
 
     def _list_keys(self) -> _Call[list[ApiKey]]:
         return _Call("GET", "/v1/keys", lambda r: [ApiKey.from_json(k) for k in r.json()["keys"]])
@@ -697,9 +700,11 @@ class Client(_Endpoints, _RequestIds):
 
     # -- keys and the audit trail (admin keys only)
     def create_key(self, name: str, scopes: Iterable[str], *,
-                   collections: Iterable[str] | None = None) -> ApiKey:
-        """A new API key; its secret is in ``.key``, and only in this answer."""
-        return self._run(self._create_key(name, scopes, collections))
+                   collections: Iterable[str] | None = None,
+                   ttl_s: float | None = None) -> ApiKey:
+        """A new API key; its secret is in ``.key``, and only in this answer. ``ttl_s``:
+        it expires this many seconds from now (default: the server's longest lifetime)."""
+        return self._run(self._create_key(name, scopes, collections, ttl_s))
 
     def list_keys(self) -> list[ApiKey]:
         return self._run(self._list_keys())
@@ -961,8 +966,9 @@ class AsyncClient(_Endpoints, _RequestIds):
         return await self._run(self._delete_person(collection, person_id))
 
     async def create_key(self, name: str, scopes: Iterable[str], *,
-                         collections: Iterable[str] | None = None) -> ApiKey:
-        return await self._run(self._create_key(name, scopes, collections))
+                         collections: Iterable[str] | None = None,
+                         ttl_s: float | None = None) -> ApiKey:
+        return await self._run(self._create_key(name, scopes, collections, ttl_s))
 
     async def list_keys(self) -> list[ApiKey]:
         return await self._run(self._list_keys())

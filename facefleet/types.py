@@ -359,13 +359,15 @@ class ApiKey:
     last_used_at: float | None = None
     key: str | None = field(default=None, repr=False)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: Unix time after which the key is refused (None: never)
+    expires_at: float | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ApiKey:
         colls = d.get("collections")
         return cls(d["id"], d.get("name", ""), list(d.get("scopes", [])),
                    None if colls is None else list(colls), _f(d.get("created_at")),
-                   d.get("last_used_at"), d.get("key"), d)
+                   d.get("last_used_at"), d.get("key"), d, d.get("expires_at"))
 
 
 @dataclass(frozen=True)

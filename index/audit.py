@@ -28,6 +28,14 @@ class AuditAction(str, Enum):
     KEY_CREATE = "key.create"
     KEY_REVOKE = "key.revoke"
     IDENTIFY = "identify"
+    # reads of stored data (audit.reads): who read how many rows of which collection
+    FACE_READ = "face.read"
+    PERSON_READ = "person.read"
+    PERSONS_LIST = "persons.list"
+    FACES_LIST = "faces.list"
+    EXPORT = "export"
+    #: failed authentications, sampled (at most one entry per client a minute)
+    AUTH_FAILURE = "auth.failure"
 
 
 #: the ``key_id`` of entries made with a key from the settings (``api_key_sha256``)
@@ -73,9 +81,15 @@ class AuditEntry:
     target_key_id: str | None = None
     seq: int = 0
     at: float = 0.0
+    #: reads: the rows answered (faces or persons)
+    rows: int | None = None
+    #: auth.failure: the client address and the failures it made in the window
+    client: str | None = None
+    failures: int | None = None
 
     #: optional fields stored together as one JSON column
-    DETAIL_FIELDS = ("face_ids", "person_ids", "matches", "target_key_id")
+    DETAIL_FIELDS = ("face_ids", "person_ids", "matches", "target_key_id", "rows", "client",
+                     "failures")
 
     def details_json(self) -> str | None:
         d = {k: getattr(self, k) for k in self.DETAIL_FIELDS if getattr(self, k) is not None}
@@ -88,14 +102,15 @@ class AuditEntry:
         d = json.loads(details) if details else {}
         return cls(action, collection, d.get("face_ids"), person_id, key_id, request_id, status,
                    d.get("person_ids"), d.get("matches"), d.get("target_key_id"), int(seq),
-                   float(at))
+                   float(at), d.get("rows"), d.get("client"), d.get("failures"))
 
     def as_dict(self) -> dict[str, Any]:
         """The entry as ``GET /v1/audit`` shows it (absent optional fields left out)."""
         out: dict[str, Any] = {"seq": self.seq, "at": self.at, "action": self.action}
         if self.collection is not None:
             out["collection"] = self.collection
-        for k in ("face_ids", "person_id", "person_ids", "matches", "target_key_id"):
+        for k in ("face_ids", "person_id", "person_ids", "matches", "target_key_id", "rows",
+                  "client", "failures"):
             v = getattr(self, k)
             if v is not None:
                 out[k] = v

@@ -255,6 +255,7 @@ class GalleryCore:
                         actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
         info = self.store.drop_collection(check_collection_name(name),
                                           _entry(actor, AuditAction.COLLECTION_DROP, name))
+        self.store.checkpoint()  # the dropped rows' bytes leave the write-ahead log
         return collection_dict(info), [[DropOp(info.id)] for _ in range(self.nshards)]
 
     # -- register
@@ -412,6 +413,8 @@ class GalleryCore:
         info = self.collection(collection)
         deleted = self.store.delete_faces(info.id, [str(f) for f in face_ids],
                                           _entry(actor, AuditAction.FACE_FORGET, info.name))
+        if deleted.faces:
+            self.store.checkpoint()
         return [d.face_id for d in deleted.faces], self._removal_plan(info.id, deleted)
 
     def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
@@ -427,8 +430,18 @@ class GalleryCore:
         person, deleted = self.store.delete_person(
             info.id, _check_person_id(person_id),
             _entry(actor, AuditAction.PERSON_FORGET, info.name))
+        log_state = self.store.checkpoint()
+        n = len(deleted.faces)
+        # what was removed where; the shards drop the same faces before the answer
+        erased: dict[str, Any] = {
+            "store": {"faces": n, "persons": 1, "idempotency_keys": deleted.idempotency_keys},
+            "shards": {"entries": n},
+            "audit": {"entries_pseudonymised": deleted.audit_pseudonymised + (actor is not None)},
+        }
+        if log_state is not None:
+            erased["store"]["write_ahead_log"] = log_state
         return ({"person_id": person.person_id, "collection": info.name,
-                 "deleted_faces": [d.face_id for d in deleted.faces]},
+                 "deleted_faces": [d.face_id for d in deleted.faces], "erased": erased},
                 self._removal_plan(info.id, deleted))
 
     # -- listings
@@ -654,7 +667,7 @@ class GalleryService:
 
     def __init__(self, store: Store, shards: ShardSet, store_threads: int = 8,
                  cache_ttl_s: float = 2.0, audit_identify: bool = True,
-                 audit_retention_days: float | None = None) -> None:
+                 audit_retention_days: float | None = None, audit_reads: bool = True) -> None:
         self.store = store
         self.shards = shards
         self.core = GalleryCore(store, shards.nshards)
@@ -664,6 +677,7 @@ class GalleryService:
         self._infos: dict[str, tuple[float, CollectionInfo]] = {}
         self.audit_identify = audit_identify
         self.audit_retention_days = audit_retention_days
+        self.audit_reads = audit_reads
         # identify entries waiting for the next group commit (see _record)
         self._pending: list[tuple[AuditEntry, asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
@@ -739,12 +753,32 @@ class GalleryService:
         return await self._db(self.core.export_page, collection, after, limit)
 
     async def list_persons(self, collection: str, limit: int = 100,
-                           cursor: str | None = None) -> dict[str, Any]:
-        return await self._db(self.core.list_persons, collection, limit, cursor)
+                           cursor: str | None = None, actor: Actor | None = None
+                           ) -> dict[str, Any]:
+        out = await self._db(self.core.list_persons, collection, limit, cursor)
+        await self.record_read(AuditAction.PERSONS_LIST, collection, len(out["persons"]), actor)
+        return out
 
     async def list_faces(self, collection: str, person_id: str | None = None,
-                         limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
-        return await self._db(self.core.list_faces, collection, person_id, limit, cursor)
+                         limit: int = 100, cursor: str | None = None,
+                         actor: Actor | None = None) -> dict[str, Any]:
+        out = await self._db(self.core.list_faces, collection, person_id, limit, cursor)
+        await self.record_read(AuditAction.FACES_LIST, collection, len(out["faces"]), actor)
+        return out
+
+    async def record_read(self, action: AuditAction | str, collection: str, rows: int,
+                          actor: Actor | None = None) -> None:
+        """Record that ``actor`` read ``rows`` rows of ``collection`` (``audit.reads``);
+        durable before the caller answers, so no read leaves unrecorded."""
+        if actor is None or not self.audit_reads:
+            return
+        entry = actor.entry(AuditAction(action), collection)
+        entry.rows = int(rows)
+        await self._record(entry)
+
+    async def record(self, entry: AuditEntry) -> None:
+        """Record an entry made outside the gallery (a sampled failed authentication)."""
+        await self._record(entry)
 
     async def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
                             actor: Actor | None = None) -> dict[str, Any]:
@@ -853,8 +887,11 @@ class GalleryService:
         return await self.shards.search(cid, queries, k)
 
     async def get_face(self, collection: str, face_id: str,
-                       with_embedding: bool = False) -> dict[str, Any]:
-        return await self._db(self.core.get_face, collection, face_id, with_embedding)
+                       with_embedding: bool = False, actor: Actor | None = None
+                       ) -> dict[str, Any]:
+        out = await self._db(self.core.get_face, collection, face_id, with_embedding)
+        await self.record_read(AuditAction.FACE_READ, collection, 1, actor)
+        return out
 
     async def delete_face(self, collection: str, face_id: str,
                           actor: Actor | None = None) -> dict[str, Any]:
@@ -869,8 +906,11 @@ class GalleryService:
         await self._apply(plan)
         return deleted
 
-    async def get_person(self, collection: str, person_id: str) -> dict[str, Any]:
-        return await self._db(self.core.get_person, collection, person_id)
+    async def get_person(self, collection: str, person_id: str,
+                         actor: Actor | None = None) -> dict[str, Any]:
+        out = await self._db(self.core.get_person, collection, person_id)
+        await self.record_read(AuditAction.PERSON_READ, collection, len(out["faces"]), actor)
+        return out
 
     async def delete_person(self, collection: str, person_id: str,
                             actor: Actor | None = None) -> dict[str, Any]:

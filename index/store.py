@@ -47,6 +47,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -58,6 +59,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from index import erasure
 from index.audit import AuditAction, AuditEntry
 from index.errors import SchemaTooNew, StoreUnavailable
 from configs.errors import CollectionNotFound, Conflict, ModelMismatch, NotFound
@@ -206,6 +208,10 @@ class Deleted:
 
     faces: list[DeletedFace]
     seq: int
+    #: idempotency rows removed with the faces they created (index.erasure)
+    idempotency_keys: int = 0
+    #: audit entries whose person id was replaced by its keyed hash
+    audit_pseudonymised: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +226,8 @@ class KeyRecord:
     collections: tuple[str, ...] | None
     created_at: float
     last_used_at: float | None = None
+    #: Unix time after which the key is refused; None: never
+    expires_at: float | None = None
 
     def public(self) -> dict[str, Any]:
         """The key as ``GET /v1/keys`` shows it: everything but the hash."""
@@ -229,6 +237,8 @@ class KeyRecord:
                                "created_at": self.created_at}
         if self.last_used_at is not None:
             out["last_used_at"] = self.last_used_at
+        if self.expires_at is not None:
+            out["expires_at"] = self.expires_at
         return out
 
 
@@ -305,6 +315,7 @@ class Store(Protocol):
     def keys_version(self) -> int: ...
     def key_table(self) -> tuple[int, list[KeyRecord]]: ...
     def touch_keys(self, used: dict[str, float]) -> None: ...
+    def checkpoint(self) -> str | None: ...
     def close(self) -> None: ...
 
 
@@ -465,6 +476,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=("CREATE INDEX faces_by_collection ON faces (collection_id, id)",),
         postgres=("CREATE INDEX faces_by_collection ON faces (collection_id, id)",),
     ),
+    Migration(
+        6,
+        "API keys that expire",
+        sqlite=("ALTER TABLE api_keys ADD COLUMN expires_at REAL",),
+        postgres=("ALTER TABLE api_keys ADD COLUMN expires_at DOUBLE PRECISION",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -531,6 +548,14 @@ class _SqlStore:
         self._local = threading.local()
         self._conns: list[Any] = []
         self._conns_lock = threading.Lock()
+        #: key of the audit trail's pseudonyms of forgotten persons (index.erasure);
+        #: open_store sets the server secret, a store opened bare uses its own
+        self.erasure_key = secrets.token_bytes(32)
+
+    def checkpoint(self) -> str | None:
+        """After a forget or a drop: fold the write-ahead log into the main file and
+        empty it (SQLite); what happened, or None where the backend has no such step."""
+        return None
 
     # -- to implement
     def _connect(self) -> Any:
@@ -734,6 +759,8 @@ class _SqlStore:
                 raise CollectionNotFound(f"collection {name!r} does not exist",
                                          {"collection": name})
             self._collection_dropped(cur, self._coll(row))
+            # every person of the collection is forgotten with it
+            erasure.pseudonymise_audit(cur, self._q, self.erasure_key, name)
             self._audit(cur, audit)
         return self._coll(row)
 
@@ -901,10 +928,11 @@ class _SqlStore:
                     "RETURNING id, face_id, bucket"), [cid, *params])
                 out.extend(DeletedFace(int(r[0]), r[1], int(r[2])) for r in cur.fetchall())
             self._tombstone(cur, cid, seq, out)
+            idem = erasure.forget_idempotency(cur, self._q, cid, [d.face_id for d in out])
             if audit is not None and out:  # nothing forgotten, nothing to record
                 audit.face_ids = [d.face_id for d in out]
                 self._audit(cur, audit)
-        return Deleted(out, seq)
+        return Deleted(out, seq, idem)
 
     def _person(self, cur: Any, cid: int, person_id: str) -> PersonRecord:
         cur.execute(self._q(
@@ -938,11 +966,17 @@ class _SqlStore:
             cur.execute(self._q(
                 "DELETE FROM persons WHERE collection_id = ? AND person_id = ?"), (cid, person_id))
             self._tombstone(cur, cid, seq, deleted)
+            idem = erasure.forget_idempotency(cur, self._q, cid, [d.face_id for d in deleted])
+            cur.execute(self._q("SELECT name FROM collections WHERE id = ?"), (cid,))
+            cname = cur.fetchone()[0]
+            hidden = erasure.pseudonymise_audit(cur, self._q, self.erasure_key, cname,
+                                                [person_id])
             if audit is not None:
-                audit.person_id = person_id
+                # the forget's own entry names the person by its keyed hash too
+                audit.person_id = erasure.pseudonym(self.erasure_key, cname, person_id)
                 audit.face_ids = [d.face_id for d in deleted]
                 self._audit(cur, audit)
-        return person, Deleted(deleted, seq)
+        return person, Deleted(deleted, seq, idem, hidden)
 
     @_guarded
     def lookup(self, cid: int, ids: Sequence[int]) -> dict[int, HitInfo]:
@@ -1237,14 +1271,15 @@ class _SqlStore:
             return max(0, int(cur.rowcount or 0))
 
     # -- API keys
-    _KEY = "id, name, key_sha256, scopes, collections, created_at, last_used_at"
+    _KEY = "id, name, key_sha256, scopes, collections, created_at, last_used_at, expires_at"
 
     @staticmethod
     def _key(row: Sequence[Any]) -> KeyRecord:
         colls = json.loads(row[4]) if row[4] is not None else None
         return KeyRecord(row[0], row[1], row[2], tuple(json.loads(row[3])),
                          None if colls is None else tuple(colls), float(row[5]),
-                         None if row[6] is None else float(row[6]))
+                         None if row[6] is None else float(row[6]),
+                         None if row[7] is None else float(row[7]))
 
     def _bump_keys(self, cur: Any) -> None:
         cur.execute("UPDATE counters SET value = value + 1 WHERE name = 'api_keys'")
@@ -1253,11 +1288,11 @@ class _SqlStore:
     def create_key(self, key: KeyRecord, audit: AuditEntry | None = None) -> KeyRecord:
         with self._tx(write=True) as cur:
             cur.execute(self._q(
-                "INSERT INTO api_keys (id, name, key_sha256, scopes, collections, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)"),
+                "INSERT INTO api_keys (id, name, key_sha256, scopes, collections, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
                 (key.id, key.name, key.key_sha256, json.dumps(list(key.scopes)),
                  None if key.collections is None else json.dumps(list(key.collections)),
-                 key.created_at))
+                 key.created_at, key.expires_at))
             self._bump_keys(cur)
             if audit is not None:
                 audit.target_key_id = key.id
@@ -1375,7 +1410,13 @@ class SqliteStore(_SqlStore):
                  synchronous: str = "FULL") -> None:
         super().__init__()
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        # main file's mode, so templates never sit in a file others may read
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            erasure.private_file(f"{self.path}{suffix}")
+        self.erasure_key = erasure.server_secret(self.path.parent)
         self._busy = busy_timeout_s
         # "database is locked" after the busy timeout, a missing or read-only file
         self._unreachable = (sqlite3.OperationalError,)
@@ -1389,6 +1430,8 @@ class SqliteStore(_SqlStore):
         # FULL: a commit is on disk before register / forget are acknowledged
         conn.execute(f"PRAGMA synchronous={self._sync}")
         conn.execute("PRAGMA foreign_keys=ON")
+        # deleted rows are overwritten with zeros, not left in free pages
+        conn.execute("PRAGMA secure_delete=ON")
         # give the WAL file back after checkpoints instead of keeping its peak size
         conn.execute("PRAGMA journal_size_limit=67108864")
         conn.execute(f"PRAGMA busy_timeout={int(self._busy * 1000)}")
@@ -1413,6 +1456,17 @@ class SqliteStore(_SqlStore):
             cur.close()
         if write:
             self._bound_wal(conn)
+
+    def checkpoint(self) -> str | None:
+        """Copy the WAL into the main file and truncate it to 0 bytes: the frames of
+        the pages a forget changed still held the removed bytes. Waits (busy timeout)
+        for readers of older snapshots; ``"busy"`` if they outlast it (the next
+        forget, or the next truncating checkpoint, empties it)."""
+        try:
+            busy, _, _ = self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError:
+            return "busy"
+        return "truncated" if busy == 0 else "busy"
 
     #: WAL size that triggers a truncating checkpoint after a write
     WAL_LIMIT = 256 * 1024 * 1024
@@ -1546,6 +1600,7 @@ def open_store(backend: str = "sqlite", database_url: str | None = None,
     (:class:`index.pgvector_store.PgvectorStore`).
     """
     if backend == "sqlite":
+        erasure.private_dir(data_dir)
         path: str | Path = Path(data_dir) / "gallery.sqlite3"
         if database_url:
             path = database_url.removeprefix("sqlite:///") if database_url.startswith(
@@ -1558,6 +1613,11 @@ def open_store(backend: str = "sqlite", database_url: str | None = None,
         if backend == "pgvector":
             from index.pgvector_store import PgvectorStore
 
-            return PgvectorStore(database_url, **(pgvector or {}))
-        return PostgresStore(database_url)
+            store: Store = PgvectorStore(database_url, **(pgvector or {}))
+        else:
+            store = PostgresStore(database_url)
+        # the audit pseudonyms' key: the data dir's secret, shared by every process
+        store.erasure_key = erasure.server_secret(  # type: ignore[attr-defined]
+            erasure.private_dir(data_dir))
+        return store
     raise StoreUnavailable(f"unknown index backend {backend!r}")

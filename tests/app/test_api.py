@@ -260,5 +260,6 @@ def _with_ingress_keys(config: dict, keys: list[str]) -> dict:
     c = copy.deepcopy(config)
     for d in c["applications"][0]["deployments"]:
         if d["name"] == "Ingress":
-            d["user_config"] = {"api_key_sha256": keys}
+            # an empty list alone is refused: turning auth off is said explicitly
+            d["user_config"] = {"api_key_sha256": keys, "auth_enabled": bool(keys)}
     return c

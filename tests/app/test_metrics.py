@@ -200,7 +200,8 @@ def test_metrics_follows_the_api_key(service):
     finally:
         for d in c["applications"][0]["deployments"]:
             if d["name"] == "Ingress":
-                d["user_config"] = {"api_key_sha256": []}
+                # an empty list alone is refused: turning auth off is said explicitly
+                d["user_config"] = {"api_key_sha256": [], "auth_enabled": False}
         service.redeploy(c)
     assert service.client.get("/metrics").status_code == 200
 

@@ -17,6 +17,7 @@ import pytest
 
 from configs.errors import CollectionNotFound, Conflict, NotFound
 from index.audit import Actor, AuditAction, AuditEntry
+from index.erasure import pseudonym
 from index.gallery import Gallery, GalleryCore
 from index.store import KeyRecord
 
@@ -54,10 +55,13 @@ def test_each_change_records_one_entry_in_its_transaction(store):
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
     create, reg, reg2, forget, pforget = entries
     assert (create.collection, create.key_id, create.request_id) == ("c", "k1", "req-1")
-    assert reg.face_ids == fids and reg.person_id == "p" and reg.person_ids is None
+    # p is forgotten: every entry names p by its keyed hash (index.erasure); q and r
+    # are not
+    hidden = pseudonym(store.erasure_key, "c", "p")
+    assert reg.face_ids == fids and reg.person_id == hidden and reg.person_ids is None
     assert reg2.person_id is None and reg2.person_ids == ["q", "r"]
     assert forget.face_ids == [fids[0]] and forget.key_id == "k2"
-    assert pforget.person_id == "p" and pforget.face_ids == [fids[1]]
+    assert pforget.person_id == hidden and pforget.face_ids == [fids[1]]
     assert pforget.key_id is None and pforget.request_id == "req-4"
     assert all(e.status == "ok" and e.at > 0 for e in entries)
     # nothing secret or biometric in an entry

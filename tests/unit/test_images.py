@@ -337,3 +337,30 @@ def test_size_cap_status_and_timeout(server):
 def test_urls_can_be_disabled(server):
     with pytest.raises(ValidationError):
         resolve(Settings(urls={"enabled": False}), url_of(server, "/face.jpg"))
+
+
+def test_ipv6_spellings_of_an_ipv4_address_are_judged_by_that_address(server):
+    """NAT64, 6to4 and IPv4-compatible addresses reach the IPv4 address inside them:
+    loopback or private inside is refused, a public one inside is not."""
+    from deployments.images import embedded_ipv4
+
+    port = server.server_address[1]
+    for answer in ("64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b:1::7f00:1",
+                   "2002:7f00:1::", "2002:a9fe:a9fe::", "::127.0.0.1", "::10.0.0.1"):
+        dns = FakeDns({"photos.example": [answer]})
+        with pytest.raises(UrlFetchFailed) as exc:
+            resolve(Settings(urls={"allowed_ports": [port]}),
+                    url_of(server, "/face.jpg", "photos.example"), dns)
+        assert "non-public" in exc.value.message, answer
+    for literal in ("http://[64:ff9b::7f00:1]/a.jpg", "http://[2002:7f00:1::]/a.jpg",
+                    "http://[::127.0.0.1]/a.jpg"):
+        with pytest.raises(UrlFetchFailed) as exc:
+            resolve(Settings(), literal)
+        assert "non-public" in exc.value.message, literal
+    import ipaddress
+
+    def e(a: str):
+        return embedded_ipv4(ipaddress.ip_address(a))
+    assert str(e("64:ff9b::808:808")) == str(e("2002:808:808::")) == "8.8.8.8"
+    assert str(e("::ffff:127.0.0.1")) == str(e("::127.0.0.1")) == "127.0.0.1"
+    assert e("::1") is None and e("2606:4700::1111") is None and e("8.8.8.8") is None
