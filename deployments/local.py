@@ -235,6 +235,16 @@ def stop() -> None:
         ray.shutdown()
 
 
+def auth_line(admin_keys: list[str]) -> str:
+    """The start-up line that says whether requests need an API key."""
+    if admin_keys:
+        return (f"authentication is on: {len(admin_keys)} admin key(s) from "
+                "FACEFLEET_API_KEY_SHA256 / args.settings.api_key_sha256, plus keys made "
+                "through /v1/keys")
+    return ("authentication is off: every request is allowed (set FACEFLEET_API_KEY_SHA256 "
+            "to turn it on; docs/tenancy.md)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run facefleet on a local Ray instance (127.0.0.1).")
     p.add_argument("--config", default="serve_config.yaml")
@@ -253,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"topology": a.topology} if a.topology else None
     config = load_config(a.config, overrides, a.port)
+    from configs.settings import SettingsProblem, load_settings
+
+    try:  # here, in one line, before Ray starts (not after a deploy retried 4 times)
+        settings = load_settings(config["applications"][0].get("args", {}).get("settings"))
+    except SettingsProblem as exc:
+        print(f"facefleet: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    log.info("%s", auth_line(settings.api_key_sha256))
     done = threading.Event()
 
     def _stop(signum, _frame):
