@@ -299,7 +299,8 @@ def verify(ctx: Ctx, image1: Path, image2: Path, threshold: float | None,
         ctx.out.json(res.raw)
     else:
         ctx.out.table(None, ["same person", "distance", "threshold", "model"],
-                      [["yes" if res.verified else "no", f"{res.distance:.4f}",
+                      [["yes" if res.verified else "no",
+                        "-" if res.distance is None else f"{res.distance:.4f}",
                         f"{res.threshold:.4f}", res.model]])
     if not res.verified:
         raise SystemExit(1)

@@ -152,6 +152,8 @@ class AddResult:
     replayed: bool = False
     #: what the caller stored beside the key with the first write (``idempotency[2]``)
     extra: Any = None
+    #: this write created the collection (a first enrolment; False on a replay)
+    collection_created: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -800,7 +802,7 @@ class _SqlStore:
                 audit.person_ids = None if len(distinct) == 1 else list(person_ids)
                 self._audit(cur, audit)
         return AddResult(info, list(face_ids), list(person_ids), ids, buckets, emb, seq, now,
-                         stored)
+                         stored, collection_created=created)
 
     def _claim_key(self, cur: Any, info: CollectionInfo,
                    idempotency: tuple[str, ...]) -> AddResult | None:
@@ -1120,7 +1122,7 @@ class _SqlStore:
                 audit.face_ids = kept_ids
                 self._audit(cur, audit)
         added = AddResult(info, kept_ids, [person_ids[i] for i in keep], ids, buckets,
-                          kept_emb, seq, now, stored)
+                          kept_emb, seq, now, stored, collection_created=created)
         return ImportResult(added, skipped, elsewhere)
 
     # -- idempotency keys

@@ -107,6 +107,8 @@ class RegisteredImages:
     model: str
     results: list[dict[str, Any] | FacefleetError] = field(default_factory=list)
     replayed: bool = False
+    #: this write created the collection (its first enrolment)
+    collection_created: bool = False
 
 
 class Flow:
@@ -494,5 +496,6 @@ async def register_embedded(gallery: Any, collection: str, metas: Sequence[Mappi
         return replayed_answer(collection, res, len(metas))
     for i, box, face in zip(ok, boxes, res["faces"], strict=True):
         results[i] = {**face, "box": box}
-    return RegisteredImages(collection, model, results, bool(res.get("replayed")))
+    return RegisteredImages(collection, model, results, bool(res.get("replayed")),
+                            bool(res.get("collection_created")))
 
