@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from configs.errors import ErrorCode, FacefleetError
 from configs.settings import Settings
-from deployments import readiness
+from deployments import api_docs, readiness
 from deployments.access import authorize
 from deployments.auth import ANONYMOUS, NOBODY, KeyTable, presented_key
 from deployments.errors import error_response, install_error_handlers, unexpected_response
@@ -47,7 +47,7 @@ from pipelines.flow import Flow
 log = logging.getLogger("facefleet.ingress")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_OPEN_PATHS = {"/health", "/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+_OPEN_PATHS = {"/health", "/ready", "/openapi.json"}
 
 
 @dataclass
@@ -126,7 +126,10 @@ def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None
                    413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
         # every route is checked against deployments.access.RULES
         dependencies=[Depends(authorize)],
+        # served from the service's own files, not a CDN (deployments/api_docs.py)
+        docs_url=None, redoc_url=None,
     )
+    api_docs.install(app)
     source = flow.gallery.key_table if flow.has_gallery else None
     app.state.api = Api(flow, settings, ImageResolver(settings),
                         KeyTable(settings.api_key_sha256, source, settings.auth))
@@ -160,7 +163,7 @@ async def request_context(request: Request, call_next):
     try:
         if not auth.enabled:
             request.state.principal = ANONYMOUS
-        elif request.url.path in _OPEN_PATHS:
+        elif request.url.path in _OPEN_PATHS or api_docs.is_docs_path(request.url.path):
             request.state.principal = NOBODY
         else:
             request.state.principal = await auth.authenticate(presented_key(request.headers))
