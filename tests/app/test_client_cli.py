@@ -492,9 +492,9 @@ def test_enroll_reports_file_names_and_request_ids(service, enrolled):
 
 def test_enroll_where_every_photo_failed_exits_1(service, faces, tmp_path):
     root = tmp_path / "people"
-    for person, photo in (("rex", "dogs.jpg"), ("fido", "dogs.jpg")):
+    for person in ("rex", "fido"):
         (root / person).mkdir(parents=True)
-        (root / person / f"{person}.jpg").write_bytes(b"not an image at all")
+        (root / person / f"{person}.jpg").write_bytes(f"not an image of {person}".encode())
     (root / "rex" / "dogs.jpg").symlink_to(faces / "dlib-boxes" / "dogs.jpg")
     result = invoke(service, "enroll", str(root), "-c", "cli-all-fail", "--no-progress",
                     "--json", ok=(1,))
