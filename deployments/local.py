@@ -225,14 +225,51 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
         time.sleep(1.0)
 
 
-def stop() -> None:
+def stop(timeout_s: float = 60.0) -> None:
+    """Stop Serve (its replicas finish the requests in flight), then Ray."""
     import ray
-    from ray import serve
 
     try:
-        serve.shutdown()
+        _stop_serve(timeout_s)
     finally:
         ray.shutdown()
+
+
+def _stop_serve(timeout_s: float) -> None:
+    """``serve.shutdown()`` without its error-looking line.
+
+    ``serve.shutdown()`` calls the controller's ``graceful_shutdown`` and waits on
+    it until the controller kills itself; Ray's core worker then reports the
+    in-flight call as a failed task ("(raylet) Task ServeController.graceful_shutdown
+    failed. There are infinite retries remaining...", printed on every clean stop).
+    Here the flag is set with ``graceful_shutdown(wait=False)``, which returns at
+    once, and the end of the controller is awaited by its name leaving the
+    cluster, so no call is in flight when it goes. Serve's own teardown
+    (applications, replicas, proxies, draining) is the same.
+    """
+    import ray
+    from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    from ray.serve.context import _check_cached_client_alive, _disconnect
+
+    client, _ = _check_cached_client_alive()
+    if client is None:  # no Serve started by this driver: the public path
+        serve.shutdown()
+        return
+    client.shutdown_cached_handles()
+    ray.get(client._controller.graceful_shutdown.remote(wait=False), timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:  # the controller is gone, and Serve with it
+            break
+        time.sleep(0.2)
+    else:
+        log.warning("Serve's controller did not stop within %.0f s; stopping Ray anyway",
+                    timeout_s)
+    client._shutdown = True
+    _disconnect()
 
 
 def auth_line(admin_keys: list[str]) -> str:
