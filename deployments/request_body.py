@@ -104,10 +104,11 @@ async def parse_body(request: Request, model: type[B],
     if not raw:
         raise ValidationError(f"request body is empty; {SEND_HINT}")
     if _is_bare_image(mime, raw):
+        ctype = mime.decode("latin-1")
         raise ValidationError(
-            f"request body is a bare {'image' if mime in _BINARY_TYPES else mime.decode()} "
-            f"({len(raw)} bytes), which has no field name; {SEND_HINT}",
-            {"content_type": mime.decode("latin-1") or None})
+            f"request body is a bare image ({len(raw)} bytes"
+            f"{', content-type ' + ctype if ctype else ''}) in no field; {SEND_HINT}",
+            {"content_type": ctype or None})
     return await _json_body(model, raw, limits)
 
 
