@@ -280,8 +280,9 @@ class EnrolledFaceOut(FaceRecordOut):
                            "Idempotency-Key already used with the same body: the face was "
                            "enrolled by the first request and is given back (status 200), "
                            "nothing was enrolled twice")
-    collection_created: bool = Field(False, description="this write created the collection "
-                                     "(it did not exist; see index.strict_collections)")
+    collection_created: bool = Field(False, description="this write (or, for a replay, the "
+                                     "first one) created the collection: it did not exist "
+                                     "(see index.strict_collections)")
 
 
 class BatchError(BaseModel):
@@ -311,8 +312,9 @@ class BatchOut(BaseModel):
     replayed: bool = Field(False, description="true when this answer is a retry under an "
                            "Idempotency-Key already used with the same body: the first "
                            "answer, failures included; nothing was enrolled twice")
-    collection_created: bool = Field(False, description="this write created the collection "
-                                     "(it did not exist; see index.strict_collections)")
+    collection_created: bool = Field(False, description="this write (or, for a replay, the "
+                                     "first one) created the collection: it did not exist "
+                                     "(see index.strict_collections)")
 
 
 class Match(_FaceIds):

@@ -410,7 +410,8 @@ def replayed_answer(collection: str, stored: Mapping[str, Any], n: int) -> Regis
         results[i] = {**face, "box": box}
     for i, (code, message) in extra.get("errors", {}).items():
         results[int(i)] = error_from_code(code, message)
-    return RegisteredImages(collection, stored.get("model", ""), results, True)
+    return RegisteredImages(collection, stored.get("model", ""), results, True,
+                            bool(stored.get("collection_created")))
 
 
 def nearest_per_person(row: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:

@@ -208,9 +208,9 @@ def test_register_says_when_it_created_the_collection(tmp_path):
     first = g.register("new", "dlib", D, [{"embedding": vec[0]}], create_collection=True)
     again = g.register("new", "dlib", D, [{"embedding": vec[1]}], create_collection=True)
     assert first["collection_created"] is True and again["collection_created"] is False
-    # a replay under the same key is not the write that created anything
+    # a replay under the same key is the first answer: its collection was created
     g.register("keyed", "dlib", D, [{"embedding": vec[0]}], idempotency_key="k1",
                create_collection=True)
     replay = g.register("keyed", "dlib", D, [{"embedding": vec[0]}], idempotency_key="k1",
                         create_collection=True)
-    assert replay["replayed"] is True and replay["collection_created"] is False
+    assert replay["replayed"] is True and replay["collection_created"] is True
