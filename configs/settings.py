@@ -322,8 +322,8 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
         # a nested or plain value: pydantic's message says the expected type itself
         tail = f"; expected {_expected(field)}" if len(loc) == 1 and (
             field in EXPECTED_FORM or e["type"] in ("list_type", "dict_type")) else ""
-        raise SettingsProblem(f"{where} (args.settings.{'.'.join(map(str, loc))}): "
-                              f"{msg}{tail}") from None
+        path = f" (args.settings.{'.'.join(map(str, loc))})" if loc else ""
+        raise SettingsProblem(f"{where}{path}: {msg}{tail}") from None
 
 
 @lru_cache(maxsize=1)
