@@ -371,15 +371,17 @@ def readme_tables(final: dict[str, Row], models: dict[str, Vectors]) -> dict[str
     return {"recognizer-devtest": devtest, "recognizer-gallery": gallery}
 
 
-def write_readme_tables(readme: Path, tables: dict[str, list[str]]) -> None:
-    """Replace each ``<!-- name ... -->`` ... ``<!-- /name -->`` block of ``readme``.
+def write_readme_tables(readme: Path, tables: dict[str, list[str]],
+                        writer: str = "bench.recognizer") -> None:
+    """Replace each ``<!-- name (written by WRITER) -->`` ... ``<!-- /name -->`` block
+    of ``readme`` (``writer``: the bench that owns the blocks).
 
     Every block must already be there exactly once: a README edited by hand
     into another shape fails loudly instead of growing a second copy.
     """
     text = readme.read_text()
     for name, rows in tables.items():
-        begin, end = f"<!-- {name} (written by bench.recognizer) -->", f"<!-- /{name} -->"
+        begin, end = f"<!-- {name} (written by {writer}) -->", f"<!-- /{name} -->"
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
         if len(pattern.findall(text)) != 1:
             raise SystemExit(f"{readme} must hold exactly one {begin} ... {end} block")

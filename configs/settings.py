@@ -7,12 +7,14 @@ arguments. Nothing below this module reads the environment.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from configs.keyhash import parse
 
@@ -246,10 +248,13 @@ class Settings(BaseSettings):
     )
     runtime: Runtime = Field(default_factory=Runtime)
     index: IndexSettings = Field(default_factory=IndexSettings)
-    api_key_sha256: list[str] = Field(
+    # NoDecode: the environment value is read by _key_list, which also takes a
+    # comma-separated list (a bare hex digest is the first thing people try)
+    api_key_sha256: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="the admin keys, hashed: 'hmac-sha256:<salt>:<hex>' "
-        "(python -m configs.keyhash) or a plain hex SHA-256 (older form, accepted); "
-        "empty: authentication off unless auth.enabled is true")
+        "(python -m configs.keyhash) or a plain hex SHA-256 (older form, accepted); a JSON "
+        "list, or comma-separated in the environment; empty: authentication off unless "
+        "auth.enabled is true")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
@@ -259,14 +264,40 @@ class Settings(BaseSettings):
     )
     max_faces: int = Field(64, ge=1, description="upper bound on faces returned per image")
 
+    @field_validator("api_key_sha256", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ValueError("not a JSON list") from None
+            return [k.strip() for k in text.split(",") if k.strip()]
+        return value
+
+    @field_validator("api_key_sha256", mode="after")
+    @classmethod
+    def _key_hashes(cls, value: list[str]) -> list[str]:
+        for k in value:
+            try:
+                parse(k)
+            except ValueError as exc:
+                # a key pasted here by mistake is a secret: only its first characters show
+                raise ValueError(f"the entry starting {k[:4]!r} ({len(k)} characters) is not a "
+                                 f"hashed key: {exc}; give the hash of each key, not the key "
+                                 "itself") from None
+        return [k.strip().lower() for k in value]
+
     @property
     def models_path(self) -> Path:
         return self.model_dir if self.model_dir is not None else self.data_dir / "models"
 
     @model_validator(mode="after")
     def _auth_keys(self) -> Settings:
-        for entry in self.api_key_sha256:
-            parse(entry)
         if self.auth.enabled is True and not self.api_key_sha256:
             raise ValueError("auth.enabled is true but api_key_sha256 names no key: refusing "
                              "to start without an admin key (set auth.enabled: false to run "
@@ -304,6 +335,59 @@ class Settings(BaseSettings):
         if isinstance(self.flip_average, bool):
             return self.flip_average
         return self.flip_average.get(model, True)
+
+
+#: the form each settings value takes where a message has to say it
+EXPECTED_FORM: dict[str, str] = {
+    "api_key_sha256": "a JSON list of hashed keys ('[\"hmac-sha256:<salt>:<hex>\", ...]', "
+                      "made by python -m configs.keyhash new, or plain 64-hex SHA-256 "
+                      "digests) or a comma-separated list of them",
+}
+
+
+class SettingsProblem(ValueError):
+    """A settings value that cannot be used, said in one line that names the
+    variable (``FACEFLEET_...``) and the form it expects."""
+
+
+def _variable(loc: tuple[Any, ...] | list[Any]) -> str:
+    path = [str(p) for p in loc if not isinstance(p, int)]
+    return "FACEFLEET_" + "__".join(p.upper() for p in path)
+
+
+def _expected(field: str) -> str:
+    if field in EXPECTED_FORM:
+        return EXPECTED_FORM[field]
+    info = Settings.model_fields.get(field)
+    text = str(info.annotation) if info else ""
+    if "dict" in text:
+        return "a JSON object"
+    if "list" in text:
+        return "a JSON list"
+    return "a JSON value of the documented form (README, 'Configuration')"
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from the environment and ``overrides`` (a serve config's
+    ``args.settings``); a bad value raises :class:`SettingsProblem`, one line."""
+    try:
+        return Settings(**(overrides or {}))
+    except SettingsError as exc:  # the environment's value of a complex field is not JSON
+        m = re.search(r'field "([^"]+)"', str(exc))
+        field = m.group(1) if m else "?"
+        raise SettingsProblem(f"{_variable([field])}: cannot parse its value; expected "
+                              f"{_expected(field)}") from None
+    except PydanticValidationError as exc:
+        e = exc.errors()[0]
+        loc = e["loc"]
+        field = str(loc[0]) if loc else "?"
+        where = _variable(loc) if loc else "settings"
+        msg = e["msg"].removeprefix("Value error, ")
+        # a nested or plain value: pydantic's message says the expected type itself
+        tail = f"; expected {_expected(field)}" if len(loc) == 1 and (
+            field in EXPECTED_FORM or e["type"] in ("list_type", "dict_type")) else ""
+        path = f" (args.settings.{'.'.join(map(str, loc))})" if loc else ""
+        raise SettingsProblem(f"{where}{path}: {msg}{tail}") from None
 
 
 @lru_cache(maxsize=1)

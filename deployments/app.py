@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from configs.settings import Settings
+from configs.settings import load_settings
 from deployments.ingress import Ingress
 from deployments.models import Analyzer, Detector, Embedder
 
@@ -38,7 +38,8 @@ class AppArgs(BaseModel):
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     a = AppArgs.model_validate(args or {})
-    s = Settings(**a.settings).model_dump(mode="json")
+    # a bad value fails the deploy with one line naming its variable (SettingsProblem)
+    s = load_settings(a.settings).model_dump(mode="json")
     gallery = None
     if a.gallery:
         from deployments.gallery import Gallery

@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from configs.errors import ErrorCode, FacefleetError
 from configs.settings import Settings
-from deployments import readiness
+from deployments import api_docs, readiness
 from deployments.access import authorize
 from deployments import request_ids
 from deployments.auth import ANONYMOUS, NOBODY, KeyTable, key_id_of, presented_key
@@ -47,7 +47,8 @@ from pipelines.flow import Flow
 
 log = logging.getLogger("facefleet.ingress")
 
-_OPEN_PATHS = {"/health", "/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+# with the API docs' own paths (api_docs.is_docs_path): no key, answered during start-up
+_OPEN_PATHS = {"/health", "/ready", "/openapi.json"}
 
 
 @dataclass
@@ -128,7 +129,10 @@ def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None
                    413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
         # every route is checked against deployments.access.RULES
         dependencies=[Depends(authorize)],
+        # served from the service's own files, not a CDN (deployments/api_docs.py)
+        docs_url=None, redoc_url=None,
     )
+    api_docs.install(app)
     source = flow.gallery.key_table if flow.has_gallery else None
     app.state.api = Api(flow, settings, ImageResolver(settings),
                         KeyTable(settings.api_key_sha256, source, settings.auth),
@@ -162,7 +166,7 @@ async def request_context(request: Request, call_next):
     request.state.request_id = rid if request_ids.valid(rid) else request_ids.new_id()
     api = api_of(request)
     auth, guard = api.auth, api.guard
-    open_path = request.url.path in _OPEN_PATHS
+    open_path = request.url.path in _OPEN_PATHS or api_docs.is_docs_path(request.url.path)
     client = guard.client_of(request)
     try:
         refused = None if open_path else guard.before_auth(client)

@@ -234,14 +234,65 @@ def ray_logs_dir() -> str:
     return ray._private.worker._global_node.get_logs_dir_path()
 
 
-def stop() -> None:
+def stop(timeout_s: float = 60.0) -> None:
+    """Stop Serve (its replicas finish the requests in flight), then Ray."""
     import ray
-    from ray import serve
 
     try:
-        serve.shutdown()
+        _stop_serve(timeout_s)
     finally:
         ray.shutdown()
+
+
+def _stop_serve(timeout_s: float) -> None:
+    """``serve.shutdown()`` without its error-looking line.
+
+    ``serve.shutdown()`` calls the controller's ``graceful_shutdown`` and waits on
+    it until the controller kills itself; Ray's core worker then reports the
+    in-flight call as a failed task ("(raylet) Task ServeController.graceful_shutdown
+    failed. There are infinite retries remaining...", printed on every clean stop).
+    Here the flag is set with ``graceful_shutdown(wait=False)``, which returns at
+    once, and the end of the controller is awaited by its name leaving the
+    cluster, so no call is in flight when it goes. Serve's own teardown
+    (applications, replicas, proxies, draining) is the same.
+    """
+    import ray
+    from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    from ray.serve.context import _check_cached_client_alive, _disconnect
+
+    client, _ = _check_cached_client_alive()
+    if client is None:  # no Serve started by this driver: the public path
+        serve.shutdown()
+        return
+    client.shutdown_cached_handles()
+    ray.get(client._controller.graceful_shutdown.remote(wait=False), timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:  # the controller is gone, and Serve with it
+            break
+        time.sleep(0.2)
+    else:
+        log.warning("Serve's controller did not stop within %.0f s; stopping Ray anyway",
+                    timeout_s)
+    client._shutdown = True
+    _disconnect()
+
+
+def auth_line(admin_keys: list[str], enabled: bool | None = None) -> str:
+    """The start-up line that says whether requests need an API key (``enabled``:
+    ``Settings.auth_on``; by default, on exactly when there are admin keys)."""
+    if enabled is False:
+        return ("authentication is off: auth.enabled is false, every request is allowed "
+                f"({len(admin_keys)} admin key(s) in the settings are not checked)")
+    if admin_keys:
+        return (f"authentication is on: {len(admin_keys)} admin key(s) from "
+                "FACEFLEET_API_KEY_SHA256 / args.settings.api_key_sha256, plus keys made "
+                "through /v1/keys")
+    return ("authentication is off: every request is allowed (set FACEFLEET_API_KEY_SHA256 "
+            "to turn it on; docs/tenancy.md)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"topology": a.topology} if a.topology else None
     config = load_config(a.config, overrides, a.port)
+    from configs.settings import SettingsProblem, load_settings
+
+    try:  # here, in one line, before Ray starts (not after a deploy retried 4 times)
+        settings = load_settings(config["applications"][0].get("args", {}).get("settings"))
+    except SettingsProblem as exc:
+        print(f"facefleet: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    log.info("%s", auth_line(settings.api_key_sha256, settings.auth_on))
     done = threading.Event()
 
     def _stop(signum, _frame):

@@ -26,11 +26,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from configs.errors import ErrorCode
+from deployments.api_docs import is_docs_path
 from deployments.errors import error_response
 
 #: answered during start-up as at any time (liveness, readiness, metrics, API docs)
-UNGATED = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect",
-           "/redoc"}
+UNGATED = {"/health", "/ready", "/metrics", "/openapi.json"}
 #: seconds a client is told to wait while the service starts
 STARTING_RETRY_AFTER_S = 5
 #: how long ``/ready`` waits for each deployment's answer (a probe's timeout must
@@ -100,7 +100,8 @@ class StartupGate:
 
 async def admit(request: Request) -> bool:
     gate: StartupGate | None = getattr(request.app.state, "gate", None)
-    if gate is None or gate.open or request.url.path in UNGATED:
+    if gate is None or gate.open or request.url.path in UNGATED or \
+            is_docs_path(request.url.path):
         return True
     return await gate.admit()
 

@@ -126,9 +126,12 @@ async def verify(request: Request) -> dict:
     threshold = body.threshold if body.threshold is not None else api.s.threshold_for(model)
     if threshold is None:
         raise ValidationError(f"model '{model}' has no calibrated threshold; pass 'threshold'")
-    if not len(e1.vectors) or not len(e2.vectors):
-        return {"verified": False, "distance": 2.0, "threshold": threshold, "model": model,
-                "detector": e1.detector, "faces": {},
+    missing = [f for f, e in (("img1", e1), ("img2", e2)) if not len(e.vectors)]
+    if missing:  # enforce_detection: false: nothing to compare, so no distance
+        return {"verified": False, "distance": None, "threshold": threshold, "model": model,
+                "detector": e1.detector, "no_face_in": missing,
+                "faces": {f: e.faces[0].box.as_dict() for f, e in (("img1", e1), ("img2", e2))
+                          if len(e.vectors)},
                 "time_ms": round((time.perf_counter() - t0) * 1000, 1)}
     distance = float(1.0 - np.dot(e1.vectors[0], e2.vectors[0]))
     return {"verified": distance <= threshold, "distance": round(distance, 6),

@@ -94,7 +94,8 @@ class CreateCollectionBody(_Body):
 
 
 def _face_out(rec: dict[str, Any], box: dict | None = None) -> dict[str, Any]:
-    out = {"id": rec.get("face_id"), "person_id": rec.get("person_id"),
+    out = {"id": rec.get("face_id"), "face_id": rec.get("face_id"),
+           "person_id": rec.get("person_id"),
            "name": rec.get("name"), "labels": rec.get("labels") or {},
            "collection": rec.get("collection"), "created_at": rec.get("created_at")}
     if box is not None:
@@ -182,6 +183,7 @@ async def register_face(collection: Collection, request: Request) -> Response:
     out = _face_out(face)
     out["box"] = face.get("box")  # None: enrolled by embedding
     out["replayed"] = res.replayed
+    out["collection_created"] = res.collection_created
     return JSONResponse(out, status_code=200 if res.replayed else 201)
 
 
@@ -218,10 +220,12 @@ async def register_batch(collection: Collection, request: Request) -> dict:
                             "error": {"code": r.code.value, "message": r.message}})
         else:
             results.append({"index": i, "status": "created", "id": r["face_id"],
+                            "face_id": r["face_id"],
                             "person_id": r["person_id"], "box": r.get("box")})
     created = sum(1 for r in results if r["status"] == "created")
     return {"collection": collection, "created": created, "failed": len(results) - created,
-            "results": results, "replayed": res.replayed}
+            "results": results, "replayed": res.replayed,
+            "collection_created": res.collection_created}
 
 
 @router.post("/v1/collections/{collection}/identify", tags=["gallery"],
@@ -263,7 +267,8 @@ def _threshold(api: Any, body: IdentifyBody, model: str) -> float:
 
 
 def _matches(row: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
-    return [{"id": h["face_id"], "person_id": h["person_id"], "name": h.get("name"),
+    return [{"id": h["face_id"], "face_id": h["face_id"], "person_id": h["person_id"],
+             "name": h.get("name"),
              "labels": h.get("labels") or {}, "distance": round(h["distance"], 6),
              "match": h["distance"] <= threshold} for h in row]
 

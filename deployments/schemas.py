@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ImageField = Field(..., min_length=1, description="base64, data URI or http(s) URL (or a multipart file field)")
 
@@ -42,7 +42,9 @@ class VerifyBody(_Body):
     model: str | None = None
     detector: str | None = None
     threshold: float | None = Field(None, gt=0.0, le=2.0)
-    enforce_detection: bool = True
+    enforce_detection: bool = Field(
+        True, description="false: an image without a face answers 200 with verified: false, "
+        "distance: null and no_face_in naming it, instead of 422 no_face_detected")
 
 
 Action = Literal["age", "gender", "emotion", "race", "anti_spoofing"]
@@ -92,12 +94,17 @@ class EmbedOut(BaseModel):
 
 class VerifyOut(BaseModel):
     verified: bool
-    distance: float
+    distance: float | None = Field(..., description="cosine distance of the largest face of "
+                                   "each image; null when an image has no face "
+                                   "(enforce_detection: false, see no_face_in)")
     threshold: float
     metric: Literal["cosine"] = "cosine"
     model: str
     detector: str
     faces: dict[str, BoxOut]
+    no_face_in: list[Literal["img1", "img2"]] = Field(
+        default_factory=list, description="images without a face (only with enforce_detection: "
+        "false; otherwise such a pair answers 422 no_face_detected): nothing was compared")
     time_ms: float
 
 
@@ -238,8 +245,27 @@ class CollectionStatsOut(CollectionOut):
         examples=["face_embeddings_staff"])
 
 
-class FaceRecordOut(BaseModel):
-    id: str = Field(..., examples=["4f0c2b1e9d3a4c5b8e7f6a5b4c3d2e1f"])
+_FACE_ID = "the face's id; `id` and `face_id` are the same value in every answer"
+
+
+class _FaceIds(BaseModel):
+    """A face in an answer carries its id as both ``id`` and ``face_id`` (enrolment
+    and listings said ``id``, a person's faces ``face_id``): either name works."""
+
+    id: str = Field(..., description=_FACE_ID, examples=["4f0c2b1e9d3a4c5b8e7f6a5b4c3d2e1f"])
+    face_id: str = Field(..., description=_FACE_ID,
+                         examples=["4f0c2b1e9d3a4c5b8e7f6a5b4c3d2e1f"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _both_names(cls, data: object) -> object:
+        if isinstance(data, dict) and ("id" in data) != ("face_id" in data):
+            data = {**data, "id": data.get("id", data.get("face_id")),
+                    "face_id": data.get("face_id", data.get("id"))}
+        return data
+
+
+class FaceRecordOut(_FaceIds):
     person_id: str = Field(..., examples=["angelina"])
     name: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
@@ -250,7 +276,13 @@ class FaceRecordOut(BaseModel):
 class EnrolledFaceOut(FaceRecordOut):
     box: BoxOut | None = Field(None, description="the face enrolled; null when enrolled by "
                                "embedding")
-    replayed: bool = Field(False, description="an Idempotency-Key retry of an earlier request")
+    replayed: bool = Field(False, description="true when this answer is a retry under an "
+                           "Idempotency-Key already used with the same body: the face was "
+                           "enrolled by the first request and is given back (status 200), "
+                           "nothing was enrolled twice")
+    collection_created: bool = Field(False, description="this write (or, for a replay, the "
+                                     "first one) created the collection: it did not exist "
+                                     "(see index.strict_collections)")
 
 
 class BatchError(BaseModel):
@@ -258,10 +290,9 @@ class BatchError(BaseModel):
     message: str
 
 
-class BatchCreated(BaseModel):
+class BatchCreated(_FaceIds):
     index: int
     status: Literal["created"]
-    id: str
     person_id: str
     box: BoxOut | None = Field(..., description="the face enrolled; null for an item "
                                "enrolled by embedding")
@@ -278,11 +309,15 @@ class BatchOut(BaseModel):
     created: int
     failed: int
     results: list[Annotated[BatchCreated | BatchFailed, Field(discriminator="status")]]
-    replayed: bool = Field(False, description="an Idempotency-Key retry: the first answer")
+    replayed: bool = Field(False, description="true when this answer is a retry under an "
+                           "Idempotency-Key already used with the same body: the first "
+                           "answer, failures included; nothing was enrolled twice")
+    collection_created: bool = Field(False, description="this write (or, for a replay, the "
+                                     "first one) created the collection: it did not exist "
+                                     "(see index.strict_collections)")
 
 
-class Match(BaseModel):
-    id: str
+class Match(_FaceIds):
     person_id: str
     name: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
@@ -303,8 +338,7 @@ class IdentifyOut(BaseModel):
     threshold: float
 
 
-class PersonFace(BaseModel):
-    face_id: str
+class PersonFace(_FaceIds):
     person_id: str
     collection: str
     created_at: float

@@ -51,19 +51,35 @@ class Ctx:
                            max_connections=connections)
 
 
-def common(fn: F) -> F:
-    """Connection and output options, accepted by every command so they can come
-    after the command name, where people put them."""
+def _connection_options(fn: F, *, top: bool) -> F:
+    """``--url``, ``--api-key``, ``--json`` and ``--timeout``. On the group (``top``)
+    they carry the environment and the defaults; on a command they are unset unless
+    given, so ``facefleet --url U collections`` and ``facefleet collections --url U``
+    mean the same, and one given after the command wins."""
+    fn = click.option("--url", envvar="FACEFLEET_URL" if top else None,
+                      default=DEFAULT_URL if top else None, show_default=top,
+                      help="Service base URL (env FACEFLEET_URL).")(fn)
+    fn = click.option("--api-key", envvar="FACEFLEET_API_KEY" if top else None, default=None,
+                      help="API key (env FACEFLEET_API_KEY).")(fn)
+    fn = click.option("--json", "as_json", is_flag=True,
+                      help="Print one JSON document for scripts.")(fn)
+    fn = click.option("--timeout", type=float, default=120.0 if top else None,
+                      show_default=top, help="Seconds per request.")(fn)
+    return fn
 
-    @click.option("--url", envvar="FACEFLEET_URL", default=DEFAULT_URL, show_default=True,
-                  help="Service base URL (env FACEFLEET_URL).")
-    @click.option("--api-key", envvar="FACEFLEET_API_KEY", default=None,
-                  help="API key (env FACEFLEET_API_KEY).")
-    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
-    @click.option("--timeout", default=120.0, show_default=True, help="Seconds per request.")
+
+def common(fn: F) -> F:
+    """Connection and output options, accepted by every command (after its name)
+    as well as by ``facefleet`` itself (before it)."""
+
     @functools.wraps(fn)
-    def wrapper(url: str, api_key: str | None, as_json: bool, timeout: float,
+    def wrapper(url: str | None, api_key: str | None, as_json: bool, timeout: float | None,
                 **kw: Any) -> Any:
+        top = click.get_current_context().find_root().params
+        url = url or top.get("url") or DEFAULT_URL
+        api_key = api_key or top.get("api_key")
+        as_json = as_json or bool(top.get("as_json"))
+        timeout = timeout if timeout is not None else top.get("timeout") or 120.0
         ctx = Ctx(url, api_key, as_json, timeout)
         try:
             return fn(ctx, **kw)
@@ -75,13 +91,16 @@ def common(fn: F) -> F:
             ctx.out.error(str(exc))
         raise SystemExit(2)
 
-    return wrapper  # type: ignore[return-value]
+    return _connection_options(wrapper, top=False)  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=__version__, prog_name="facefleet")
-def main() -> None:
-    """facefleet: enroll people from a folder, then identify and verify faces."""
+@functools.partial(_connection_options, top=True)
+def main(url: str, api_key: str | None, as_json: bool, timeout: float) -> None:
+    """facefleet: enroll people from a folder, then identify and verify faces.
+
+    --url, --api-key, --json and --timeout go before or after the command."""
 
 
 # --------------------------------------------------------------------------- enroll
@@ -113,7 +132,9 @@ class RateColumn(ProgressColumn):
                    "[default: DIRECTORY/.facefleet-report.json].")
 @click.option("--retry-failed", is_flag=True,
               help="Resend photos that failed before (no face, undecodable...).")
-@click.option("--fail-on-error", is_flag=True, help="Exit 1 when any photo failed.")
+@click.option("--fail-on-error", is_flag=True, help="Exit 1 when any photo failed (without it, "
+              "a run where some photos enrolled exits 0; one where every photo sent failed "
+              "exits 1 either way).")
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
 @common
 def enroll(ctx: Ctx, directory: Path, collection: str, model: str | None, detector: str | None,
@@ -122,6 +143,8 @@ def enroll(ctx: Ctx, directory: Path, collection: str, model: str | None, detect
     """Enroll DIRECTORY, one sub-folder per person (people/alice/1.jpg).
 
     Photos enrolled by an earlier run (same bytes, same collection) are skipped.
+    Exit 1 when photos were sent and none enrolled, or with --fail-on-error when
+    any failed; 0 otherwise (failures are listed and written to the report).
     """
     manifest = Manifest(state or directory / MANIFEST_NAME)
     progress = Progress(TextColumn("enrolling"), BarColumn(), MofNCompleteColumn(),
@@ -155,8 +178,9 @@ def enroll(ctx: Ctx, directory: Path, collection: str, model: str | None, detect
                     summary.failed, len(summary.problems) - summary.failed,
                     f"{summary.seconds:.1f}", f"{summary.faces_per_s:.1f}"]])
         if summary.problems:
-            out.table("photos not enrolled", ["photo", "code", "message"],
-                      [[p.path, p.code, p.message] for p in summary.problems[:20]])
+            out.table("photos not enrolled", ["photo", "code", "message", "request id"],
+                      [[p.path, p.code, p.message, p.request_id or "(earlier run)"]
+                       for p in summary.problems[:20]])
             more = len(summary.problems) - 20
             out.line(f"{'... and ' + str(more) + ' more; ' if more > 0 else ''}"
                      f"report: {report_path}")
@@ -166,6 +190,9 @@ def enroll(ctx: Ctx, directory: Path, collection: str, model: str | None, detect
     if summary.stale:
         out.warn(f"{summary.stale} photo(s) in the manifest were no longer on the server "
                  "and were enrolled again")
+    if summary.failed and not summary.enrolled:
+        out.error(f"none of the {summary.failed} photo(s) sent was enrolled")
+        raise SystemExit(1)
     if fail_on_error and summary.problems:
         raise SystemExit(1)
 
@@ -299,7 +326,8 @@ def verify(ctx: Ctx, image1: Path, image2: Path, threshold: float | None,
         ctx.out.json(res.raw)
     else:
         ctx.out.table(None, ["same person", "distance", "threshold", "model"],
-                      [["yes" if res.verified else "no", f"{res.distance:.4f}",
+                      [["yes" if res.verified else "no",
+                        "-" if res.distance is None else f"{res.distance:.4f}",
                         f"{res.threshold:.4f}", res.model]])
     if not res.verified:
         raise SystemExit(1)

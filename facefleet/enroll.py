@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,10 +129,12 @@ class Problem:
     code: str
     message: str
     new: bool  # failed in this run (False: remembered from an earlier run)
+    #: the X-Request-Id of the request that carried the photo (to find it in the server's log)
+    request_id: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "person_id": self.person_id, "code": self.code,
-                "message": self.message, "new": self.new}
+                "message": self.message, "new": self.new, "request_id": self.request_id}
 
 
 @dataclass
@@ -261,11 +264,13 @@ async def enroll(client: AsyncClient, root: Path, collection: str, manifest: Man
 
     async def send(batch: list[Photo]) -> None:
         nonlocal done, last_save
+        rid = "enroll-" + uuid.uuid4().hex  # one per request, kept with each failure
         async with sem:
             try:
-                res = await client.register_batch(
-                    collection, [EnrollItem(p.path, p.person_id, p.name) for p in batch],
-                    model=info.model, detector=detector)
+                with client.request_id(rid):
+                    res = await client.register_batch(
+                        collection, [EnrollItem(p.path, p.person_id, p.name) for p in batch],
+                        model=info.model, detector=detector)
                 outcomes = [(r.ok, r.face_id, r.error_code or "", r.error_message or "")
                             for r in res.results]
             except ApiError as exc:
@@ -274,13 +279,16 @@ async def enroll(client: AsyncClient, root: Path, collection: str, manifest: Man
                 outcomes = [(False, None, exc.code, exc.message)] * len(batch)
             except (TransportError, OSError) as exc:
                 outcomes = [(False, None, "connection_error", str(exc))] * len(batch)
-        for p, (ok, face_id, code, message) in zip(batch, outcomes, strict=True):
+        for i, (p, (ok, face_id, code, message)) in enumerate(zip(batch, outcomes,
+                                                                   strict=True)):
+            message = _named(message, batch, i)
             if ok:
                 summary.enrolled += 1
                 entries[p.sha256] = {"status": "enrolled", "face_id": face_id,
                                      "person_id": p.person_id, "path": p.rel}
             else:
-                summary.problems.append(Problem(p.rel, p.person_id, code, message, new=True))
+                summary.problems.append(Problem(p.rel, p.person_id, code, message, new=True,
+                                                request_id=rid))
                 if code in PERMANENT:
                     entries[p.sha256] = {"status": "failed", "code": code, "message": message,
                                          "person_id": p.person_id, "path": p.rel}
@@ -303,6 +311,19 @@ async def enroll(client: AsyncClient, root: Path, collection: str, manifest: Man
     return summary
 
 
+_ITEM_FIELD = re.compile(r"items\[(\d+)\]\.img")
+
+
+def _named(message: str, batch: list[Photo], index: int) -> str:
+    """The server's message with its field names (``items[3].img``) replaced by the
+    photos they were: a report names files, not request fields."""
+    def name(m: re.Match[str]) -> str:
+        i = int(m.group(1))
+        return batch[i].rel if i < len(batch) else m.group(0)
+
+    return _ITEM_FIELD.sub(name, message).replace("'img'", f"'{batch[index].rel}'")
+
+
 def write_report(summary: Summary, path: Path) -> Path:
     """The run's problems (and totals) as JSON, or as CSV when ``path`` ends in .csv."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,9 +332,9 @@ def write_report(summary: Summary, path: Path) -> Path:
 
         with path.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["path", "person_id", "code", "message", "new"])
+            w.writerow(["path", "person_id", "code", "message", "new", "request_id"])
             for p in summary.problems:
-                w.writerow([p.path, p.person_id, p.code, p.message, p.new])
+                w.writerow([p.path, p.person_id, p.code, p.message, p.new, p.request_id])
     else:
         path.write_text(json.dumps(summary.as_dict(), indent=1))
     return path

@@ -89,7 +89,7 @@ class EmbedResult:
 @dataclass(frozen=True)
 class VerifyResult:
     verified: bool
-    distance: float
+    distance: float | None  # None: an image had no face (enforce_detection=False)
     threshold: float
     model: str
     detector: str
@@ -102,7 +102,9 @@ class VerifyResult:
     def from_json(cls, d: dict[str, Any]) -> VerifyResult:
         faces = d.get("faces") or {}
         b1, b2 = faces.get("img1"), faces.get("img2")
-        return cls(bool(d["verified"]), _f(d.get("distance")), _f(d.get("threshold")),
+        dist = d.get("distance")
+        return cls(bool(d["verified"]), None if dist is None else float(dist),
+                   _f(d.get("threshold")),
                    d.get("model", ""), d.get("detector", ""),
                    Box.from_json(b1) if b1 else None, Box.from_json(b2) if b2 else None,
                    _f(d.get("time_ms")), d)

@@ -331,7 +331,7 @@ class GalleryCore:
             faces.append({"face_id": f, "person_id": p, "name": name, "labels": labels,
                           "collection": collection, "created_at": res.created_at})
         out = {"collection": collection, "model": res.collection.model, "faces": faces,
-               "replayed": res.replayed}
+               "replayed": res.replayed, "collection_created": res.collection_created}
         if res.replayed and res.extra is not None:
             out["extra"] = res.extra
         return out

@@ -154,6 +154,8 @@ class AddResult:
     replayed: bool = False
     #: what the caller stored beside the key with the first write (``idempotency[2]``)
     extra: Any = None
+    #: the write created the collection (a replay: the first write did)
+    collection_created: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -812,7 +814,10 @@ class _SqlStore:
                 (int(ids[i]), face_ids[i], info.id, person_ids[i], int(buckets[i]),
                  self._encode(row_bytes[i]), now, seq) for i in range(n)])
             if idempotency is not None:
-                answer = [list(face_ids), list(person_ids), *idempotency[2:3]]
+                # [faces, persons, extra, created]: a replay is the first answer, whether
+                # this write created the collection included (older rows hold 2-3 items)
+                extra = idempotency[2] if len(idempotency) > 2 else None
+                answer = [list(face_ids), list(person_ids), extra, created]
                 cur.execute(self._q(
                     "UPDATE idempotency_keys SET response = ? WHERE collection_id = ? AND key = ?"),
                     (json.dumps(answer), info.id, idempotency[0]))
@@ -827,7 +832,7 @@ class _SqlStore:
                 audit.person_ids = None if len(distinct) == 1 else list(person_ids)
                 self._audit(cur, audit)
         return AddResult(info, list(face_ids), list(person_ids), ids, buckets, emb, seq, now,
-                         stored)
+                         stored, collection_created=created)
 
     def _claim_key(self, cur: Any, info: CollectionInfo,
                    idempotency: tuple[str, ...]) -> AddResult | None:
@@ -851,7 +856,7 @@ class _SqlStore:
 
     def _replayed(self, cur: Any, info: CollectionInfo, response: str) -> AddResult:
         """The result of the write whose stored answer is ``response``, re-read."""
-        face_ids, person_ids, *extra = json.loads(response)
+        face_ids, person_ids, *rest = json.loads(response)
         rows = self._faces_by_public_id(cur, info.id, face_ids)
         # faces forgotten since the first answer stay forgotten: only the rest are re-sent
         seq = max((int(r[3]) for r in rows), default=0)
@@ -867,7 +872,8 @@ class _SqlStore:
             np.array([r[0] for r in rows], dtype=np.int64),
             np.array([r[1] for r in rows], dtype=np.int64),
             self._decode([r[2] for r in rows], info.dim), seq, created, persons,
-            replayed=True, extra=extra[0] if extra else None)
+            replayed=True, extra=rest[0] if rest else None,
+            collection_created=bool(rest[1]) if len(rest) > 1 else False)
 
     def _faces_by_public_id(self, cur: Any, cid: int, face_ids: Sequence[str]) -> list[tuple]:
         rows: list[tuple] = []
@@ -1154,7 +1160,7 @@ class _SqlStore:
                 audit.face_ids = kept_ids
                 self._audit(cur, audit)
         added = AddResult(info, kept_ids, [person_ids[i] for i in keep], ids, buckets,
-                          kept_emb, seq, now, stored)
+                          kept_emb, seq, now, stored, collection_created=created)
         return ImportResult(added, skipped, elsewhere)
 
     # -- idempotency keys

@@ -107,6 +107,8 @@ class RegisteredImages:
     model: str
     results: list[dict[str, Any] | FacefleetError] = field(default_factory=list)
     replayed: bool = False
+    #: this write created the collection (its first enrolment)
+    collection_created: bool = False
 
 
 class Flow:
@@ -408,7 +410,8 @@ def replayed_answer(collection: str, stored: Mapping[str, Any], n: int) -> Regis
         results[i] = {**face, "box": box}
     for i, (code, message) in extra.get("errors", {}).items():
         results[int(i)] = error_from_code(code, message)
-    return RegisteredImages(collection, stored.get("model", ""), results, True)
+    return RegisteredImages(collection, stored.get("model", ""), results, True,
+                            bool(stored.get("collection_created")))
 
 
 def nearest_per_person(row: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
@@ -494,5 +497,6 @@ async def register_embedded(gallery: Any, collection: str, metas: Sequence[Mappi
         return replayed_answer(collection, res, len(metas))
     for i, box, face in zip(ok, boxes, res["faces"], strict=True):
         results[i] = {**face, "box": box}
-    return RegisteredImages(collection, model, results, bool(res.get("replayed")))
+    return RegisteredImages(collection, model, results, bool(res.get("replayed")),
+                            bool(res.get("collection_created")))
 

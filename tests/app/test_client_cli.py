@@ -461,3 +461,44 @@ def test_cli_register_list_export_import(service, faces, tmp_path):
     run_cli(service, "identify", "-c", "cli-io", ok=(2,))  # neither IMAGES nor --embedding
     run_cli(service, "export", "-c", "cli-no-such", "-o", str(tmp_path / "x.jsonl"), ok=(2,))
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_options_before_the_command_and_unwrapped_tables(service, enrolled):
+    # the environment points nowhere: only --url given before the command can work
+    result = CliRunner().invoke(main, ["--url", service.base_url, "collections"],
+                                env={"FACEFLEET_URL": "http://127.0.0.1:9"},
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert COLLECTION in result.stdout
+    result = CliRunner().invoke(main, ["--url", service.base_url, "--json", "faces", "-c",
+                                       COLLECTION, "--limit", "3"],
+                                env={"FACEFLEET_URL": "http://127.0.0.1:9"},
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    ids = [f["id"] for f in json.loads(result.stdout)["faces"]]
+    assert len(ids) == 3
+    # piped output: one line per row, ids whole, however wide the table
+    _, text = run_cli(service, "faces", "-c", COLLECTION, "--limit", "3")
+    for fid in ids:
+        assert sum(fid in line for line in text.splitlines()) == 1, text
+
+
+def test_enroll_reports_file_names_and_request_ids(service, enrolled):
+    (problem,) = enrolled["problems"]
+    assert "person01/no-face-dogs.jpg" in problem["message"], problem
+    assert "items[" not in problem["message"]
+    assert problem["request_id"].startswith("enroll-")
+
+
+def test_enroll_where_every_photo_failed_exits_1(service, faces, tmp_path):
+    root = tmp_path / "people"
+    for person in ("rex", "fido"):
+        (root / person).mkdir(parents=True)
+        (root / person / f"{person}.jpg").write_bytes(f"not an image of {person}".encode())
+    (root / "rex" / "dogs.jpg").symlink_to(faces / "dlib-boxes" / "dogs.jpg")
+    result = invoke(service, "enroll", str(root), "-c", "cli-all-fail", "--no-progress",
+                    "--json", ok=(1,))
+    out = json.loads(result.stdout)
+    assert out["enrolled"] == 0 and out["failed"] == 3
+    assert {p["code"] for p in out["problems"]} == {"image_decode_error", "no_face_detected"}
+    assert "none of the 3 photo(s)" in result.stderr

@@ -200,3 +200,17 @@ def test_concurrent_clients_keep_store_and_index_consistent(backend, tmp_path, r
     assert sum(stats["shard_sizes"]) == stats["faces"] == report["store"]
     g.close()
     store.close()
+
+
+def test_register_says_when_it_created_the_collection(tmp_path):
+    g = Gallery(SqliteStore(tmp_path / "c.sqlite3"), 2, rebuild=False)
+    vec = unit(np.random.default_rng(1).normal(size=(2, D)))
+    first = g.register("new", "dlib", D, [{"embedding": vec[0]}], create_collection=True)
+    again = g.register("new", "dlib", D, [{"embedding": vec[1]}], create_collection=True)
+    assert first["collection_created"] is True and again["collection_created"] is False
+    # a replay under the same key is the first answer: its collection was created
+    g.register("keyed", "dlib", D, [{"embedding": vec[0]}], idempotency_key="k1",
+               create_collection=True)
+    replay = g.register("keyed", "dlib", D, [{"embedding": vec[0]}], idempotency_key="k1",
+                        create_collection=True)
+    assert replay["replayed"] is True and replay["collection_created"] is True

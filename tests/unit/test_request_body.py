@@ -270,3 +270,37 @@ def test_chunked_upload_over_the_cap_through_uvicorn(server, photo):
         assert ok.status_code == 200 and ok.json()["files"]["img"] == \
             hashlib.sha256(photo).hexdigest()
         assert json.loads(client.post("/analyze", json={"img": "x"}).text)["body"]["img"] == "x"
+
+
+# ---------------------------------------------------------------------- the body's form
+def test_json_sent_as_a_form_is_read_as_json(photo):
+    # curl -d '{...}' without -H 'content-type: application/json' sends this type
+    img = base64.b64encode(photo).decode()
+    r = post("/analyze", content=json.dumps({"img": img, "actions": ["age"]}).encode(),
+             headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["body"]["img"] == img and r.json()["body"]["actions"] == ["age"]
+
+
+@pytest.mark.parametrize("ctype", ["image/jpeg", "application/octet-stream", None])
+def test_a_bare_image_body_says_what_to_send(photo, ctype):
+    headers = {"content-type": ctype} if ctype else {}
+    r = post("/analyze", content=photo, headers=headers)
+    err = error_of(r, 422, "validation_error")
+    assert "multipart/form-data" in err["message"] and "-F img=@" in err["message"]
+    assert "content-type: application/json" in err["message"]
+    assert len(r.content) < 2000  # the image is not echoed back
+
+
+def test_bad_json_says_what_to_send():
+    err = error_of(post("/analyze", content=b"img=abc", headers={"content-type": "text/plain"}),
+                   422, "validation_error")
+    assert "multipart/form-data" in err["message"] and "application/json" in err["message"]
+
+
+def test_a_huge_unknown_field_is_not_echoed_back():
+    r = post("/analyze", data={"x" * 100_000: ""})
+    err = error_of(r, 422, "validation_error")
+    locs = [e["loc"] for e in err["details"]["errors"]]
+    assert any(loc[0].startswith("x" * 64 + "...") for loc in locs), locs
+    assert len(r.content) < 2000
