@@ -38,7 +38,7 @@ def test_one_key_alone_is_a_list_of_one(env):
 
 
 @pytest.mark.parametrize("value, says", [
-    ("my-secret-key", "not a hex SHA-256"),
+    ("my-secret-key", "not a hashed key"),
     ('["abc"', "not a JSON list"),
 ])
 def test_a_bad_key_value_names_the_variable_and_the_form(env, value, says):
