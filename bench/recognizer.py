@@ -49,7 +49,7 @@ from pipelines.models import DLIB_CHIP, ModelContext, l2_normalise
 OUT = Path(__file__).parent / "results" / "recognizer.md"
 README = Path(__file__).parents[1] / "README.md"
 README_BLOCKS = ("recognizer-devtest", "recognizer-gallery")
-NETS = ("dlib", "mobilefacenet")
+NETS = ("dlib", "mobilefacenet", "mfn512")
 WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)  # dlib's weight, MobileFaceNet's = 1
 #: cost of one forward pass per face, in dlib passes (bench/embedder_throughput.py:
 #: MobileFaceNet ran at 1.5-2.4x dlib's time per face on the CPU)
@@ -70,11 +70,9 @@ def embed_all(paths: list[str], detector: str, ctx: ModelContext, cache: Path | 
             found = arrays.pop("found")
             return {v: {p: (a[i].copy() if found[i] else None) for i, p in enumerate(paths)}
                     for v, a in arrays.items()}
-    from pipelines.embed_mobilefacenet import CHIP as MFN_CHIP
-
     e = Embedding(detector, "dlib", ctx)
     nets = {n: e.emb.model(n) for n in NETS}
-    specs = (DLIB_CHIP, MFN_CHIP)
+    specs = tuple(dict.fromkeys(m.chip for m in nets.values()))
     out: dict[str, Vectors] = {f"{n}{s}": {} for n in NETS for s in ("", "~flip")}
     t0 = time.perf_counter()
     for i in range(0, len(paths), 32):

@@ -56,6 +56,8 @@ DEFAULT_FLIP_AVERAGE: dict[str, bool] = {"dlib": True, "mobilefacenet": False,
 #: Vectors made with other weights are not comparable: re-enrol after a change.
 DEFAULT_FUSION_WEIGHTS: dict[str, dict[str, float]] = {
     "dlib+mobilefacenet": {"dlib": 1.75, "mobilefacenet": 1.0},
+    "dlib+mfn512": {"dlib": 1.75, "mfn512": 1.0},
+    "dlib+mobilefacenet+mfn512": {"dlib": 1.75, "mobilefacenet": 1.0, "mfn512": 1.0},
 }
 
 #: The default embedder of each model pack (``default_embedder`` unset).
@@ -210,6 +212,10 @@ class Settings(BaseSettings):
         description="attribute models loaded at start (race loads on first use)",
     )
     max_faces: int = Field(64, ge=1, description="upper bound on faces returned per image")
+    anti_spoofing_model: Literal["fr_liveness", "deepface:Fasnet"] | None = Field(
+        None, description="model of the anti_spoofing action: fr_liveness (shipped) or "
+        "deepface:Fasnet (the MiniFASNet pair, from your own weights files); unset: the model "
+        "pack's (default: fr_liveness; permissive: deepface:Fasnet)")
 
     @property
     def models_path(self) -> Path:
@@ -217,8 +223,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _pack_default(self) -> Settings:
-        from pipelines.registry import embedder_names  # plain Python, no model is loaded
+        # plain Python, no model is loaded
+        from pipelines.registry import PACK_ANTI_SPOOFING, embedder_names
 
+        if self.anti_spoofing_model is None:
+            self.anti_spoofing_model = PACK_ANTI_SPOOFING[self.model_pack]
+        if self.model_pack == "permissive" and self.anti_spoofing_model == "fr_liveness":
+            raise ValueError("anti_spoofing_model 'fr_liveness' is not offered in the "
+                             "'permissive' model pack (its weights state no licence)")
         if self.default_embedder is None:
             self.default_embedder = PACK_DEFAULT_EMBEDDER[self.model_pack]
         offered = embedder_names(self.model_pack)
