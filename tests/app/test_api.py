@@ -76,8 +76,8 @@ def _embedding(r) -> np.ndarray:
 def test_embed_all_input_formats_agree(api, faces, photo_server):
     path = faces / "deepface/img2.jpg"
     raw = _embedding(api.post("/v1/embed", json={"img": b64(path)}))
-    # the default model, dlib+mobilefacenet: 128 + 192 dimensions
-    assert raw.shape == (320,) and abs(np.linalg.norm(raw) - 1) < 1e-4
+    # the default model, dlib+mfn512: 128 + 512 dimensions
+    assert raw.shape == (640,) and abs(np.linalg.norm(raw) - 1) < 1e-4
     uri = _embedding(api.post("/v1/embed",
                               json={"img": "data:image/jpeg;base64," + b64(path)}))
     multipart = _embedding(api.post("/v1/embed", files={"img": ("x.jpg", path.read_bytes())},
