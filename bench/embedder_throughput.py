@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     today = "dlib+mobilefacenet as served"
     lines += [
         "",
-        "Cost per face as served, relative to `dlib+mobilefacenet` (today's default), per "
+        "Cost per face as served, relative to `dlib+mobilefacenet` (the earlier default), per "
         "batch: " + "; ".join(
             f"batch {b}: " + ", ".join(f"{n.split(' ')[0]} {table[b][today] / table[b][n]:.2f}x"
                                        for n in served if n != today) for b in BATCHES) + ".",
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "embedded as served, one image per request as `/v1/embed` sees them; best of "
         f"{args.rounds}):",
         "",
-        "| model | ms per image | vs today's default |",
+        "| model | ms per image | vs `dlib+mobilefacenet` |",
         "|---|---:|---:|",
         *(f"| `{n}` | {v:.1f} | {v / per_image['dlib+mobilefacenet']:.2f}x |"
           for n, v in per_image.items()),
