@@ -80,7 +80,7 @@ class Mfn512Embedder(Embedder):
                                              self.ctx.runtime, FLUSH_BELOW)
         self._input = session.get_inputs()[0].name
         # As with the 192-d MobileFaceNet, one face per call is fastest on the CPU
-        # (1 thread: ~10 ms a face at batch 1, ~15-20 ms inside a batch of 64, whose
+        # (1 thread, quiet machine: ~10 ms a face at batch 1, 16-21 ms in batches of 16-64, whose
         # early activations leave the caches; bench/embedder_throughput.py).
         self._step = CPU_STEP if session.get_providers()[0] == "CPUExecutionProvider" else 0
         self.session = session
