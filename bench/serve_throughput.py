@@ -120,6 +120,8 @@ def main() -> None:
     p.add_argument("--models", default="dlib,dlib+mobilefacenet,mobilefacenet",
                    help="embedders compared through /v1/embed (separate topology); "
                    "ratios are against the first")
+    p.add_argument("--port", type=int, default=0, help="HTTP port (0: a free one)")
+    p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
     paths = http_load.photos(a.photos)
     ceiling = in_process(paths)
@@ -127,7 +129,7 @@ def main() -> None:
     proxies = a.proxies.split(",")
     for proxy in proxies:
         for topo in a.topologies.split(","):
-            port = local.free_port()
+            port = a.port or local.free_port()
             path = REPO / ("serve_config.yaml" if topo == "separate"
                            else "configs/serve_config.fused.yaml")
             cfg = local.load_config(path, {"topology": topo, "gallery": False}, port)
@@ -181,8 +183,8 @@ def main() -> None:
         lines += [f"| {m} | {c} | {r['req_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                   f"{r['cpu_ms']:.1f} | {first[c]['req_s'] / r['req_s']:.2f}x |"
                   for m, c, r in model_rows]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -30,6 +30,12 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "mobilefacenet": 0.5828,
     # dlib 1.75 : MobileFaceNet 1, no mirror averaging: DevTrain 99.59%, DevTest 99.3%
     "dlib+mobilefacenet": 0.2182,
+    # MobileFaceNet-512, no mirror averaging: DevTrain 99.45%, DevTest 99.2%
+    "mfn512": 0.7129,
+    # dlib 1.75 : mfn512 1, no mirror averaging: DevTrain 99.59%, DevTest 99.4%
+    "dlib+mfn512": 0.2398,
+    # dlib 2.5 : MobileFaceNet 0.5 : mfn512 1, no mirror averaging: DevTrain 99.59%, DevTest 99.2%
+    "dlib+mobilefacenet+mfn512": 0.1996,
 }
 
 #: 1:N identify thresholds (cosine distance): a search hit is flagged ``match``
@@ -40,30 +46,42 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 #: person out in turn (``bench/recognizer.py``, ``bench/identification.py``).
 DEFAULT_IDENTIFY_THRESHOLDS: dict[str, float] = {
     # true-accept rate at rank 1 on the 1:N test of all dev photos: dlib 56.7%,
-    # mobilefacenet 87.2%, dlib+mobilefacenet 89.6% (wrong top-1 flagged: 0.5-0.6%)
+    # mobilefacenet 87.2%, dlib+mobilefacenet 89.6%, mfn512 91.7%, dlib+mfn512 91.7%
+    # (wrong top-1 flagged: 0.4-0.6%)
     "dlib": 0.0440,
     "dlib-native": 0.0440,
     "deepface:Dlib": 0.0440,
     "mobilefacenet": 0.3860,
     "dlib+mobilefacenet": 0.1482,
+    "mfn512": 0.5065,
+    "dlib+mfn512": 0.1736,
+    "dlib+mobilefacenet+mfn512": 0.1349,
 }
 
 #: Mirror averaging per model, chosen on LFW View 1 DevTrain with its cost in
 #: mind (it doubles a network's work; ``bench/recognizer.py`` keeps the
 #: cheapest setting within one standard error of the best DevTrain accuracy):
-#: on for dlib (98.95 -> 99.23%), off for MobileFaceNet (99.45 vs 99.50%) and
-#: for the fused model, whose entry applies to both its parts. Unlisted: on.
+#: on for dlib (98.95 -> 99.23%), off for MobileFaceNet (99.45 vs 99.50%), for
+#: MobileFaceNet-512 (99.45 vs 99.50%) and for the fused models, whose entry applies
+#: to all their parts. Unlisted: on.
 DEFAULT_FLIP_AVERAGE: dict[str, bool] = {"dlib": True, "mobilefacenet": False,
-                                         "dlib+mobilefacenet": False}
+                                         "dlib+mobilefacenet": False, "mfn512": False,
+                                         "dlib+mfn512": False,
+                                         "dlib+mobilefacenet+mfn512": False}
 
 #: Weight of each part of a fused embedder (chosen on LFW View 1 DevTrain).
 #: Vectors made with other weights are not comparable: re-enrol after a change.
 DEFAULT_FUSION_WEIGHTS: dict[str, dict[str, float]] = {
     "dlib+mobilefacenet": {"dlib": 1.75, "mobilefacenet": 1.0},
+    "dlib+mfn512": {"dlib": 1.75, "mfn512": 1.0},
+    "dlib+mobilefacenet+mfn512": {"dlib": 2.5, "mobilefacenet": 0.5, "mfn512": 1.0},
 }
 
-#: The default embedder of each model pack (``default_embedder`` unset).
-PACK_DEFAULT_EMBEDDER: dict[str, str] = {"default": "dlib+mobilefacenet", "permissive": "dlib"}
+#: The default embedder of each model pack (``default_embedder`` unset), for requests
+#: and new collections that name none; a collection keeps the model it was made with.
+#: dlib+mfn512 was chosen on LFW dev (``bench/recognizer.py``): the best rank-1 over
+#: DevTrain people within 1.5x the CPU per image of the earlier dlib+mobilefacenet.
+PACK_DEFAULT_EMBEDDER: dict[str, str] = {"default": "dlib+mfn512", "permissive": "dlib"}
 
 
 class ImageLimits(BaseModel):
@@ -263,6 +281,10 @@ class Settings(BaseSettings):
         description="attribute models loaded at start (race loads on first use)",
     )
     max_faces: int = Field(64, ge=1, description="upper bound on faces returned per image")
+    anti_spoofing_model: Literal["fr_liveness", "deepface:Fasnet"] | None = Field(
+        None, description="model of the anti_spoofing action: fr_liveness (shipped) or "
+        "deepface:Fasnet (the MiniFASNet pair, from your own weights files); unset: the model "
+        "pack's (default: fr_liveness; permissive: deepface:Fasnet)")
 
     @field_validator("api_key_sha256", mode="before")
     @classmethod
@@ -313,8 +335,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _pack_default(self) -> Settings:
-        from pipelines.registry import embedder_names  # plain Python, no model is loaded
+        # plain Python, no model is loaded
+        from pipelines.registry import PACK_ANTI_SPOOFING, embedder_names
 
+        if self.anti_spoofing_model is None:
+            self.anti_spoofing_model = PACK_ANTI_SPOOFING[self.model_pack]
+        if self.model_pack == "permissive" and self.anti_spoofing_model == "fr_liveness":
+            raise ValueError("anti_spoofing_model 'fr_liveness' is not offered in the "
+                             "'permissive' model pack (its weights state no licence)")
         if self.default_embedder is None:
             self.default_embedder = PACK_DEFAULT_EMBEDDER[self.model_pack]
         offered = embedder_names(self.model_pack)

@@ -36,11 +36,14 @@ DEEPFACE_ONLY_DETECTORS = ("retinaface", "ssd", "yolov8n", "yolov8m", "yolov8l",
 #: name where it wraps the same network).
 DEEPFACE_NAME_OF: dict[str, str] = {"dlib": "Dlib", "dlib-native": "Dlib",
                                     "mobilefacenet": "MobileFaceNet",
-                                    "dlib+mobilefacenet": "Dlib+MobileFaceNet"}
+                                    "dlib+mobilefacenet": "Dlib+MobileFaceNet",
+                                    "mfn512": "MFN512", "dlib+mfn512": "Dlib+MFN512",
+                                    "dlib+mobilefacenet+mfn512": "Dlib+MobileFaceNet+MFN512"}
 #: facefleet's own embedders as clients may spell them (matched case-insensitively):
 #: DeepFace has no such models, so these names never mean a ``deepface:`` one.
-OWN_MODEL_NAMES: dict[str, str] = {"dlib": "dlib", "mobilefacenet": "mobilefacenet",
-                                   "dlib+mobilefacenet": "dlib+mobilefacenet"}
+OWN_MODEL_NAMES: dict[str, str] = {n: n for n in (
+    "dlib", "mobilefacenet", "dlib+mobilefacenet", "mfn512", "dlib+mfn512",
+    "dlib+mobilefacenet+mfn512")}
 
 Metric = Literal["cosine", "euclidean", "euclidean_l2", "angular"]
 DEEPFACE_ACTIONS = ("age", "gender", "emotion", "race")

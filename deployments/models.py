@@ -38,7 +38,8 @@ _BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 def context_from(s: Settings) -> ModelContext:
     return ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
                         runtime=RuntimeConfig.from_settings(s.runtime), model_pack=s.model_pack,
-                        fusion_weights=s.fusion_weights)
+                        fusion_weights=s.fusion_weights,
+                        anti_spoofing_model=s.anti_spoofing_model)
 
 
 @contextlib.contextmanager

@@ -149,8 +149,9 @@ def _detector(api: Api, body) -> str:
 async def _spoof_specs(api: Api, body) -> list[ChipSpec]:
     """The anti-spoofing crops a request needs: none unless it set anti_spoofing.
 
-    The model ships without weights; asking for it without them answers
-    ``model_not_installed`` before any image is decoded.
+    When the configured model's weights are missing (the user's MiniFASNet pair
+    not installed), asking for it answers ``model_not_installed`` before any
+    image is decoded.
     """
     if not body.anti_spoofing:
         return []

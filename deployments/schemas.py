@@ -120,8 +120,10 @@ class AnalyzedFace(BaseModel):
     dominant_race: str | None = None
     is_real: bool | None = Field(None, description="anti_spoofing: the face is live, not a "
                                  "print or a replay")
-    antispoof_score: float | None = Field(None, description="anti_spoofing: the winning "
-                                          "class's probability (0.33-1)")
+    antispoof_score: float | None = Field(None, description="anti_spoofing: the model's "
+                                          "probability for its verdict (fr_liveness: p(live) "
+                                          "when real, 1 - p(live) when a spoof; the MiniFASNet "
+                                          "pair: the winning class's, 0.33-1)")
 
 
 class AnalyzeOut(BaseModel):

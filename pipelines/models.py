@@ -27,7 +27,8 @@ class ModelContext:
 
     ``model_pack`` limits which models the registry builds (``permissive``:
     only weights under an unrestricted licence); ``fusion_weights`` gives each
-    fused embedder the weight of each part (``configs.settings``).
+    fused embedder the weight of each part (``configs.settings``);
+    ``anti_spoofing_model`` picks the liveness model.
     """
 
     models_dir: Path = Path("data/models")
@@ -35,6 +36,8 @@ class ModelContext:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     model_pack: str = "default"
     fusion_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: which model answers the ``anti_spoofing`` action (``pipelines.registry.ANTI_SPOOFING_MODELS``)
+    anti_spoofing_model: str = "fr_liveness"
 
 
 def require_file(path: Path, model: str, hint: str) -> Path:

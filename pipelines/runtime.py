@@ -101,11 +101,20 @@ def _preload_cuda_libraries(ort: Any) -> None:
         log.info("onnxruntime.preload_dlls failed (%s); relying on system CUDA libraries", exc)
 
 
-def onnx_session(path: str, cfg: RuntimeConfig, *, optimize: bool = True) -> Any:
-    """An onnxruntime InferenceSession for ``path`` on the configured device."""
+def onnx_session(path: str, cfg: RuntimeConfig, *, optimize: bool = True,
+                 denormal_as_zero: bool = False) -> Any:
+    """An onnxruntime InferenceSession for ``path`` on the configured device.
+
+    ``denormal_as_zero`` sets onnxruntime's flush-to-zero switch; it reaches
+    the intra-op pool's threads only, not the thread that calls ``run`` (all of
+    the work with one intra-op thread), so a model with denormal weights also
+    needs them zeroed (``pipelines.onnx_rebatch``).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if denormal_as_zero:
+        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     opts.intra_op_num_threads = cfg.intra_op_threads
     opts.inter_op_num_threads = cfg.inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -189,7 +189,8 @@ def is_current(out: Path, tflite: Path) -> bool:
 
 
 def verify(session: Any, out: Path, name: str) -> float:
-    """Run the stored reference input; raise unless every output matches TFLite's."""
+    """Run the stored reference input; raise unless every output matches the source's
+    (TFLite's here; the shipped ONNX file's for ``pipelines.onnx_rebatch``)."""
     try:
         with np.load(reference_path(out)) as ref:
             x = ref["input"]
@@ -205,7 +206,7 @@ def verify(session: Any, out: Path, name: str) -> float:
         worst = max(worst, err)
         if not err <= bound:  # also catches NaN
             raise ModelVerificationFailed(
-                f"converted model {out} does not reproduce TFLite's outputs "
+                f"converted model {out} does not reproduce its source's reference outputs "
                 f"(|diff| {err:.3g} > {bound:.3g}); delete it to reconvert",
                 {"model": name, "file": str(out), "error": err})
     return worst

@@ -49,7 +49,8 @@ def test_models_lists_defaults_and_missing_weights(api):
     attrs = {a["action"]: a for a in m["attributes"]}
     assert attrs["age"]["installed"] and attrs["emotion"]["installed"]
     assert not attrs["race"]["installed"]
-    assert not attrs["anti_spoofing"]["installed"] and attrs["anti_spoofing"]["reason"]
+    # anti-spoofing ships (fr_liveness); race still needs user-supplied weights
+    assert attrs["anti_spoofing"]["installed"] and attrs["anti_spoofing"]["name"] == "fr_liveness"
 
 
 def test_detect_multi_face_with_crops(api, faces):
@@ -77,8 +78,8 @@ def _embedding(r) -> np.ndarray:
 def test_embed_all_input_formats_agree(api, faces, photo_server):
     path = faces / "deepface/img2.jpg"
     raw = _embedding(api.post("/v1/embed", json={"img": b64(path)}))
-    # the default model, dlib+mobilefacenet: 128 + 192 dimensions
-    assert raw.shape == (320,) and abs(np.linalg.norm(raw) - 1) < 1e-4
+    # the default model, dlib+mfn512: 128 + 512 dimensions
+    assert raw.shape == (640,) and abs(np.linalg.norm(raw) - 1) < 1e-4
     uri = _embedding(api.post("/v1/embed",
                               json={"img": "data:image/jpeg;base64," + b64(path)}))
     multipart = _embedding(api.post("/v1/embed", files={"img": ("x.jpg", path.read_bytes())},
@@ -125,15 +126,30 @@ def test_analyze_group_photo(api, faces):
         assert f["dominant_emotion"] in f["emotion"]
 
 
-@pytest.mark.parametrize("action, weights", [
-    ("race", "race_model_single_batch.onnx"),
-    ("anti_spoofing", "2.7_80x80_MiniFASNetV2.onnx")])
+@pytest.mark.parametrize("action, weights", [("race", "race_model_single_batch.onnx")])
 def test_analyze_without_user_supplied_weights_is_typed(api, faces, action, weights):
-    # race and anti-spoofing ship no weights: each names the file it needs
+    # race ships no weights: it names the file it needs
     r = api.post("/v1/analyze", json={"img": b64(faces / "deepface/img1.jpg"),
                                       "actions": ["age", action]})
     err = check_error(r, 400, "model_not_installed")
     assert weights in err["message"] and "FACEFLEET_DEEPFACE_HOME" in err["message"]
+
+
+def test_analyze_anti_spoofing_works_with_no_user_files(api, faces):
+    """The shipped fr_liveness: a genuine photo is real, an attack frame is not."""
+    from bench.faceplugin import upright_spoof_frames
+
+    r = api.post("/v1/analyze", json={"img": b64(faces / "deepface/img1.jpg"),
+                                      "actions": ["anti_spoofing"]})
+    assert r.status_code == 200, r.text
+    face = r.json()["faces"][0]
+    assert face["is_real"] is True and 0.5 <= face["antispoof_score"] <= 1
+    frames = upright_spoof_frames()
+    for name, real in (("image_F1", False), ("image_T1", True)):
+        r = api.post("/v1/analyze", json={
+            "img": base64.b64encode(frames[name]).decode(), "actions": ["anti_spoofing"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["faces"][0]["is_real"] is real, (name, r.json())
 
 
 def _bomb() -> str:

@@ -16,6 +16,12 @@ from deployments.compat_schemas import (collection_for, confidence, detector_for
 from configs.errors import ValidationError
 from tests.app.photos import b64
 
+
+def b64_bytes(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
 pytestmark = pytest.mark.app
 
 AREA_KEYS = {"x", "y", "w", "h", "left_eye", "right_eye"}
@@ -231,14 +237,22 @@ def test_invalid_inputs_and_missing_file(api, faces):
                    "available:")
     deepface_error(api.post("/verify", json={"img1": img, "img2": img,
                                              "distance_metric": "manhattan"}))
-    # anti-spoofing ships no weights: every route that takes the flag names the files
+    # anti-spoofing ships (fr_liveness): every route that takes the flag passes a genuine
+    # photo and refuses an attack frame as DeepFace does (400 "Spoof detected")
+    from bench.faceplugin import upright_spoof_frames
+
+    spoof = b64_bytes(upright_spoof_frames()["image_F1"])
+    coll = f"compat-spoof-{uuid.uuid4().hex[:8]}"
     for route, body in [("/represent", {"img": img}), ("/verify", {"img1": img, "img2": img}),
                         ("/analyze", {"img": img, "actions": ["age"]}),
-                        ("/register", {"img": img}), ("/search", {"img": img})]:
-        err = deepface_error(api.post(route, json={**body, "anti_spoofing": True}),
-                             "anti_spoofing=true")
-        assert err["error"]["code"] == "model_not_installed"
-        assert "2.7_80x80_MiniFASNetV2.onnx" in err["exception"]
+                        ("/register", {"img": img, "collection": coll}),
+                        ("/search", {"img": img, "collection": coll})]:
+        r = api.post(route, json={**body, "anti_spoofing": True})
+        assert r.status_code == 200, (route, r.text)
+        attack = {k: (spoof if k.startswith("img") else v) for k, v in body.items()}
+        err = deepface_error(api.post(route, json={**attack, "anti_spoofing": True}),
+                             "spoof detected")
+        assert err["error"]["code"] == "spoof_detected"
     # and DeepFace's analyze actions stay DeepFace's four
     deepface_error(api.post("/analyze", json={"img": img, "actions": ["anti_spoofing"]}),
                    "invalid action")

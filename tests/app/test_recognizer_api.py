@@ -1,5 +1,6 @@
-"""The recognizer models through the real service: MobileFaceNet, the fused
-default, per-route thresholds, collections bound to dlib, DeepFace names."""
+"""The recognizer models through the real service: both MobileFaceNets, the fused
+models and the default (dlib+mfn512), per-route thresholds, collections bound to
+dlib, DeepFace names."""
 
 from __future__ import annotations
 
@@ -8,23 +9,29 @@ import numpy as np
 from tests.app.photos import b64
 
 FUSED = "dlib+mobilefacenet"
+DEFAULT = "dlib+mfn512"
 
 
 def test_models_list_the_new_embedders_with_both_thresholds(api):
     emb = {e["name"]: e for e in api.get("/v1/models").json()["embedders"]}
-    assert emb[FUSED]["default"] and emb[FUSED]["dim"] == 320
-    assert [c["kind"] for c in emb[FUSED]["chip_specs"]] == ["dlib", "warp5"]
-    assert emb["mobilefacenet"]["dim"] == 192
-    assert emb["mobilefacenet"]["chip_specs"] == [{"size": 112, "padding": 0.0, "kind": "warp5"}]
-    for name in ("dlib", "mobilefacenet", FUSED):
+    assert emb[DEFAULT]["default"] and emb[DEFAULT]["dim"] == 640
+    assert not emb[FUSED]["default"] and emb[FUSED]["dim"] == 320
+    for name in (FUSED, DEFAULT):
+        assert [c["kind"] for c in emb[name]["chip_specs"]] == ["dlib", "warp5"]
+    for name, dim in (("mobilefacenet", 192), ("mfn512", 512)):
+        assert emb[name]["dim"] == dim
+        assert emb[name]["chip_specs"] == [{"size": 112, "padding": 0.0, "kind": "warp5"}]
+    for name in ("dlib", "mobilefacenet", FUSED, "mfn512", DEFAULT, "dlib+mobilefacenet+mfn512"):
         assert 0 < emb[name]["identify_threshold"] < emb[name]["threshold"]
-        assert emb[name]["licence"]
+        assert emb[name]["licence"] and emb[name]["installed"]
     assert "MS-Celeb-1M" in emb["mobilefacenet"]["licence"]
+    assert "unresolved" in emb["mfn512"]["licence"]
 
 
 def test_embed_and_verify_with_each_model(api, faces):
     d = faces / "deepface"
-    for model, dim in (("dlib", 128), ("mobilefacenet", 192), (FUSED, 320)):
+    for model, dim in (("dlib", 128), ("mobilefacenet", 192), (FUSED, 320), ("mfn512", 512),
+                       (DEFAULT, 640)):
         r = api.post("/v1/embed", json={"img": b64(d / "img1.jpg"), "model": model})
         assert r.status_code == 200, r.text
         v = np.array(r.json()["faces"][0]["embedding"])
@@ -45,7 +52,7 @@ def test_identify_uses_the_identify_threshold_and_dlib_collections_stay_dlib(api
         body = {"name": coll} if model is None else {"name": coll, "model": model}
         r = api.post("/v1/collections", json=body)
         assert r.status_code == 201, r.text
-        bound = model or FUSED
+        bound = model or DEFAULT
         assert r.json()["model"] == bound and r.json()["dim"] == m[bound]["dim"]
         r = api.post(f"/v1/collections/{coll}/faces", json={"img": b64(d / "img1.jpg"),
                                                             "person_id": "p1"})
@@ -69,7 +76,7 @@ def test_identify_uses_the_identify_threshold_and_dlib_collections_stay_dlib(api
 def test_deepface_routes_accept_the_new_names(api, faces):
     img = b64(faces / "deepface/img1.jpg")
     for name, dim in (("MobileFaceNet", 192), ("mobilefacenet", 192), ("Dlib+MobileFaceNet", 320),
-                      (None, 320)):
+                      ("Dlib+MFN512", 640), (None, 640)):
         body = {"img": img} if name is None else {"img": img, "model_name": name}
         r = api.post("/represent", json=body)
         assert r.status_code == 200, r.text

@@ -1,11 +1,14 @@
-"""Anti-spoofing plugs in from user-supplied MiniFASNet weights; none ship.
+"""Anti-spoofing: the shipped ``fr_liveness`` model, and the user's MiniFASNet pair.
 
-The weights are not on this machine, so these tests check what can be checked
-without them: the context crops are cut exactly as DeepFace (whose MiniFASNet
-pair a user would install) cuts them, on real photos and at the image border;
-the detector stage cuts them beside the aligned chips; and every way of asking
-for the model without its weights answers ``model_not_installed`` naming the
-file and where it goes.
+``fr_liveness`` (the default) is checked on the three smoke-test frames of
+``spoof/`` (both attacks flagged, the live face not), on genuine photos, and its
+dynamic-batch copy against the shipped file. The MiniFASNet pair's weights are
+not on this machine, so for it these tests check what can be checked without
+them: the context crops are cut exactly as DeepFace (whose MiniFASNet pair a
+user would install) cuts them, on real photos and at the image border; the
+detector stage cuts them beside the aligned chips; and every way of asking for
+the model without its weights answers ``model_not_installed`` naming the file
+and where it goes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ import pytest
 
 from configs.errors import ModelNotInstalled
 from pipelines.align import box_chip
+from configs.settings import Settings
 from pipelines.antispoof import ANTI_SPOOFING, MINIFASNET_GRAPHS, AntiSpoofModel
+from pipelines.antispoof_fr import CHIP as FR_CHIP
+from pipelines.antispoof_fr import FrLivenessModel
+from pipelines.antispoof_fr import preprocess as preprocess_live
+from pipelines.registry import build_attribute
 from pipelines.models import DLIB_CHIP, ModelContext
 from pipelines.stages import AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest, \
     ImageLimitsCfg
@@ -111,7 +119,89 @@ def test_each_missing_file_is_named_before_anything_loads(tmp_path):
 def test_the_analysis_stage_answers_not_installed_per_request(stage, faces, tmp_path):
     det = stage.run([DetectRequest((faces / "deepface/img1.jpg").read_bytes(), "blazeface",
                                    chip_specs=SPECS)])[0]
-    analysis = AnalysisStage(ModelContext(deepface_home=tmp_path))
+    analysis = AnalysisStage(ModelContext(deepface_home=tmp_path,
+                                          anti_spoofing_model="deepface:Fasnet"))
     res = analysis.run([AnalyzeRequest((ANTI_SPOOFING,), det.chips)])
     assert isinstance(res[0], ModelNotInstalled)
     assert res[0].details["model"] == "deepface:Fasnet"
+
+
+# ------------------------------------------------------------------ fr_liveness (shipped)
+MODELS = Path("data/models")
+
+
+@pytest.fixture(scope="module")
+def live() -> FrLivenessModel:
+    model = FrLivenessModel(ModelContext(models_dir=MODELS))
+    model.load()
+    return model
+
+
+def _spoof_frames_upright() -> dict[str, bytes]:
+    from bench.faceplugin import upright_spoof_frames
+
+    return upright_spoof_frames()
+
+
+def test_fr_liveness_is_the_default_and_the_minifasnet_pair_stays_selectable():
+    assert isinstance(build_attribute(ANTI_SPOOFING, ModelContext()), FrLivenessModel)
+    pair = build_attribute(ANTI_SPOOFING, ModelContext(anti_spoofing_model="deepface:Fasnet"))
+    assert isinstance(pair, AntiSpoofModel)
+    assert Settings().anti_spoofing_model == "fr_liveness"
+    assert Settings(model_pack="permissive").anti_spoofing_model == "deepface:Fasnet"
+    with pytest.raises(ValueError, match="permissive"):
+        Settings(model_pack="permissive", anti_spoofing_model="fr_liveness")
+
+
+def test_smoke_frames_attacks_flagged_live_face_not(stage):
+    """Both attack frames are spoofs and the live one is real, through the stages the
+    service runs (detection cuts the 2.7x crop, analysis runs the default model)."""
+    frames = _spoof_frames_upright()
+    assert sorted(frames) == ["image_F1", "image_F2", "image_T1"]
+    dets = stage.run([DetectRequest(b, "blazeface", max_faces=1, chip_specs=(FR_CHIP,))
+                      for b in frames.values()])
+    analysis = AnalysisStage(ModelContext(models_dir=MODELS))
+    res = analysis.run([AnalyzeRequest((ANTI_SPOOFING,), d.chips) for d in dets])
+    verdicts = {name: r[0] for name, r in zip(frames, res, strict=True)}
+    assert not verdicts["image_F1"]["is_real"], verdicts
+    assert not verdicts["image_F2"]["is_real"], verdicts
+    assert verdicts["image_T1"]["is_real"], verdicts
+    for v in verdicts.values():
+        assert 0.5 <= v["antispoof_score"] <= 1.0  # the probability of the verdict
+
+
+def test_genuine_photos_are_real(stage, live, faces):
+    """The 61 deepface identity photos (genuine, camera-sized): at most 5% called spoofs
+    (measured 0%; bench/faceplugin.py)."""
+    from bench.evaluate import deepface_identities
+
+    dets = stage.run([DetectRequest(Path(p).read_bytes(), "blazeface", max_faces=1,
+                                    chip_specs=(FR_CHIP,)) for p, _ in deepface_identities()])
+    chips = np.stack([d.chips[FR_CHIP.key][0] for d in dets if d.faces])
+    assert len(chips) >= 60
+    verdicts = live.predict(chips)
+    spoofs = sum(not v["is_real"] for v in verdicts)
+    assert spoofs <= 0.05 * len(chips), f"{spoofs} of {len(chips)} genuine photos called spoofs"
+
+
+def test_fr_liveness_copy_matches_the_shipped_file(stage, live, faces):
+    from pipelines.runtime import RuntimeConfig, onnx_session
+
+    dets = stage.run([DetectRequest(b, "blazeface", max_faces=1, chip_specs=(FR_CHIP,))
+                      for b in _spoof_frames_upright().values()])
+    x = preprocess_live(np.stack([d.chips[FR_CHIP.key][0] for d in dets]))
+    shipped = onnx_session(str(live.source_path), RuntimeConfig())
+    ref = np.concatenate([shipped.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    one = np.concatenate([live.session.run(None, {"input": x[i:i + 1]})[0]
+                          for i in range(len(x))])
+    assert np.array_equal(one, ref)
+    together = live.session.run(None, {"input": x})[0]  # a batch: the same up to rounding
+    assert np.abs(together - ref).max() < 1e-3
+
+
+def test_fr_liveness_reads_bgr_and_the_2_7_crop():
+    assert (FR_CHIP.size, FR_CHIP.padding, FR_CHIP.kind) == (128, 2.7, "box")
+    rgb = np.zeros((1, 128, 128, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    x = preprocess_live(rgb)
+    assert x.shape == (1, 3, 128, 128) and x[0, 2].max() == 200 and x[0, 0].max() == 0

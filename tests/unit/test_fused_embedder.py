@@ -90,10 +90,31 @@ def test_fused_embedder_needs_both_chip_kinds(stage, chips):
         stage.model(FUSED).embed(chips[DLIB_CHIP.key])
 
 
-def test_default_pack_defaults_to_the_fused_model():
+def test_default_pack_defaults_to_dlib_and_mfn512():
     s = Settings()
-    assert s.model_pack == "default" and s.default_embedder == FUSED
-    assert {"dlib", "mobilefacenet", FUSED} <= set(embedder_names("default"))
+    assert s.model_pack == "default" and s.default_embedder == "dlib+mfn512"
+    assert {"dlib", "mobilefacenet", FUSED, "mfn512", "dlib+mfn512",
+            "dlib+mobilefacenet+mfn512"} <= set(embedder_names("default"))
+
+
+def test_new_fused_models_are_the_weighted_concatenation(stage, chips, settings):
+    """dlib+mfn512 (the default) and the three-network model: one warp5 chip feeds both
+    MobileFaceNets, and the cosine is the weighted mean of each network's."""
+    for name, dims in (("dlib+mfn512", (128, 512)),
+                       ("dlib+mobilefacenet+mfn512", (128, 192, 512))):
+        fused = stage.model(name)
+        assert fused.chip_specs == (DLIB_CHIP, MFN_CHIP) and fused.dim == sum(dims)
+        vecs = stage.run([EmbedRequest(name, chips)])[0]
+        assert vecs.shape == (6, sum(dims))
+        parts = [stage.vectors(stage.model(n), chips, flip=settings.flip_for(name))
+                 for n in name.split("+")]
+        w = np.array([settings.fusion_weights[name][n] for n in name.split("+")]) ** 2
+        cos = sum(wi * (pv @ pv.T) for wi, pv in zip(w, parts, strict=True)) / w.sum()
+        assert np.abs(vecs @ vecs.T - cos).max() < 1e-5
+        sims = vecs @ vecs.T  # each person's two photos are nearest each other
+        for i in range(0, 6, 2):
+            others = [j for j in range(6) if j not in (i, i + 1)]
+            assert sims[i, i + 1] > sims[i, others].max()
 
 
 def test_permissive_pack_offers_and_defaults_to_dlib_only(tmp_path):
@@ -101,7 +122,7 @@ def test_permissive_pack_offers_and_defaults_to_dlib_only(tmp_path):
     assert s.default_embedder == "dlib"
     assert embedder_names("permissive") == list(PERMISSIVE_EMBEDDERS)
     ctx = ModelContext(models_dir=tmp_path, model_pack="permissive")
-    for name in ("mobilefacenet", FUSED):
+    for name in ("mobilefacenet", FUSED, "mfn512", "dlib+mfn512", "dlib+mobilefacenet+mfn512"):
         with pytest.raises(UnknownModel) as exc:
             build_embedder(name, ctx)
         assert exc.value.code == ErrorCode.UNKNOWN_MODEL
@@ -115,12 +136,16 @@ def test_permissive_pack_offers_and_defaults_to_dlib_only(tmp_path):
 
 
 def test_identify_thresholds_are_stricter_than_verify_ones(settings):
-    for model in ("dlib", "mobilefacenet", FUSED):
+    for model in ("dlib", "mobilefacenet", FUSED, "mfn512", "dlib+mfn512",
+                  "dlib+mobilefacenet+mfn512"):
         verify, identify = settings.threshold_for(model), settings.identify_threshold_for(model)
         assert verify is not None and identify is not None and 0 < identify < verify
     assert settings.identify_threshold_for("deepface:ArcFace") is None  # not calibrated
     # a collection bound to dlib keeps dlib's 1:1 threshold and mirror averaging
     assert settings.threshold_for("dlib") == 0.0872 and settings.flip_for("dlib")
+    # and one bound to the earlier default keeps its calibration and weights
+    assert settings.threshold_for(FUSED) == 0.2182 and not settings.flip_for(FUSED)
+    assert settings.fusion_weights[FUSED] == {"dlib": 1.75, "mobilefacenet": 1.0}
 
 
 def test_deepface_names_map_onto_the_new_models():
@@ -134,3 +159,7 @@ def test_deepface_names_map_onto_the_new_models():
     assert embedder_for("MobileFaceNet", "dlib", embedder_names("permissive")) == "mobilefacenet"
     assert deepface_model_name("mobilefacenet") == "MobileFaceNet"
     assert collection_for(None, FUSED) == "deepface-dlib-mobilefacenet"
+    assert embedder_for("MFN512", "dlib+mfn512", known) == "mfn512"
+    assert embedder_for("Dlib+MFN512", "dlib+mfn512", known) == "dlib+mfn512"
+    assert deepface_model_name("dlib+mfn512") == "Dlib+MFN512"
+    assert collection_for(None, "dlib+mfn512") == "deepface-dlib-mfn512"
