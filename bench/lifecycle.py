@@ -58,6 +58,7 @@ class Cycle:
     way: str
     start_s: float | None = None           # launch to /ready; None: the start failed
     stop_s: float | None = None            # signal to the main process's exit
+    gone_s: float | None = None            # signal to no process and no listener left
     restart_s: float | None = None         # kill-group only: the new start, to /ready
     left: list[str] = field(default_factory=list)   # "pid name [ports]" still there
     port_open: bool = False                # the HTTP port still accepted connections
@@ -145,7 +146,7 @@ def _leftovers(marker: str, port: int, settle_s: float) -> tuple[list[int], bool
         open_ = _port_open(port)
         if (not pids and not open_) or time.monotonic() > deadline:
             return pids, open_
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def _kill(pids: list[int]) -> None:
@@ -182,6 +183,7 @@ def run_cycle(way: str, config_path: Path, port: int, log: Path, *,
                 f" (exited {proc.returncode})" if proc.poll() is not None else ""))
             proc.kill()
         else:
+            t_signal = time.monotonic()
             _stop(proc, way)
             c.stop_s = _wait_exit(proc, stop_timeout_s)
             if c.stop_s is None:
@@ -190,6 +192,8 @@ def run_cycle(way: str, config_path: Path, port: int, log: Path, *,
                 proc.wait()
         pids, c.port_open = _leftovers(marker, port, settle_s)
         c.left = _describe(pids)
+        if c.start_s is not None and not pids and not c.port_open:
+            c.gone_s = time.monotonic() - t_signal
         if way == "kill-group" and c.start_s is not None:
             # the crash case: the new start meets whatever the kill left
             again = uuid.uuid4().hex
@@ -240,7 +244,8 @@ def run(ways: list[str], cycles: int, port: int, *, start_timeout_s: float = 420
             c = run_cycle(way, config, port, log, start_timeout_s=start_timeout_s,
                           stop_timeout_s=stop_timeout_s, settle_s=settle_s)
             results.append(c)
-            progress(f"cycle {i + 1} {way}: start {_s(c.start_s)} stop {_s(c.stop_s)}"
+            progress(f"cycle {i + 1} {way}: start {_s(c.start_s)} stop {_s(c.stop_s)} "
+                     f"gone {_s(c.gone_s)}"
                      + (f" restart {_s(c.restart_s)}" if way == "kill-group" else "")
                      + (f" LEFT {c.left} port_open={c.port_open}" if c.stop_left else "")
                      + (f" {c.errors}" if c.errors else ""))
@@ -253,13 +258,16 @@ def _s(v: float | None) -> str:
 
 def table(results: list[Cycle]) -> str:
     rows = ["| way | cycles | starts failed | stops that left something | start to /ready s "
-            "(median) | stop s (median) |", "|---|---|---|---|---|---|"]
+            "(median) | main process exit s (median) | signal to nothing left s (median, max) |",
+            "|---|---|---|---|---|---|---|"]
     for way in dict.fromkeys(c.way for c in results):
         cs = [c for c in results if c.way == way]
         starts = sorted(x for c in cs for x in (c.start_s, c.restart_s) if x is not None)
         stops = sorted(c.stop_s for c in cs if c.stop_s is not None)
+        gone = sorted(c.gone_s for c in cs if c.gone_s is not None)
         rows.append(f"| {way} | {len(cs)} | {sum(c.start_failed for c in cs)} | "
-                    f"{sum(c.stop_left for c in cs)} | {_median(starts)} | {_median(stops)} |")
+                    f"{sum(c.stop_left for c in cs)} | {_median(starts)} | {_median(stops)} | "
+                    f"{_median(gone)}, {gone[-1] if gone else 0:.1f} |")
     return "\n".join(rows)
 
 
