@@ -106,9 +106,9 @@ def _describe(pids: list[int]) -> list[str]:
 
 
 def _launch(config_path: Path, port: int, marker: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, MARK: marker}
-    for k in [k for k in env if k.startswith(("RAY_SERVE_", "FACEFLEET_"))]:
-        del env[k]  # a calling test's own Serve instance: the service picks its own
+    # not a calling test's own Serve instance's settings: the service picks its own
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_", "FACEFLEET_"))}
+    env[MARK] = marker
     return subprocess.Popen(
         [sys.executable, "-m", "deployments.local", "--config", str(config_path),
          "--port", str(port), "--no-dashboard"],

@@ -61,6 +61,11 @@ LOCAL_SERVE_ENV = {
     # so 30 s only made every stop (Ctrl-C, a test's teardown) wait 30 s.
     # In-flight requests are still waited for (graceful_shutdown_timeout_s).
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    # How long the controller waits for a starting proxy (here the HAProxy manager,
+    # which starts HAProxy) before it kills and replaces it: 5 s by default. On a
+    # busy 2-core machine the manager took longer, was replaced, and the start
+    # failed with ActorDiedError (seen in bench.lifecycle).
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
 }
 HAPROXY_SHIM = Path(__file__).resolve().parent / "haproxy_loopback.sh"
 
@@ -228,8 +233,18 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
     if not ray.is_initialized():
         init_ray(num_cpus=num_cpus, temp_dir=temp_dir, dashboard=dashboard,
                  fast_serve=fast_serve, metrics_export_port=metrics_export_port)
-    client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
-                                   proxy_location=ProxyLocation(schema.proxy_location))
+    for attempt in range(3):
+        try:
+            client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
+                                           proxy_location=ProxyLocation(schema.proxy_location))
+            break
+        except ray.exceptions.ActorDiedError as e:
+            # a proxy that started too slowly is replaced by the controller, which
+            # goes on: connect to it again (the wait for the proxies comes below)
+            if attempt == 2:
+                raise
+            log.warning("a Serve proxy died while starting; the controller starts "
+                        "another: %s", str(e).splitlines()[0])
     client.deploy_apps(schema, _blocking=False)
     name = schema.applications[0].name
     deadline = time.monotonic() + timeout_s
