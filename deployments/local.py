@@ -334,6 +334,11 @@ def _drive(a: argparse.Namespace, config: dict[str, Any], port: int) -> int:
                      "Ctrl-C stops it", port)
             if a.metrics_export_port:
                 log.info("Ray's metrics: http://127.0.0.1:%s/metrics", a.metrics_export_port)
+            if a.proxy == "haproxy":
+                log.info("HAProxy's metrics: http://127.0.0.1:%s/metrics, its stats page: "
+                         "http://127.0.0.1:%s/stats",
+                         os.environ.get("RAY_SERVE_HAPROXY_METRICS_PORT"),
+                         os.environ.get("RAY_SERVE_HAPROXY_STATS_PORT"))
             if not a.no_dashboard:
                 log.info("Ray dashboard (replicas, autoscaling, logs): http://127.0.0.1:8265")
         while not done.wait(1.0):
