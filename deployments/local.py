@@ -168,6 +168,24 @@ def free_port() -> int:
     return reserve_port()
 
 
+#: this instance's own values, set even when the environment has them: inherited from
+#: the process that started this one (a test, a benchmark, another instance) they are
+#: another instance's files and ports, still in use
+INSTANCE_ENV = ("FACEFLEET_HAPROXY_RESPONSES", "RAY_SERVE_HAPROXY_STATS_PORT",
+                "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+                "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+
+
+def apply_env(env: dict[str, str]) -> None:
+    """Put ``env`` in this process's environment (which Ray's processes inherit):
+    variables already set win, except this instance's own (:data:`INSTANCE_ENV`)."""
+    for k, v in env.items():
+        if k in INSTANCE_ENV:
+            os.environ[k] = v
+        else:
+            os.environ.setdefault(k, v)
+
+
 def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
              object_store_mb: int = 512, namespace: str = "serve",
              dashboard: bool = False, fast_serve: bool = True,
@@ -178,16 +196,14 @@ def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
     loopback environment, Serve's high-throughput mode (unless ``fast_serve``
     is False; set before Ray starts, since every Serve process reads it at
     start), a short temp dir (unix socket paths), a bounded object store, and
-    the repo on the workers' PYTHONPATH. Variables already set win.
+    the repo on the workers' PYTHONPATH. Variables already set win, but for this
+    instance's own ports and files (:func:`apply_env`).
     ``metrics_export_port``: where Ray's own Prometheus metrics are served
     (127.0.0.1; a free port when None).
     """
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="ff-ray-", dir="/tmp")
     env = {**LOOPBACK_ENV, **(fast_serve_env(temp_dir) if fast_serve else {})}
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
-    if fast_serve:  # this instance's own files: an earlier instance's temp dir may be gone
-        os.environ["FACEFLEET_HAPROXY_RESPONSES"] = env["FACEFLEET_HAPROXY_RESPONSES"]
+    apply_env(env)
     import ray
 
     repo = str(Path(__file__).resolve().parent.parent)

@@ -29,12 +29,10 @@ class LocalCluster:
                  system_config: dict[str, Any] | None = None) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="ff-rayc-", dir="/tmp")
         env = {**local.LOOPBACK_ENV, **local.fast_serve_env(self.temp_dir)}
-        for k, v in env.items():  # every node's processes inherit them
-            os.environ.setdefault(k, v)
+        local.apply_env(env)  # every node's processes inherit them
         # Ray reads some of them when it is imported (the node address among them)
         from ray.cluster_utils import Cluster
 
-        os.environ["FACEFLEET_HAPROXY_RESPONSES"] = env["FACEFLEET_HAPROXY_RESPONSES"]
         self._env = {k: os.environ[k] for k in env}
         # the harness records the cluster's address under Ray's default temp dir
         # (/tmp/ray/ray_current_cluster): keep that file inside this cluster's dir
