@@ -83,7 +83,10 @@ def test_ivf_recall_against_exact_and_removals(tmp_path):
     people = rng.choice(2_000, 200, replace=False)
     queries = unit(vecs[people * 10] + 0.04 * rng.normal(size=(200, D)))
     store = SqliteStore(tmp_path / "g.sqlite3")
-    cfg = IndexConfig(index_type="ivf", ivf_nlist=64, ivf_nprobe=16)
+    # face ids are random, so which shard (and which IVF training set) holds a face
+    # changes from run to run: at nprobe 16 recall ranged 0.949-0.971 over 7 runs,
+    # at 24 0.982-0.988, so the bound below checks IVF rather than the draw
+    cfg = IndexConfig(index_type="ivf", ivf_nlist=64, ivf_nprobe=24)
     ivf = Gallery(store, 2, cfg)
     ivf.create_collection("c", "dlib", D)
     face_ids: list[str] = []
