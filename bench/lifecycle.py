@@ -47,6 +47,7 @@ import httpx
 import yaml
 
 from deployments import local, ports
+from deployments.launcher import processes_with_env
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = "FACEFLEET_LIFECYCLE_RUN"
@@ -77,17 +78,7 @@ class Cycle:
 
 def marked(marker: str) -> list[int]:
     """Every process whose environment carries ``MARK=marker``."""
-    needle = f"{MARK}={marker}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
+    return processes_with_env(MARK, marker)
 
 
 def _port_open(port: int) -> bool:

@@ -54,9 +54,10 @@ STATE_FILE = "local-instance.json"
 GRACE_S = 20.0
 
 
-def instance_processes(instance: str) -> list[int]:
-    """Every process (readable by this user) whose environment carries the instance id."""
-    needle = f"{ENV_INSTANCE}={instance}".encode()
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Every process (readable by this user) whose environment has ``name=value``:
+    Ray's daemons, workers and HAProxy inherit the environment of who started them."""
+    needle = f"{name}={value}".encode()
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -67,6 +68,11 @@ def instance_processes(instance: str) -> list[int]:
             except OSError:
                 pass
     return pids
+
+
+def instance_processes(instance: str) -> list[int]:
+    """Every process (readable by this user) whose environment carries the instance id."""
+    return processes_with_env(ENV_INSTANCE, instance)
 
 
 def sweep(instance: str, grace_s: float | None = None,

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from deployments import local
+from deployments.launcher import processes_with_env
 
 pytestmark = pytest.mark.app
 
@@ -62,19 +63,8 @@ def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 420) -> None
 
 
 def _marked(marker: str) -> list[int]:
-    """Every process carrying the marker in its environment (Ray's daemons and
-    workers inherit the driver's)."""
-    pids = []
-    needle = f"{MARK}={marker}".encode()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
+    """Every process whose environment carries ``MARK=marker``."""
+    return processes_with_env(MARK, marker)
 
 
 def _kill_all(proc: subprocess.Popen, marker: str) -> None:

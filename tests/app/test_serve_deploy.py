@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from deployments import local, ports
+from deployments.launcher import processes_with_env
 
 pytestmark = pytest.mark.app
 
@@ -40,17 +41,8 @@ MARK = "FACEFLEET_CLUSTER_TEST"
 
 
 def _marked(marker: str) -> list[int]:
-    needle = f"{MARK}={marker}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
+    """Every process whose environment carries ``MARK=marker``."""
+    return processes_with_env(MARK, marker)
 
 
 def _cluster_env(temp_dir: Path, marker: str) -> dict[str, str]:
