@@ -28,11 +28,7 @@ import textwrap
 import time
 from pathlib import Path
 
-import yaml
-
-from bench import http_load
-from bench.head_to_head import stop_tree, wait_ready
-from deployments.local import LOOPBACK_ENV, free_port
+from bench import http_load, sides
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "identify_before_after.md"
@@ -57,46 +53,21 @@ _FILL = textwrap.dedent("""
 """)
 
 
-def _env(repo: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FACEFLEET_"))}
-    return {**env, **LOOPBACK_ENV, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-
-
 def _side(name: str, repo: Path, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"ffid-{name}-") as tmp:
         data = Path(tmp)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", _FILL, str(data), str(args.n), "2"],
-                       cwd=repo, env=_env(repo), check=True)
+                       cwd=repo, env=sides.env(repo), check=True)
         fill_s = time.perf_counter() - t0
-        config = yaml.safe_load((repo / "serve_config.yaml").read_text())
-        app = config["applications"][0]
-        app["args"]["settings"].update({
-            "data_dir": str(data), "model_dir": str(REPO / "data" / "models"),
-            "default_embedder": "dlib", "index": {"shards": 2}})
-        port = free_port()
-        config["http_options"]["port"] = port
-        path = data / "serve_config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        base = f"http://127.0.0.1:{port}"
-        with open(data / "service.log", "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "deployments.local", "--config", str(path),
-                 "--port", str(port), "--no-dashboard"],
-                cwd=repo, env=_env(repo), start_new_session=True, stdout=log, stderr=log)
-            try:
-                wait_ready(base + "/ready", proc, args.start_timeout)
-                route = "/v1/collections/bench/identify"
-                extra = {"top_k": 5}
-                http_load.run(base, route, args.photos, 4, requests=32, extra=extra)  # warm-up
-                res = http_load.run(base, route, args.photos, args.concurrency,
-                                    requests=args.requests, extra=extra)
-            except Exception:
-                log.flush()
-                print((data / "service.log").read_text()[-4000:], file=sys.stderr)
-                raise
-            finally:
-                stop_tree(proc)
+        settings = {"default_embedder": "dlib", "index": {"shards": 2}}
+        with sides.service(repo, "serve_config.yaml", data, settings,
+                           args.start_timeout) as base:
+            route = "/v1/collections/bench/identify"
+            extra = {"top_k": 5}
+            http_load.run(base, route, args.photos, 4, requests=32, extra=extra)  # warm-up
+            res = http_load.run(base, route, args.photos, args.concurrency,
+                                requests=args.requests, extra=extra)
         res["fill_s"] = fill_s
         return res
 
@@ -110,23 +81,13 @@ def main() -> int:
     p.add_argument("--photos", default="lfw:300")
     p.add_argument("--start-timeout", type=float, default=900)
     a = p.parse_args()
-    rev = subprocess.run(["git", "rev-parse", "--short", a.before], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout.strip()
-    here = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                          capture_output=True, text=True).stdout.strip()
-    wt = Path(tempfile.mkdtemp(prefix="ffid-wt-"))
-    subprocess.run(["git", "worktree", "add", "--detach", str(wt / "repo"), rev], cwd=REPO,
-                   check=True, capture_output=True)
-    # the photos are found beside the checkout (../shared/faces), as in this one
-    (wt / "shared").symlink_to(REPO.parent / "shared")
     rows = []
-    try:
-        for name, repo, label in (("before", wt / "repo", rev), ("after", REPO, here)):
+    with sides.worktree(a.before) as before:
+        for name, repo, label in (("before", before, sides.short(a.before)),
+                                  ("after", REPO, sides.short("HEAD"))):
             res = _side(name, repo, a)
             rows.append((name, label, res))
             print(name, label, res, flush=True)
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(wt / "repo")], cwd=REPO)
     write(a, rows)
     return 0
 

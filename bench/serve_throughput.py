@@ -3,7 +3,7 @@ the in-process ceiling.
 
     .venv/bin/python -m bench.serve_throughput [--topologies separate,fused]
         [--proxies haproxy,serve] [--concurrency 1,8,32] [--photos lfw:300]
-        [--models dlib]
+        [--models dlib] [--before REV]
 
 For each front (HAProxy in front of the ingress, Serve's high-throughput
 mode and the default of ``make serve``; or Serve's own Python proxy) and
@@ -18,6 +18,10 @@ deployments saw. The same photos through the stages in this one process
 (detect + embed, batches of 16) give the ceiling, measured in the same run.
 ``--models`` adds a row per embedder through ``/v1/embed`` (separate
 topology, the first front). Writes ``bench/results/serve_throughput.md``.
+``--before REV`` instead starts an earlier revision's service (a git worktree,
+its own code and ``serve_config``) and this checkout's, one after the other per
+topology, drives both with the same client and writes
+``bench/results/serve_throughput_before_after.md``.
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from bench import http_load
+from bench import http_load, sides
 from deployments import local
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).parent / "results" / "serve_throughput.md"
+CONFIGS = {"fused": "configs/serve_config.fused.yaml"}
 
 
 def in_process(paths: list[Path], model: str | None = None, batch: int = 16) -> float:
@@ -111,6 +117,63 @@ def measure(base: str, photos: str, conc: int, model: str | None = None) -> dict
     return res
 
 
+def before_after(a: argparse.Namespace) -> None:
+    """Each topology, the earlier revision then this checkout, one after the other."""
+    rows = []
+    with sides.worktree(a.before) as before:
+        for topo in a.topologies.split(","):
+            config = "serve_config.yaml" if topo == "separate" else CONFIGS[topo]
+            for name, repo, rev in (("before", before, sides.short(a.before)),
+                                    ("after", REPO, sides.short("HEAD"))):
+                with tempfile.TemporaryDirectory(prefix=f"ffst-{name}-") as tmp, \
+                        sides.service(repo, config, Path(tmp), app_args={"gallery": False}) \
+                        as base:
+                    for conc in map(int, a.concurrency.split(",")):
+                        res = measure(base, a.photos, conc)
+                        rows.append((topo, conc, name, rev, res))
+                        print(topo, conc, name, rev, res, flush=True)
+    lines = [
+        "# /v1/embed through the Serve app: an earlier revision against this one",
+        "",
+        f"`python -m bench.serve_throughput --before {a.before} --topologies {a.topologies} "
+        f"--concurrency {a.concurrency}`, {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"{os.cpu_count()} cores ({platform.machine()}, {cpu_model()}), load average at the "
+        f"end {os.getloadavg()[0]:.2f}. Each side's service started from its own code and "
+        f"`serve_config` (default front, HAProxy), {len(http_load.photos(a.photos))} LFW "
+        "photos as base64 JSON from one closed-loop client process.",
+        "",
+        "| topology | clients | side | revision | images/s | p50 ms | p99 ms | "
+        "CPU ms / image | errors |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for topo, conc, name, rev, r in rows:
+        lines.append(f"| {topo} | {conc} | {name} | {rev} | {r['req_s']:.1f} | "
+                     f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['cpu_ms']:.1f} | "
+                     f"{r['requests'] - r['ok']} |")
+    pairs = {}
+    for topo, conc, name, _, r in rows:
+        pairs.setdefault((topo, conc), {})[name] = r
+    lines.append("")
+    for (topo, conc), sides_ in pairs.items():
+        if len(sides_) == 2:
+            b, f = sides_["before"], sides_["after"]
+            lines.append(f"- {topo}, {conc} clients: after / before images/s "
+                         f"{f['req_s'] / b['req_s']:.2f}x, CPU per image "
+                         f"{f['cpu_ms'] / b['cpu_ms']:.2f}x.")
+    out = a.out.with_name("serve_throughput_before_after.md") if a.out == OUT else a.out
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--topologies", default="separate,fused")
@@ -122,7 +185,13 @@ def main() -> None:
                    "ratios are against the first")
     p.add_argument("--port", type=int, default=0, help="HTTP port (0: a free one)")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--before", default=None, metavar="REV",
+                   help="an earlier revision: its service and this checkout's, each started "
+                   "from its own code, side by side (default front, no --models rows); "
+                   "writes bench/results/serve_throughput_before_after.md")
     a = p.parse_args()
+    if a.before:
+        return before_after(a)
     paths = http_load.photos(a.photos)
     ceiling = in_process(paths)
     rows, model_rows = [], []
