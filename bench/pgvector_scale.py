@@ -127,7 +127,7 @@ def timed_search(g, probes: np.ndarray, k: int) -> tuple[list[float], list[list[
 def run_backend(kind: str, url: str, chunks: list[np.ndarray], probes: np.ndarray,
                 kth: np.ndarray, args: argparse.Namespace) -> dict[str, str]:
     from index.gallery import Gallery
-    from index.pgvector_store import PgvectorStore
+    from index.store.pgvector import PgvectorStore
     from index.store import PostgresStore
 
     n = sum(len(c) for c in chunks)

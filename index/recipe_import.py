@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collection", required=True)
     p.add_argument("--model", required=True, help="the model that made the vectors")
     args = p.parse_args(argv)
-    from index.pgvector_store import PgvectorStore
+    from index.store.pgvector import PgvectorStore
 
     gallery = Gallery(PgvectorStore(args.database_url))
     try:

@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from index import store as store_mod
+from index.store import changes as store_changes
 from index.gallery import Gallery, LocalShards
 from tests.index.vectors import D, items, unit
 
@@ -97,7 +97,7 @@ def test_a_shard_behind_pruned_tombstones_reloads(store, monkeypatch):
     x = unit(4, seed=5)
     faces = g.register("c", "m", D, items(x), create_collection=True)["faces"]
     lagging = LocalShards(store, 1)  # rebuilt now, then hears nothing
-    monkeypatch.setattr(store_mod, "TOMBSTONE_RETENTION_S", -1.0)  # prune at once
+    monkeypatch.setattr(store_changes, "TOMBSTONE_RETENTION_S", -1.0)  # prune at once
     g.delete_face("c", faces[0]["face_id"])
     g.delete_face("c", faces[1]["face_id"])  # prunes the tombstones so far
     assert store.changes_since(g.service.core.collection("c").id, 1, 0, 1).full

@@ -155,7 +155,7 @@ def test_concurrent_clients_keep_store_and_index_consistent(backend, tmp_path, r
 
         store = PostgresStore(request.getfixturevalue("pg_url"))
     else:  # searched in SQL, no FAISS shards
-        from index.pgvector_store import PgvectorStore
+        from index.store.pgvector import PgvectorStore
 
         store = PgvectorStore(request.getfixturevalue("pgvector_url"))
     g = Gallery(store, 3)

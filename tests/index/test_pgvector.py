@@ -18,7 +18,7 @@ import pytest
 from configs.errors import ModelMismatch
 from index.errors import StoreUnavailable
 from index.gallery import Gallery
-from index.pgvector_store import PgvectorStore
+from index.store.pgvector import PgvectorStore
 from index.recipe_import import import_face_embeddings
 from index.store import PostgresStore
 
