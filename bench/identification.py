@@ -4,7 +4,7 @@ The protocol (one gallery face per person): every person with two or more
 photos is enrolled with their first photo, every single-photo person is
 enrolled as a distractor, and each remaining photo is a probe that should find
 its person at rank 1. Searches run through the real gallery
-(``index.gallery.Gallery``: FAISS shards over a SQLite store).
+(``index.gallery.InProcessGallery``: FAISS shards over a SQLite store).
 
 Open-set false accepts: a probe of someone *not* enrolled must not be flagged
 a match. Leaving each identity out in turn, every photo of that person is
@@ -93,11 +93,11 @@ def search_gallery(vecs: Vectors, gallery: list[tuple[str, str]],
                    probes: list[tuple[str, str]], store_dir: Path, model: str,
                    k: int = 5) -> list[list[tuple[str, float]] | None]:
     """Enrol ``gallery`` in a fresh real gallery and search every probe (top ``k``)."""
-    from index.gallery import Gallery
+    from index.gallery import InProcessGallery
     from index.store import open_store
 
     dim = next(v for v in vecs.values() if v is not None).shape[0]
-    g = Gallery(open_store("sqlite", None, store_dir), nshards=2)
+    g = InProcessGallery(open_store("sqlite", None, store_dir), nshards=2)
     try:
         items = [{"embedding": vecs[p], "person_id": who, "name": who}
                  for p, who in gallery if vecs.get(p) is not None]

@@ -5,7 +5,8 @@
 
 For each side (``before``: a detached git worktree of the given revision; ``after``:
 this checkout) the bench fills a fresh SQLite store with ``--n`` faces through that
-side's own ``index.gallery.Gallery.register_bulk`` (unit vectors: real LFW
+side's own in-process gallery's ``register_bulk`` (``index.gallery.InProcessGallery``,
+named ``Gallery`` in earlier revisions) (unit vectors: real LFW
 embeddings of the probes' people are not needed for latency, every identify
 resolves its top-k hits whatever they are), starts that side's service with its
 own ``serve_config.yaml`` (separate deployments, model ``dlib`` on both sides so
@@ -34,13 +35,17 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "identify_before_after.md"
 
 # runs inside the side's checkout, with that side's code: both revisions have
-# open_store(backend, url, data_dir) and Gallery(store, nshards, rebuild=...)
+# open_store(backend, url, data_dir) and an in-process gallery taking
+# (store, nshards, rebuild=...): InProcessGallery, or Gallery before it was renamed
 _FILL = textwrap.dedent("""
     import sys, numpy as np
-    from index.gallery import Gallery
+    try:
+        from index.gallery import InProcessGallery as InProcess
+    except ImportError:
+        from index.gallery import Gallery as InProcess
     from index.store import open_store
     data_dir, n, shards, dim = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), 128
-    g = Gallery(open_store("sqlite", None, data_dir), shards, rebuild=False)
+    g = InProcess(open_store("sqlite", None, data_dir), shards, rebuild=False)
     rng = np.random.default_rng(7)
     for start in range(0, n, 20000):
         m = min(20000, n - start)

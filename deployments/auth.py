@@ -14,8 +14,9 @@ it is refused like a wrong key. Such a key reads
 :mod:`secrets`) is only ever compared as a SHA-256 digest, in constant time.
 
 Each ingress replica keeps a copy of the key table (:class:`KeyTable`). It
-polls the Gallery deployment every ``auth.refresh_s`` with the version it
-holds; the Gallery answers with one indexed read of the store's version
+polls the access service (``index.access_service.AccessService``, hosted by the
+Gallery deployment beside its face code) every ``auth.refresh_s`` with the version it
+holds; the service answers with one indexed read of the store's version
 counter, and with the table only when it changed. A key from the table is
 accepted only while the copy was read less than ``auth.max_age_s`` ago;
 otherwise the request waits for a fresh read, and gets 503 if there is none.
@@ -47,7 +48,7 @@ from configs import keyhash
 from configs.errors import Unavailable
 from configs.settings import AuthSettings
 from index.audit import SETTINGS_KEY_ID
-from index.store import KeyRecord
+from index.store.records import KeyRecord
 
 log = logging.getLogger("facefleet.auth")
 

@@ -185,5 +185,28 @@ class LocalGallery:
         return await gallery_metrics(self.service.store, self.service._db,
                                      [[lambda i=i: info(i)] for i in range(shards.nshards)])
 
+    # API keys and the audit trail: the access service beside the gallery service
+    async def key_table(self, known_version: int | None = None,
+                        used: dict[str, float] | None = None) -> Any:
+        return await self.service.access.key_table(known_version, used)
+
+    async def create_key(self, key: Any, actor: Any = None) -> dict[str, Any]:
+        return await self.service.access.create_key(key, actor)
+
+    async def revoke_key(self, key_id: str, actor: Any = None) -> dict[str, Any]:
+        return await self.service.access.revoke_key(key_id, actor)
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        return await self.service.access.list_keys()
+
+    async def audit_entries(self, collection: str | None = None, action: str | None = None,
+                            since: float | None = None, after_seq: int = 0,
+                            limit: int = 100) -> list[dict[str, Any]]:
+        return await self.service.access.audit_entries(collection, action, since, after_seq,
+                                                       limit)
+
+    async def record(self, entry: Any) -> None:
+        await self.service.access.record(entry)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.service, name)

@@ -13,7 +13,10 @@ searchable within that period. Shards are shared by all replicas of
 searches spread over them. ``Gallery`` *is* ``index.gallery.GalleryService``
 over those actors: it adds only the batching of concurrent searches
 (``serve.batch``, one call per shard and collection) and the two methods that
-take embedded images straight from the Embedder. With ``index.backend:
+take embedded images straight from the Embedder. The same deployment hosts the
+access service (``index.access_service.AccessService``: API keys and the audit
+trail) as a separate object over the same store, reached through explicit
+methods, so the ingress's key checks do not go through the face code. With ``index.backend:
 pgvector`` there are no shard actors: the deployment searches the database
 (``index.pgvector_shards.SqlShards``), whose commits are the index.
 """
@@ -38,12 +41,13 @@ from ray import serve
 from configs.errors import Unavailable
 from configs.settings import IndexSettings, Settings
 from deployments.metrics_board import Reporter, replica_metrics
-from index.audit import Actor
+from index.access_service import AccessService
+from index.audit import Actor, AuditEntry
 from index.gallery import GalleryService, Plan
 from index.health import gallery_metrics
 from index.merge import merge_topk
 from index.shard import IndexConfig, ShardIndex
-from index.store import open_store
+from index.store import KeyRecord, open_store
 from pipelines.flow import identify_embedded, register_embedded
 
 log = logging.getLogger(__name__)
@@ -277,16 +281,18 @@ class Gallery(GalleryService):
             shards = RayShards(shard_handles(s))
             ray.get([c.ready.remote() for copies in shards.handles for c in copies])
             store = open_store(index.backend, index.database_url, s.data_dir.resolve())
+        # keys and the audit trail: a service of their own over the same store, with
+        # a small pool of store threads, so key polls never queue behind face writes
+        access = AccessService(store, retention_days=s.audit.retention_days)
         super().__init__(store, shards, store_threads=index.store_threads,
                          cache_ttl_s=index.sync_interval_s, audit_identify=s.audit.identify,
-                         audit_retention_days=s.audit.retention_days,
-                         audit_reads=s.audit.reads)
+                         audit_reads=s.audit.reads, access=access)
         self._search_batched.set_max_batch_size(index.search_batch_size)
         self._search_batched.set_batch_wait_timeout_s(index.search_batch_wait_s)
         metrics = replica_metrics()
         self._batches = metrics.batches(["search"])
         self._reporter = Reporter(metrics)
-        if self.audit_retention_days is not None:
+        if access.retention_days is not None:
             threading.Thread(target=self._prune_forever, daemon=True, name="audit-prune").start()
 
     def _prune_forever(self) -> None:
@@ -294,10 +300,10 @@ class Gallery(GalleryService):
         store opens a connection per thread)."""
         while True:
             try:
-                days = float(self.audit_retention_days or 0)
-                n = self.store.prune_audit(time.time() - days * 86400.0)
+                n = self.access.prune_expired()
                 if n:
-                    log.info("audit retention: %d entries older than %s days deleted", n, days)
+                    log.info("audit retention: %d entries older than %s days deleted", n,
+                             self.access.retention_days)
             except Exception:  # noqa: BLE001 - the store is down: try again next period
                 log.warning("audit retention pass failed", exc_info=True)
             time.sleep(AUDIT_PRUNE_INTERVAL_S)
@@ -350,6 +356,30 @@ class Gallery(GalleryService):
         out = await super().stats(collection)
         out["index_type"] = self._index_type
         return out
+
+    # -- API keys and the audit trail: the access service's, called explicitly
+    async def key_table(self, known_version: int | None = None,
+                        used: dict[str, float] | None = None
+                        ) -> tuple[int, list[KeyRecord] | None]:
+        return await self.access.key_table(known_version, used)
+
+    async def create_key(self, key: KeyRecord, actor: Actor | None = None) -> dict[str, Any]:
+        return await self.access.create_key(key, actor)
+
+    async def revoke_key(self, key_id: str, actor: Actor | None = None) -> dict[str, Any]:
+        return await self.access.revoke_key(key_id, actor)
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        return await self.access.list_keys()
+
+    async def audit_entries(self, collection: str | None = None, action: str | None = None,
+                            since: float | None = None, after_seq: int = 0,
+                            limit: int = 100) -> list[dict[str, Any]]:
+        return await self.access.audit_entries(collection, action, since, after_seq, limit)
+
+    async def record(self, entry: AuditEntry) -> None:
+        """Record an entry made outside the gallery (a sampled failed authentication)."""
+        await self.access.record(entry)
 
     # -- straight from the Embedder (model composition)
     async def identify_embedded(self, embedded: Any, collection: str, k: int,

@@ -60,6 +60,12 @@ class Actor:
                           request_id=self.request_id, **fields)
 
 
+def entry_of(actor: Actor | None, action: AuditAction,
+             collection: str | None = None) -> AuditEntry | None:
+    """The entry of a change made by ``actor``; None (nothing recorded) without one."""
+    return None if actor is None else actor.entry(action, collection)
+
+
 @dataclass(slots=True)
 class AuditEntry:
     """One line of the audit trail. ``seq`` and ``at`` are set by the store when it

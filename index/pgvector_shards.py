@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from index.pgvector_store import PgvectorStore
+from index.store.pgvector import PgvectorStore
 
 
 class SqlShards:

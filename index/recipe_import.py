@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from configs.errors import FacefleetError
-from index.gallery import Gallery, _check_labels, _check_name, _check_person_id
+from index.gallery import InProcessGallery
+from index.gallery.checks import check_labels, check_name, check_person_id
 
 #: a table name, optionally schema-qualified, that needs no quoting
 _TABLE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -44,8 +45,8 @@ def _labels(metadata: Any) -> dict[str, str] | None:
             for k, v in metadata.items()}
 
 
-def import_face_embeddings(gallery: Gallery, source_url: str, table: str, collection: str,
-                           model: str, chunk: int = 2000) -> dict[str, Any]:
+def import_face_embeddings(gallery: InProcessGallery, source_url: str, table: str,
+                           collection: str, model: str, chunk: int = 2000) -> dict[str, Any]:
     """Import ``table`` into ``collection`` (created, bound to ``model`` and the table's
     dimension, when missing). Returns counts and the rejected rows."""
     import psycopg
@@ -66,9 +67,9 @@ def import_face_embeddings(gallery: Gallery, source_url: str, table: str, collec
                 item = {"embedding": vec, "person_id": pid or fid, "name": label,
                         "labels": _labels(metadata)}
                 try:
-                    _check_person_id(item["person_id"])
-                    _check_name(item["name"])
-                    _check_labels(item["labels"])
+                    check_person_id(item["person_id"])
+                    check_name(item["name"])
+                    check_labels(item["labels"])
                 except FacefleetError as e:
                     rejected.append({"id": fid, "error": e.message})
                     continue
@@ -102,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collection", required=True)
     p.add_argument("--model", required=True, help="the model that made the vectors")
     args = p.parse_args(argv)
-    from index.pgvector_store import PgvectorStore
+    from index.store.pgvector import PgvectorStore
 
-    gallery = Gallery(PgvectorStore(args.database_url))
+    gallery = InProcessGallery(PgvectorStore(args.database_url))
     try:
         out = import_face_embeddings(gallery, args.source_url or args.database_url, args.table,
                                      args.collection, args.model)

@@ -237,9 +237,6 @@ class ShardIndex:
             else:
                 self._remove(op.cid, op.ids)
 
-    def applied_seq(self, cid: int) -> int:
-        return self._seq.get(cid, 0)
-
     def catch_up(self, store: Store, cid: int) -> int:
         """Fetch this shard's changes of ``cid`` after the last one applied; returns
         the number of faces added or removed."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from index.local_pg import PgServer, debian_bindir, pgvector_bindir
-from index.pgvector_store import PgvectorStore
+from index.store.pgvector import PgvectorStore
 from index.store import PostgresStore, SqliteStore, Store
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")

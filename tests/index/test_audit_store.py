@@ -18,7 +18,7 @@ import pytest
 from configs.errors import CollectionNotFound, Conflict, NotFound
 from index.audit import Actor, AuditAction, AuditEntry
 from index.erasure import pseudonym
-from index.gallery import Gallery, GalleryCore
+from index.gallery import GalleryCore, InProcessGallery
 from index.store import KeyRecord
 
 D = 8
@@ -195,7 +195,7 @@ def test_key_table_versions_and_revocation(store):
 
 def test_service_records_a_scripted_sequence(store):
     """create key, enrol, identify, forget, revoke, drop: in order, with request ids."""
-    g = Gallery(store, nshards=2)
+    g = InProcessGallery(store, nshards=2)
     try:
         x = unit(3, 9)
         rid = iter(f"req-{i}" for i in range(100))
@@ -231,7 +231,7 @@ def test_service_records_a_scripted_sequence(store):
 def test_concurrent_identifies_share_group_commits(store):
     """Many identifies in flight at once: every one is recorded before it is answered,
     in fewer transactions than searches."""
-    g = Gallery(store, nshards=1)
+    g = InProcessGallery(store, nshards=1)
     try:
         x = unit(40, 5)
         g.register_bulk("g", "m", D, x, None, True)

@@ -14,8 +14,8 @@ import threading
 
 import numpy as np
 
-from index import store as store_mod
-from index.gallery import Gallery, LocalShards
+from index.store import changes as store_changes
+from index.gallery import InProcessGallery, LocalShards
 from tests.index.vectors import D, items, unit
 
 
@@ -25,7 +25,7 @@ def top1(g: Gallery, x: np.ndarray) -> list[str | None]:
 
 
 def test_committed_write_whose_writer_died_is_caught_up(store):
-    g = Gallery(store, 3, search="faiss")
+    g = InProcessGallery(store, 3, search="faiss")
     g.create_collection("c", "m", D)
     x = unit(12, seed=1)
     kept = g.register("c", "m", D, items(x[:4]))["faces"]
@@ -47,7 +47,7 @@ def test_committed_write_whose_writer_died_is_caught_up(store):
 
 
 def test_a_gap_is_filled_from_the_store_before_the_next_write_lands(store):
-    g = Gallery(store, 2, search="faiss")
+    g = InProcessGallery(store, 2, search="faiss")
     x = unit(6, seed=2)
     g.register("c", "m", D, items(x[:2]), create_collection=True)
     missed, _ = g.service.core.register("c", "m", D, items(x[2:4], "q"))
@@ -60,7 +60,7 @@ def test_a_gap_is_filled_from_the_store_before_the_next_write_lands(store):
 
 
 def test_writes_from_two_writers_applied_out_of_order(store):
-    g = Gallery(store, 2, search="faiss")
+    g = InProcessGallery(store, 2, search="faiss")
     g.create_collection("c", "m", D)
     x = unit(4, seed=3)
     a, plan_a = g.service.core.register("c", "m", D, items(x[:2]))
@@ -75,7 +75,7 @@ def test_writes_from_two_writers_applied_out_of_order(store):
 
 
 def test_forgotten_faces_stay_gone_after_restart_and_late_adds(store):
-    g = Gallery(store, 2, search="faiss")
+    g = InProcessGallery(store, 2, search="faiss")
     x = unit(5, seed=4)
     res, plan = g.service.core.register("c", "m", D, items(x), create_collection=True)
     for shard, ops in zip(g.shards, plan, strict=True):
@@ -83,7 +83,7 @@ def test_forgotten_faces_stay_gone_after_restart_and_late_adds(store):
     victim = res["faces"][1]["face_id"]
     g.delete_face("c", victim)
     g.close()
-    restarted = Gallery(store, 2, search="faiss")  # rebuilt from the store
+    restarted = InProcessGallery(store, 2, search="faiss")  # rebuilt from the store
     for shard, ops in zip(restarted.shards, plan, strict=True):
         shard.apply(ops, store)  # the register's update arriving again, late
     found = top1(restarted, x)
@@ -93,11 +93,11 @@ def test_forgotten_faces_stay_gone_after_restart_and_late_adds(store):
 
 
 def test_a_shard_behind_pruned_tombstones_reloads(store, monkeypatch):
-    g = Gallery(store, 1, search="faiss")
+    g = InProcessGallery(store, 1, search="faiss")
     x = unit(4, seed=5)
     faces = g.register("c", "m", D, items(x), create_collection=True)["faces"]
     lagging = LocalShards(store, 1)  # rebuilt now, then hears nothing
-    monkeypatch.setattr(store_mod, "TOMBSTONE_RETENTION_S", -1.0)  # prune at once
+    monkeypatch.setattr(store_changes, "TOMBSTONE_RETENTION_S", -1.0)  # prune at once
     g.delete_face("c", faces[0]["face_id"])
     g.delete_face("c", faces[1]["face_id"])  # prunes the tombstones so far
     assert store.changes_since(g.service.core.collection("c").id, 1, 0, 1).full
@@ -116,7 +116,7 @@ def test_concurrent_first_writes_to_a_new_collection(store_factory):
     x = unit(8, seed=6)
     errors: list[BaseException] = []
     barrier = threading.Barrier(8)
-    galleries = [Gallery(s, 2) for s in stores]
+    galleries = [InProcessGallery(s, 2) for s in stores]
 
     def client(i: int) -> None:
         try:

@@ -21,7 +21,7 @@ import pytest
 from bench.evaluate import LFW
 from index import erasure
 from index.audit import Actor
-from index.gallery import Gallery
+from index.gallery import InProcessGallery
 from index.store import PostgresStore, SqliteStore
 
 MODELS = Path("data/models")
@@ -74,7 +74,7 @@ def enrol_and_forget(g: Gallery, vec: np.ndarray) -> tuple[bytes, dict]:
 def test_sqlite_forget_and_drop_leave_no_template_bytes(template, tmp_path):
     data = tmp_path / "data"
     store = SqliteStore(data / "gallery.sqlite3")
-    g = Gallery(store, nshards=2)
+    g = InProcessGallery(store, nshards=2)
     try:
         blob, fid = enrol_and_forget(g, template)
         files = sorted(p for p in data.iterdir() if p.is_file())
@@ -122,7 +122,7 @@ def test_sqlite_forget_and_drop_leave_no_template_bytes(template, tmp_path):
 
 def test_face_forget_removes_the_idempotency_row_and_keeps_the_person(template, tmp_path):
     store = SqliteStore(tmp_path / "gallery.sqlite3")
-    g = Gallery(store, nshards=1)
+    g = InProcessGallery(store, nshards=1)
     try:
         out = g.register("c", "mobilefacenet", 192, [{"embedding": template,
                                                       "person_id": "p"}],
@@ -162,7 +162,7 @@ def test_postgres_after_vacuum(template, pg_server, pg_url, tmp_path):
 
     store = PostgresStore(pg_url)
     store.erasure_key = erasure.server_secret(tmp_path)
-    g = Gallery(store, nshards=1)
+    g = InProcessGallery(store, nshards=1)
     try:
         other = np.random.default_rng(5).normal(size=192).astype(np.float32)
         g.register("people", "mobilefacenet", 192, [{"embedding": other, "person_id": "kept"}],

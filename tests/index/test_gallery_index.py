@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from index.gallery import Gallery
+from index.gallery import InProcessGallery
 from index.merge import merge_topk
 from index.shard import AddOp, DropOp, IndexConfig, RemoveOp, ShardIndex
 from index.store import SqliteStore
@@ -45,7 +45,7 @@ def test_sharded_topk_matches_brute_force_100k(tmp_path):
     n = 100_000
     vecs = unit(rng.normal(size=(n, D)))
     store = SqliteStore(tmp_path / "g.sqlite3")
-    loader = Gallery(store, 1, rebuild=False)
+    loader = InProcessGallery(store, 1, rebuild=False)
     loader.create_collection("big", "dlib", D)
     face_ids: list[str] = []
     for i in range(0, n, 25_000):
@@ -56,7 +56,7 @@ def test_sharded_topk_matches_brute_force_100k(tmp_path):
     queries = np.vstack([unit(rng.normal(size=(60, D))), vecs[rng.choice(n, 20)]])
 
     for nshards in (1, 2, 4):
-        g = Gallery(store, nshards)  # rebuilt from the store, minus earlier removals
+        g = InProcessGallery(store, nshards)  # rebuilt from the store, minus earlier removals
         sizes = g.stats("big")["shard_sizes"]
         assert len(sizes) == nshards and sum(sizes) == alive.sum()
         assert min(sizes) > 0.8 * alive.sum() / nshards  # the hash spreads faces evenly
@@ -87,13 +87,13 @@ def test_ivf_recall_against_exact_and_removals(tmp_path):
     # changes from run to run: at nprobe 16 recall ranged 0.949-0.971 over 7 runs,
     # at 24 0.982-0.988, so the bound below checks IVF rather than the draw
     cfg = IndexConfig(index_type="ivf", ivf_nlist=64, ivf_nprobe=24)
-    ivf = Gallery(store, 2, cfg)
+    ivf = InProcessGallery(store, 2, cfg)
     ivf.create_collection("c", "dlib", D)
     face_ids: list[str] = []
     for i in range(0, len(vecs), 4_000):  # crosses the training threshold while adding
         face_ids += ivf.register_bulk("c", "dlib", D, vecs[i:i + 4_000])["face_ids"]
     assert all(p["kind"] == "ivf" for s in ivf.shards for p in s.info()["parts"].values())
-    exact = Gallery(store, 2)
+    exact = InProcessGallery(store, 2)
 
     def recall(qs: np.ndarray) -> float:
         a = ivf.search("c", "dlib", qs, K)
@@ -111,7 +111,7 @@ def test_ivf_recall_against_exact_and_removals(tmp_path):
     # the people who lost faces now have far neighbours, which IVF is not meant to find
     assert recall(queries[50:]) >= 0.95
     # a rebuild trains IVF on what the store holds now
-    rebuilt = Gallery(store, 2, cfg)
+    rebuilt = InProcessGallery(store, 2, cfg)
     assert rebuilt.verify("c")["consistent"]
     store.close()
 
@@ -155,10 +155,10 @@ def test_concurrent_clients_keep_store_and_index_consistent(backend, tmp_path, r
 
         store = PostgresStore(request.getfixturevalue("pg_url"))
     else:  # searched in SQL, no FAISS shards
-        from index.pgvector_store import PgvectorStore
+        from index.store.pgvector import PgvectorStore
 
         store = PgvectorStore(request.getfixturevalue("pgvector_url"))
-    g = Gallery(store, 3)
+    g = InProcessGallery(store, 3)
     g.create_collection("c", "dlib", D)
     errors: list[BaseException] = []
     searched = [0]
@@ -206,7 +206,7 @@ def test_concurrent_clients_keep_store_and_index_consistent(backend, tmp_path, r
 
 
 def test_register_says_when_it_created_the_collection(tmp_path):
-    g = Gallery(SqliteStore(tmp_path / "c.sqlite3"), 2, rebuild=False)
+    g = InProcessGallery(SqliteStore(tmp_path / "c.sqlite3"), 2, rebuild=False)
     vec = unit(np.random.default_rng(1).normal(size=(2, D)))
     first = g.register("new", "dlib", D, [{"embedding": vec[0]}], create_collection=True)
     again = g.register("new", "dlib", D, [{"embedding": vec[1]}], create_collection=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from index.errors import SchemaTooNew
-from index.gallery import Gallery
+from index.gallery import InProcessGallery
 from index.store import LATEST_VERSION, MIGRATIONS, SqliteStore, face_bucket
 from configs.errors import (
     CollectionNotFound,
@@ -53,7 +53,7 @@ def test_sqlite_uses_wal(tmp_path):
 
 
 def test_collections_lifecycle_and_errors(store):
-    g = Gallery(store, 2)
+    g = InProcessGallery(store, 2)
     created = g.create_collection("staff.v1", "dlib", DIM)
     assert created["model"] == "dlib" and created["dim"] == DIM
     with pytest.raises(Conflict):
@@ -78,7 +78,7 @@ def test_collections_lifecycle_and_errors(store):
 
 
 def test_model_binding(store):
-    g = Gallery(store, 1)
+    g = InProcessGallery(store, 1)
     g.register("c", "dlib", DIM, [{"embedding": unit(1)[0]}], create_collection=True)
     with pytest.raises(ModelMismatch):
         g.register("c", "facenet", DIM, [{"embedding": unit(1)[0]}])
@@ -101,7 +101,7 @@ def test_model_binding(store):
 
 
 def test_register_persons_faces_and_round_trip(store):
-    g = Gallery(store, 2)
+    g = InProcessGallery(store, 2)
     g.create_collection("c", "dlib", DIM)
     x = unit(6, seed=1)
     out = g.register("c", "dlib", DIM, [
@@ -153,7 +153,7 @@ def test_register_persons_faces_and_round_trip(store):
 
 def test_forget_face_and_person(store_factory):
     store = store_factory()
-    g = Gallery(store, 3)
+    g = InProcessGallery(store, 3)
     g.create_collection("c", "dlib", DIM)
     x = unit(10, seed=2)
     faces = g.register("c", "dlib", DIM, [
@@ -173,14 +173,14 @@ def test_forget_face_and_person(store_factory):
     assert g.verify("c")["consistent"]
 
     # a fresh gallery (a restart) rebuilds from the store: the forgotten stay gone
-    g2 = Gallery(store_factory(), 2)
+    g2 = InProcessGallery(store_factory(), 2)
     hits = g2.search("c", "dlib", x, k=10)
     assert {h["face_id"] for row in hits for h in row} == alive
     assert g2.stats("c")["faces"] == len(alive)
 
 
 def test_idempotent_register(store):
-    g = Gallery(store, 2)
+    g = InProcessGallery(store, 2)
     g.create_collection("c", "dlib", DIM)
     items = [{"embedding": v, "person_id": "p"} for v in unit(3, seed=3)]
     first = g.register("c", "dlib", DIM, items, idempotency_key="req-1")
@@ -193,14 +193,14 @@ def test_idempotent_register(store):
     # a retry repairs shards that missed the first attempt's update (here: empty
     # FAISS shards that were never rebuilt, as after a crash between commit and
     # update); the replay re-reads the stored vectors, pgvector's included
-    bare = Gallery(store, 2, rebuild=False, search="faiss")
+    bare = InProcessGallery(store, 2, rebuild=False, search="faiss")
     assert not bare.verify("c")["consistent"]
     assert bare.register("c", "dlib", DIM, items, idempotency_key="req-1")["replayed"]
     assert bare.verify("c")["consistent"]
 
 
 def test_drop_and_recreate_collection_does_not_resurrect(store):
-    g = Gallery(store, 2)
+    g = InProcessGallery(store, 2)
     x = unit(4, seed=4)
     g.register("c", "dlib", DIM, [{"embedding": v} for v in x], create_collection=True)
     g.drop_collection("c")

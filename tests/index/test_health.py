@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from index.gallery import Gallery
+from index.gallery import InProcessGallery
 from index.health import gallery_metrics, gallery_report, read_store
 from tests.index.vectors import D, items, unit
 
@@ -23,7 +23,7 @@ def report(g: Gallery, store) -> dict:
 
 def test_faces_per_collection_and_lag(store):
     # FAISS shards on every backend, pgvector's too: the change log they read is the same
-    g = Gallery(store, 3, search="faiss")
+    g = InProcessGallery(store, 3, search="faiss")
     g.register("a", "m", D, items(unit(5, 1)), create_collection=True)
     g.register("b", "m", D, items(unit(2, 2), "q") + items(unit(1, 3), "q"),
                create_collection=True)  # q0 twice: 3 faces, 2 persons
@@ -54,7 +54,7 @@ def test_faces_per_collection_and_lag(store):
 
 
 def test_a_dropped_collection_leaves_no_lag(store):
-    g = Gallery(store, 2, search="faiss")
+    g = InProcessGallery(store, 2, search="faiss")
     g.register("a", "m", D, items(unit(4, 1)), create_collection=True)
     g.drop_collection("a")
     rep = report(g, store)

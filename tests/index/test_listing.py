@@ -15,7 +15,7 @@ from configs.errors import CollectionNotFound, Conflict, ModelMismatch, NotFound
 from index import cursors
 from index.audit import Actor
 from index.erasure import pseudonym
-from index.gallery import Gallery
+from index.gallery import InProcessGallery
 from index.store import SqliteStore
 
 DIM = 16
@@ -50,7 +50,7 @@ def all_pages(fetch, key: str, limit: int, pause: float = 0.0) -> tuple[list[dic
 
 
 def test_persons_and_faces_page_in_a_stable_order(store):
-    g = Gallery(store, 2)
+    g = InProcessGallery(store, 2)
     persons = [f"p{i:03d}" for i in random.Random(1).sample(range(50), 23)]
     ids = enrol(g, "c", persons, per_person=2)
     got, pages = all_pages(lambda **kw: g.list_persons("c", **kw), "persons", 5)
@@ -72,7 +72,7 @@ def test_persons_and_faces_page_in_a_stable_order(store):
 
 
 def test_cursors_and_limits_are_checked(store):
-    g = Gallery(store, 1)
+    g = InProcessGallery(store, 1)
     enrol(g, "c", ["a", "b", "c"])
     enrol(g, "d", ["a", "b"])
     page = g.list_persons("c", limit=1)
@@ -103,7 +103,7 @@ def test_cursors_and_limits_are_checked(store):
 def test_listing_while_writers_add_and_forget(store_factory):
     """Pages walked while three writers add and forget faces: every face that existed
     throughout is on exactly one page, and no face shows up twice."""
-    g = Gallery(store_factory(), 2)
+    g = InProcessGallery(store_factory(), 2)
     persons = [f"base{i:03d}" for i in range(120)]
     throughout = enrol(g, "busy", persons, per_person=2)
     doomed = enrol(g, "busy", [f"doomed{i:02d}" for i in range(30)], seed=1)
@@ -157,7 +157,7 @@ def test_listing_while_writers_add_and_forget(store_factory):
 
 
 def test_update_person_renames_and_relabels(store):
-    g = Gallery(store, 2)
+    g = InProcessGallery(store, 2)
     vec = unit(1, 5)[0]
     g.register("c", "dlib", DIM, [{"embedding": vec, "person_id": "ann", "name": "Ann",
                                    "labels": {"team": "red", "floor": "2"}}],
@@ -198,7 +198,7 @@ def export_all(g: Gallery, collection: str, page: int) -> list[dict]:
 def test_export_then_import_on_another_backend(store_factory, fresh_store):
     """A collection moves to another backend with its ids, persons, times and vectors;
     importing again adds nothing; the nearest faces are the same on both sides."""
-    src = Gallery(store_factory(), 2)
+    src = InProcessGallery(store_factory(), 2)
     enrol(src, "staff", [f"p{i:02d}" for i in range(40)], per_person=3, seed=3,
           labels={"site": "north"})
     src.delete_faces("staff", [src.list_faces("staff", limit=5)["faces"][4]["face_id"]])
@@ -208,7 +208,7 @@ def test_export_then_import_on_another_backend(store_factory, fresh_store):
     assert all(x["embedding"].shape == (DIM,) and x["name"] == x["person_id"].upper()
                for x in lines)
 
-    dst = Gallery(fresh_store(TARGET[store_factory.backend]), 3)
+    dst = InProcessGallery(fresh_store(TARGET[store_factory.backend]), 3)
     done = [dst.import_faces("staff", "dlib", DIM, lines[i:i + 50], create_collection=True)
             for i in range(0, len(lines), 50)]
     assert sum(len(d["imported"]) for d in done) == 119
@@ -247,7 +247,7 @@ def test_export_then_import_on_another_backend(store_factory, fresh_store):
 
 
 def test_import_takes_uuid_spellings_and_unnormalised_vectors(store):
-    g = Gallery(store, 1)
+    g = InProcessGallery(store, 1)
     raw = np.arange(1, DIM + 1, dtype=np.float32)
     uid = "4F0C2B1E-9D3A-4C5B-8E7F-6A5B4C3D2E1F"
     g.import_faces("c", "dlib", DIM, [{"id": uid, "person_id": "x", "embedding": raw}],
@@ -258,7 +258,7 @@ def test_import_takes_uuid_spellings_and_unnormalised_vectors(store):
 
 
 def test_replay_returns_the_first_answer(store):
-    g = Gallery(store, 2)
+    g = InProcessGallery(store, 2)
     items = [{"embedding": v, "person_id": f"p{i}"} for i, v in enumerate(unit(3, 7))]
     first = g.register("c", "dlib", DIM, items, idempotency_key="k1", create_collection=True,
                        request_hash="h1", extra={"boxes": [1, 2, 3]})
@@ -303,7 +303,7 @@ def test_migration_5_applies_to_an_older_store(tmp_path):
 
 
 def test_huge_but_finite_vectors_are_normalised_not_zeroed(store):
-    g = Gallery(store, 1)
+    g = InProcessGallery(store, 1)
     big = np.full(DIM, 3e37, dtype=np.float32)  # its float32 norm overflows
     g.register("c", "dlib", DIM, [{"embedding": big, "person_id": "x"}],
                create_collection=True)
@@ -313,7 +313,7 @@ def test_huge_but_finite_vectors_are_normalised_not_zeroed(store):
 
 
 def test_person_updates_and_imports_are_audited(store):
-    g = Gallery(store, 1)
+    g = InProcessGallery(store, 1)
     actor = Actor("k-1", "req-1")
     enrol(g, "c", ["ann", "bob"])
     g.update_person("c", "ann", {"name": "Anne"}, actor)

@@ -17,8 +17,8 @@ import pytest
 
 from configs.errors import ModelMismatch
 from index.errors import StoreUnavailable
-from index.gallery import Gallery
-from index.pgvector_store import PgvectorStore
+from index.gallery import InProcessGallery
+from index.store.pgvector import PgvectorStore
 from index.recipe_import import import_face_embeddings
 from index.store import PostgresStore
 
@@ -49,7 +49,7 @@ def explain(url: str, sql: str) -> str:
 @pytest.fixture
 def pgv(pgvector_url):
     store = PgvectorStore(pgvector_url, hnsw_m=8, hnsw_ef_construction=32, hnsw_ef_search=40)
-    g = Gallery(store)
+    g = InProcessGallery(store)
     yield g, store, pgvector_url
     g.close()
     store.close()
@@ -139,7 +139,7 @@ def test_hnsw_against_brute_force_and_live_removals(pgv):
     assert all(len(r) == 10 for r in hits)
     assert recall(hits, alive) >= 0.9
     # a larger ef_search is closer to exact
-    wide = Gallery(store, ef_search=400)
+    wide = InProcessGallery(store, ef_search=400)
     assert recall(wide.search("big", "dlib", probes, 10), alive) >= recall(hits, alive) - 1e-9
     wide.close()
     # top_k above ef_search still gets top_k results

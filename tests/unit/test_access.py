@@ -73,21 +73,21 @@ def test_key_table_accepts_live_keys_and_refuses_revoked_ones_within_max_age(ser
     async def run():
         svc = service()
         cfg = AuthSettings(refresh_s=0.05, max_age_s=0.3)
-        table = KeyTable([sha256_hex(ADMIN_KEY)], svc.key_table, cfg)
+        table = KeyTable([sha256_hex(ADMIN_KEY)], svc.access.key_table, cfg)
         assert table.enabled
         assert await table.authenticate(ADMIN_KEY) == SETTINGS_ADMIN
         assert await table.authenticate("wrong") is None
         kid, key, digest = new_key()
-        await svc.create_key(KeyRecord(kid, "reader", digest, ("read",), ("a",), time.time()))
+        await svc.access.create_key(KeyRecord(kid, "reader", digest, ("read",), ("a",), time.time()))
         p = await table.authenticate(key)
         assert p.key_id == kid and p.has("read") and not p.has("write")
         assert p.sees("a") and not p.sees("b")
         # a key made elsewhere a moment ago is found at once, though the copy is fresh
         # (a slow-polling table: only the re-read on a missing id can find it)
-        slow = KeyTable([], svc.key_table, AuthSettings(refresh_s=10, max_age_s=10))
+        slow = KeyTable([], svc.access.key_table, AuthSettings(refresh_s=10, max_age_s=10))
         assert (await slow.authenticate(key)).key_id == kid
         kid2, key2, digest2 = new_key()
-        await svc.create_key(KeyRecord(kid2, "new", digest2, ("write",), None, time.time()))
+        await svc.access.create_key(KeyRecord(kid2, "new", digest2, ("write",), None, time.time()))
         # made just after that read, with no pause: still found on first use
         assert (await slow.authenticate(key2)).key_id == kid2
         # an unknown id waits for one fresh read and is refused, without a read each
@@ -95,7 +95,7 @@ def test_key_table_accepts_live_keys_and_refuses_revoked_ones_within_max_age(ser
 
         async def counted(version, used):
             reads["n"] += 1
-            return await svc.key_table(version, used)
+            return await svc.access.key_table(version, used)
 
         counting = KeyTable([], counted, AuthSettings(refresh_s=10, max_age_s=10))
         assert (await counting.authenticate(key)).key_id == kid
@@ -106,14 +106,14 @@ def test_key_table_accepts_live_keys_and_refuses_revoked_ones_within_max_age(ser
         forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
         assert await table.authenticate(forged) is None  # right id, wrong secret
         await asyncio.sleep(0.2)  # a later poll writes the use back, for last_used_at
-        assert {k["id"]: k.get("last_used_at", 0) for k in await svc.list_keys()}[kid] \
+        assert {k["id"]: k.get("last_used_at", 0) for k in await svc.access.list_keys()}[kid] \
             > time.time() - 5
-        await svc.revoke_key(kid, Actor("settings"))  # from another replica
+        await svc.access.revoke_key(kid, Actor("settings"))  # from another replica
         t0 = time.monotonic()
         while await table.authenticate(key) is not None:
             await asyncio.sleep(0.01)
         assert time.monotonic() - t0 <= cfg.max_age_s + 0.2
-        assert [k["id"] for k in await svc.list_keys()] == [kid2]
+        assert [k["id"] for k in await svc.access.list_keys()] == [kid2]
 
     asyncio.run(run())
 
@@ -127,10 +127,10 @@ def test_key_table_fails_closed_when_the_store_is_unreachable(service):
             calls["n"] += 1
             if calls["n"] > 1:
                 raise Unavailable("the store is down")
-            return await svc.key_table(version, used)
+            return await svc.access.key_table(version, used)
 
         kid, key, digest = new_key()
-        await svc.create_key(KeyRecord(kid, "w", digest, ("write",), None, time.time()))
+        await svc.access.create_key(KeyRecord(kid, "w", digest, ("write",), None, time.time()))
         table = KeyTable([sha256_hex(ADMIN_KEY)], flaky, AuthSettings(refresh_s=5, max_age_s=0.2))
         assert (await table.authenticate(key)).key_id == kid
         await asyncio.sleep(0.25)

@@ -108,13 +108,13 @@ def test_authentication_is_off_only_when_said_so():
 def test_expired_keys_are_refused(service):
     async def run():
         svc = service()
-        table = KeyTable([sha256_hex(ADMIN_KEY)], svc.key_table,
+        table = KeyTable([sha256_hex(ADMIN_KEY)], svc.access.key_table,
                          AuthSettings(refresh_s=0.05, max_age_s=0.3))
         kid, key, digest = new_key()
-        await svc.create_key(KeyRecord(kid, "brief", digest, ("read",), None, time.time(),
+        await svc.access.create_key(KeyRecord(kid, "brief", digest, ("read",), None, time.time(),
                                        expires_at=time.time() + 0.5))
         assert (await table.authenticate(key)).key_id == kid
-        listed = {k["id"]: k for k in await svc.list_keys()}
+        listed = {k["id"]: k for k in await svc.access.list_keys()}
         assert listed[kid]["expires_at"] > time.time()
         await asyncio.sleep(0.6)
         assert await table.authenticate(key) is None
@@ -125,10 +125,10 @@ def test_refusals_take_the_same_time_for_known_and_unknown_key_ids(service):
     """A known id with a wrong secret waits for the read an unknown id waits for."""
     async def run():
         svc = service()
-        table = KeyTable([sha256_hex(ADMIN_KEY)], svc.key_table,
+        table = KeyTable([sha256_hex(ADMIN_KEY)], svc.access.key_table,
                          AuthSettings(refresh_s=0.05, max_age_s=1.0))
         kid, key, digest = new_key()
-        await svc.create_key(KeyRecord(kid, "k", digest, ("read",), None, time.time()))
+        await svc.access.create_key(KeyRecord(kid, "k", digest, ("read",), None, time.time()))
         assert (await table.authenticate(key)).key_id == kid
         forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
         known, unknown, good = [], [], []

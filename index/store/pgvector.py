@@ -1,6 +1,6 @@
 """The gallery store on PostgreSQL with pgvector: vectors searched in SQL.
 
-Layout. The schema is the PostgreSQL backend's (``index.store``: collections,
+Layout. The schema is the PostgreSQL backend's (``index.store.schema``: collections,
 persons, faces, idempotency keys, the change log and its tombstones), except
 that ``faces.embedding`` is a pgvector ``vector`` of no fixed dimension, since
 collections bound to different models live in one table. Each collection
@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from index.errors import StoreUnavailable
-from index.store import CollectionInfo, PostgresStore
+from index.store.postgres import PostgresStore
+from index.store.records import CollectionInfo
 
 log = logging.getLogger(__name__)
 
