@@ -225,6 +225,21 @@ class AuditSettings(BaseModel):
         "Gallery replica); null: keep every entry")
 
 
+class EncryptionSettings(BaseModel):
+    """Templates sealed at rest (index/sealing.py): where the master key is. Names of a
+    file and a variable only, never the key itself, so they can travel to every process."""
+
+    master_key_file: str | None = Field(
+        None, description="a file holding the 32-byte master key (raw, or base64): new "
+        "collections seal their templates with AES-256-GCM under a data key it wraps")
+    master_key_env: str | None = Field(
+        "FACEFLEET_MASTER_KEY", description="the environment variable holding the master key "
+        "when no file is set (unset or empty: templates of new collections are stored plain)")
+    previous_master_key_file: str | None = Field(
+        None, description="the master key before a rotation, until `python -m "
+        "index.rotate_master_key` has re-wrapped every collection under the current one")
+
+
 class Settings(BaseSettings):
     """Everything facefleet can be told, with the local embedded defaults."""
 
@@ -275,6 +290,7 @@ class Settings(BaseSettings):
         "auth.enabled is true")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     preload_actions: list[str] = Field(
         default_factory=lambda: ["age", "gender", "emotion"],

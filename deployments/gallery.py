@@ -145,7 +145,9 @@ def shard_handles(s: Settings) -> list[list[Any]]:
     ``[shard][copy]``, placed by :func:`shard_nodes`."""
     index: IndexSettings = s.index
     store = {"backend": index.backend, "database_url": index.database_url,
-             "data_dir": str(s.data_dir.resolve())}
+             "data_dir": str(s.data_dir.resolve()),
+             # where the master keys are (never the keys): a shard opens sealed templates
+             "encryption": s.encryption.model_dump()}
     icfg = {"index_type": index.index_type, "ivf_nlist": index.ivf_nlist,
             "ivf_nprobe": index.ivf_nprobe}
     # the name pins the store and index layout: another store never gets these shards
@@ -273,14 +275,16 @@ class Gallery(GalleryService):
 
             self._index_type = "pgvector-hnsw"
             store = open_store(index.backend, index.database_url, s.data_dir.resolve(),
-                               pgvector=pgvector_options(index))
+                               pgvector=pgvector_options(index),
+                               encryption=s.encryption.model_dump())
             shards: Any = SqlShards(store, search_threads=index.store_threads,  # type: ignore[arg-type]
                                     ef_search=index.hnsw_ef_search)
         else:
             refuse_sqlite_on_a_cluster(index)
             shards = RayShards(shard_handles(s))
             ray.get([c.ready.remote() for copies in shards.handles for c in copies])
-            store = open_store(index.backend, index.database_url, s.data_dir.resolve())
+            store = open_store(index.backend, index.database_url, s.data_dir.resolve(),
+                               encryption=s.encryption.model_dump())
         # keys and the audit trail: a service of their own over the same store, with
         # a small pool of store threads, so key polls never queue behind face writes
         access = AccessService(store, retention_days=s.audit.retention_days)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from index.errors import SchemaTooNew, StoreUnavailable
+from index.sealing import MasterKey, Sealer, WrappedKey
 from index.store.schema import LATEST_VERSION, MIGRATIONS
 
 log = logging.getLogger("index.store")
@@ -89,6 +90,13 @@ class SqlBase:
         #: key of the audit trail's pseudonyms of forgotten persons (index.erasure);
         #: open_store sets the server secret, a store opened bare uses its own
         self.erasure_key = secrets.token_bytes(32)
+        #: master keys (index.sealing), the current one first: new collections seal their
+        #: templates under it; the others only open collections not yet re-wrapped.
+        #: Empty: new collections store their templates plain.
+        self.masters: list[MasterKey] = []
+        #: collection id -> its sealer, or None for a plain collection. Ids are never
+        #: reused and a data key never changes (rotation re-wraps it), so entries stay true.
+        self._sealers: dict[int, Sealer | None] = {}
 
     def checkpoint(self) -> str | None:
         """After a forget or a drop: fold the write-ahead log into the main file and
@@ -121,6 +129,40 @@ class SqlBase:
 
     def _decode_one(self, value: Any) -> np.ndarray:
         return np.frombuffer(bytes(value), dtype="<f4").astype(np.float32)
+
+    # -- templates sealed at rest (index.sealing)
+    def _sealer_of(self, cur: Any, cid: int) -> Sealer | None:
+        """The sealer of collection ``cid`` (None: its templates are plain)."""
+        if cid in self._sealers:
+            return self._sealers[cid]
+        cur.execute(self._q("SELECT data_key, master_key_id FROM collections WHERE id = ?"),
+                    (cid,))
+        row = cur.fetchone()
+        sealer = None
+        if row is not None and row[0] is not None:
+            sealer = Sealer.unwrapped(cid, WrappedKey(bytes(row[0]), row[1]), self.masters)
+        if row is not None:
+            self._sealers[cid] = sealer
+        return sealer
+
+    def _seal(self, sealer: Sealer | None, face_no: int, vector: np.ndarray) -> Any:
+        """One template as written to ``faces.embedding``."""
+        if sealer is None:
+            return self._encode(vector)
+        return sealer.seal(face_no, np.ascontiguousarray(vector, dtype="<f4").tobytes())
+
+    def _open(self, sealer: Sealer | None, face_nos: Sequence[int], values: list[Any],
+              dim: int) -> np.ndarray:
+        """Templates read with :attr:`_EMB` as an ``(n, dim)`` float32 array."""
+        if sealer is None:
+            return self._decode(values, dim)
+        return sealer.open_vectors(face_nos, values, dim)
+
+    def _open_one(self, sealer: Sealer | None, face_no: int, value: Any) -> np.ndarray:
+        if sealer is None:
+            return self._decode_one(value)
+        return np.frombuffer(sealer.open(face_no, bytes(value)), dtype="<f4").astype(
+            np.float32)
 
     def _any(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """``column IN (...)`` (or ``= ANY``), as SQL text and parameters."""

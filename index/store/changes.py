@@ -71,8 +71,9 @@ class ChangeLogMixin(SqlBase):
                     "SELECT id FROM face_tombstones WHERE collection_id = ? AND seq > ? "
                     "AND bucket % ? = ?"), (cid, after_seq, nshards, shard))
                 removed = np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
-        return Changes(cid, dim, last, np.array([r[0] for r in rows], dtype=np.int64),
-                       self._decode([r[1] for r in rows], dim), removed, full)
+            ids = [int(r[0]) for r in rows]
+            vectors = self._open(self._sealer_of(cur, cid), ids, [r[1] for r in rows], dim)
+        return Changes(cid, dim, last, np.array(ids, dtype=np.int64), vectors, removed, full)
 
     # -- rebuild
     def iter_shard(self, shard: int, nshards: int, chunk: int = 20000,
@@ -90,6 +91,9 @@ class ChangeLogMixin(SqlBase):
             if seqs is not None:
                 seqs.update(found)
             dims = {cid: dim for cid, (dim, _) in found.items()}
+            # each collection's sealer before the scan: a scan cursor may hold the connection
+            for cid in found:
+                self._sealer_of(cur, cid)
             yield from self._scan_shard(cur, dims, shard, nshards, chunk)
 
     def _scan_cursor(self, cur: Any) -> Any:
@@ -121,5 +125,5 @@ class ChangeLogMixin(SqlBase):
             for cid, (ids, blobs) in groups.items():
                 if cid in dims:
                     yield (cid, dims[cid], np.array(ids, dtype=np.int64),
-                           self._decode(blobs, dims[cid]))
+                           self._open(self._sealers.get(cid), ids, blobs, dims[cid]))
 

@@ -11,6 +11,7 @@ from typing import Any
 from configs.errors import CollectionNotFound, Conflict, ModelMismatch
 from index import erasure
 from index.audit import AuditEntry
+from index.sealing import MasterKey, WrappedKey, rewrap, wrap_new_key
 from index.store.base import SqlBase, guarded
 from index.store.records import CollectionInfo
 
@@ -77,6 +78,12 @@ class CollectionsMixin(SqlBase):
         if row is None:
             return None
         info = self._coll(row)
+        if self.masters:
+            # the collection's own data key, kept only wrapped by the current master key
+            key = wrap_new_key(self.masters[0], info.id)
+            cur.execute(self._q(
+                "UPDATE collections SET data_key = ?, master_key_id = ? WHERE id = ?"),
+                (key.wrapped, key.master_key_id, info.id))
         self._collection_created(cur, info)
         return info
 
@@ -115,6 +122,28 @@ class CollectionsMixin(SqlBase):
             erasure.pseudonymise_audit(cur, self._q, self.erasure_key, name)
             self._audit(cur, audit)
         return self._coll(row)
+
+    @guarded
+    def rewrap_keys(self, new: MasterKey) -> dict[str, int]:
+        """Re-wrap every collection's data key under ``new`` (a master key rotation), in one
+        transaction; the templates stay as they are. Keys are opened with :attr:`masters`.
+        Counts of collections re-wrapped, already under ``new``, and plain."""
+        counts = {"rewrapped": 0, "current": 0, "plain": 0}
+        with self._tx(write=True) as cur:
+            cur.execute("SELECT id, data_key, master_key_id FROM collections")
+            for cid, wrapped, key_id in cur.fetchall():
+                if wrapped is None:
+                    counts["plain"] += 1
+                    continue
+                if key_id == new.key_id:
+                    counts["current"] += 1
+                    continue
+                key = rewrap(WrappedKey(bytes(wrapped), key_id), int(cid), self.masters, new)
+                cur.execute(self._q(
+                    "UPDATE collections SET data_key = ?, master_key_id = ? WHERE id = ?"),
+                    (key.wrapped, key.master_key_id, int(cid)))
+                counts["rewrapped"] += 1
+        return counts
 
     def _next_seq(self, cur: Any, cid: int) -> int:
         """Take the collection's next change number. The row update is also the

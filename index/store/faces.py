@@ -72,9 +72,10 @@ class FacesMixin(SqlBase):
             ids = self._next_ids(cur, n)
             buckets = np.fromiter((face_bucket(f) for f in face_ids), dtype=np.int64, count=n)
             row_bytes = emb.reshape(n, dim)
+            sealer = self._sealer_of(cur, info.id)
             self._insert_faces(cur, [
                 (int(ids[i]), face_ids[i], info.id, person_ids[i], int(buckets[i]),
-                 self._encode(row_bytes[i]), now, seq) for i in range(n)])
+                 self._seal(sealer, int(ids[i]), row_bytes[i]), now, seq) for i in range(n)])
             if idempotency is not None:
                 # [faces, persons, extra, created]: a replay is the first answer, whether
                 # this write created the collection included (older rows hold 2-3 items)
@@ -98,8 +99,7 @@ class FacesMixin(SqlBase):
 
 
     # -- faces and persons
-    def _face(self, row: Sequence[Any], with_embedding: bool = False) -> FaceRecord:
-        emb = self._decode_one(row[5]) if with_embedding and len(row) > 5 else None
+    def _face(self, row: Sequence[Any], emb: np.ndarray | None = None) -> FaceRecord:
         return FaceRecord(int(row[0]), row[1], row[2], int(row[3]), float(row[4]), emb)
 
     @guarded
@@ -111,9 +111,11 @@ class FacesMixin(SqlBase):
             cur.execute(self._q(f"SELECT {cols} FROM faces WHERE collection_id = ? AND face_id = ?"),
                         (cid, face_id))
             row = cur.fetchone()
-        if row is None:
-            raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
-        return self._face(row, with_embedding)
+            if row is None:
+                raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
+            emb = (self._open_one(self._sealer_of(cur, cid), int(row[0]), row[5])
+                   if with_embedding else None)
+        return self._face(row, emb)
 
     @guarded
     def delete_faces(self, cid: int, face_ids: Sequence[str],

@@ -55,8 +55,10 @@ class ListingsMixin(SqlBase):
                 f"AND p.person_id = f.person_id WHERE {where} ORDER BY f.id LIMIT ?"),
                 [*params, int(limit)])
             rows = cur.fetchall()
-        return [ListedFace(int(r[0]), r[1], r[2], r[3], labels_out(r[4]), float(r[5]),
-                           self._decode_one(r[6]) if with_embedding else None) for r in rows]
+            sealer = self._sealer_of(cur, cid) if with_embedding else None
+            return [ListedFace(int(r[0]), r[1], r[2], r[3], labels_out(r[4]), float(r[5]),
+                               self._open_one(sealer, int(r[0]), r[6]) if with_embedding
+                               else None) for r in rows]
 
     # -- imports
     @guarded
@@ -113,9 +115,10 @@ class ListingsMixin(SqlBase):
             buckets = np.fromiter((face_bucket(f) for f in kept_ids), dtype=np.int64, count=k)
             kept_emb = emb[keep].reshape(k, dim)
             if k:
+                sealer = self._sealer_of(cur, info.id)
                 self._insert_faces(cur, [
                     (int(ids[j]), kept_ids[j], info.id, person_ids[i], int(buckets[j]),
-                     self._encode(kept_emb[j]), float(created_at[i]), seq)
+                     self._seal(sealer, int(ids[j]), kept_emb[j]), float(created_at[i]), seq)
                     for j, i in enumerate(keep)])
             if audit is not None:
                 if created:
@@ -186,7 +189,8 @@ class ListingsMixin(SqlBase):
             info, face_ids, person_ids,
             np.array([r[0] for r in rows], dtype=np.int64),
             np.array([r[1] for r in rows], dtype=np.int64),
-            self._decode([r[2] for r in rows], info.dim), seq, created, persons,
+            self._open(self._sealer_of(cur, info.id), [int(r[0]) for r in rows],
+                       [r[2] for r in rows], info.dim), seq, created, persons,
             replayed=True, extra=rest[0] if rest else None,
             collection_created=bool(rest[1]) if len(rest) > 1 else False)
 

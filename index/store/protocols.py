@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from index.audit import AuditEntry
+from index.sealing import MasterKey
 from index.store.records import (KEEP, AddResult, Changes, CollectionInfo, Deleted,
                                  FaceRecord, HitInfo, ImportResult, KeyRecord, ListedFace,
                                  PersonRecord, PersonSummary, PersonUpsert)
@@ -18,8 +19,11 @@ from index.store.records import (KEEP, AddResult, Changes, CollectionInfo, Delet
 
 class CollectionStore(Protocol):
     backend: str
+    #: master keys of the templates sealed at rest, the current one first (index.sealing)
+    masters: list[MasterKey]
 
     def schema_version(self) -> int: ...
+    def rewrap_keys(self, new: MasterKey) -> dict[str, int]: ...
     def create_collection(self, name: str, model: str, dim: int,
                           audit: AuditEntry | None = None) -> CollectionInfo: ...
     def get_collection(self, name: str) -> CollectionInfo: ...

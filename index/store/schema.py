@@ -165,6 +165,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=("ALTER TABLE api_keys ADD COLUMN expires_at REAL",),
         postgres=("ALTER TABLE api_keys ADD COLUMN expires_at DOUBLE PRECISION",),
     ),
+    Migration(
+        7,
+        "templates sealed at rest: a collection's data key, wrapped by a master key",
+        # NULL: a collection whose templates are stored plain (made without a master key)
+        sqlite=("ALTER TABLE collections ADD COLUMN data_key BLOB",
+                "ALTER TABLE collections ADD COLUMN master_key_id TEXT"),
+        postgres=("ALTER TABLE collections ADD COLUMN data_key BYTEA",
+                  "ALTER TABLE collections ADD COLUMN master_key_id TEXT"),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
