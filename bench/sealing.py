@@ -9,9 +9,10 @@ with (AES-256-GCM, index/sealing.py). Then every shard of ``--shards`` is rebuil
 each store, one after the other (``ShardIndex.rebuild``: the store's snapshot scan, the
 templates opened, FAISS filled), as a shard actor does after a crash or a restart.
 Reported: seconds per shard and in total, per million faces, plain and sealed, and the
-ratio; on a cluster the shards rebuild in parallel, one actor each. Identify does not
-read templates from the store (the shards hold them in memory), so its latency is not
-touched by sealing. Writes bench/results/sealing.md.
+ratio; on a cluster the shards rebuild in parallel, one actor each. Then 300 one-probe
+identifies (top 5) through the in-process gallery of each store: identify does not read
+templates from the store (the shards hold them in memory), so sealing should leave its
+latency as it is. Writes bench/results/sealing.md.
 """
 
 from __future__ import annotations
@@ -60,6 +61,26 @@ def rebuild(store: object, shards: int) -> list[float]:
     return times
 
 
+def identify_ms(store: object, dim: int, n: int = 300) -> tuple[float, float]:
+    """p50 and p99 ms of one-probe identifies (top 5) through the in-process gallery of
+    ``store``: its shards rebuilt from the store, searched in memory, hits resolved."""
+    from index.gallery import InProcessGallery
+
+    g = InProcessGallery(store, nshards=2)  # type: ignore[arg-type]
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((n, dim), dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    times = []
+    try:
+        for v in q:
+            t0 = time.perf_counter()
+            g.search("bench", "bench", v[None], k=5)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        g.close()
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -84,10 +105,11 @@ def main() -> None:
             for mode, key_file in (("plain", None), ("sealed", str(key))):
                 store, fill_s = fill(Path(tmp) / f"{mode}-{dim}", a.n, dim, key_file)
                 times = rebuild(store, a.shards)
+                p50, p99 = identify_ms(store, dim)
                 store.close()  # type: ignore[attr-defined]
-                rows.append((dim, mode, fill_s, times))
+                rows.append((dim, mode, fill_s, times, p50, p99))
                 print(dim, mode, f"fill {fill_s:.1f} s", [f"{t:.2f}" for t in times],
-                      flush=True)
+                      f"identify p50 {p50:.2f} ms p99 {p99:.2f} ms", flush=True)
     per_m = 1_000_000 / a.n
     lines = [
         "# Sealed templates: the cost of a shard rebuild",
@@ -99,12 +121,13 @@ def main() -> None:
         "one million faces.",
         "",
         "| dim | templates | fill s | slowest shard s | all shards s (per 1M) | "
-        "vs plain |",
-        "|---|---|---:|---:|---:|---:|"]
-    plain = {dim: sum(t) for dim, mode, _, t in rows if mode == "plain"}
-    for dim, mode, fill_s, times in rows:
+        "rebuild vs plain | identify p50 / p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|"]
+    plain = {dim: sum(t) for dim, mode, _, t, _, _ in rows if mode == "plain"}
+    for dim, mode, fill_s, times, p50, p99 in rows:
         lines.append(f"| {dim} | {mode} | {fill_s * per_m:.1f} | {max(times) * per_m:.2f} | "
-                     f"{sum(times) * per_m:.2f} | {sum(times) / plain[dim]:.2f}x |")
+                     f"{sum(times) * per_m:.2f} | {sum(times) / plain[dim]:.2f}x | "
+                     f"{p50:.2f} / {p99:.2f} |")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
