@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.evaluate import FACES, LFW, Embedding
-from configs.settings import Settings
+from configs.settings import Runtime, Settings
 from pipelines import antispoof_fr, embed_mfn512
 from pipelines.models import ModelContext
 
@@ -47,9 +47,9 @@ log = logging.getLogger("bench.faceplugin")
 def shipped_session(path: Path):
     """The shipped file under the service's own session options (one thread, CPU), so
     that a difference can only come from the conversion."""
-    from pipelines.runtime import RuntimeConfig, onnx_session
+    from pipelines.runtime import onnx_session
 
-    return onnx_session(str(path), RuntimeConfig())
+    return onnx_session(str(path), Runtime())
 
 
 def upright_spoof_frames() -> dict[str, bytes]:

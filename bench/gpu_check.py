@@ -176,13 +176,13 @@ def measure(detector: str, embedders: list[str], batches: list[int], seconds: fl
     from configs.errors import FacefleetError
     from pipelines.models import ModelContext
     from pipelines.registry import build_detector, build_embedder
-    from pipelines.runtime import RuntimeConfig
-    from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+    from configs.settings import Runtime
+    from pipelines.stages import DetectionStage, DetectRequest
 
     s = Settings()
-    limits = ImageLimitsCfg(s.images.max_bytes, s.images.max_pixels, s.images.work_max_side)
+    limits = s.images
     ctx_of = lambda dev: ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
-                                      runtime=RuntimeConfig(device=dev, intra_op_threads=1))
+                                      runtime=Runtime(device=dev, intra_op_threads=1))
     on, cpu = ctx_of(device), ctx_of("cpu")
     data = _photos(max(batches))
     images = [decode_image(d, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels,

@@ -26,9 +26,9 @@ from configs.errors import FacefleetError
 from configs.settings import Settings
 from deployments.metrics import ProcessMetrics
 from pipelines.models import ModelContext
-from pipelines.runtime import RuntimeConfig, limit_native_threads
+from pipelines.runtime import limit_native_threads
 from pipelines.stages import (AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest,
-                              EmbeddingStage, EmbedRequest, ImageLimitsCfg)
+                              EmbeddingStage, EmbedRequest)
 
 log = logging.getLogger("facefleet.models")
 
@@ -37,7 +37,7 @@ _BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 
 def context_from(s: Settings) -> ModelContext:
     return ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
-                        runtime=RuntimeConfig.from_settings(s.runtime), model_pack=s.model_pack,
+                        runtime=s.runtime, model_pack=s.model_pack,
                         fusion_weights=s.fusion_weights,
                         anti_spoofing_model=s.anti_spoofing_model)
 
@@ -111,7 +111,7 @@ class _DetectMixin(_Batching):
     def _init_detect(self, s: Settings) -> None:
         self.detect_stage = DetectionStage(
             context_from(s),
-            ImageLimitsCfg(s.images.max_bytes, s.images.max_pixels, s.images.work_max_side),
+            s.images,
             preload=[s.default_detector])
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)

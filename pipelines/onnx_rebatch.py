@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from configs.settings import Runtime
 from configs.errors import ModelNotInstalled, Unavailable
 from pipelines.model_files import (atomic_write, exclusive, load_sidecar, lock_path,
                                    sha256_file, sidecar_path)
-from pipelines.runtime import RuntimeConfig, onnx_providers, onnx_session
+from pipelines.runtime import onnx_providers, onnx_session
 from pipelines.tflite_onnx import (ModelVerificationFailed, reference_input, reference_path,
                                    verify)
 
@@ -160,7 +161,7 @@ def ensure_converted(source: Path, out: Path, name: str, flush_below: float = 0.
             {"model": name, "missing_file": str(out)}) from exc
 
 
-def open_verified(source: Path, out: Path, name: str, runtime: RuntimeConfig,
+def open_verified(source: Path, out: Path, name: str, runtime: Runtime,
                   flush_below: float = 0.0) -> Any:
     """A session of the converted copy, converting or repairing it first, then verified."""
     onnx_providers(runtime)  # fail on an unusable device before converting

@@ -15,9 +15,9 @@ import argparse
 import logging
 import sys
 
-from configs.settings import Settings
+from configs.settings import Runtime, Settings
 from pipelines.models import ModelContext
-from pipelines.runtime import RuntimeConfig
+
 
 log = logging.getLogger("facefleet.prepare")
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     s = Settings()
     ctx = ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
-                       runtime=RuntimeConfig(device="cpu"))
+                       runtime=Runtime(device="cpu"))
     ctx.models_dir.mkdir(parents=True, exist_ok=True)
     from pipelines.embed_dlib import DlibOnnxEmbedder
 

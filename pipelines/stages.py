@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from configs.settings import ImageLimits
 from pipelines.align import Aligner
 from configs.errors import FacefleetError, ValidationError
 from pipelines.decode import DecodedImage, decode_image
@@ -62,13 +63,6 @@ class DetectRequest:
     chip_specs: tuple[ChipSpec, ...] = ()
 
 
-@dataclass(frozen=True)
-class ImageLimitsCfg:
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    work_max_side: int = 1600
-
-
 class DetectionStage:
     """Decode + detect + align, for a batch of encoded images.
 
@@ -78,7 +72,7 @@ class DetectionStage:
     A request that fails (bad image, unknown detector) fails alone.
     """
 
-    def __init__(self, ctx: ModelContext, limits: ImageLimitsCfg,
+    def __init__(self, ctx: ModelContext, limits: ImageLimits,
                  preload: list[str] | None = None) -> None:
         self.ctx = ctx
         self.limits = limits

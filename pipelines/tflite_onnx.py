@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from configs.settings import Runtime
 from configs.errors import ModelNotInstalled, Unavailable
 from pipelines.model_files import (atomic_write, exclusive, load_sidecar, lock_path,
                                    sha256_file, sidecar_path)
-from pipelines.runtime import RuntimeConfig, onnx_providers, onnx_session
+from pipelines.runtime import onnx_providers, onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def ensure_converted(tflite: Path, out: Path, name: str, force: bool = False) ->
             {"model": name, "missing_file": str(out)}) from exc
 
 
-def open_verified(tflite: Path, out: Path, name: str, runtime: RuntimeConfig) -> Any:
+def open_verified(tflite: Path, out: Path, name: str, runtime: Runtime) -> Any:
     """An onnxruntime session of the converted model, converting or repairing it first."""
     onnx_providers(runtime)  # fail on an unusable device before converting
     converted = not is_current(out, tflite)

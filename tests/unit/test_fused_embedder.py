@@ -11,14 +11,13 @@ from pydantic import ValidationError as SettingsError
 
 from bench.evaluate import LFW
 from configs.errors import ErrorCode, UnknownModel, ValidationError
-from configs.settings import Settings
+from configs.settings import ImageLimits, Settings
 from deployments.compat_schemas import collection_for, deepface_model_name, embedder_for
 from pipelines.embed_fused import FusedEmbedder
 from pipelines.embed_mobilefacenet import CHIP as MFN_CHIP
 from pipelines.models import DLIB_CHIP, ModelContext
 from pipelines.registry import PERMISSIVE_EMBEDDERS, build_embedder, embedder_names
-from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest,
-                              ImageLimitsCfg)
+from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest)
 
 FUSED = "dlib+mobilefacenet"
 
@@ -43,7 +42,7 @@ def chips(ctx) -> dict[str, np.ndarray]:
     """Both chip kinds of 6 photos: 3 people, 2 photos each."""
     names = ["Colin_Powell", "Tony_Blair", "Serena_Williams"]
     paths = [p for n in names for p in sorted((LFW / "images" / n).glob("*.jpg"))[:2]]
-    det = DetectionStage(ctx, ImageLimitsCfg())
+    det = DetectionStage(ctx, ImageLimits())
     res = det.run([DetectRequest(p.read_bytes(), "blazeface", chip_specs=(DLIB_CHIP, MFN_CHIP))
                    for p in paths])
     return {s.key: np.stack([r.chips[s.key][0] for r in res]) for s in (DLIB_CHIP, MFN_CHIP)}

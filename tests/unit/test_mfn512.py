@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs.settings import Runtime, ImageLimits
 from bench.evaluate import LFW
 from configs.errors import ErrorCode, ModelNotInstalled, ValidationError
 from pipelines import npm_assets, onnx_rebatch
 from pipelines.embed_mfn512 import ASSET, CHIP, FLUSH_BELOW, Mfn512Embedder, preprocess
 from pipelines.model_files import sidecar_path
 from pipelines.models import ModelContext
-from pipelines.runtime import RuntimeConfig, onnx_session
-from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+from pipelines.runtime import onnx_session
+from pipelines.stages import DetectionStage, DetectRequest
 from pipelines.tflite_onnx import ModelVerificationFailed, reference_path
 
 MODELS = Path("data/models")
@@ -37,7 +38,7 @@ def mfn() -> Mfn512Embedder:
 
 @pytest.fixture(scope="module")
 def detection() -> DetectionStage:
-    return DetectionStage(ModelContext(models_dir=MODELS), ImageLimitsCfg())
+    return DetectionStage(ModelContext(models_dir=MODELS), ImageLimits())
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def chips(detection) -> np.ndarray:
 
 
 def test_copy_is_bit_identical_to_the_shipped_file_on_real_faces(mfn, chips):
-    shipped = onnx_session(str(mfn.source_path), RuntimeConfig())
+    shipped = onnx_session(str(mfn.source_path), Runtime())
     x = preprocess(chips)
     ref = np.concatenate([shipped.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
     assert np.array_equal(mfn.embed_raw(chips), ref)
@@ -109,7 +110,7 @@ def test_damaged_copy_is_reconverted_on_load(tmp_path):
     bad["out_0"] = bad["out_0"] + 1.0
     np.savez(reference_path(emb.onnx_path), **bad)
     with pytest.raises(ModelVerificationFailed):
-        onnx_rebatch.verify(onnx_session(str(emb.onnx_path), RuntimeConfig()),
+        onnx_rebatch.verify(onnx_session(str(emb.onnx_path), Runtime()),
                             emb.onnx_path, "mfn512")
     again = Mfn512Embedder(ModelContext(models_dir=tmp_path))
     again.load()

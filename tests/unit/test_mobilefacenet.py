@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs.settings import ImageLimits
 from bench.evaluate import LFW, FACES
 from configs.errors import ErrorCode, ModelNotInstalled, ValidationError
 from pipelines import npm_assets, tflite_onnx
 from pipelines.align import warp5_points
 from pipelines.embed_mobilefacenet import ASSET, CHIP, MobileFaceNetEmbedder, preprocess
 from pipelines.models import DLIB_CHIP, ModelContext
-from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+from pipelines.stages import DetectionStage, DetectRequest
 from pipelines.types import ChipSpec
 
 MODELS = Path("data/models")
@@ -36,7 +37,7 @@ def mfn() -> MobileFaceNetEmbedder:
 
 @pytest.fixture(scope="module")
 def detection() -> DetectionStage:
-    return DetectionStage(ModelContext(models_dir=MODELS), ImageLimitsCfg())
+    return DetectionStage(ModelContext(models_dir=MODELS), ImageLimits())
 
 
 @pytest.fixture(scope="module")
