@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     for threads in (1, 2):
         m = EmbeddingStage(ctx(threads), flip_average=False).model("dlib")
         columns[f"dlib ONNX, {threads} thread{'s' if threads > 1 else ''}"] = \
-            lambda b, m=m: m.embed_chips(cut(b))
+            lambda b, m=m: m.predict_batch(cut(b))
     for name in ("dlib-native", *SINGLE):
         m = stage.model(name)
-        columns[name] = lambda b, m=m: m.embed_chips(cut(b))
+        columns[name] = lambda b, m=m: m.predict_batch(cut(b))
     served = []
     for name in ("dlib", *SERVED):
         label = f"{name} as served"
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             log.info("per image %-28s %.1f ms", name, per_image[name])
 
     names = list(columns)
-    flips = {n: s.flip_for(n) for n in ("dlib", *SERVED)}
+    from pipelines.stages import flips as mirrored
+
+    flips = {n: mirrored(s.flip_average, n) for n in ("dlib", *SERVED)}
     lines = [
         "# Embedders: in-process throughput",
         "",

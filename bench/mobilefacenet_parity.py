@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
-    from pipelines import tflite_onnx
+    from pipelines.install import tflite_onnx
     from pipelines.embed_mobilefacenet import CHIP, MobileFaceNetEmbedder, preprocess
     from pipelines.models import ModelContext
     from pipelines.stages import DetectionStage, DetectRequest

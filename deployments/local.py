@@ -380,9 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"topology": a.topology} if a.topology else None
     config = load_config(a.config, overrides, a.port)
     from configs.settings import SettingsProblem, load_settings
+    from pipelines.registry import check_model_settings
 
     try:  # here, in one line, before Ray starts (not after a deploy retried 4 times)
         settings = load_settings(config["applications"][0].get("args", {}).get("settings"))
+        check_model_settings(settings)
     except SettingsProblem as exc:
         print(f"facefleet: invalid setting: {exc}", file=sys.stderr)
         return 2

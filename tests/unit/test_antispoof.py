@@ -26,10 +26,9 @@ from pipelines.antispoof import ANTI_SPOOFING, MINIFASNET_GRAPHS, AntiSpoofModel
 from pipelines.antispoof_fr import CHIP as FR_CHIP
 from pipelines.antispoof_fr import FrLivenessModel
 from pipelines.antispoof_fr import preprocess as preprocess_live
-from pipelines.registry import build_attribute
-from pipelines.models import DLIB_CHIP, ModelContext
-from pipelines.stages import AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest, \
-    ImageLimits
+from pipelines.models import DLIB_CHIP, ModelContext, ModelTask
+from pipelines.registry import build
+from pipelines.stages import AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest
 from pipelines.types import Box, ChipSpec
 
 fasnet_utils = pytest.importorskip("deepface.models.spoofing.FasNetUtils")
@@ -144,8 +143,9 @@ def _spoof_frames_upright() -> dict[str, bytes]:
 
 
 def test_fr_liveness_is_the_default_and_the_minifasnet_pair_stays_selectable():
-    assert isinstance(build_attribute(ANTI_SPOOFING, ModelContext()), FrLivenessModel)
-    pair = build_attribute(ANTI_SPOOFING, ModelContext(anti_spoofing_model="deepface:Fasnet"))
+    assert isinstance(build(ModelTask.ATTRIBUTE, ANTI_SPOOFING, ModelContext()), FrLivenessModel)
+    pair = build(ModelTask.ATTRIBUTE, ANTI_SPOOFING,
+                 ModelContext(anti_spoofing_model="deepface:Fasnet"))
     assert isinstance(pair, AntiSpoofModel)
     assert Settings().anti_spoofing_model == "fr_liveness"
     assert Settings(model_pack="permissive").anti_spoofing_model == "deepface:Fasnet"

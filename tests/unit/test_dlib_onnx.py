@@ -20,12 +20,11 @@ dlib = pytest.importorskip("dlib")
 ort = pytest.importorskip("onnxruntime")
 face_recognition_models = pytest.importorskip("face_recognition_models")
 
-from configs.settings import Runtime
-from pipelines import dlib_convert  # noqa: E402
-from pipelines.embed_dlib import ONNX_NAME, DlibNativeEmbedder, DlibOnnxEmbedder  # noqa: E402
 from configs.errors import ModelNotInstalled, Unavailable, ValidationError  # noqa: E402
+from configs.settings import Runtime  # noqa: E402
+from pipelines.embed_dlib import ONNX_NAME, DlibNativeEmbedder, DlibOnnxEmbedder  # noqa: E402
+from pipelines.install import dlib_convert  # noqa: E402
 from pipelines.models import DLIB_CHIP, ModelContext  # noqa: E402
-from pipelines.runtime import Runtime  # noqa: E402
 
 LFW = Path(__file__).resolve().parents[2].parent / "shared" / "faces" / "lfw-dev" / "images"
 N_SAMPLE = 60
