@@ -2,10 +2,12 @@
 
 onnxruntime execution providers and session options, TensorFlow's device and
 thread pools, and BLAS / OpenMP thread counts all come from
-``configs.settings.Runtime`` through this module (the launcher's child
-environment takes its variables from ``native_thread_env``; the install-time
-converters open their sessions through ``onnx_session`` too). ``device='cuda'`` fails
-loudly when CUDA is not usable; ``device='auto'`` falls back to the CPU.
+``configs.settings.Runtime`` through this module: model replicas call
+``limit_native_threads``, every onnxruntime session (the install-time
+converters' too) comes from ``onnx_session``, and the local launcher's
+environment for the processes it starts from ``native_thread_env`` (FAISS's
+pool in the Gallery is the index's, ``index.faiss_threads``). ``device='cuda'``
+fails loudly when CUDA is not usable; ``device='auto'`` falls back to the CPU.
 """
 
 from __future__ import annotations
