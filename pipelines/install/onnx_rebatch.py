@@ -34,7 +34,7 @@ import numpy as np
 from configs.errors import ModelNotInstalled
 from configs.settings import Runtime
 from pipelines.install.model_files import atomic_write, exclusive, lock_path
-from pipelines.install.tflite_onnx import reference_input
+from pipelines.install.tflite_onnx import reference_input, symbolic_batch_io
 from pipelines.model_check import (FORMAT_VERSION, PREPARE, ModelVerificationFailed,
                                    is_current, reference_path, sha256_file, sidecar_path)
 from pipelines.runtime import onnx_session
@@ -57,11 +57,7 @@ def rebatch(model: Any, flush_below: float = 0.0) -> dict[str, int]:
     from onnx import numpy_helper
 
     g = model.graph
-    batch = int(g.input[0].type.tensor_type.shape.dim[0].dim_value)
-    for vi in list(g.input) + list(g.output):
-        vi.type.tensor_type.shape.dim[0].ClearField("dim_value")
-        vi.type.tensor_type.shape.dim[0].dim_param = "N"
-    del g.value_info[:]  # inferred intermediate shapes still carry the fixed batch
+    batch = symbolic_batch_io(g)
     inits = {t.name: t for t in g.initializer}
     reshapes = flushed = 0
     for node in g.node:

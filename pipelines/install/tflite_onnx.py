@@ -70,6 +70,18 @@ def tflite_outputs(tflite: Path, x: np.ndarray) -> dict[str, np.ndarray]:
             for d in interp.get_output_details()}
 
 
+def symbolic_batch_io(g: Any) -> int:
+    """Make dim 0 of a graph's inputs and outputs the symbol ``N``, in place, and
+    drop the inferred intermediate shapes (they still carry the fixed batch);
+    returns the fixed batch. The ``Reshape`` targets are the caller's to rewrite."""
+    batch = int(g.input[0].type.tensor_type.shape.dim[0].dim_value)
+    for vi in list(g.input) + list(g.output):
+        vi.type.tensor_type.shape.dim[0].ClearField("dim_value")
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    del g.value_info[:]
+    return batch
+
+
 def make_batch_dynamic(model: Any) -> int:
     """Make dim 0 of the graph's inputs and outputs symbolic, in place.
 
@@ -80,11 +92,7 @@ def make_batch_dynamic(model: Any) -> int:
     from onnx import numpy_helper
 
     g = model.graph
-    batch = int(g.input[0].type.tensor_type.shape.dim[0].dim_value)
-    for vi in list(g.input) + list(g.output):
-        vi.type.tensor_type.shape.dim[0].ClearField("dim_value")
-        vi.type.tensor_type.shape.dim[0].dim_param = "N"
-    del g.value_info[:]  # inferred intermediate shapes still carry the fixed batch
+    batch = symbolic_batch_io(g)
     inits = {t.name: t for t in g.initializer}
     done: set[str] = set()
     for node in g.node:
