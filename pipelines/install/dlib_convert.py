@@ -29,8 +29,7 @@ from configs.settings import Runtime
 from configs.errors import ModelNotInstalled
 from pipelines.embed_dlib import DAT_NAME, default_dat_path, synthetic_chip, verify
 from pipelines.install.model_files import atomic_write, exclusive, lock_path
-from pipelines.model_check import (FORMAT_VERSION, ModelVerificationFailed, is_current,
-                                   sha256_file, sidecar_path)
+from pipelines.model_check import FORMAT_VERSION, is_current, sha256_file, sidecar_path
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from configs.errors import ModelNotInstalled, Unavailable, ValidationError  # no
 from configs.settings import Runtime  # noqa: E402
 from pipelines.embed_dlib import ONNX_NAME, DlibNativeEmbedder, DlibOnnxEmbedder  # noqa: E402
 from pipelines.install import dlib_convert  # noqa: E402
+from pipelines.model_check import ModelVerificationFailed  # noqa: E402
 from pipelines.models import DLIB_CHIP, ModelContext  # noqa: E402
 
 LFW = Path(__file__).resolve().parents[2].parent / "shared" / "faces" / "lfw-dev" / "images"
@@ -223,7 +224,7 @@ def test_tampered_model_is_rebuilt_or_rejected(models_dir: Path, tmp_path: Path)
 
     # verify() alone refuses a model that disagrees with its reference ...
     session = ort.InferenceSession(str(work / ONNX_NAME), providers=["CPUExecutionProvider"])
-    with pytest.raises(dlib_convert.ModelVerificationFailed, match="cosine"):
+    with pytest.raises(ModelVerificationFailed, match="cosine"):
         dlib_convert.verify(session, work / ONNX_NAME)
 
     # ... and the embedder heals a damaged model by reconverting it from the .dat
