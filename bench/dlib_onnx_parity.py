@@ -86,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.embed_dlib import DlibNativeEmbedder, DlibOnnxEmbedder
     from pipelines.models import ModelContext
-    from pipelines.runtime import RuntimeConfig
+    from configs.settings import Runtime
 
     paths = lfw_paths(args.limit)
     chipper = HogChipper()
     with tempfile.TemporaryDirectory() as tmp:
-        runtime = RuntimeConfig(intra_op_threads=args.threads)
+        runtime = Runtime(intra_op_threads=args.threads)
         ctx = ModelContext(models_dir=Path(tmp), runtime=runtime)
         onnx_emb, native = DlibOnnxEmbedder(ctx), DlibNativeEmbedder(ctx)
         onnx_emb.load()

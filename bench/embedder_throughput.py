@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.settings import Runtime, ImageLimits
 from bench.dlib_onnx_parity import RESULTS, lfw_paths
 
 BATCHES = (1, 16, 64)
@@ -68,21 +69,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from configs.settings import Settings
     from pipelines.models import ModelContext
-    from pipelines.runtime import RuntimeConfig, limit_native_threads
-    from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest,
-                                  ImageLimitsCfg)
+    from pipelines.runtime import limit_native_threads
+    from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest)
 
     limit_native_threads(1)
     s = Settings()
 
     def ctx(threads: int = 1) -> ModelContext:
         return ModelContext(models_dir=s.models_path, fusion_weights=s.fusion_weights,
-                            runtime=RuntimeConfig(intra_op_threads=threads))
+                            runtime=Runtime(intra_op_threads=threads))
 
     fused_name = "dlib+mobilefacenet+mfn512"  # its chips are every network's
     stage = EmbeddingStage(ctx(), flip_average=s.flip_average)
     specs = stage.model(fused_name).chip_specs
-    det = DetectionStage(ctx(), ImageLimitsCfg())
+    det = DetectionStage(ctx(), ImageLimits())
     photos = lfw_paths(80)
     found = [r for r in det.run([DetectRequest(p.read_bytes(), s.default_detector,
                                                chip_specs=specs) for p in photos])
@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     for threads in (1, 2):
         m = EmbeddingStage(ctx(threads), flip_average=False).model("dlib")
         columns[f"dlib ONNX, {threads} thread{'s' if threads > 1 else ''}"] = \
-            lambda b, m=m: m.embed_chips(cut(b))
+            lambda b, m=m: m.predict_batch(cut(b))
     for name in ("dlib-native", *SINGLE):
         m = stage.model(name)
-        columns[name] = lambda b, m=m: m.embed_chips(cut(b))
+        columns[name] = lambda b, m=m: m.predict_batch(cut(b))
     served = []
     for name in ("dlib", *SERVED):
         label = f"{name} as served"
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             log.info("per image %-28s %.1f ms", name, per_image[name])
 
     names = list(columns)
-    flips = {n: s.flip_for(n) for n in ("dlib", *SERVED)}
+    from pipelines.stages import flips as mirrored
+
+    flips = {n: mirrored(s.flip_average, n) for n in ("dlib", *SERVED)}
     lines = [
         "# Embedders: in-process throughput",
         "",

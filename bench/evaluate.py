@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.settings import ImageLimits
 from configs.errors import FacefleetError
 from pipelines.models import ModelContext
-from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest,
-                              ImageLimitsCfg)
+from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest)
 from pipelines.types import Box, ChipSpec
 
 FACES = Path(__file__).resolve().parent.parent.parent / "shared" / "faces"
@@ -57,7 +57,7 @@ class Embedding:
         self.ctx = ctx or ModelContext()
         self.detector = detector
         self.model = model
-        self.det = DetectionStage(self.ctx, ImageLimitsCfg())
+        self.det = DetectionStage(self.ctx, ImageLimits())
         self.emb = EmbeddingStage(self.ctx, flip_average=flip_average)
         self.specs = self.emb.model(model).chip_specs
         self.missed = 0

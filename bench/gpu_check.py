@@ -174,15 +174,15 @@ def measure(detector: str, embedders: list[str], batches: list[int], seconds: fl
     from configs.settings import Settings
     from pipelines.decode import decode_image
     from configs.errors import FacefleetError
-    from pipelines.models import ModelContext
-    from pipelines.registry import build_detector, build_embedder
-    from pipelines.runtime import RuntimeConfig
-    from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+    from pipelines.models import ModelContext, ModelTask
+    from pipelines.registry import build
+    from configs.settings import Runtime
+    from pipelines.stages import DetectionStage, DetectRequest
 
     s = Settings()
-    limits = ImageLimitsCfg(s.images.max_bytes, s.images.max_pixels, s.images.work_max_side)
+    limits = s.images
     ctx_of = lambda dev: ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
-                                      runtime=RuntimeConfig(device=dev, intra_op_threads=1))
+                                      runtime=Runtime(device=dev, intra_op_threads=1))
     on, cpu = ctx_of(device), ctx_of("cpu")
     data = _photos(max(batches))
     images = [decode_image(d, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels,
@@ -192,7 +192,8 @@ def measure(detector: str, embedders: list[str], batches: list[int], seconds: fl
              "and decoding, images already decoded. CPU: one intra-op thread.", "",
              "| batch | images/s | faces/s | CPU images/s | speed-up | same faces | max box diff px "
              "| max score diff | GPU memory |", "|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
-    dev_det, cpu_det = build_detector(detector, on), build_detector(detector, cpu)
+    dev_det = build(ModelTask.DETECT, detector, on)
+    cpu_det = build(ModelTask.DETECT, detector, cpu)
     dev_det.load()  # a 'cuda' session that fell back to the CPU raises Unavailable here
     cpu_det.load()
     for b in batches:
@@ -223,7 +224,8 @@ def measure(detector: str, embedders: list[str], batches: list[int], seconds: fl
     stage = DetectionStage(cpu, limits)
     for name in embedders:
         try:
-            dev_emb, cpu_emb = build_embedder(name, on), build_embedder(name, cpu)
+            dev_emb = build(ModelTask.EMBED, name, on)
+            cpu_emb = build(ModelTask.EMBED, name, cpu)
             dev_emb.load()
             cpu_emb.load()
         except FacefleetError as exc:

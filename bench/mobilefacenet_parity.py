@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.settings import ImageLimits
 from bench.dlib_onnx_parity import RESULTS, cosine_rows, lfw_paths
 
 CHUNK = 64
@@ -39,15 +40,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
-    from pipelines import tflite_onnx
+    from pipelines.install import tflite_onnx
     from pipelines.embed_mobilefacenet import CHIP, MobileFaceNetEmbedder, preprocess
     from pipelines.models import ModelContext
-    from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+    from pipelines.stages import DetectionStage, DetectRequest
 
     ctx = ModelContext(models_dir=Path("data/models"))
     mfn = MobileFaceNetEmbedder(ctx)
     mfn.load()
-    detection = DetectionStage(ctx, ImageLimitsCfg())
+    detection = DetectionStage(ctx, ImageLimits())
     paths = lfw_paths(args.limit)
 
     names: list[str] = []

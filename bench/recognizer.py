@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in (False, True):
             r, c = by_label[mirror_pick[(name, m)]]
             cands[f"{name}{' + mirror' if m else ''}"] = (r, DETECT_MS + c, vecs[r.name])
-    today_label = TODAY if not s.flip_for(TODAY) else f"{TODAY} + mirror"
+    from pipelines.stages import flips
+
+    today_label = TODAY if not flips(s.flip_average, TODAY) else f"{TODAY} + mirror"
     budget = BUDGET * cands[today_label][1]
     best = pick_default({k: (r, c) for k, (r, c, _) in cands.items()}, budget)
     default = best.replace(" + mirror", "")

@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 
 from bench import http_load, sides
+from configs.settings import Runtime
 from deployments import local
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,16 +48,15 @@ def in_process(paths: list[Path], model: str | None = None, batch: int = 16) -> 
     """Images/s of detect+embed in this process, one thread (the ceiling of one core)."""
     from configs.settings import Settings
     from pipelines.models import ModelContext
-    from pipelines.runtime import RuntimeConfig, limit_native_threads
-    from pipelines.stages import DetectionStage, DetectRequest, EmbeddingStage, ImageLimitsCfg
+    from pipelines.runtime import limit_native_threads
+    from pipelines.stages import DetectionStage, DetectRequest, EmbeddingStage
 
     limit_native_threads(1)
     s = Settings()
     model = model or s.default_embedder
-    ctx = ModelContext(models_dir=s.models_path, runtime=RuntimeConfig(),
+    ctx = ModelContext(models_dir=s.models_path, runtime=Runtime(),
                        fusion_weights=s.fusion_weights)
-    det = DetectionStage(ctx, ImageLimitsCfg(s.images.max_bytes, s.images.max_pixels,
-                                             s.images.work_max_side))
+    det = DetectionStage(ctx, s.images)
     emb = EmbeddingStage(ctx, flip_average=s.flip_average)
     specs = emb.model(model).chip_specs
     images = [p.read_bytes() for p in paths]

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.settings import Runtime, ImageLimits
 from bench.evaluate import LFW
 from pipelines.models import DLIB_CHIP, ModelContext
 from pipelines.registry import DETECTORS
-from pipelines.runtime import RuntimeConfig, limit_native_threads
+from pipelines.runtime import limit_native_threads
 from pipelines.stages import (AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest,
-                              EmbeddingStage, EmbedRequest, ImageLimitsCfg)
+                              EmbeddingStage, EmbedRequest)
 
 OUT = Path(__file__).parent / "results" / "stage_throughput.md"
 
@@ -78,10 +79,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
     limit_native_threads(1)
-    ctx = ModelContext(runtime=RuntimeConfig(device="cpu", intra_op_threads=1))
+    ctx = ModelContext(runtime=Runtime(device="cpu", intra_op_threads=1))
     photos = [q.read_bytes() for q in sorted((LFW / "images").glob("*/*.jpg"))[::200][:16]]
     before = load()
-    det = DetectionStage(ctx, ImageLimitsCfg())
+    det = DetectionStage(ctx, ImageLimits())
     rows = []
     for name in DETECTORS:
         one = lambda: det.run([DetectRequest(photos[0], name, chip_specs=(DLIB_CHIP,))])

@@ -8,7 +8,6 @@ arguments. Nothing below this module reads the environment.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -82,6 +81,11 @@ DEFAULT_FUSION_WEIGHTS: dict[str, dict[str, float]] = {
 #: dlib+mfn512 was chosen on LFW dev (``bench/recognizer.py``): the best rank-1 over
 #: DevTrain people within 1.5x the CPU per image of the earlier dlib+mobilefacenet.
 PACK_DEFAULT_EMBEDDER: dict[str, str] = {"default": "dlib+mfn512", "permissive": "dlib"}
+
+#: The anti-spoofing model of each pack (``anti_spoofing_model`` unset): fr_liveness's
+#: weights carry no stated licence, so the permissive pack ships none and takes the
+#: user's MiniFASNet pair.
+PACK_ANTI_SPOOFING: dict[str, str] = {"default": "fr_liveness", "permissive": "deepface:Fasnet"}
 
 
 class ImageLimits(BaseModel):
@@ -351,9 +355,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _pack_default(self) -> Settings:
-        # plain Python, no model is loaded
-        from pipelines.registry import PACK_ANTI_SPOOFING, embedder_names
-
+        # whether default_embedder is offered in the pack is checked where the models
+        # are listed (pipelines.registry.check_model_settings), at deploy and start
         if self.anti_spoofing_model is None:
             self.anti_spoofing_model = PACK_ANTI_SPOOFING[self.model_pack]
         if self.model_pack == "permissive" and self.anti_spoofing_model == "fr_liveness":
@@ -361,10 +364,6 @@ class Settings(BaseSettings):
                              "'permissive' model pack (its weights state no licence)")
         if self.default_embedder is None:
             self.default_embedder = PACK_DEFAULT_EMBEDDER[self.model_pack]
-        offered = embedder_names(self.model_pack)
-        if self.default_embedder not in offered:
-            raise ValueError(f"default_embedder '{self.default_embedder}' is not offered in the "
-                             f"'{self.model_pack}' model pack; available: {', '.join(offered)}")
         return self
 
     def threshold_for(self, model: str) -> float | None:
@@ -374,11 +373,6 @@ class Settings(BaseSettings):
     def identify_threshold_for(self, model: str) -> float | None:
         """The 1:N identify threshold of ``model`` (None: not calibrated)."""
         return self.identify_thresholds.get(model)
-
-    def flip_for(self, model: str) -> bool:
-        if isinstance(self.flip_average, bool):
-            return self.flip_average
-        return self.flip_average.get(model, True)
 
 
 #: the form each settings value takes where a message has to say it
@@ -433,8 +427,3 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
         path = f" (args.settings.{'.'.join(map(str, loc))})" if loc else ""
         raise SettingsProblem(f"{where}{path}: {msg}{tail}") from None
 
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Settings from the environment; the entry points call this, nothing deeper."""
-    return Settings()

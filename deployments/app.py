@@ -21,6 +21,7 @@ from ray.serve import Application
 from configs.settings import load_settings
 from deployments.ingress import Ingress
 from deployments.models import Analyzer, Detector, Embedder
+from pipelines.registry import check_model_settings
 
 
 class AppArgs(BaseModel):
@@ -39,7 +40,9 @@ class AppArgs(BaseModel):
 def build_app(args: dict[str, Any] | None = None) -> Application:
     a = AppArgs.model_validate(args or {})
     # a bad value fails the deploy with one line naming its variable (SettingsProblem)
-    s = load_settings(a.settings).model_dump(mode="json")
+    settings = load_settings(a.settings)
+    check_model_settings(settings)  # the default embedder is one its pack offers
+    s = settings.model_dump(mode="json")
     gallery = None
     if a.gallery:
         from deployments.gallery import Gallery

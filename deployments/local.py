@@ -31,6 +31,7 @@ import yaml
 
 from deployments import launcher
 from deployments.ports import reserve_port
+from pipelines.runtime import native_thread_env
 
 log = logging.getLogger("facefleet.local")
 
@@ -40,8 +41,9 @@ LOOPBACK_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_DEDUP_LOGS": "0",
     "TF_CPP_MIN_LOG_LEVEL": "3",
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
+    # BLAS / OpenMP pools start at one thread; a model replica sets its own count
+    # (pipelines.runtime, from runtime.intra_op_threads)
+    **native_thread_env(1),
     # an unusable X-Request-Id is replaced before Serve echoes it (deployments/request_ids.py)
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.request_ids.proxy_middlewares",
 }
@@ -380,9 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"topology": a.topology} if a.topology else None
     config = load_config(a.config, overrides, a.port)
     from configs.settings import SettingsProblem, load_settings
+    from pipelines.registry import check_model_settings
 
     try:  # here, in one line, before Ray starts (not after a deploy retried 4 times)
         settings = load_settings(config["applications"][0].get("args", {}).get("settings"))
+        check_model_settings(settings)
     except SettingsProblem as exc:
         print(f"facefleet: invalid setting: {exc}", file=sys.stderr)
         return 2

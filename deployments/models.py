@@ -1,6 +1,7 @@
 """Model deployments: Detector, Embedder, Analyzer, and the same stages fused in-process.
 
-Each is a thin adapter over ``pipelines.stages``: a ``@serve.batch`` method
+Each is a thin adapter over ``pipelines.stages`` and one ``ModelCache`` per
+replica (``model_info`` answers for any model of it): a ``@serve.batch`` method
 gathers concurrent requests into one batch and runs the stage in a worker
 thread, so the replica's event loop keeps accepting requests. The Embedder and
 Analyzer take the Detector's result as it comes (a ``DeploymentResponse``
@@ -24,11 +25,12 @@ from ray.serve.metrics import Histogram
 
 from configs.errors import FacefleetError
 from configs.settings import Settings
+import pipelines.install  # noqa: F401 - registers the converters: a replica heals a damaged model file at load
 from deployments.metrics import ProcessMetrics
-from pipelines.models import ModelContext
-from pipelines.runtime import RuntimeConfig, limit_native_threads
+from pipelines.models import ModelContext, ModelTask
+from pipelines.runtime import limit_native_threads
 from pipelines.stages import (AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest,
-                              EmbeddingStage, EmbedRequest, ImageLimitsCfg)
+                              EmbeddingStage, EmbedRequest, ModelCache)
 
 log = logging.getLogger("facefleet.models")
 
@@ -37,7 +39,7 @@ _BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 
 def context_from(s: Settings) -> ModelContext:
     return ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
-                        runtime=RuntimeConfig.from_settings(s.runtime), model_pack=s.model_pack,
+                        runtime=s.runtime, model_pack=s.model_pack,
                         fusion_weights=s.fusion_weights,
                         anti_spoofing_model=s.anti_spoofing_model)
 
@@ -100,6 +102,19 @@ class _Batching:
             fn.set_batch_wait_timeout_s(wait)
         log.info("%s batching: max_batch_size=%d wait=%.3fs", self._name, size, wait)
 
+    def _init_models(self, s: Settings) -> None:
+        """One model cache for every stage of this replica (fused: all three)."""
+        if getattr(self, "models", None) is None:
+            self.models = ModelCache(context_from(s))
+
+    async def model_info(self, task: str, name: str) -> dict[str, Any] | FacefleetError:
+        """``InferenceModel.info`` of a model of this replica (loaded if need be), or
+        the error that loading it raised."""
+        try:
+            return await _in_thread(self.models.info, ModelTask(task), name)
+        except FacefleetError as exc:
+            return exc
+
     async def stats(self) -> dict[str, Any]:
         return {m: {str(k): v for k, v in sorted(c.items())} for m, c in self._sizes.items()}
 
@@ -109,10 +124,9 @@ class _Batching:
 
 class _DetectMixin(_Batching):
     def _init_detect(self, s: Settings) -> None:
-        self.detect_stage = DetectionStage(
-            context_from(s),
-            ImageLimitsCfg(s.images.max_bytes, s.images.max_pixels, s.images.work_max_side),
-            preload=[s.default_detector])
+        self._init_models(s)
+        self.detect_stage = DetectionStage(self.models.ctx, s.images,
+                                           preload=[s.default_detector], models=self.models)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def detect(self, requests: list[DetectRequest]) -> list[Any]:
@@ -122,8 +136,9 @@ class _DetectMixin(_Batching):
 
 class _EmbedMixin(_Batching):
     def _init_embed(self, s: Settings) -> None:
-        self.embed_stage = EmbeddingStage(context_from(s), preload=[s.default_embedder],
-                                          flip_average=s.flip_average)
+        self._init_models(s)
+        self.embed_stage = EmbeddingStage(self.models.ctx, preload=[s.default_embedder],
+                                          flip_average=s.flip_average, models=self.models)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def embed(self, detected: list[Any], models: list[str]) -> list[Any]:
@@ -137,19 +152,14 @@ class _EmbedMixin(_Batching):
         return await _in_thread(self.embed_stage.run, requests)
 
     async def embedder_info(self, name: str) -> dict[str, Any] | FacefleetError:
-        try:
-            m = await _in_thread(self.embed_stage.model, name)
-        except FacefleetError as exc:
-            return exc
-        specs = m.chip_specs
-        # chip_size / chip_padding: the first spec, for callers that predate chip_specs
-        return {"name": name, "dim": m.dim, "chip_specs": [c.as_dict() for c in specs],
-                "chip_size": specs[0].size, "chip_padding": specs[0].padding}
+        return await self.model_info(ModelTask.EMBED, name)
 
 
 class _AnalyzeMixin(_Batching):
     def _init_analyze(self, s: Settings) -> None:
-        self.analyze_stage = AnalysisStage(context_from(s), preload=list(s.preload_actions))
+        self._init_models(s)
+        self.analyze_stage = AnalysisStage(self.models.ctx, preload=list(s.preload_actions),
+                                           models=self.models)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def analyze(self, detected: list[Any], actions: list[tuple[str, ...]]) -> list[Any]:
@@ -162,13 +172,7 @@ class _AnalyzeMixin(_Batching):
         return await _in_thread(self.analyze_stage.run, requests)
 
     async def attribute_info(self, action: str) -> dict[str, Any] | FacefleetError:
-        try:
-            m = await _in_thread(self.analyze_stage.model, action)
-        except FacefleetError as exc:
-            return exc
-        specs = m.chip_specs
-        return {"action": action, "name": m.name, "chip_specs": [c.as_dict() for c in specs],
-                "chip_size": specs[0].size, "chip_padding": specs[0].padding}
+        return await self.model_info(ModelTask.ATTRIBUTE, action)
 
 
 @serve.deployment(name="Detector", max_ongoing_requests=64,

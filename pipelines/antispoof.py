@@ -67,10 +67,10 @@ class AntiSpoofModel(AttributeModel):
         self._sessions = [onnx_session(str(p), self.ctx.runtime) for p in paths]
 
     def predict(self, chips: np.ndarray) -> list[dict]:
-        raise ValidationError(f"'{self.name}' reads two crops per face; call predict_chips "
+        raise ValidationError(f"'{self.name}' reads two crops per face; call predict_batch "
                               f"with {', '.join(s.key for s in self.specs)}")
 
-    def predict_chips(self, chips: Mapping[str, np.ndarray]) -> list[dict]:
+    def predict_batch(self, chips: Mapping[str, np.ndarray]) -> list[dict]:
         crops = [chips_for(chips, spec, self.name) for spec in self.specs]
         n = len(crops[0])
         if n == 0:

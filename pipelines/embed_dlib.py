@@ -1,9 +1,11 @@
 """dlib's 128-d face-recognition ResNet as two embedders: ONNX (batched) and native.
 
 ``DlibOnnxEmbedder`` ("dlib") runs the network converted by
-``pipelines.dlib_convert`` under onnxruntime, so it batches, honours the
-configured threads and can use CUDA; the conversion happens on first load
-into the models directory and is checked against dlib on every load.
+``pipelines.install.dlib_convert`` under onnxruntime, so it batches, honours the
+configured threads and can use CUDA; the conversion happens at install (or on
+first load in a process that converts, ``pipelines.model_check``) into the models
+directory, and every load checks the file against dlib's own embedding of a
+synthetic chip, stored in its sidecar (``verify``).
 ``DlibNativeEmbedder`` ("dlib-native") calls dlib itself and is the reference
 the ONNX model is held to. Both take dlib face chips (150 px, padding 0.25,
 cut with ``dlib.get_face_chip`` from the 5-point shape) and return
@@ -19,29 +21,31 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import dlib_convert
 from configs.errors import ModelNotInstalled, Unavailable, ValidationError
-from pipelines.model_files import exclusive, lock_path
-from pipelines.models import DLIB_CHIP, Embedder, ModelContext, l2_normalise, require_file
-from pipelines.runtime import onnx_providers, onnx_session
+from pipelines.model_check import (ModelVerificationFailed, load_sidecar, open_verified,
+                                   sidecar_path)
+from pipelines.models import DLIB_CHIP, EmbedderModel, ModelContext, l2_normalise, require_file
 
 log = logging.getLogger(__name__)
 
+DAT_NAME = "dlib_face_recognition_resnet_model_v1.dat"
 ONNX_NAME = "dlib_resnet_v1.onnx"
 DIM = 128
+#: cosine an ONNX file must reach against dlib on the synthetic chip
+VERIFY_MIN_COSINE = 0.9999
 _HINT = (f"it ships with the face-recognition-models package (pip install "
-         f"face-recognition-models), or put {dlib_convert.DAT_NAME} in the models directory")
+         f"face-recognition-models), or put {DAT_NAME} in the models directory")
 
 
 def resolve_dat(ctx: ModelContext, model: str, explicit: Path | None = None) -> Path:
     """Where the .dat is: an explicit path, else the models dir, else the package's copy."""
     if explicit is not None:
         return require_file(Path(explicit), model, _HINT)
-    local = Path(ctx.models_dir) / dlib_convert.DAT_NAME
+    local = Path(ctx.models_dir) / DAT_NAME
     if local.is_file():
         return local
     try:
-        packaged = dlib_convert.default_dat_path()
+        packaged = default_dat_path()
     except ModelNotInstalled:
         packaged = None
     if packaged is not None and packaged.is_file():
@@ -61,7 +65,7 @@ def _check_chips(chips: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(chips)
 
 
-class DlibOnnxEmbedder(Embedder):
+class DlibOnnxEmbedder(EmbedderModel):
     """dlib ResNet v1 under onnxruntime: batched, CPU or CUDA."""
 
     name = "dlib"
@@ -79,51 +83,16 @@ class DlibOnnxEmbedder(Embedder):
     def load(self) -> None:
         if self.session is not None:
             return
-        onnx_providers(self.ctx.runtime)  # fail on an unusable device before converting
         dat = resolve_dat(self.ctx, self.name, self.dat_path)
-        converted = False
-        if not dlib_convert.is_current(self.onnx_path, dat):
-            self._convert(dat)
-            converted = True
-        try:
-            session = self._open_verified()
-        except ModelNotInstalled:
-            if converted:
-                raise
-            # a stale or damaged file on disk: rebuild it once from the .dat
-            log.warning("%s failed verification; reconverting from %s", self.onnx_path, dat)
-            self._convert(dat, force=True)
-            session = self._open_verified()
+        session = open_verified("dlib", dat, self.onnx_path, self.name, self.ctx.runtime,
+                                check=self._verify)
         self.session = session
         self._input = session.get_inputs()[0].name
         log.info("loaded %s on %s (cosine %.7f to dlib)", self.onnx_path,
                  session.get_providers()[0], self.verified_cosine)
 
-    def _convert(self, dat: Path, force: bool = False) -> None:
-        try:
-            with exclusive(lock_path(self.onnx_path)):
-                if force or not dlib_convert.is_current(self.onnx_path, dat):
-                    dlib_convert.convert(dat, self.onnx_path)
-        except OSError as exc:
-            raise ModelNotInstalled(
-                f"model 'dlib' is not converted and {self.onnx_path} cannot be written "
-                f"({exc}); run `python -m pipelines.dlib_convert --out {self.onnx_path}` "
-                "where that directory is writable",
-                {"model": self.name, "missing_file": str(self.onnx_path)},
-            ) from exc
-
-    def _open_verified(self) -> Any:
-        try:
-            session = onnx_session(str(self.onnx_path), self.ctx.runtime)
-        except (Unavailable, ModelNotInstalled):
-            raise
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise dlib_convert.ModelVerificationFailed(
-                f"converted model {self.onnx_path} cannot be opened by onnxruntime: {exc}",
-                {"model": self.name, "file": str(self.onnx_path)},
-            ) from exc
-        self.verified_cosine = dlib_convert.verify(session, self.onnx_path)
-        return session
+    def _verify(self, session: Any) -> None:
+        self.verified_cosine = verify(session, self.onnx_path)
 
     def embed_raw(self, chips: np.ndarray) -> np.ndarray:
         """The network's raw output (dlib's descriptor scale: same person if distance < 0.6)."""
@@ -138,7 +107,7 @@ class DlibOnnxEmbedder(Embedder):
         return l2_normalise(self.embed_raw(chips))
 
 
-class DlibNativeEmbedder(Embedder):
+class DlibNativeEmbedder(EmbedderModel):
     """dlib ResNet v1 through dlib itself (CPU, ~75 ms a face, no batch speed-up)."""
 
     name = "dlib-native"
@@ -185,3 +154,57 @@ class DlibNativeEmbedder(Embedder):
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         return l2_normalise(self.embed_raw(chips))
+
+
+def synthetic_chip(size: int = 150) -> np.ndarray:
+    """A deterministic 150x150 RGB uint8 test chip (smooth ramps and waves).
+
+    Defined by formulas rather than a random generator so that every numpy
+    version draws the same pixels, and with texture at several scales so
+    that every layer's weights influence the reference embedding.
+    """
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    r = 128 + 100 * np.sin(2 * np.pi * (1.5 * xx + 0.5 * yy))
+    gch = 128 + 90 * np.cos(2 * np.pi * 3.0 * yy) * np.sin(2 * np.pi * 2.0 * xx)
+    b = 255 * (0.3 * xx + 0.7 * yy) + 20 * np.sin(2 * np.pi * 11 * (xx - yy))
+    chip = np.stack([r, gch, b], axis=-1)
+    return np.clip(np.rint(chip), 0, 255).astype(np.uint8)
+
+
+def verify(session: Any, onnx_path: Path) -> float:
+    """Check a session of ``onnx_path`` against its sidecar; returns the cosine.
+
+    Raises ModelVerificationFailed when the sidecar is missing or the ONNX
+    output on the synthetic chip strays from dlib's reference.
+    """
+    meta = load_sidecar(onnx_path)
+    if meta is None or "reference_embedding" not in meta:
+        raise ModelVerificationFailed(
+            f"converted model {onnx_path} has no readable sidecar {sidecar_path(onnx_path)}; "
+            "delete both files to reconvert",
+            {"model": "dlib", "file": str(onnx_path)},
+        )
+    ref = np.asarray(meta["reference_embedding"], dtype=np.float64)
+    chip = synthetic_chip(int(meta["input"]["size"][0]))[None]
+    out = np.asarray(session.run(None, {"chips": chip})[0][0], dtype=np.float64)
+    cos = float(out @ ref / max(np.linalg.norm(out) * np.linalg.norm(ref), 1e-12))
+    if not cos >= VERIFY_MIN_COSINE:  # also catches NaN
+        raise ModelVerificationFailed(
+            f"converted model {onnx_path} does not reproduce dlib's reference embedding "
+            f"(cosine {cos:.6f} < {VERIFY_MIN_COSINE}); delete it to reconvert",
+            {"model": "dlib", "file": str(onnx_path), "cosine": cos},
+        )
+    return cos
+
+
+def default_dat_path() -> Path:
+    """The .dat shipped by the face-recognition-models package."""
+    try:
+        import face_recognition_models
+    except ImportError:
+        raise ModelNotInstalled(
+            f"model 'dlib' is not installed: {DAT_NAME} comes with the "
+            "face-recognition-models package (pip install face-recognition-models)",
+            {"model": "dlib", "missing_file": DAT_NAME},
+        ) from None
+    return Path(face_recognition_models.face_recognition_model_location())

@@ -18,14 +18,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from configs.errors import ValidationError
-from pipelines.models import Embedder, l2_normalise
+from pipelines.models import EmbedderModel, l2_normalise
 from pipelines.types import ChipSpec
 
 
-class FusedEmbedder(Embedder):
+class FusedEmbedder(EmbedderModel):
     """Weighted concatenation of the unit vectors of ``parts``."""
 
-    def __init__(self, name: str, parts: Sequence[Embedder], weights: Sequence[float]) -> None:
+    def __init__(self, name: str, parts: Sequence[EmbedderModel], weights: Sequence[float]) -> None:
         if len(parts) < 2 or len(parts) != len(weights):
             raise ValueError("a fused embedder needs two or more parts, one weight each")
         if not all(w > 0 for w in weights):
@@ -53,8 +53,8 @@ class FusedEmbedder(Embedder):
         return l2_normalise(cat)  # already unit length up to rounding
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
-        raise ValidationError(f"'{self.name}' needs chips of several kinds; call embed_chips "
+        raise ValidationError(f"'{self.name}' needs chips of several kinds; call predict_batch "
                               f"with {', '.join(s.key for s in self.chip_specs)}")
 
-    def embed_chips(self, chips: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.combine([p.embed_chips(chips) for p in self.parts])
+    def predict_batch(self, chips: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.combine([p.predict_batch(chips) for p in self.parts])

@@ -1,8 +1,12 @@
-"""Model interfaces shared by every detector, embedder and attribute model.
+"""The model interface: one base (``InferenceModel``) for every detector,
+embedder and attribute model, and the context models are built with.
 
-Each model is a plain class with a ``load()`` that may raise
-``ModelNotInstalled`` (naming the missing file and where it goes) and a
-batched call. Registries of names live in ``pipelines/registry.py``.
+Each model is a plain class with a name, a task (``ModelTask``), the chips it
+needs from detection, a ``load()`` that may raise ``ModelNotInstalled``
+(naming the missing file and where it goes), a batched ``predict_batch`` and
+an ``info()``. The one registry of names, keyed by task, is
+``pipelines/registry.py``; ``pipelines.stages.ModelCache`` builds and loads
+each model once.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
 from configs.errors import ModelNotInstalled, ValidationError
-from pipelines.runtime import RuntimeConfig
+from configs.settings import Runtime
 from pipelines.types import ChipSpec, Face
 
 DLIB_CHIP = ChipSpec(150, 0.25)
@@ -33,7 +39,7 @@ class ModelContext:
 
     models_dir: Path = Path("data/models")
     deepface_home: Path | None = None
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    runtime: Runtime = field(default_factory=Runtime)
     model_pack: str = "default"
     fusion_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     #: which model answers the ``anti_spoofing`` action (``pipelines.registry.ANTI_SPOOFING_MODELS``)
@@ -50,10 +56,55 @@ def require_file(path: Path, model: str, hint: str) -> Path:
     return path
 
 
-class Detector(ABC):
-    """Finds faces in decoded RGB images (uint8, HxWx3)."""
+class ModelTask(str, Enum):
+    """What a model does; the registry (``pipelines.registry``) is keyed by it."""
+
+    DETECT = "detect"  # images -> faces
+    EMBED = "embed"  # chips -> unit vectors
+    ATTRIBUTE = "attribute"  # chips -> age, gender, emotion, race or liveness
+
+
+class InferenceModel(ABC):
+    """The one interface of every model: a name, a task, what it needs from
+    detection, ``load`` and ``predict_batch``, and ``info`` for callers that
+    prepare its input (the ingress asks which chips to cut).
+
+    ``load`` may raise ``ModelNotInstalled`` (naming the missing file and where
+    it goes) and is safe to call again; ``predict_batch`` loads on first use.
+    """
 
     name: str = ""
+    task: ClassVar[ModelTask]
+    #: the one chip a single-network model reads (``chip_specs`` lists them all)
+    chip: ChipSpec = DLIB_CHIP
+
+    @property
+    def chip_specs(self) -> tuple[ChipSpec, ...]:
+        """The aligned chips this model needs of each detected face."""
+        return (self.chip,)
+
+    def load(self) -> None:  # noqa: B027 - optional hook
+        """Load weights; raise ModelNotInstalled when they are missing."""
+
+    @abstractmethod
+    def predict_batch(self, inputs: Any) -> Any:
+        """One forward pass over a batch: images for a detector, chips keyed by
+        ``ChipSpec.key`` for the others; one result per image or face."""
+
+    def info(self) -> dict[str, Any]:
+        """What a caller needs to feed this model; ``chip_size`` / ``chip_padding``
+        repeat the first spec for callers that predate ``chip_specs``."""
+        specs = self.chip_specs
+        out: dict[str, Any] = {"name": self.name, "chip_specs": [c.as_dict() for c in specs]}
+        if specs:
+            out.update(chip_size=specs[0].size, chip_padding=specs[0].padding)
+        return out
+
+
+class DetectorModel(InferenceModel):
+    """Finds faces in decoded RGB images (uint8, HxWx3)."""
+
+    task = ModelTask.DETECT
     #: (dx, dy, sw, sh): maps this detector's box onto the box dlib's 5-point
     #: shape predictor was trained with (dlib HOG): centre shift in box widths /
     #: heights and size ratios, medians over 600 LFW View 1 DevTrain images
@@ -61,70 +112,65 @@ class Detector(ABC):
     #: reported boxes stay the detector's own.
     box_to_dlib: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
+    @property
+    def chip_specs(self) -> tuple[ChipSpec, ...]:
+        return ()  # a detector reads whole images; it cuts the chips others need
+
     def calibrate(self, faces: list[Face]) -> list[Face]:
         for f in faces:
             if f.align_box is None:
                 f.align_box = f.box.mapped(*self.box_to_dlib)
         return faces
 
-    def load(self) -> None:  # noqa: B027 - optional hook
-        """Load weights; raise ModelNotInstalled when they are missing."""
-
     @abstractmethod
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Faces per image, in any order; landmarks may be NaN when unknown."""
 
+    def predict_batch(self, inputs: list[np.ndarray]) -> list[list[Face]]:
+        return self.detect(inputs)
 
-class Embedder(ABC):
+
+class EmbedderModel(InferenceModel):
     """Turns aligned chips into L2-normalised embeddings.
 
     ``chip_specs`` lists the chips the model needs of each face (one for a
-    single network; a fused embedder needs one per part); ``embed_chips``
+    single network; a fused embedder needs one per part); ``predict_batch``
     takes them keyed by ``ChipSpec.key``, as ``DetectedImage.chips`` holds them.
     """
 
-    name: str = ""
+    task = ModelTask.EMBED
     dim: int = 0
-    chip: ChipSpec = DLIB_CHIP
-
-    @property
-    def chip_specs(self) -> tuple[ChipSpec, ...]:
-        return (self.chip,)
-
-    def load(self) -> None:  # noqa: B027 - optional hook
-        """Load weights; raise ModelNotInstalled when they are missing."""
 
     @abstractmethod
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """(N, size, size, 3) uint8 RGB chips -> (N, dim) float32 unit vectors."""
 
-    def embed_chips(self, chips: Mapping[str, np.ndarray]) -> np.ndarray:
+    def predict_batch(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Chips keyed by ``ChipSpec.key`` -> (N, dim) float32 unit vectors."""
-        return self.embed(chips_for(chips, self.chip, self.name))
+        return self.embed(chips_for(inputs, self.chip, self.name))
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "dim": self.dim}
 
 
-class AttributeModel(ABC):
-    """Predicts one face attribute (age, gender, emotion, race, liveness) from chips."""
+class AttributeModel(InferenceModel):
+    """Predicts one face attribute (age, gender, emotion, race, liveness) from chips;
+    anti-spoofing reads two crops (``chip_specs``)."""
 
-    name: str = ""
+    task = ModelTask.ATTRIBUTE
+    #: the action of the analyze API this model answers
     action: str = ""
-    chip: ChipSpec = DLIB_CHIP
-
-    @property
-    def chip_specs(self) -> tuple[ChipSpec, ...]:
-        """Every chip the model reads per face (anti-spoofing reads two crops)."""
-        return (self.chip,)
-
-    def load(self) -> None:  # noqa: B027 - optional hook
-        """Load weights; raise ModelNotInstalled when they are missing."""
 
     @abstractmethod
     def predict(self, chips: np.ndarray) -> list[dict]:
         """One result dict per chip, in the API's shape for this action."""
 
-    def predict_chips(self, chips: Mapping[str, np.ndarray]) -> list[dict]:
+    def predict_batch(self, inputs: Mapping[str, np.ndarray]) -> list[dict]:
         """Chips keyed by ``ChipSpec.key`` -> one result dict per face."""
-        return self.predict(chips_for(chips, self.chip, self.name))
+        return self.predict(chips_for(inputs, self.chip, self.name))
+
+    def info(self) -> dict[str, Any]:
+        return {"action": self.action, **super().info()}
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The explicit registry of model names.
+"""The one registry of models: task -> name -> factory (``REGISTRY``, ``build``).
 
 Names map to factories that import their model library only when built, so a
 process that never detects with MTCNN never imports its TensorFlow graph. Any
@@ -12,46 +12,48 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from configs.errors import UnknownModel
-from pipelines.models import AttributeModel, Detector, Embedder, ModelContext
+from configs.settings import PACK_ANTI_SPOOFING, Settings, SettingsProblem
+from pipelines.models import (AttributeModel, DetectorModel, EmbedderModel, InferenceModel,
+                              ModelContext, ModelTask)
 
 
-def _blaze_short(ctx: ModelContext) -> Detector:
+def _blaze_short(ctx: ModelContext) -> DetectorModel:
     from pipelines.blazeface import SHORT, BlazeFaceOnnxDetector
 
     return BlazeFaceOnnxDetector(ctx, SHORT)
 
 
-def _blaze_full(ctx: ModelContext) -> Detector:
+def _blaze_full(ctx: ModelContext) -> DetectorModel:
     from pipelines.blazeface import FULL, BlazeFaceOnnxDetector
 
     return BlazeFaceOnnxDetector(ctx, FULL)
 
 
-def _hog(ctx: ModelContext) -> Detector:
+def _hog(ctx: ModelContext) -> DetectorModel:
     from pipelines.detectors import DlibHogDetector
 
     return DlibHogDetector(ctx)
 
 
-def _mtcnn(ctx: ModelContext) -> Detector:
+def _mtcnn(ctx: ModelContext) -> DetectorModel:
     from pipelines.detectors import MtcnnDetector
 
     return MtcnnDetector(ctx)
 
 
-def _haar(ctx: ModelContext) -> Detector:
+def _haar(ctx: ModelContext) -> DetectorModel:
     from pipelines.detectors import HaarDetector
 
     return HaarDetector(ctx)
 
 
-def _blaze_both(ctx: ModelContext) -> Detector:
+def _blaze_both(ctx: ModelContext) -> DetectorModel:
     from pipelines.blazeface import BlazeFaceBothDetector
 
     return BlazeFaceBothDetector(ctx)
 
 
-DETECTORS: dict[str, Callable[[ModelContext], Detector]] = {
+DETECTORS: dict[str, Callable[[ModelContext], DetectorModel]] = {
     "blazeface": _blaze_both,
     "blazeface-short": _blaze_short,
     "blazeface-full": _blaze_full,
@@ -61,25 +63,25 @@ DETECTORS: dict[str, Callable[[ModelContext], Detector]] = {
 }
 
 
-def _dlib_onnx(ctx: ModelContext) -> Embedder:
+def _dlib_onnx(ctx: ModelContext) -> EmbedderModel:
     from pipelines.embed_dlib import DlibOnnxEmbedder
 
     return DlibOnnxEmbedder(ctx)
 
 
-def _dlib_native(ctx: ModelContext) -> Embedder:
+def _dlib_native(ctx: ModelContext) -> EmbedderModel:
     from pipelines.embed_dlib import DlibNativeEmbedder
 
     return DlibNativeEmbedder(ctx)
 
 
-def _mobilefacenet(ctx: ModelContext) -> Embedder:
+def _mobilefacenet(ctx: ModelContext) -> EmbedderModel:
     from pipelines.embed_mobilefacenet import MobileFaceNetEmbedder
 
     return MobileFaceNetEmbedder(ctx)
 
 
-def _mfn512(ctx: ModelContext) -> Embedder:
+def _mfn512(ctx: ModelContext) -> EmbedderModel:
     from pipelines.embed_mfn512 import Mfn512Embedder
 
     return Mfn512Embedder(ctx)
@@ -93,8 +95,8 @@ FUSED: dict[str, tuple[str, ...]] = {
 }
 
 
-def _fused(name: str) -> Callable[[ModelContext], Embedder]:
-    def build(ctx: ModelContext) -> Embedder:
+def _fused(name: str) -> Callable[[ModelContext], EmbedderModel]:
+    def build(ctx: ModelContext) -> EmbedderModel:
         from pipelines.embed_fused import FusedEmbedder
 
         weights = ctx.fusion_weights.get(name)
@@ -108,7 +110,7 @@ def _fused(name: str) -> Callable[[ModelContext], Embedder]:
     return build
 
 
-EMBEDDERS: dict[str, Callable[[ModelContext], Embedder]] = {
+EMBEDDERS: dict[str, Callable[[ModelContext], EmbedderModel]] = {
     "dlib": _dlib_onnx,
     "dlib-native": _dlib_native,
     "mobilefacenet": _mobilefacenet,
@@ -180,9 +182,8 @@ ANTI_SPOOFING_MODELS: dict[str, Callable[[ModelContext], AttributeModel]] = {
     "fr_liveness": _fr_liveness,
     "deepface:Fasnet": _minifasnet,
 }
-#: the anti-spoofing model of each pack: fr_liveness's weights carry no stated
-#: licence, so the permissive pack ships none and takes the user's pair
-PACK_ANTI_SPOOFING: dict[str, str] = {"default": "fr_liveness", "permissive": "deepface:Fasnet"}
+#: the anti-spoofing model of each pack is a setting default (configs.settings)
+assert set(PACK_ANTI_SPOOFING.values()) <= set(ANTI_SPOOFING_MODELS)
 
 
 def _antispoof(ctx: ModelContext) -> AttributeModel:
@@ -204,7 +205,7 @@ ATTRIBUTES: dict[str, Callable[[ModelContext], AttributeModel]] = {
 }
 
 
-def build_detector(name: str, ctx: ModelContext) -> Detector:
+def _build_detector(name: str, ctx: ModelContext) -> DetectorModel:
     try:
         return DETECTORS[name](ctx)
     except KeyError:
@@ -212,7 +213,7 @@ def build_detector(name: str, ctx: ModelContext) -> Detector:
                            {"detector": name, "available": list(DETECTORS)}) from None
 
 
-def build_embedder(name: str, ctx: ModelContext) -> Embedder:
+def _build_embedder(name: str, ctx: ModelContext) -> EmbedderModel:
     available = embedder_names(ctx.model_pack)
     if name not in available:
         why = ("is not offered in the permissive model pack"
@@ -227,9 +228,34 @@ def build_embedder(name: str, ctx: ModelContext) -> Embedder:
     return DeepFaceEmbedder(name, ctx)
 
 
-def build_attribute(action: str, ctx: ModelContext) -> AttributeModel:
+def _build_attribute(action: str, ctx: ModelContext) -> AttributeModel:
     try:
         return ATTRIBUTES[action](ctx)
     except KeyError:
         raise UnknownModel(f"unknown action '{action}'; available: {', '.join(ATTRIBUTES)}",
                            {"action": action, "available": list(ATTRIBUTES)}) from None
+
+
+#: task -> how a name of that task is resolved (its names: DETECTORS, EMBEDDERS
+#: plus DeepFace's zoo, ATTRIBUTES; each with its own "unknown" error)
+REGISTRY: dict[ModelTask, Callable[[str, ModelContext], InferenceModel]] = {
+    ModelTask.DETECT: _build_detector,
+    ModelTask.EMBED: _build_embedder,
+    ModelTask.ATTRIBUTE: _build_attribute,
+}
+
+
+def build(task: ModelTask, name: str, ctx: ModelContext) -> InferenceModel:
+    """The model ``name`` of ``task``, not loaded yet; UnknownModel when there is none."""
+    return REGISTRY[ModelTask(task)](name, ctx)
+
+
+def check_model_settings(s: Settings) -> None:
+    """Refuse settings that name a default embedder the model pack does not offer
+    (``SettingsProblem``, one line naming the variable); run at deploy and start."""
+    offered = embedder_names(s.model_pack)
+    if s.default_embedder not in offered:
+        raise SettingsProblem(
+            "FACEFLEET_DEFAULT_EMBEDDER (args.settings.default_embedder): default_embedder "
+            f"'{s.default_embedder}' is not offered in the '{s.model_pack}' model pack; "
+            f"available: {', '.join(offered)}")

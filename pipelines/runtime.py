@@ -2,38 +2,32 @@
 
 onnxruntime execution providers and session options, TensorFlow's device and
 thread pools, and BLAS / OpenMP thread counts all come from
-``configs.settings.Runtime`` through this module. ``device='cuda'`` fails
-loudly when CUDA is not usable; ``device='auto'`` falls back to the CPU.
+``configs.settings.Runtime`` through this module: model replicas call
+``limit_native_threads``, every onnxruntime session (the install-time
+converters' too) comes from ``onnx_session``, and the local launcher's
+environment for the processes it starts from ``native_thread_env`` (FAISS's
+pool in the Gallery is the index's, ``index.faiss_threads``). ``device='cuda'``
+fails loudly when CUDA is not usable; ``device='auto'`` falls back to the CPU.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from configs.errors import Unavailable
+from configs.settings import Runtime
 
 log = logging.getLogger(__name__)
 
-Device = Literal["cpu", "cuda", "auto"]
+#: the variables BLAS / OpenMP read their pool sizes from when they start
+NATIVE_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """How models run in this process (a plain copy of ``Settings.runtime``)."""
-
-    device: Device = "cpu"
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    cuda_device_id: int = 0
-
-    @classmethod
-    def from_settings(cls, runtime: Any) -> RuntimeConfig:
-        return cls(device=runtime.device, intra_op_threads=runtime.intra_op_threads,
-                   inter_op_threads=runtime.inter_op_threads,
-                   cuda_device_id=runtime.cuda_device_id)
+def native_thread_env(threads: int) -> dict[str, str]:
+    """The environment that caps BLAS / OpenMP pools of a process not yet started."""
+    return {var: str(max(threads, 1)) for var in NATIVE_THREAD_VARS}
 
 
 def limit_native_threads(threads: int) -> None:
@@ -42,9 +36,7 @@ def limit_native_threads(threads: int) -> None:
     Must run before numpy-heavy libraries spin up their pools, so replicas call
     it first thing in their constructor.
     """
-    n = str(max(threads, 1))
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = n
+    os.environ.update(native_thread_env(threads))
     try:
         from threadpoolctl import threadpool_limits
 
@@ -53,7 +45,7 @@ def limit_native_threads(threads: int) -> None:
         pass
 
 
-def onnx_providers(cfg: RuntimeConfig) -> list[Any]:
+def onnx_providers(cfg: Runtime) -> list[Any]:
     """Execution providers for onnxruntime according to ``cfg.device``.
 
     Raises ``Unavailable`` when CUDA is requested but onnxruntime has no CUDA
@@ -101,14 +93,15 @@ def _preload_cuda_libraries(ort: Any) -> None:
         log.info("onnxruntime.preload_dlls failed (%s); relying on system CUDA libraries", exc)
 
 
-def onnx_session(path: str, cfg: RuntimeConfig, *, optimize: bool = True,
+def onnx_session(path: str | bytes, cfg: Runtime, *, optimize: bool = True,
                  denormal_as_zero: bool = False) -> Any:
-    """An onnxruntime InferenceSession for ``path`` on the configured device.
+    """An onnxruntime InferenceSession for ``path`` (or a serialized model) on the
+    configured device.
 
     ``denormal_as_zero`` sets onnxruntime's flush-to-zero switch; it reaches
     the intra-op pool's threads only, not the thread that calls ``run`` (all of
     the work with one intra-op thread), so a model with denormal weights also
-    needs them zeroed (``pipelines.onnx_rebatch``).
+    needs them zeroed (``pipelines.install.onnx_rebatch``).
     """
     import onnxruntime as ort
 
@@ -141,7 +134,7 @@ def onnx_session(path: str, cfg: RuntimeConfig, *, optimize: bool = True,
 _tf_configured = False
 
 
-def configure_tensorflow(cfg: RuntimeConfig) -> Any:
+def configure_tensorflow(cfg: Runtime) -> Any:
     """Import TensorFlow with the configured threads and device; returns the module."""
     global _tf_configured
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -161,7 +154,7 @@ def configure_tensorflow(cfg: RuntimeConfig) -> Any:
     return tf
 
 
-def tf_device(cfg: RuntimeConfig) -> str:
+def tf_device(cfg: Runtime) -> str:
     """TensorFlow device string for model placement."""
     if cfg.device == "cpu":
         return "CPU:0"

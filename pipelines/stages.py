@@ -14,41 +14,51 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from pipelines.align import Aligner
 from configs.errors import FacefleetError, ValidationError
+from configs.settings import ImageLimits
+from pipelines.align import Aligner
 from pipelines.decode import DecodedImage, decode_image
 from pipelines.embed_fused import FusedEmbedder
-from pipelines.models import (AttributeModel, Detector, Embedder, ModelContext, chips_for,
-                              l2_normalise)
-from pipelines.registry import build_attribute, build_detector, build_embedder
+from pipelines.models import (AttributeModel, DetectorModel, EmbedderModel, InferenceModel,
+                              ModelContext, ModelTask, chips_for, l2_normalise)
+from pipelines.registry import build
 from pipelines.types import AnalyzedImage, Box, ChipSpec, DetectedImage, EmbeddedImage, Face
 
 log = logging.getLogger(__name__)
 
 
-class _ModelCache:
-    """Builds and loads each named model once; remembers load failures briefly."""
+class ModelCache:
+    """Builds and loads each model once, by task and name, for every stage of a process.
 
-    def __init__(self, build, ctx: ModelContext) -> None:
-        self._build = build
-        self._ctx = ctx
-        self._models: dict[str, object] = {}
+    A load that fails (``ModelNotInstalled``) is not cached, so a later install
+    works without a restart.
+    """
+
+    def __init__(self, ctx: ModelContext) -> None:
+        self.ctx = ctx
+        self._models: dict[tuple[ModelTask, str], InferenceModel] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str):
-        model = self._models.get(name)
+    def get(self, task: ModelTask, name: str) -> InferenceModel:
+        key = (ModelTask(task), name)
+        model = self._models.get(key)
         if model is not None:
             return model
         with self._lock:
-            model = self._models.get(name)
+            model = self._models.get(key)
             if model is None:
-                model = self._build(name, self._ctx)
-                model.load()  # may raise ModelNotInstalled: not cached, so a later install works
-                self._models[name] = model
+                model = build(key[0], name, self.ctx)
+                model.load()
+                self._models[key] = model
         return model
+
+    def info(self, task: ModelTask, name: str) -> dict[str, Any]:
+        """``InferenceModel.info`` of the model (built and loaded if need be)."""
+        return self.get(task, name).info()
 
 
 @dataclass(frozen=True)
@@ -62,13 +72,6 @@ class DetectRequest:
     chip_specs: tuple[ChipSpec, ...] = ()
 
 
-@dataclass(frozen=True)
-class ImageLimitsCfg:
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    work_max_side: int = 1600
-
-
 class DetectionStage:
     """Decode + detect + align, for a batch of encoded images.
 
@@ -78,15 +81,18 @@ class DetectionStage:
     A request that fails (bad image, unknown detector) fails alone.
     """
 
-    def __init__(self, ctx: ModelContext, limits: ImageLimitsCfg,
-                 preload: list[str] | None = None) -> None:
+    def __init__(self, ctx: ModelContext, limits: ImageLimits,
+                 preload: list[str] | None = None, models: ModelCache | None = None) -> None:
         self.ctx = ctx
         self.limits = limits
-        self.detectors = _ModelCache(build_detector, ctx)
+        self.models = models or ModelCache(ctx)
         self.aligner = Aligner(ctx)
         self.aligner.load()
         for name in preload or []:
-            self.detectors.get(name)
+            self.detector(name)
+
+    def detector(self, name: str) -> DetectorModel:
+        return self.models.get(ModelTask.DETECT, name)  # type: ignore[return-value]
 
     def run(self, requests: list[DetectRequest]) -> list[DetectedImage | FacefleetError]:
         results: list[DetectedImage | FacefleetError | None] = [None] * len(requests)
@@ -97,7 +103,7 @@ class DetectionStage:
             try:
                 if req.max_faces < 1:
                     raise ValidationError("max_faces must be at least 1")
-                self.detectors.get(req.detector)
+                self.detector(req.detector)
                 img = decode_image(req.data, max_bytes=self.limits.max_bytes,
                                    max_pixels=self.limits.max_pixels,
                                    work_max_side=self.limits.work_max_side)
@@ -107,7 +113,7 @@ class DetectionStage:
             decoded[i] = (img, time.perf_counter() - t0)
             groups.setdefault(req.detector, []).append(i)
         for name, idx in groups.items():
-            detector: Detector = self.detectors.get(name)
+            detector = self.detector(name)
             t0 = time.perf_counter()
             found = _detect_each(detector, [decoded[i][0].pixels for i in idx])
             shared = time.perf_counter() - t0
@@ -122,7 +128,7 @@ class DetectionStage:
                     results[i] = exc
         return results  # type: ignore[return-value]
 
-    def _finish(self, req: DetectRequest, detector: Detector, img: DecodedImage,
+    def _finish(self, req: DetectRequest, detector: DetectorModel, img: DecodedImage,
                 faces: list[Face], spent_s: float) -> DetectedImage:
         """Filter, order, align and cut chips for one image's faces.
 
@@ -151,18 +157,18 @@ class DetectionStage:
                              time_ms=(spent_s + time.perf_counter() - t0) * 1000)
 
 
-def _detect_each(detector: Detector, images: list[np.ndarray]) -> list[list[Face] | FacefleetError]:
+def _detect_each(detector: DetectorModel, images: list[np.ndarray]) -> list[list[Face] | FacefleetError]:
     """The detector over all images at once; if that fails, image by image,
     so that one image the detector cannot handle fails alone."""
     try:
-        return list(detector.detect(images))
+        return list(detector.predict_batch(images))
     except FacefleetError as exc:
         if len(images) == 1:
             return [exc]
     out: list[list[Face] | FacefleetError] = []
     for image in images:
         try:
-            out.append(detector.detect([image])[0])
+            out.append(detector.predict_batch([image])[0])
         except FacefleetError as exc:
             out.append(exc)
     return out
@@ -192,18 +198,17 @@ class EmbeddingStage:
     """
 
     def __init__(self, ctx: ModelContext, preload: list[str] | None = None,
-                 flip_average: bool | Mapping[str, bool] = True) -> None:
-        self.models = _ModelCache(build_embedder, ctx)
+                 flip_average: bool | Mapping[str, bool] = True,
+                 models: ModelCache | None = None) -> None:
+        self.models = models or ModelCache(ctx)
         self.flip_average = flip_average
         for name in preload or []:
-            self.models.get(name)
+            self.model(name)
 
     def flips(self, name: str) -> bool:
-        if isinstance(self.flip_average, bool):
-            return self.flip_average
-        return bool(self.flip_average.get(name, True))
+        return flips(self.flip_average, name)
 
-    def _forward(self, model: Embedder, chips: np.ndarray, flip: bool) -> np.ndarray:
+    def _forward(self, model: EmbedderModel, chips: np.ndarray, flip: bool) -> np.ndarray:
         if not flip:
             return model.embed(chips)
         # Mirror test-time augmentation: one batch of 2N, then the mean of each
@@ -212,7 +217,7 @@ class EmbeddingStage:
         both = model.embed(np.concatenate([chips, chips[:, :, ::-1]]))
         return l2_normalise(both[:n] + both[n:])
 
-    def vectors(self, model: Embedder, chips: Mapping[str, np.ndarray],
+    def vectors(self, model: EmbedderModel, chips: Mapping[str, np.ndarray],
                 flip: bool | None = None) -> np.ndarray:
         """Unit vectors of ``model`` for chips keyed by ChipSpec.key."""
         if isinstance(model, FusedEmbedder):
@@ -222,8 +227,8 @@ class EmbeddingStage:
         return self._forward(model, chips_for(chips, model.chip, model.name),
                              self.flips(model.name) if flip is None else flip)
 
-    def model(self, name: str) -> Embedder:
-        return self.models.get(name)
+    def model(self, name: str) -> EmbedderModel:
+        return self.models.get(ModelTask.EMBED, name)  # type: ignore[return-value]
 
     def run_detected(self, detected: list[DetectedImage | FacefleetError],
                      models: list[str]) -> list[EmbeddedImage | FacefleetError]:
@@ -234,7 +239,7 @@ class EmbeddingStage:
             if isinstance(det, FacefleetError):
                 continue
             try:
-                specs = self.models.get(name).chip_specs
+                specs = self.model(name).chip_specs
             except FacefleetError as exc:
                 out[i] = exc
                 continue
@@ -258,7 +263,7 @@ class EmbeddingStage:
             by_model.setdefault(r.model, []).append(i)
         for name, idx in by_model.items():
             try:
-                model = self.models.get(name)
+                model = self.model(name)
             except FacefleetError as exc:
                 for i in idx:
                     results[i] = exc
@@ -283,6 +288,14 @@ class EmbeddingStage:
                 for i in sizes:
                     results[i] = exc
         return results
+
+
+def flips(flip_average: bool | Mapping[str, bool], model: str) -> bool:
+    """Whether ``model`` embeds with mirror averaging under ``Settings.flip_average``
+    (a bool for every model, or per model; unlisted models: on)."""
+    if isinstance(flip_average, bool):
+        return flip_average
+    return bool(flip_average.get(model, True))
 
 
 def _face_count(chips: Mapping[str, np.ndarray], keys: list[str], model: str) -> int:
@@ -310,13 +323,14 @@ class AnalyzeRequest:
 class AnalysisStage:
     """Runs attribute models over chips, batched per action across requests."""
 
-    def __init__(self, ctx: ModelContext, preload: list[str] | None = None) -> None:
-        self.models = _ModelCache(build_attribute, ctx)
+    def __init__(self, ctx: ModelContext, preload: list[str] | None = None,
+                 models: ModelCache | None = None) -> None:
+        self.models = models or ModelCache(ctx)
         for name in preload or []:
-            self.models.get(name)
+            self.model(name)
 
     def model(self, action: str) -> AttributeModel:
-        return self.models.get(action)
+        return self.models.get(ModelTask.ATTRIBUTE, action)  # type: ignore[return-value]
 
     def run_detected(self, detected: list[DetectedImage | FacefleetError],
                      actions: list[tuple[str, ...]]) -> list[AnalyzedImage | FacefleetError]:
@@ -339,12 +353,12 @@ class AnalysisStage:
         for action in actions:
             idx = [i for i, r in enumerate(requests) if action in r.actions and i not in failed]
             try:
-                model = self.models.get(action)
+                model = self.model(action)
                 keys = [c.key for c in model.chip_specs]
                 counts = [_face_count(requests[i].chips, keys, model.name) for i in idx]
                 batch = {key: np.concatenate([requests[i].chips[key] for i in idx])
                          for key in keys} if sum(counts) else {}
-                preds = model.predict_chips(batch) if batch else []
+                preds = model.predict_batch(batch) if batch else []
                 k = 0
                 for i, n in zip(idx, counts, strict=True):
                     for j in range(n):

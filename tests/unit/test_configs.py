@@ -80,7 +80,7 @@ def test_gpu_image_swaps_in_gpu_runtimes_and_bakes_models():
     assert any(r.startswith("onnxruntime-gpu[cuda,cudnn]==") for r in gpu)
     for req in gpu:
         assert f'"{req}"' in text, req
-    assert "python -m pipelines.prepare" in text
+    assert "python -m pipelines.install.prepare" in text
     for path in ("configs", "pipelines", "index", "deployments"):
         assert f"COPY {path} ./{path}" in text
 

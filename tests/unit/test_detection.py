@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from configs.settings import Settings
+from configs.settings import ImageLimits, Settings
 from configs.errors import ImageDecodeError, TooManyPixels, UnknownModel
 from pipelines.models import DLIB_CHIP, ModelContext
 from pipelines.registry import DETECTORS
-from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+from pipelines.stages import DetectionStage, DetectRequest
 from pipelines.types import ChipSpec
 
 
 @pytest.fixture(scope="module")
 def stage() -> DetectionStage:
-    return DetectionStage(ModelContext(), ImageLimitsCfg())
+    return DetectionStage(ModelContext(), ImageLimits())
 
 
 def _detect(stage, path, detector, **kw):
@@ -60,8 +60,8 @@ def test_max_faces_and_min_confidence(stage, faces):
 
 
 def test_boxes_are_in_original_pixels_for_large_photos(faces):
-    small = DetectionStage(ModelContext(), ImageLimitsCfg(work_max_side=400))
-    full = DetectionStage(ModelContext(), ImageLimitsCfg(work_max_side=4000))
+    small = DetectionStage(ModelContext(), ImageLimits(work_max_side=400))
+    full = DetectionStage(ModelContext(), ImageLimits(work_max_side=4000))
     path = faces / "deepface/img1.jpg"
     a = _detect(small, path, "dlib-hog").faces[0].box
     b = _detect(full, path, "dlib-hog").faces[0].box

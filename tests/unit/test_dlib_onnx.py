@@ -20,11 +20,12 @@ dlib = pytest.importorskip("dlib")
 ort = pytest.importorskip("onnxruntime")
 face_recognition_models = pytest.importorskip("face_recognition_models")
 
-from pipelines import dlib_convert  # noqa: E402
-from pipelines.embed_dlib import ONNX_NAME, DlibNativeEmbedder, DlibOnnxEmbedder  # noqa: E402
 from configs.errors import ModelNotInstalled, Unavailable, ValidationError  # noqa: E402
+from configs.settings import Runtime  # noqa: E402
+from pipelines.embed_dlib import ONNX_NAME, DlibNativeEmbedder, DlibOnnxEmbedder  # noqa: E402
+from pipelines.install import dlib_convert  # noqa: E402
+from pipelines.model_check import ModelVerificationFailed  # noqa: E402
 from pipelines.models import DLIB_CHIP, ModelContext  # noqa: E402
-from pipelines.runtime import RuntimeConfig  # noqa: E402
 
 LFW = Path(__file__).resolve().parents[2].parent / "shared" / "faces" / "lfw-dev" / "images"
 N_SAMPLE = 60
@@ -173,7 +174,7 @@ def test_provider_cpu_and_auto(models_dir: Path) -> None:
                 "auto": "CUDAExecutionProvider" if has_cuda else "CPUExecutionProvider"}
     for device, provider in expected.items():
         emb = DlibOnnxEmbedder(ModelContext(models_dir=models_dir,
-                                            runtime=RuntimeConfig(device=device)))
+                                            runtime=Runtime(device=device)))
         emb.load()
         assert emb.session.get_providers()[0] == provider
         assert emb.embed(np.zeros((1, 150, 150, 3), dtype=np.uint8)).shape == (1, 128)
@@ -183,11 +184,11 @@ def test_provider_cpu_and_auto(models_dir: Path) -> None:
                     reason="this machine has CUDA")
 def test_provider_cuda_unavailable_is_clear(models_dir: Path) -> None:
     emb = DlibOnnxEmbedder(ModelContext(models_dir=models_dir,
-                                        runtime=RuntimeConfig(device="cuda")))
+                                        runtime=Runtime(device="cuda")))
     with pytest.raises(Unavailable, match="CUDAExecutionProvider"):
         emb.load()
     with pytest.raises(Unavailable, match="cuda"):
-        DlibNativeEmbedder(ModelContext(runtime=RuntimeConfig(device="cuda"))).load()
+        DlibNativeEmbedder(ModelContext(runtime=Runtime(device="cuda"))).load()
 
 
 def test_absent_dat_is_model_not_installed(tmp_path: Path) -> None:
@@ -223,7 +224,7 @@ def test_tampered_model_is_rebuilt_or_rejected(models_dir: Path, tmp_path: Path)
 
     # verify() alone refuses a model that disagrees with its reference ...
     session = ort.InferenceSession(str(work / ONNX_NAME), providers=["CPUExecutionProvider"])
-    with pytest.raises(dlib_convert.ModelVerificationFailed, match="cosine"):
+    with pytest.raises(ModelVerificationFailed, match="cosine"):
         dlib_convert.verify(session, work / ONNX_NAME)
 
     # ... and the embedder heals a damaged model by reconverting it from the .dat

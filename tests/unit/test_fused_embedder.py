@@ -7,18 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydantic import ValidationError as SettingsError
 
 from bench.evaluate import LFW
 from configs.errors import ErrorCode, UnknownModel, ValidationError
-from configs.settings import Settings
+from configs.settings import ImageLimits, Settings, SettingsProblem
 from deployments.compat_schemas import collection_for, deepface_model_name, embedder_for
 from pipelines.embed_fused import FusedEmbedder
 from pipelines.embed_mobilefacenet import CHIP as MFN_CHIP
-from pipelines.models import DLIB_CHIP, ModelContext
-from pipelines.registry import PERMISSIVE_EMBEDDERS, build_embedder, embedder_names
-from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest,
-                              ImageLimitsCfg)
+from pipelines.models import DLIB_CHIP, ModelContext, ModelTask
+from pipelines.registry import PERMISSIVE_EMBEDDERS, build, check_model_settings, embedder_names
+from pipelines.stages import DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest, flips
 
 FUSED = "dlib+mobilefacenet"
 
@@ -43,7 +41,7 @@ def chips(ctx) -> dict[str, np.ndarray]:
     """Both chip kinds of 6 photos: 3 people, 2 photos each."""
     names = ["Colin_Powell", "Tony_Blair", "Serena_Williams"]
     paths = [p for n in names for p in sorted((LFW / "images" / n).glob("*.jpg"))[:2]]
-    det = DetectionStage(ctx, ImageLimitsCfg())
+    det = DetectionStage(ctx, ImageLimits())
     res = det.run([DetectRequest(p.read_bytes(), "blazeface", chip_specs=(DLIB_CHIP, MFN_CHIP))
                    for p in paths])
     return {s.key: np.stack([r.chips[s.key][0] for r in res]) for s in (DLIB_CHIP, MFN_CHIP)}
@@ -57,7 +55,7 @@ def test_fused_vectors_are_the_weighted_concatenation(stage, chips, settings):
     assert vecs.shape == (6, 320)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     # the fused model's own mirror setting applies to both its parts
-    flip = settings.flip_for(FUSED)
+    flip = flips(settings.flip_average, FUSED)
     parts = [stage.vectors(stage.model(n), chips, flip=flip) for n in ("dlib", "mobilefacenet")]
     w = settings.fusion_weights[FUSED]
     wd, wm = w["dlib"], w["mobilefacenet"]
@@ -106,7 +104,7 @@ def test_new_fused_models_are_the_weighted_concatenation(stage, chips, settings)
         assert fused.chip_specs == (DLIB_CHIP, MFN_CHIP) and fused.dim == sum(dims)
         vecs = stage.run([EmbedRequest(name, chips)])[0]
         assert vecs.shape == (6, sum(dims))
-        parts = [stage.vectors(stage.model(n), chips, flip=settings.flip_for(name))
+        parts = [stage.vectors(stage.model(n), chips, flip=flips(settings.flip_average, name))
                  for n in name.split("+")]
         w = np.array([settings.fusion_weights[name][n] for n in name.split("+")]) ** 2
         cos = sum(wi * (pv @ pv.T) for wi, pv in zip(w, parts, strict=True)) / w.sum()
@@ -124,15 +122,15 @@ def test_permissive_pack_offers_and_defaults_to_dlib_only(tmp_path):
     ctx = ModelContext(models_dir=tmp_path, model_pack="permissive")
     for name in ("mobilefacenet", FUSED, "mfn512", "dlib+mfn512", "dlib+mobilefacenet+mfn512"):
         with pytest.raises(UnknownModel) as exc:
-            build_embedder(name, ctx)
+            build(ModelTask.EMBED, name, ctx)
         assert exc.value.code == ErrorCode.UNKNOWN_MODEL
         assert "permissive" in exc.value.message
         assert exc.value.details["available"] == list(PERMISSIVE_EMBEDDERS)
     with pytest.raises(UnknownModel, match="is unknown"):
-        build_embedder("no-such-model", ctx)
-    assert build_embedder("dlib", ctx).name == "dlib"
-    with pytest.raises(SettingsError, match="not offered"):
-        Settings(model_pack="permissive", default_embedder="mobilefacenet")
+        build(ModelTask.EMBED, "no-such-model", ctx)
+    assert build(ModelTask.EMBED, "dlib", ctx).name == "dlib"
+    with pytest.raises(SettingsProblem, match="not offered"):
+        check_model_settings(Settings(model_pack="permissive", default_embedder="mobilefacenet"))
 
 
 def test_identify_thresholds_are_stricter_than_verify_ones(settings):
@@ -142,9 +140,9 @@ def test_identify_thresholds_are_stricter_than_verify_ones(settings):
         assert verify is not None and identify is not None and 0 < identify < verify
     assert settings.identify_threshold_for("deepface:ArcFace") is None  # not calibrated
     # a collection bound to dlib keeps dlib's 1:1 threshold and mirror averaging
-    assert settings.threshold_for("dlib") == 0.0872 and settings.flip_for("dlib")
+    assert settings.threshold_for("dlib") == 0.0872 and flips(settings.flip_average, "dlib")
     # and one bound to the earlier default keeps its calibration and weights
-    assert settings.threshold_for(FUSED) == 0.2182 and not settings.flip_for(FUSED)
+    assert settings.threshold_for(FUSED) == 0.2182 and not flips(settings.flip_average, FUSED)
     assert settings.fusion_weights[FUSED] == {"dlib": 1.75, "mobilefacenet": 1.0}
 
 

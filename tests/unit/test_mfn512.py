@@ -2,7 +2,7 @@
 the copy against the shipped file on real faces, its files (pinned sha256, sidecar,
 repair of a damaged copy) and its input convention.
 
-The model files are the ones ``python -m pipelines.prepare`` fetched and converted
+The model files are the ones ``python -m pipelines.install.prepare`` fetched and converted
 into ``data/models``; tests that damage files work on copies in a temp directory.
 """
 
@@ -17,13 +17,14 @@ import pytest
 
 from bench.evaluate import LFW
 from configs.errors import ErrorCode, ModelNotInstalled, ValidationError
-from pipelines import npm_assets, onnx_rebatch
+from configs.settings import ImageLimits, Runtime
 from pipelines.embed_mfn512 import ASSET, CHIP, FLUSH_BELOW, Mfn512Embedder, preprocess
-from pipelines.model_files import sidecar_path
+from pipelines.install import npm_assets, onnx_rebatch
+from pipelines.model_check import (ModelVerificationFailed, reference_path, sidecar_path,
+                                   verify_reference)
 from pipelines.models import ModelContext
-from pipelines.runtime import RuntimeConfig, onnx_session
-from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
-from pipelines.tflite_onnx import ModelVerificationFailed, reference_path
+from pipelines.runtime import onnx_session
+from pipelines.stages import DetectionStage, DetectRequest
 
 MODELS = Path("data/models")
 
@@ -37,7 +38,7 @@ def mfn() -> Mfn512Embedder:
 
 @pytest.fixture(scope="module")
 def detection() -> DetectionStage:
-    return DetectionStage(ModelContext(models_dir=MODELS), ImageLimitsCfg())
+    return DetectionStage(ModelContext(models_dir=MODELS), ImageLimits())
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def chips(detection) -> np.ndarray:
 
 
 def test_copy_is_bit_identical_to_the_shipped_file_on_real_faces(mfn, chips):
-    shipped = onnx_session(str(mfn.source_path), RuntimeConfig())
+    shipped = onnx_session(str(mfn.source_path), Runtime())
     x = preprocess(chips)
     ref = np.concatenate([shipped.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
     assert np.array_equal(mfn.embed_raw(chips), ref)
@@ -109,8 +110,8 @@ def test_damaged_copy_is_reconverted_on_load(tmp_path):
     bad["out_0"] = bad["out_0"] + 1.0
     np.savez(reference_path(emb.onnx_path), **bad)
     with pytest.raises(ModelVerificationFailed):
-        onnx_rebatch.verify(onnx_session(str(emb.onnx_path), RuntimeConfig()),
-                            emb.onnx_path, "mfn512")
+        verify_reference(onnx_session(str(emb.onnx_path), Runtime()),
+                         emb.onnx_path, "mfn512")
     again = Mfn512Embedder(ModelContext(models_dir=tmp_path))
     again.load()
     assert again.onnx_path.read_bytes() == first
@@ -131,7 +132,7 @@ def test_missing_source_names_the_file_and_the_command(tmp_path):
     with pytest.raises(ModelNotInstalled) as exc:
         Mfn512Embedder(ModelContext(models_dir=tmp_path)).load()
     assert exc.value.details["missing_file"] == str(tmp_path / ASSET.filename)
-    assert "python -m pipelines.prepare" in exc.value.message
+    assert "python -m pipelines.install.prepare" in exc.value.message
 
 
 def test_a_copy_that_is_not_bit_identical_is_never_written(tmp_path):

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs.settings import ImageLimits
 from bench.evaluate import LFW, FACES
 from configs.errors import ErrorCode, ModelNotInstalled, ValidationError
-from pipelines import npm_assets, tflite_onnx
+from pipelines.install import npm_assets, tflite_onnx
 from pipelines.align import warp5_points
 from pipelines.embed_mobilefacenet import ASSET, CHIP, MobileFaceNetEmbedder, preprocess
 from pipelines.models import DLIB_CHIP, ModelContext
-from pipelines.stages import DetectionStage, DetectRequest, ImageLimitsCfg
+from pipelines.stages import DetectionStage, DetectRequest
 from pipelines.types import ChipSpec
 
 MODELS = Path("data/models")
@@ -36,7 +37,7 @@ def mfn() -> MobileFaceNetEmbedder:
 
 @pytest.fixture(scope="module")
 def detection() -> DetectionStage:
-    return DetectionStage(ModelContext(models_dir=MODELS), ImageLimitsCfg())
+    return DetectionStage(ModelContext(models_dir=MODELS), ImageLimits())
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_wrong_tflite_is_refused(tmp_path):
     with pytest.raises(npm_assets.AssetVerificationFailed) as exc:
         MobileFaceNetEmbedder(ModelContext(models_dir=tmp_path)).load()
     assert exc.value.code == ErrorCode.MODEL_NOT_INSTALLED
-    assert "sha256" in exc.value.message and "pipelines.prepare" in exc.value.message
+    assert "sha256" in exc.value.message and "pipelines.install.prepare" in exc.value.message
     assert not (tmp_path / "mobilefacenet.onnx").exists()  # nothing converted from it
 
 
@@ -126,7 +127,7 @@ def test_missing_tflite_names_the_file_and_the_command(tmp_path):
     with pytest.raises(ModelNotInstalled) as exc:
         MobileFaceNetEmbedder(ModelContext(models_dir=tmp_path)).load()
     assert str(tmp_path / ASSET.filename) in exc.value.message
-    assert "python -m pipelines.prepare" in exc.value.message
+    assert "python -m pipelines.install.prepare" in exc.value.message
     assert exc.value.details["missing_file"] == str(tmp_path / ASSET.filename)
 
 

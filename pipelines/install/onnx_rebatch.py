@@ -15,8 +15,9 @@ once, on a deterministic input, or nothing is written.
 
 Written atomically, in order: the ONNX copy, the shipped file's own outputs
 (``.ref.npz``) and a JSON sidecar (source sha256, converter version, what was
-changed). ``open_verified`` reconverts when the source changed and, on every
-load, runs the stored input and compares with the shipped outputs.
+changed). At load, ``pipelines.model_check.open_verified`` has it reconverted
+when the source changed and, every time, runs the stored input and compares
+with the shipped outputs.
 """
 
 from __future__ import annotations
@@ -30,28 +31,25 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ModelNotInstalled, Unavailable
-from pipelines.model_files import (atomic_write, exclusive, load_sidecar, lock_path,
-                                   sha256_file, sidecar_path)
-from pipelines.runtime import RuntimeConfig, onnx_providers, onnx_session
-from pipelines.tflite_onnx import (ModelVerificationFailed, reference_input, reference_path,
-                                   verify)
+from configs.errors import ModelNotInstalled
+from configs.settings import Runtime
+from pipelines.install.model_files import atomic_write, exclusive, lock_path
+from pipelines.install.tflite_onnx import reference_input, symbolic_batch_io
+from pipelines.model_check import (FORMAT_VERSION, PREPARE, ModelVerificationFailed,
+                                   is_current, reference_path, sha256_file, sidecar_path)
+from pipelines.runtime import onnx_session
 
 log = logging.getLogger(__name__)
 
-#: bump when the rewrite or the sidecar contents change, so old copies get rebuilt
-CONVERTER_VERSION = 1
+#: bump (in pipelines.model_check) when the rewrite or the sidecar contents change,
+#: so old copies get rebuilt
+CONVERTER_VERSION = FORMAT_VERSION["rebatch"]
+#: one thread on the CPU: the shipped file as its authors ran it
+_PLAIN = Runtime(device="cpu", intra_op_threads=1, inter_op_threads=1)
 
 
 def _plain_session(data: bytes | str) -> Any:
-    """One thread, no graph rewrites: the shipped file as its authors ran it."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    return onnx_session(data, _PLAIN)
 
 
 def rebatch(model: Any, flush_below: float = 0.0) -> dict[str, int]:
@@ -59,11 +57,7 @@ def rebatch(model: Any, flush_below: float = 0.0) -> dict[str, int]:
     from onnx import numpy_helper
 
     g = model.graph
-    batch = int(g.input[0].type.tensor_type.shape.dim[0].dim_value)
-    for vi in list(g.input) + list(g.output):
-        vi.type.tensor_type.shape.dim[0].ClearField("dim_value")
-        vi.type.tensor_type.shape.dim[0].dim_param = "N"
-    del g.value_info[:]  # inferred intermediate shapes still carry the fixed batch
+    batch = symbolic_batch_io(g)
     inits = {t.name: t for t in g.initializer}
     reshapes = flushed = 0
     for node in g.node:
@@ -137,51 +131,15 @@ def convert(source: Path, out: Path, name: str, flush_below: float = 0.0) -> dic
     return meta
 
 
-def is_current(out: Path, source: Path, flush_below: float = 0.0) -> bool:
-    """Whether ``out`` exists and was converted from this exact ``source`` this way."""
-    meta = load_sidecar(out)
-    return (Path(out).is_file() and reference_path(out).is_file() and meta is not None
-            and meta.get("converter_version") == CONVERTER_VERSION
-            and meta.get("flush_below") == flush_below
-            and meta.get("source_sha256") == sha256_file(source))
-
-
 def ensure_converted(source: Path, out: Path, name: str, flush_below: float = 0.0,
                      force: bool = False) -> None:
     """Convert once per models directory: concurrent starters wait for the first."""
     try:
         with exclusive(lock_path(out)):
-            if force or not is_current(out, source, flush_below):
+            if force or not is_current(out, source, "rebatch", flush_below=flush_below):
                 convert(source, out, name, flush_below)
     except OSError as exc:
         raise ModelNotInstalled(
             f"model '{name}' is not converted and {out} cannot be written ({exc}); run "
-            "`python -m pipelines.prepare` where the models directory is writable",
+            f"`{PREPARE}` where the models directory is writable",
             {"model": name, "missing_file": str(out)}) from exc
-
-
-def open_verified(source: Path, out: Path, name: str, runtime: RuntimeConfig,
-                  flush_below: float = 0.0) -> Any:
-    """A session of the converted copy, converting or repairing it first, then verified."""
-    onnx_providers(runtime)  # fail on an unusable device before converting
-    converted = not is_current(out, source, flush_below)
-    if converted:
-        ensure_converted(source, out, name, flush_below)
-    for attempt in (0, 1):
-        try:
-            try:
-                session = onnx_session(str(out), runtime, denormal_as_zero=flush_below > 0)
-            except (Unavailable, ModelNotInstalled):
-                raise
-            except Exception as exc:  # onnxruntime's own exception types for bad files
-                raise ModelVerificationFailed(
-                    f"converted model {out} cannot be opened by onnxruntime: {exc}",
-                    {"model": name, "file": str(out)}) from exc
-            verify(session, out, name)
-            return session
-        except ModelVerificationFailed:
-            if attempt or converted:
-                raise
-            log.warning("%s failed verification; reconverting from %s", out, source)
-            ensure_converted(source, out, name, flush_below, force=True)
-    raise AssertionError("unreachable")

@@ -1,30 +1,20 @@
-"""Files of converted models: hashing, atomic writes, one converter at a time.
+"""Writing model files: atomic writes, one converter at a time.
 
-Every model that is converted at install or first load (dlib's ResNet, the
-TFLite models) writes its ONNX file and a JSON sidecar through these helpers:
-readers see either the old file or the whole new one, and replicas that start
-together wait for the first one to finish converting instead of racing it.
+Every converted model (dlib's ResNet, the TFLite models, the rebatched ONNX
+models) and every fetched npm file is written through these helpers: readers
+see either the old file or the whole new one, and replicas that start together
+wait for the first one to finish converting instead of racing it. Reading and
+checking the files is request-time code (``pipelines.model_check``).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -60,15 +50,3 @@ def exclusive(path: Path) -> Iterator[None]:
 def lock_path(model_path: Path) -> Path:
     model_path = Path(model_path)
     return model_path.with_name(f".{model_path.name}.lock")
-
-
-def sidecar_path(model_path: Path) -> Path:
-    return Path(model_path).with_suffix(".json")
-
-
-def load_sidecar(model_path: Path) -> dict[str, Any] | None:
-    """The sidecar of ``model_path``, or None when it is missing or unreadable."""
-    try:
-        return json.loads(sidecar_path(model_path).read_text())
-    except (OSError, ValueError):
-        return None

