@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from configs.serve_env import FAST_SERVE_ENV
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -32,8 +34,6 @@ def manifest(image: str) -> dict:
            {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
     # Serve's high-throughput mode, as local runs use it: HAProxy in front of the
     # ingress replicas (in a pod its listeners on every interface are what we want)
-    from deployments.local import FAST_SERVE_ENV
-
     env += [{"name": k, "value": v} for k, v in FAST_SERVE_ENV.items()]
     ports = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
              {"containerPort": 10001, "name": "client"}, {"containerPort": 8000, "name": "serve"}]

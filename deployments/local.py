@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from configs.serve_env import FAST_SERVE_ENV
 from deployments import launcher
 from deployments.ports import reserve_port
 from pipelines.runtime import native_thread_env
@@ -49,13 +50,6 @@ LOOPBACK_ENV = {
 }
 
 
-#: Ray Serve's high-throughput mode (Ray >= 2.55): HAProxy replaces the Python
-#: proxy and forwards to ingress replicas that serve HTTP themselves; calls between
-#: deployments go over gRPC; user code and routers run on the replica's own loop.
-FAST_SERVE_ENV = {
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-}
 #: What only a local instance sets on top (the KubeRay manifest keeps Serve's default).
 LOCAL_SERVE_ENV = {
     # A stopping ingress replica stays reachable this long before it closes its
