@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from configs.errors import (CollectionNotFound, FacefleetError, ModelMismatch, NoFaceDetected,
-                            Unavailable, ValidationError)
+                            Unavailable)
 from configs.settings import Settings
 from pipelines.flow.contracts import (Actor, AnalyzeBackend, DetectBackend, EmbedBackend,
                                       GalleryBackend, IdentifiedImage, Record, Ref,
