@@ -7,10 +7,12 @@ face; and with ``anti_spoofing`` any face judged a spoof fails the request.
 
 ``/register`` and ``/search`` send the Embedder's reference straight to the
 Gallery as the ``/v1`` identify and enrolment do (no vectors come back to the
-ingress). With anti-spoofing, the one detection (with both the embedder's and
-the liveness model's chips) is handed to the Analyzer and to the Embedder:
-the chips never come back to the ingress; only the verdicts do, and the
-gallery is sent the embedding once every face was judged real.
+ingress). With anti-spoofing, the one detection (with both the model's and
+the liveness model's chips) is handed to the Analyzer and then to the
+Embedder (or the attribute models): the chips never come back to the
+ingress, only the verdicts do, and nothing is embedded, stored or searched
+before every face was judged real. Only DeepFace's whole-image stand-in is
+cut in the ingress (it decodes the image itself) and sent to the models.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pipelines.antispoof import ANTI_SPOOFING
 from pipelines.flow.contracts import Actor, IdentifiedImage, Record, Ref, RegisteredImages
 from pipelines.flow.core import FaceQuery, Flow, chip_specs, enforce, unwrap
 from pipelines.stages import EmbedRequest
-from pipelines.types import AnalyzedImage, ChipSpec, Face
+from pipelines.types import AnalyzedImage, ChipSpec, EmbeddedImage, Face
 
 T = TypeVar("T")
 #: the detector name DeepFace uses for "no detection: the whole image is the face"
@@ -136,49 +138,50 @@ class DeepfaceFlow:
     async def embed(self, data: bytes, model: str, q: FaceQuery, anti_spoofing: bool
                     ) -> tuple[DfFaces, np.ndarray]:
         """Every face of an image and its embedding (answered to the client)."""
+        async def send(ref: Ref, m: str | None) -> EmbeddedImage | np.ndarray:
+            return unwrap(await ref)
+
+        res, whole = await self._embedded(data, model, q, anti_spoofing, send,
+                                          lambda r: bool(r.faces))
+        if whole is not None:
+            return whole, np.asarray(res, np.float32)
         detector = q.detector or self.flow.policy.default_detector
-        spoof = await self.spoof_specs(anti_spoofing)
-        specs = chip_specs(await self.flow.embedder_info(model))
-        faces = None
-        if detector != SKIP and not spoof:
-            # detect -> embed stage to stage, as /v1/embed does
-            emb = await self.flow.embed(data, q, model)
-            if emb.faces:
-                return (_df_faces(emb.faces, {}, detector),
-                        np.asarray(emb.vectors, np.float32))
-        elif detector != SKIP:
-            # the liveness crops come back with the embedder's chips, checked first
-            det = await self.flow.detect_chips(data, q, list(dict.fromkeys(specs + spoof)))
-            if det.faces:
-                faces = _df_faces(det.faces, det.chips, detector)
-        if faces is None:
-            faces = await self.whole_image(data, list(dict.fromkeys(specs + spoof)), detector)
-        await self.check_live(faces.chips, spoof)
-        vecs = await self.flow.embed_chips(model, {c.key: faces.chips[c.key] for c in specs})
-        return faces, np.asarray(vecs, np.float32)
+        return _df_faces(res.faces, {}, detector), np.asarray(res.vectors, np.float32)
 
     async def analyze(self, data: bytes, actions: list[str], q: FaceQuery,
                       anti_spoofing: bool) -> tuple[DfFaces, list[dict[str, Any]]]:
+        """The attributes of every face; with anti-spoofing the one detection goes to
+        the liveness model first, then to the attribute models."""
         infos = await asyncio.gather(*(self.flow.attribute_info(a) for a in actions))
         spoof = await self.spoof_specs(anti_spoofing)
         specs = list(dict.fromkeys([c for i in infos for c in chip_specs(i)] + spoof))
         detector = q.detector or self.flow.policy.default_detector
-        faces = None
         if detector != SKIP:
-            det = await self.flow.detect_chips(data, q, specs)
-            if det.faces:
-                faces = _df_faces(det.faces, det.chips, detector)
-        if faces is None:
-            faces = await self.whole_image(data, specs, detector)
+            det = self.flow.detector.detect(self.flow.request(data, q, specs))
+            if spoof:
+                verdict: AnalyzedImage = unwrap(await self.flow.analyzer.analyze(
+                    det, (ANTI_SPOOFING,)))
+                enforce(verdict.faces, q)
+                if verdict.faces:
+                    self._judge(verdict.attributes)
+            if not spoof or verdict.faces:
+                res: AnalyzedImage = unwrap(await self.flow.analyzer.analyze(det, tuple(actions)))
+                enforce(res.faces, q)
+                if res.faces:
+                    return _df_faces(res.faces, {}, detector), res.attributes
+        faces = await self.whole_image(data, specs, detector)
         await self.check_live(faces.chips, spoof)
         return faces, await self.flow.analyze_chips(actions, faces.chips)
 
     # ---------------------------------------------------------------- register, search
-    async def _to_gallery(self, data: bytes, model: str, q: FaceQuery, anti_spoofing: bool,
+    async def _embedded(self, data: bytes, model: str, q: FaceQuery, anti_spoofing: bool,
                           send: Callable[[Ref, str | None], Awaitable[T]],
                           found: Callable[[T], bool]) -> tuple[T, DfFaces | None]:
-        """``send(ref, model)`` the embedding of an image's faces to the gallery; with no
-        face found, DeepFace's whole-image stand-in (its faces are returned with it)."""
+        """``send(ref, model)`` the embedding of an image's faces on (to the gallery, or
+        awaited); with no face found, DeepFace's whole-image stand-in, returned with it
+        (``model`` names the model of its vectors). With anti-spoofing the one detection
+        goes to the Analyzer for the verdicts and, once every face was judged real, to
+        the Embedder: the chips never come back to the ingress."""
         detector = q.detector or self.flow.policy.default_detector
         spoof = await self.spoof_specs(anti_spoofing)
         specs = chip_specs(await self.flow.embedder_info(model))
@@ -217,7 +220,7 @@ class DeepfaceFlow:
         def found(res: RegisteredImages) -> bool:
             return not (len(res.results) == 1 and isinstance(res.results[0], NoFaceDetected))
 
-        res, _ = await self._to_gallery(data, model, q, anti_spoofing, send, found)
+        res, _ = await self._embedded(data, model, q, anti_spoofing, send, found)
         out = []
         for r in res.results:
             if isinstance(r, FacefleetError):
@@ -234,7 +237,7 @@ class DeepfaceFlow:
             return unwrap(await self.flow.gallery.identify_embedded(
                 ref, collection, k, False, actor, max_distance=max_distance, model=m))
 
-        res, whole = await self._to_gallery(data, model, q, anti_spoofing, send,
+        res, whole = await self._embedded(data, model, q, anti_spoofing, send,
                                             lambda r: bool(r.faces))
         detector = q.detector or self.flow.policy.default_detector
         if whole is not None:
