@@ -1,11 +1,12 @@
 """The FastAPI application of the ingress, built per replica by :func:`create_app`.
 
-The app holds what every route needs in one :class:`Api` object on
-``app.state`` (the request flow, the settings, the image resolver); the route
-modules (``routes_faces``, ``routes_gallery``, ``routes_listing``,
-``routes_admin``, ``routes_compat``, ``routes_metrics``) are plain
-``APIRouter`` functions that parse a request, call the flow and shape the
-answer. The middleware tags every request with an id, times it, finds who is
+The app holds what every route needs in one ``Api`` object on ``app.state``
+(the request flow, the settings, the image resolver:
+``deployments/http_common.py``, which the route modules import instead of this
+module); the route modules (``routes_faces``, ``routes_gallery``,
+``routes_listing``, ``routes_admin``, ``routes_compat``, ``routes_metrics``)
+are plain ``APIRouter`` functions that parse a request, call the flow and
+shape the answer. The middleware tags every request with an id, times it, finds who is
 calling (``deployments/auth.py``), holds the real routes back while the
 service starts (``deployments/readiness.py``) and counts every answer for
 ``/metrics`` (``deployments/metrics.py``); what each route then allows is one
