@@ -140,3 +140,39 @@ def test_a_warm_identify_is_one_gallery_call_and_answers_boxes_not_vectors(
         assert not hasattr(res, "vectors") and not hasattr(face, "landmarks")
 
     asyncio.run(run())
+
+
+def test_deepface_register_and_search_with_anti_spoofing_send_no_chips_back(
+        stages, tmp_path, faces):
+    """One detection goes to the liveness model and then to the embedder, whose
+    reference goes to the gallery: nothing is cut, embedded or analysed from the
+    ingress (``*_chips``), and a spoof enrols nothing."""
+    from bench.faceplugin import upright_spoof_frames
+    from configs.errors import SpoofDetected
+    from pipelines.flow.deepface import DeepfaceFlow
+
+    calls: dict[str, list[str]] = {}
+    flow = _flow(stages, tmp_path, calls)
+    df = DeepfaceFlow(flow)
+    genuine = (faces / "deepface" / "img1.jpg").read_bytes()
+    spoof = upright_spoof_frames()["image_F1"]
+    model = flow.policy.default_embedder
+
+    async def run() -> None:
+        written = await df.register("df", genuine, model, FaceQuery("blazeface"), True,
+                                    {"person_id": "p1", "name": "img1"})
+        assert [f["person_id"] for f in written] == ["p1"] and "box" not in written[0]
+        res, detector = await df.search("df", genuine, model, FaceQuery("blazeface"), True,
+                                        5, None)
+        assert detector == "blazeface" and res.faces[0].hits[0]["person_id"] == "p1"
+        assert set(res.faces[0].box) == {"x", "y", "w", "h"}
+        stage_calls = {k: [c for c in v if c != "info"] for k, v in calls.items()}
+        assert stage_calls["detector"] == ["detect"] * 2
+        assert stage_calls["analyzer"] == ["analyze"] * 2  # no analyze_chips
+        assert stage_calls["embedder"] == ["embed"] * 2  # no embed_chips
+        with pytest.raises(SpoofDetected):
+            await df.register("df", spoof, model, FaceQuery("blazeface"), True,
+                              {"person_id": "p2", "name": "spoof"})
+        assert (await flow.gallery.stats("df"))["faces"] == 1
+
+    asyncio.run(run())
