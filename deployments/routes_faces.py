@@ -120,7 +120,7 @@ async def verify(request: Request) -> dict:
     api = api_of(request)
     body, files = await api.parse(request, VerifyBody)
     # a model without a calibrated threshold fails here, before any image is read
-    model, threshold = await api.flow.verify_threshold(body.model, body.threshold)
+    model, threshold = api.flow.verify_threshold(body.model, body.threshold)
     d1, d2 = await asyncio.gather(api.image(body.img1, files, "img1"),
                                   api.image(body.img2, files, "img2"))
     q1, q2 = FaceQuery(body.detector, None, 0.0, body.enforce_detection, "img1"), \

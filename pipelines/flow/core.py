@@ -115,8 +115,6 @@ class Flow:
             self._attr_info[action] = info
         return info
 
-    chip_specs = staticmethod(chip_specs)
-
     # ---------------------------------------------------------------- stages
     def request(self, data: bytes, q: FaceQuery, specs: Sequence[ChipSpec]) -> DetectRequest:
         return DetectRequest(data=data, detector=self.policy.detector(q.detector),
@@ -140,7 +138,7 @@ class Flow:
         enforce(emb.faces, q)
         return emb
 
-    async def verify_threshold(self, model: str | None, given: float | None) -> tuple[str, float]:
+    def verify_threshold(self, model: str | None, given: float | None) -> tuple[str, float]:
         """The model and threshold of a 1:1 verify, decided before either image is
         embedded (422 for a model without a calibrated threshold)."""
         name = self.policy.embedder(model)
