@@ -57,11 +57,11 @@ def make_app(mode: str):
 
     from configs.settings import Settings
     from deployments.errors import install_error_handlers
-    from deployments.routes_gallery import RegisterBatchBody
+    from deployments.bodies import RegisterBatchBody
     from deployments.http_app import IngressApp
     from deployments.images import ImageResolver
     from deployments.request_body import BodyLimits, parse_body, read_capped
-    from deployments.schemas import DetectBody
+    from deployments.bodies import DetectBody
     from configs.errors import ImageDecodeError, ValidationError
 
     s = Settings()

@@ -71,14 +71,20 @@ class RepresentBody(_Compat):
     max_faces: int | None = Field(None, ge=1, le=1024)
 
 
-class VerifyBody(_Compat):
+class DfVerifyBody(_Compat):
+    # the name the API has always shown for this body (ConfigDict title)
+    model_config = ConfigDict(extra="ignore", title="VerifyBody")
+
     img1: Any = Field(None, description="image, or a pre-computed embedding (list of floats)")
     img2: Any = Field(None, description="image, or a pre-computed embedding (list of floats)")
     distance_metric: Metric = "cosine"
     threshold: float | None = Field(None, gt=0.0)
 
 
-class AnalyzeBody(_Compat):
+class DfAnalyzeBody(_Compat):
+    # the name the API has always shown for this body (ConfigDict title)
+    model_config = ConfigDict(extra="ignore", title="AnalyzeBody")
+
     img: Any = None
     actions: list[str] | str | None = None
 
@@ -101,7 +107,10 @@ class AnalyzeBody(_Compat):
         return out
 
 
-class RegisterBody(_Compat):
+class DfRegisterBody(_Compat):
+    # the name the API has always shown for this body (ConfigDict title)
+    model_config = ConfigDict(extra="ignore", title="RegisterBody")
+
     img: Any = None
     img_name: str | None = Field(None, max_length=256)
     collection: str | None = Field(None, pattern=COLLECTION_PATTERN,

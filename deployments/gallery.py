@@ -48,7 +48,7 @@ from index.health import gallery_metrics
 from index.merge import merge_topk
 from index.shard import IndexConfig, ShardIndex
 from index.store import KeyRecord, open_store
-from pipelines.flow import identify_embedded, register_embedded
+from pipelines.flow.gallery_side import identify_embedded, register_embedded
 
 log = logging.getLogger(__name__)
 
@@ -385,17 +385,21 @@ class Gallery(GalleryService):
         """Record an entry made outside the gallery (a sampled failed authentication)."""
         await self.access.record(entry)
 
-    # -- straight from the Embedder (model composition)
+    # -- straight from the Embedder (model composition; pipelines.flow.gallery_side)
     async def identify_embedded(self, embedded: Any, collection: str, k: int,
-                                per_person: bool = False, actor: Actor | None = None) -> Any:
-        return await identify_embedded(self, embedded, collection, k, per_person, actor)
+                                per_person: bool = False, actor: Actor | None = None,
+                                max_distance: float | None = None,
+                                model: str | None = None) -> Any:
+        return await identify_embedded(self, embedded, collection, k, per_person, actor,
+                                       max_distance, model)
 
     async def register_embedded(self, collection: str, metas: Sequence[dict[str, Any]],
                                 idempotency_key: str | None, actor: Actor | None,
                                 *embedded: Any, request_hash: str | None = None,
-                                create: bool = True) -> Any:
+                                create: bool = True, every_face: bool = False,
+                                model: str | None = None) -> Any:
         return await register_embedded(self, collection, metas, idempotency_key, embedded,
-                                       actor, request_hash, create)
+                                       actor, request_hash, create, every_face, model)
 
     async def ready(self) -> bool:
         """Readiness probe: every shard answers (and has rebuilt from the store), and

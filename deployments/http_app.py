@@ -1,11 +1,12 @@
 """The FastAPI application of the ingress, built per replica by :func:`create_app`.
 
-The app holds what every route needs in one :class:`Api` object on
-``app.state`` (the request flow, the settings, the image resolver); the route
-modules (``routes_faces``, ``routes_gallery``, ``routes_listing``,
-``routes_admin``, ``routes_compat``, ``routes_metrics``) are plain
-``APIRouter`` functions that parse a request, call the flow and shape the
-answer. The middleware tags every request with an id, times it, finds who is
+The app holds what every route needs in one ``Api`` object on ``app.state``
+(the request flow, the settings, the image resolver:
+``deployments/http_common.py``, which the route modules import instead of this
+module); the route modules (``routes_faces``, ``routes_gallery``,
+``routes_listing``, ``routes_admin``, ``routes_compat``, ``routes_metrics``)
+are plain ``APIRouter`` functions that parse a request, call the flow and
+shape the answer. The middleware tags every request with an id, times it, finds who is
 calling (``deployments/auth.py``), holds the real routes back while the
 service starts (``deployments/readiness.py``) and counts every answer for
 ``/metrics`` (``deployments/metrics.py``); what each route then allows is one
@@ -17,31 +18,26 @@ Ray: tests build the same app over in-process backends.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Request
-from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
 from configs.errors import ErrorCode, FacefleetError
 from configs.settings import Settings
-from deployments import api_docs, readiness
+from deployments import api_docs, readiness, request_ids
 from deployments.access import authorize
-from deployments import request_ids
 from deployments.auth import ANONYMOUS, NOBODY, KeyTable, key_id_of, presented_key
 from deployments.errors import error_response, install_error_handlers, unexpected_response
 from deployments.guard import Guard, Refusal
+from deployments.http_common import BODY_MODELS, Api, api_of, form_schema
 from deployments.images import ImageResolver
 from deployments.metrics import AppMetrics, ProcessMetrics, observe_request
 from deployments.readiness import StartupGate
-from deployments.request_body import BodyLimits, parse_body
 from deployments.schemas import ErrorOut
 from pipelines.flow import Flow
 
@@ -51,39 +47,36 @@ log = logging.getLogger("facefleet.ingress")
 _OPEN_PATHS = {"/health", "/ready", "/openapi.json"}
 
 
-@dataclass
-class Api:
-    """What the routes of one ingress replica work with."""
-
-    flow: Flow
-    s: Settings
-    images: ImageResolver
-    #: settings keys (rotated by reconfigure) and this replica's copy of the key table
-    auth: KeyTable = field(default_factory=lambda: KeyTable([], None))
-    #: this replica's rate limits and failed-authentication windows
-    guard: Guard = field(default_factory=Guard)
-
-    async def parse(self, request: Request, model: type[BaseModel]) -> tuple[Any, dict[str, bytes]]:
-        return await parse_body(request, model, self.limits)
-
-    @property
-    def limits(self) -> BodyLimits:
-        return BodyLimits.of(self.s.images)
-
-    async def image(self, value: str, files: dict[str, bytes], field: str) -> bytes:
-        """The encoded bytes of an image field (a multipart file, or a string form)."""
-        if value == f"@file:{field}" and field in files:
-            return await self.images.resolve(files[field], field)
-        return await self.images.resolve(value, field)
-
-
-def api_of(request: Request) -> Api:
-    return request.app.state.api
-
-
 _REF = "#/components/schemas/{model}"
-#: request-body models named by the routes' ``openapi_extra`` (see :func:`body_schema`)
-_BODY_MODELS: list[tuple[type[BaseModel], dict[str, Any], dict[str, Any]]] = []
+
+
+def _published_names() -> dict[str, str]:
+    """Component names the API published for request bodies when two models shared
+    a class name: kept, so that clients generated from the document keep their
+    type names (the models now have names of their own)."""
+    from deployments import bodies, compat_schemas
+
+    return {m.__name__: name for m, name in (
+        (bodies.RegisterBody, "deployments__routes_gallery__RegisterBody"),
+        (bodies.VerifyBody, "deployments__schemas__VerifyBody"),
+        (bodies.AnalyzeBody, "deployments__schemas__AnalyzeBody"),
+        (compat_schemas.DfRegisterBody, "deployments__compat_schemas__RegisterBody"),
+        (compat_schemas.DfVerifyBody, "deployments__compat_schemas__VerifyBody"),
+        (compat_schemas.DfAnalyzeBody, "deployments__compat_schemas__AnalyzeBody"))}
+
+
+def _renamed(node: Any, names: dict[str, str]) -> Any:
+    """``node`` with every ``$ref`` to a renamed component pointing at its new name."""
+    if isinstance(node, dict):
+        out = {k: _renamed(v, names) for k, v in node.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith(_REF.format(model="")):
+            name = ref.rsplit("/", 1)[-1]
+            out["$ref"] = _REF.format(model=names.get(name, name))
+        return out
+    if isinstance(node, list):
+        return [_renamed(v, names) for v in node]
+    return node
 
 
 class IngressApp(FastAPI):
@@ -97,15 +90,18 @@ class IngressApp(FastAPI):
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is not None:
             return self.openapi_schema
-        models = list(dict.fromkeys(m for m, _, _ in _BODY_MODELS))
-        # one schema generation for all models: pydantic gives two different
-        # models of the same name distinct component names
+        models = list(dict.fromkeys(m for m, _, _ in BODY_MODELS))
+        # one schema generation for all models, so that nested models are shared
         refs, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
-        for model, schema, form in _BODY_MODELS:
+        names = _published_names()
+        refs = _renamed(refs, names)
+        defs = {"$defs": {names.get(k, k): _renamed(v, names)
+                          for k, v in defs.get("$defs", {}).items()}}
+        for model, schema, form in BODY_MODELS:
             schema.clear()
             schema.update(refs[(model, "validation")])
             form.clear()
-            form.update(_form_schema(refs[(model, "validation")], defs))
+            form.update(form_schema(refs[(model, "validation")], defs))
         doc = super().openapi()
         components = doc.setdefault("components", {}).setdefault("schemas", {})
         for name, body in defs.get("$defs", {}).items():
@@ -254,52 +250,3 @@ def _audited(task: asyncio.Future) -> None:
     _PENDING.discard(task)
     if not task.cancelled() and task.exception() is not None:
         log.warning("a failed authentication could not be audited: %r", task.exception())
-
-
-def body_schema(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
-    """``openapi_extra`` declaring ``model`` as a route's JSON / multipart body (the
-    schema is filled in when the document is built, :class:`IngressApp`)."""
-    schema: dict[str, Any] = {}
-    form: dict[str, Any] = {}
-    _BODY_MODELS.append((model, schema, form))
-    return {"requestBody": {"required": required, "content": {
-        "application/json": {"schema": schema},
-        "multipart/form-data": {"schema": form}}}}
-
-
-def lines_body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` declaring a JSON Lines body, each line a ``model`` (which
-    also becomes a named component, for responses that stream the same lines)."""
-    schema: dict[str, Any] = {}
-    _BODY_MODELS.append((model, schema, {}))
-    return {"requestBody": {"required": True, "content": {
-        "application/x-ndjson": {"schema": schema}}}}
-
-
-def _form_schema(ref: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """The multipart form of a body model (``ref`` to its component): a form field
-    is text or a file and cannot be null, so an optional field is left out instead."""
-    import copy
-
-    body = copy.deepcopy(defs["$defs"][ref["$ref"].rsplit("/", 1)[-1]])
-    for prop in body.get("properties", {}).values():
-        variants = prop.get("anyOf")
-        if variants and any(v.get("type") == "null" for v in variants):
-            kept = [v for v in variants if v.get("type") != "null"]
-            del prop["anyOf"]
-            if len(kept) == 1:
-                prop.update(kept[0])
-            else:
-                prop["anyOf"] = kept
-            if prop.get("default", 0) is None:
-                del prop["default"]
-    return body
-
-
-def jpeg_b64(chip: np.ndarray) -> str:
-    """An RGB chip as base64 JPEG (crops in responses)."""
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(chip, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return base64.b64encode(buf.tobytes()).decode() if ok else ""

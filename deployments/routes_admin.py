@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from configs.errors import NotFound, ValidationError
 from deployments.access import actor_of
 from deployments.auth import SCOPES, new_key
-from deployments.http_app import api_of, body_schema
+from deployments.http_common import api_of, body_schema
 from deployments.schemas import ApiKeysOut, AuditPageOut, NewApiKeyOut, errors
 from index.audit import AuditAction
 from index.gallery import check_collection_name

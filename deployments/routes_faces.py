@@ -8,12 +8,12 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from configs.errors import FacefleetError, ValidationError
+from configs.errors import FacefleetError
 from deployments import readiness
-from deployments.http_app import api_of, body_schema, jpeg_b64
-from deployments.schemas import (ERRORS, AnalyzeBody, AnalyzeOut, DetectBody, DetectOut,
-                                 EmbedBody, EmbedOut, HealthOut, ModelsOut, ReadyOut, StatsOut,
-                                 VerifyBody, VerifyOut, errors)
+from deployments.bodies import AnalyzeBody, DetectBody, EmbedBody, VerifyBody
+from deployments.http_common import api_of, body_schema, jpeg_b64
+from deployments.schemas import (ERRORS, AnalyzeOut, DetectOut, EmbedOut, HealthOut, ModelsOut,
+                                 ReadyOut, StatsOut, VerifyOut, errors)
 from pipelines.flow import CROP_SPEC, FaceQuery
 from pipelines.registry import ATTRIBUTES, DETECTORS, EMBEDDER_LICENCES, embedder_names
 
@@ -48,14 +48,16 @@ async def ready(request: Request) -> Response:
 @router.get("/v1/models", tags=["models"], response_model=ModelsOut, responses=errors(401, 503))
 async def models(request: Request) -> dict:
     api = api_of(request)
+    policy = api.flow.policy
     embedders = []
     for name in embedder_names(api.s.model_pack):
         try:
             info = await api.flow.embedder_info(name)
-            embedders.append({**info, "installed": True, "threshold": api.s.threshold_for(name),
-                              "identify_threshold": api.s.identify_threshold_for(name),
+            embedders.append({**info, "installed": True,
+                              "threshold": policy.verify_threshold(name),
+                              "identify_threshold": policy.identify_threshold(name),
                               "licence": EMBEDDER_LICENCES.get(name),
-                              "default": name == api.s.default_embedder})
+                              "default": name == policy.default_embedder})
         except FacefleetError as exc:
             embedders.append({"name": name, "installed": False, "reason": exc.message})
     attributes = []
@@ -64,7 +66,8 @@ async def models(request: Request) -> dict:
             attributes.append({**(await api.flow.attribute_info(action)), "installed": True})
         except FacefleetError as exc:
             attributes.append({"action": action, "installed": False, "reason": exc.message})
-    return {"detectors": [{"name": d, "default": d == api.s.default_detector} for d in DETECTORS],
+    return {"detectors": [{"name": d, "default": d == policy.default_detector}
+                          for d in DETECTORS],
             "embedders": embedders, "attributes": attributes, "metric": "cosine"}
 
 
@@ -116,16 +119,13 @@ async def verify(request: Request) -> dict:
     t0 = time.perf_counter()
     api = api_of(request)
     body, files = await api.parse(request, VerifyBody)
+    # a model without a calibrated threshold fails here, before any image is read
+    model, threshold = api.flow.verify_threshold(body.model, body.threshold)
     d1, d2 = await asyncio.gather(api.image(body.img1, files, "img1"),
                                   api.image(body.img2, files, "img2"))
     q1, q2 = FaceQuery(body.detector, None, 0.0, body.enforce_detection, "img1"), \
         FaceQuery(body.detector, None, 0.0, body.enforce_detection, "img2")
-    e1, e2 = await asyncio.gather(api.flow.embed(d1, q1, body.model),
-                                  api.flow.embed(d2, q2, body.model))
-    model = e1.model
-    threshold = body.threshold if body.threshold is not None else api.s.threshold_for(model)
-    if threshold is None:
-        raise ValidationError(f"model '{model}' has no calibrated threshold; pass 'threshold'")
+    e1, e2 = await asyncio.gather(api.flow.embed(d1, q1, model), api.flow.embed(d2, q2, model))
     missing = [f for f, e in (("img1", e1), ("img2", e2)) if not len(e.vectors)]
     if missing:  # enforce_detection: false: nothing to compare, so no distance
         return {"verified": False, "distance": None, "threshold": threshold, "model": model,
@@ -146,8 +146,7 @@ async def verify(request: Request) -> dict:
 async def analyze(request: Request) -> dict:
     api = api_of(request)
     body, files = await api.parse(request, AnalyzeBody)
-    if not body.actions:
-        raise ValidationError("'actions' must name at least one of age, gender, emotion, race")
+    api.flow.policy.actions(body.actions)  # none: 422 before the image is read
     data = await api.image(body.img, files, "img")
     res = await api.flow.analyze(data, _query(body), body.actions)
     faces = [{**_face(f), **p} for f, p in zip(res.faces, res.attributes, strict=True)]

@@ -14,84 +14,25 @@ the gallery, which records it in the audit trail in the same transaction.
 # No `from __future__ import annotations`: FastAPI resolves these signatures.
 import asyncio
 import hashlib
-from typing import Annotated, Any, Self
+from typing import Any
 
 import numpy as np
 import pydantic_core
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 
 from configs.errors import FacefleetError, ValidationError
 from deployments.access import actor_of, check_collection, visible
-from deployments.http_app import api_of, body_schema
+from deployments.bodies import (BatchItem, Collection, CreateCollectionBody, IdentifyBody,
+                                RegisterBatchBody, RegisterBody)
+from deployments.http_common import api_of, body_schema
 from deployments.schemas import (GALLERY_ERRORS, BatchOut, CollectionOut, CollectionsOut,
                                  CollectionStatsOut, EnrolledFaceOut, FaceRecordOut,
                                  ForgottenPersonOut, IdentifyOut, PersonOut, errors)
-from index.gallery import COLLECTION_PATTERN, MAX_DIM
 from pipelines.flow import FaceQuery
 
 router = APIRouter()
-
-#: a collection name in a path, checked (and documented) before the route runs
-Collection = Annotated[str, Path(pattern=COLLECTION_PATTERN, max_length=64)]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-_IMG = "base64, data URI or http(s) URL (or a multipart file); or give 'embedding'"
-_EMBEDDING = ("an embedding of the collection's model instead of an image (normalised as "
-              "every vector is; its dimension must be the collection's)")
-
-
-class _ImageOrEmbedding(_Body):
-    img: str | None = Field(None, min_length=1, description=_IMG)
-    embedding: list[float] | None = Field(None, min_length=1, max_length=MAX_DIM,
-                                          description=_EMBEDDING)
-
-    @model_validator(mode="after")
-    def _one_of(self) -> Self:
-        if (self.img is None) == (self.embedding is None):
-            raise ValueError("give exactly one of 'img' and 'embedding'")
-        return self
-
-
-class RegisterBody(_ImageOrEmbedding):
-    person_id: str | None = Field(None, max_length=128)
-    name: str | None = Field(None, max_length=256)
-    labels: dict[str, str] | None = None
-    model: str | None = None
-    detector: str | None = None
-
-
-class BatchItem(_ImageOrEmbedding):
-    person_id: str | None = Field(None, max_length=128)
-    name: str | None = Field(None, max_length=256)
-    labels: dict[str, str] | None = None
-
-
-class RegisterBatchBody(_Body):
-    items: list[BatchItem] = Field(..., min_length=1, max_length=256)
-    model: str | None = None
-    detector: str | None = None
-
-
-class IdentifyBody(_ImageOrEmbedding):
-    top_k: int = Field(5, ge=1, le=100)
-    per_person: bool = Field(False, description="at most one match (the nearest face) per person")
-    threshold: float | None = Field(None, gt=0.0, le=2.0)
-    model: str | None = None
-    detector: str | None = None
-    max_faces: int | None = Field(None, ge=1, le=256)
-    enforce_detection: bool = True
-
-
-class CreateCollectionBody(_Body):
-    name: str = Field(..., pattern=COLLECTION_PATTERN, max_length=64)
-    model: str | None = None
-
 
 def _face_out(rec: dict[str, Any], box: dict | None = None) -> dict[str, Any]:
     out = {"id": rec.get("face_id"), "face_id": rec.get("face_id"),
@@ -133,10 +74,7 @@ async def create_collection(request: Request) -> Response:
     api = api_of(request)
     body, _ = await api.parse(request, CreateCollectionBody)
     check_collection(request, body.name)
-    model = body.model or api.s.default_embedder
-    info = await api.flow.embedder_info(model)
-    out = await api.flow.gallery.create_collection(body.name, model, info["dim"],
-                                                   actor=actor_of(request))
+    out = await api.flow.create_collection(body.name, body.model, actor=actor_of(request))
     return JSONResponse(out, status_code=201)
 
 
@@ -237,33 +175,18 @@ async def identify(collection: Collection, request: Request) -> dict:
     api = api_of(request)
     body, files = await api.parse(request, IdentifyBody)
     if body.embedding is not None:
-        model, row = await api.flow.identify_vector(
+        model, row, threshold = await api.flow.identify_vector(
             collection, np.asarray(body.embedding, dtype=np.float32), body.top_k,
-            body.per_person, body.model, actor_of(request))
-        threshold = _threshold(api, body, model)
+            body.per_person, body.model, body.threshold, actor_of(request))
         return {"faces": [{"box": None, "confidence": None, "matches": _matches(row, threshold)}],
                 "collection": collection, "model": model, "threshold": threshold}
     data = await api.image(body.img, files, "img")
-    res = await api.flow.identify(
+    res, threshold = await api.flow.identify(
         collection, data, FaceQuery(body.detector, body.max_faces, 0.0, body.enforce_detection),
-        body.top_k, body.per_person, body.model, actor_of(request))
-    model = res.image.model
-    threshold = _threshold(api, body, model)
-    faces = []
-    for f, row in zip(res.image.faces, res.hits or [[]] * len(res.image.faces), strict=True):
-        faces.append({"box": f.box.as_dict(), "confidence": round(f.confidence, 4),
-                      "matches": _matches(row, threshold)})
-    return {"faces": faces, "collection": collection, "model": model, "threshold": threshold}
-
-
-def _threshold(api: Any, body: IdentifyBody, model: str) -> float:
-    # 1:N has its own threshold: every enrolled face is a chance of a false accept
-    threshold = body.threshold if body.threshold is not None else \
-        api.s.identify_threshold_for(model)
-    if threshold is None:
-        raise ValidationError(f"model '{model}' has no calibrated identify threshold; "
-                              "pass 'threshold' or set identify_thresholds")
-    return threshold
+        body.top_k, body.per_person, body.model, body.threshold, actor_of(request))
+    faces = [{"box": f.box, "confidence": f.confidence, "matches": _matches(f.hits, threshold)}
+             for f in res.faces]
+    return {"faces": faces, "collection": collection, "model": res.model, "threshold": threshold}
 
 
 def _matches(row: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:

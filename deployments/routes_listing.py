@@ -23,14 +23,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import ConfigDict, Field
 
-from configs.errors import CollectionNotFound, FacefleetError, ModelMismatch, error_from_code
+from configs.errors import FacefleetError, ModelMismatch, error_from_code
 from deployments.access import actor_of, principal_of
+from deployments.bodies import Collection, PersonPatchBody
 from deployments.gallery_io import (LineError, export_lines, invalid, line_error, parse_line,
                                     read_lines)
-from deployments.http_app import api_of, body_schema, lines_body_schema
-from deployments.routes_gallery import Collection, _Body
+from deployments.http_common import api_of, body_schema, lines_body_schema
 from deployments.schemas import (GALLERY_ERRORS, ExportLine, FacesPageOut, ImportOut,
                                  PersonOut, PersonsPageOut, errors)
 from index.audit import AuditAction
@@ -47,17 +46,6 @@ MAX_REPORTED = 100
 Limit = Annotated[int, Query(ge=1, le=1000, description="rows per page")]
 Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the "
                                      "previous page; none for the first")]
-
-
-class PersonPatchBody(_Body):
-    """The fields to change; a field left out stays as it is."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"name": "Angelina Jolie"}, {"labels": {"team": "blue"}}]})
-
-    name: str | None = Field(None, max_length=256, description="null clears the name")
-    labels: dict[str, str] | None = Field(None, description="replaces the labels; {} or null "
-                                          "clears them")
 
 
 @router.get("/v1/collections/{collection}/persons", tags=["gallery"],
@@ -169,13 +157,9 @@ class _Importer:
         self.hide_elsewhere = False
 
     async def bind_existing(self) -> None:
-        try:
-            info = await self.flow.gallery.get_collection(self.collection)
-        except CollectionNotFound:
-            if self.flow.strict_collections or not getattr(self.actor, "may_create", True):
-                raise
-            return
-        self.model, self.dim, self.existed = info["model"], int(info["dim"]), True
+        binding = await self.flow.import_binding(self.collection, self.actor)
+        if binding is not None:
+            (self.model, self.dim), self.existed = binding, True
 
     def fail(self, error: LineError) -> None:
         self.lines += 1

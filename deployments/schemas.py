@@ -1,4 +1,5 @@
-"""Request and response models of the HTTP API (pydantic, shown in /docs).
+"""Response models of the HTTP API (pydantic, shown in /docs); the request bodies
+are in ``deployments/bodies.py``.
 
 Every route declares its answer here (``response_model``) and the error
 envelope for its error statuses (:data:`ERRORS`), so ``/openapi.json``
@@ -10,52 +11,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-ImageField = Field(..., min_length=1, description="base64, data URI or http(s) URL (or a multipart file field)")
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DetectBody(_Body):
-    img: str = ImageField
-    detector: str | None = None
-    max_faces: int | None = Field(None, ge=1, le=1024)
-    min_confidence: float = Field(0.0, ge=0.0, le=1.0)
-    return_crops: bool = False
-    enforce_detection: bool = True
-
-
-class EmbedBody(_Body):
-    img: str = ImageField
-    detector: str | None = None
-    model: str | None = None
-    max_faces: int | None = Field(None, ge=1, le=1024)
-    min_confidence: float = Field(0.0, ge=0.0, le=1.0)
-    enforce_detection: bool = True
-
-
-class VerifyBody(_Body):
-    img1: str = ImageField
-    img2: str = ImageField
-    model: str | None = None
-    detector: str | None = None
-    threshold: float | None = Field(None, gt=0.0, le=2.0)
-    enforce_detection: bool = Field(
-        True, description="false: an image without a face answers 200 with verified: false, "
-        "distance: null and no_face_in naming it, instead of 422 no_face_detected")
-
-
-Action = Literal["age", "gender", "emotion", "race", "anti_spoofing"]
-
-
-class AnalyzeBody(_Body):
-    img: str = ImageField
-    actions: list[Action] = Field(default_factory=lambda: ["age", "gender", "emotion"])
-    detector: str | None = None
-    max_faces: int | None = Field(None, ge=1, le=1024)
-    enforce_detection: bool = True
 
 
 class BoxOut(BaseModel):

@@ -290,3 +290,40 @@ def test_register_search_build_index(api, faces):
     assert far["distance"] > far["threshold"] and far["confidence"] <= 49
     deepface_error(api.post("/search", json={"img": b64(d / "img2.jpg"),
                                              "collection": f"{coll}-none"}), coll)
+
+
+def test_register_and_search_take_the_whole_image_as_deepface_does(api, faces):
+    """``skip`` and a faceless image with ``enforce_detection`` off enrol and search the
+    whole image as one face (the gallery is sent the embedding of the whole frame);
+    with ``enforce_detection`` on, a faceless image enrols nothing."""
+    coll = f"compat-whole-{uuid.uuid4().hex[:8]}"
+    lfw = faces / "lfw-dev/images/AJ_Cook/AJ_Cook_0001.jpg"
+    dogs = (faces / "dlib-boxes/dogs.jpg").read_bytes()
+    r = api.post("/register", json={"img": b64(lfw), "img_name": "aj", "collection": coll,
+                                    "detector_backend": "skip"})
+    assert r.status_code == 200, r.text
+    assert r.json()["inserted"] == 1 and r.json()["faces"][0]["name"] == "aj"
+    r = api.post("/search", json={"img": b64(lfw), "collection": coll,
+                                  "detector_backend": "skip"})
+    assert r.status_code == 200, r.text
+    (hit,) = r.json()["results"][0]
+    assert hit["img_name"] == "aj" and hit["distance"] < 1e-3
+    assert (hit["target_x"], hit["target_y"], hit["target_w"], hit["target_h"]) == \
+        (0, 0, 250, 250)
+    body = deepface_error(api.post("/register", files={"img": ("dogs.jpg", dogs)},
+                                   data={"detector_backend": "dlib", "collection": coll}),
+                          "no face")
+    assert body["error"]["code"] == "no_face_detected"
+    assert api.get(f"/v1/collections/{coll}").json()["faces"] == 1
+    r = api.post("/register", files={"img": ("dogs.jpg", dogs)},
+                 data={"detector_backend": "dlib", "collection": coll,
+                       "enforce_detection": "false", "img_name": "dogs"})
+    assert r.status_code == 200, r.text
+    assert r.json()["inserted"] == 1
+    r = api.post("/search", files={"img": ("dogs.jpg", dogs)},
+                 data={"detector_backend": "dlib", "collection": coll,
+                       "enforce_detection": "false", "similarity_search": "true"})
+    assert r.status_code == 200, r.text
+    hits = r.json()["results"][0]
+    assert hits[0]["img_name"] == "dogs" and hits[0]["distance"] < 1e-3
+    assert (hits[0]["target_x"], hits[0]["target_y"]) == (0, 0)

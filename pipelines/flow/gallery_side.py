@@ -1,0 +1,176 @@
+"""The gallery side of identify and register: runs where the gallery is.
+
+The Gallery deployment (and the in-process gallery of tests) calls these with
+the embedded image the Embedder handed it, next to its search and register,
+so that only boxes and matches travel back to the ingress, never vectors or
+landmarks. ``gallery`` is anything with the gallery's ``search``,
+``register`` and ``replay_register`` (``index.gallery.GalleryService``).
+The gallery calls take an ``actor`` (who asks, under which request id), which
+the gallery records in its audit trail with the change it makes. A register
+under an idempotency key stores its whole answer with its commit, so a retry
+gets that answer back (:func:`replayed_answer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from configs.errors import FacefleetError, NoFaceDetected, ValidationError, error_from_code
+from pipelines.flow.contracts import (Actor, Embedded, FaceHits, IdentifiedImage, Record,
+                                      RegisteredImages)
+from pipelines.types import EmbeddedImage, GivenEmbedding
+
+
+def search_depth(k: int, per_person: bool) -> int:
+    """How many faces to fetch for ``k`` answers: per person, look further, then keep
+    each person's nearest face."""
+    return min(k * 5, 500) if per_person else k
+
+
+def nearest_per_person(row: list[Record], k: int) -> list[Record]:
+    """Each person's nearest face only, at most ``k`` of them (``row`` is nearest first)."""
+    seen: set[str] = set()
+    out = []
+    for hit in row:
+        if hit["person_id"] not in seen:
+            seen.add(hit["person_id"])
+            out.append(hit)
+    return out[:k]
+
+
+def _probe(embedded: Embedded) -> tuple[str, np.ndarray, list[tuple[dict | None, float | None]]]:
+    """The model, query vectors and (box, confidence) of each face of a probe."""
+    if isinstance(embedded, EmbeddedImage):
+        return embedded.model, embedded.vectors, [
+            (f.box.as_dict(), round(float(f.confidence), 4)) for f in embedded.faces]
+    if isinstance(embedded, GivenEmbedding):
+        return embedded.model, embedded.vector[None], [(None, None)]
+    raise ValidationError(f"a probe is an embedded image, not {type(embedded).__name__}")
+
+
+async def identify_embedded(gallery: Any, embedded: Embedded, collection: str, k: int,
+                            per_person: bool = False, actor: Actor | None = None,
+                            max_distance: float | None = None,
+                            model: str | None = None) -> IdentifiedImage | FacefleetError:
+    """Search every face of an embedded probe (vectors of whole-image chips need
+    ``model``) and answer its boxes and matches, nearest first."""
+    if isinstance(embedded, FacefleetError):
+        return embedded
+    try:
+        if isinstance(embedded, np.ndarray):
+            m, vectors, faces = model or "", embedded, [(None, None)] * len(embedded)
+            detector = ""
+        else:
+            (m, vectors, faces), detector = _probe(embedded), getattr(embedded, "detector", "")
+        if not faces:
+            return IdentifiedImage(m, [], detector)
+        hits = await gallery.search(collection, m, vectors, search_depth(k, per_person),
+                                    max_distance, actor=actor)
+    except FacefleetError as exc:
+        return exc
+    if per_person:
+        hits = [nearest_per_person(row, k) for row in hits]
+    return IdentifiedImage(m, [FaceHits(box, conf, row)
+                               for (box, conf), row in zip(faces, hits, strict=True)], detector)
+
+
+def given_vector(vector: np.ndarray, model: str, dim: int,
+                 field: str) -> GivenEmbedding | FacefleetError:
+    """A client's embedding checked for the collection (its dimension, finite and
+    not zero), or the error that item fails with. The gallery normalises it."""
+    vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vec.shape[0] != dim:
+        return ValidationError(
+            f"'{field}' has {vec.shape[0]} dimensions; the collection's model {model} has {dim}",
+            {"field": field, "dim": int(vec.shape[0]), "collection_dim": dim, "model": model})
+    if not np.isfinite(vec).all() or not np.any(vec):
+        return ValidationError(f"'{field}' must be finite and not all zeros", {"field": field})
+    return GivenEmbedding(vec, model)
+
+
+def replayed_answer(collection: str, stored: Mapping[str, Any], n: int) -> RegisteredImages:
+    """The first answer of a retried register, rebuilt from what it stored
+    (:func:`register_embedded`'s ``extra``): created faces with their boxes, and
+    the items that failed, with the same errors."""
+    faces = list(stored.get("faces", []))
+    extra = stored.get("extra") or {"ok": list(range(len(faces))), "boxes": [None] * len(faces),
+                                    "errors": {}}
+    results: list[Record | FacefleetError] = [
+        ValidationError("this item was not enrolled", {}) for _ in range(n)]
+    for i, box, face in zip(extra["ok"], extra["boxes"], faces, strict=True):
+        results[i] = {**face, "box": box}
+    for i, (code, message) in extra.get("errors", {}).items():
+        results[int(i)] = error_from_code(code, message)
+    return RegisteredImages(collection, stored.get("model", ""), results, True,
+                            bool(stored.get("collection_created")))
+
+
+def _faces_of(emb: Embedded, every_face: bool, model: str | None
+              ) -> tuple[str, list[tuple[np.ndarray, dict[str, int] | None]]]:
+    """The model and (vector, box) of the faces of one item to enrol: its largest
+    face, or with ``every_face`` all of them (DeepFace's ``/register``)."""
+    if isinstance(emb, GivenEmbedding):
+        return emb.model, [(emb.vector, None)]
+    if isinstance(emb, np.ndarray):  # vectors of whole-image chips: no box
+        return model or "", [(v, None) for v in (emb if every_face else emb[:1])]
+    assert isinstance(emb, EmbeddedImage)
+    faces = list(zip(emb.vectors, (f.box.as_dict() for f in emb.faces), strict=True))
+    return emb.model, faces if every_face else faces[:1]
+
+
+async def register_embedded(gallery: Any, collection: str, metas: Sequence[Mapping[str, Any]],
+                            idempotency_key: str | None, embedded: Sequence[Embedded],
+                            actor: Actor | None = None, request_hash: str | None = None,
+                            create: bool = True, every_face: bool = False,
+                            model: str | None = None) -> RegisteredImages | FacefleetError:
+    """Commit the largest face of each embedded image (with ``every_face``, each of
+    its faces: one result per face) and each embedding given as it is, in one
+    register; items without a face, or that failed before, fail alone. The
+    collection is created on first enrolment when ``create`` (the flow's policy
+    decided it). Under an idempotency key the whole answer (boxes, and the
+    failures) is stored with the write, so a retry that lands on it gets the
+    first answer back, whatever its own images gave this time."""
+    results: list[Record | FacefleetError] = []
+    ok: list[int] = []
+    vecs: list[np.ndarray] = []
+    boxes: list[dict[str, int] | None] = []
+    owners: list[Mapping[str, Any]] = []
+    for meta, emb in zip(metas, embedded, strict=True):
+        if isinstance(emb, FacefleetError):
+            results.append(emb)
+            continue
+        m, faces = _faces_of(emb, every_face, model)
+        if not faces:
+            f = meta.get("field", "img")
+            results.append(NoFaceDetected(f"no face detected in '{f}'", {"field": f}))
+            continue
+        model = model or m
+        for vec, box in faces:
+            results.append({})
+            ok.append(len(results) - 1)
+            vecs.append(vec)
+            boxes.append(box)
+            owners.append(meta)
+    if not ok:
+        return RegisteredImages(collection, "", results)
+    assert model
+    items = [{"embedding": v, "person_id": meta.get("person_id"), "name": meta.get("name"),
+              "labels": meta.get("labels")} for v, meta in zip(vecs, owners, strict=True)]
+    extra = {"ok": ok, "boxes": boxes,
+             "errors": {str(i): [r.code.value, r.message] for i, r in enumerate(results)
+                        if isinstance(r, FacefleetError)}}
+    try:
+        res = await gallery.register(collection, model, int(len(vecs[0])), items,
+                                     idempotency_key=idempotency_key, create_collection=create,
+                                     request_hash=request_hash, extra=extra, actor=actor)
+    except FacefleetError as exc:
+        return exc
+    if res.get("replayed") and request_hash is not None:
+        return replayed_answer(collection, res, len(results))
+    for i, box, face in zip(ok, boxes, res["faces"], strict=True):
+        results[i] = {**face, "box": box}
+    return RegisteredImages(collection, model, results, bool(res.get("replayed")),
+                            bool(res.get("collection_created")))
