@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     from pipelines.attributes import AgeModel, EmotionModel, GenderModel, RaceModel
-    from configs.errors import ModelNotInstalled
+    from pipelines.errors import ModelNotInstalled
     from pipelines.models import ModelContext
     from pipelines.runtime import limit_native_threads
 

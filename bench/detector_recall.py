@@ -27,7 +27,7 @@ import cv2
 
 from bench.evaluate import FACES
 from bench.recognizer import README, write_readme_tables
-from configs.errors import FacefleetError
+from pipelines.errors import FacefleetError
 from configs.settings import ImageLimits, Settings
 from pipelines.models import ModelContext
 from pipelines.registry import DETECTORS

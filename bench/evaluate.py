@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from configs.settings import ImageLimits
-from configs.errors import FacefleetError
+from pipelines.errors import FacefleetError
 from pipelines.models import ModelContext
 from pipelines.stages import (DetectionStage, DetectRequest, EmbeddingStage, EmbedRequest)
 from pipelines.types import Box, ChipSpec

@@ -62,7 +62,7 @@ def make_app(mode: str):
     from deployments.images import ImageResolver
     from deployments.request_body import BodyLimits, parse_body, read_capped
     from deployments.bodies import DetectBody
-    from configs.errors import ImageDecodeError, ValidationError
+    from pipelines.errors import ImageDecodeError, ValidationError
 
     s = Settings()
     app = IngressApp()

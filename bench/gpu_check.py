@@ -173,7 +173,7 @@ def measure(detector: str, embedders: list[str], batches: list[int], seconds: fl
 
     from configs.settings import Settings
     from pipelines.decode import decode_image
-    from configs.errors import FacefleetError
+    from pipelines.errors import FacefleetError
     from pipelines.models import ModelContext, ModelTask
     from pipelines.registry import build
     from configs.settings import Runtime
@@ -302,7 +302,7 @@ def inner(a: argparse.Namespace) -> int:
             f"(only {', '.join(providers)}): this environment has the CPU wheel; install the "
             "project's gpu extra, or run without --no-venv to build one")
         return EXIT_NO_CUDA
-    from configs.errors import Unavailable
+    from pipelines.errors import Unavailable
 
     try:
         lines, ok = measure(a.detector, embedders, batches, a.seconds, device)

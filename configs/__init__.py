@@ -1,6 +1,5 @@
-"""Typed configuration and the domain errors every layer shares.
-
-``configs.settings`` holds the one settings object (fed from YAML / the
-environment); ``configs.errors`` the error types that ``pipelines/``,
-``index/`` and ``deployments/`` raise, so no layer imports another for them.
+"""Typed configuration: ``configs.settings`` holds the one settings object (fed from
+YAML and the environment), ``configs.serve_env`` the environment of Serve's mode, and
+the serve configs and KubeRay manifest beside them. Nothing here imports another part
+of facefleet: every part may read its configuration from here.
 """

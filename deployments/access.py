@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from configs.errors import AuthDisabled, CollectionNotFound, Forbidden
+from pipelines.errors import AuthDisabled, CollectionNotFound, Forbidden
 from deployments.auth import NOBODY, Principal
 from index.audit import Actor
 

@@ -21,7 +21,7 @@ from fastapi.openapi.docs import (get_redoc_html, get_swagger_ui_html,
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from configs.errors import ErrorCode
+from pipelines.errors import ErrorCode
 from deployments.errors import error_response
 
 ASSET_PREFIX = "/docs/assets/"

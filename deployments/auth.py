@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from configs import keyhash
-from configs.errors import Unavailable
+from pipelines.errors import Unavailable
 from configs.settings import AuthSettings
 from index.audit import SETTINGS_KEY_ID
 from index.store.records import KeyRecord

@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from configs.errors import FacefleetError
+from pipelines.errors import FacefleetError
 from pipelines.flow.contracts import (Actor, Embedded, IdentifiedImage, Record, Ref,
                                       RegisteredImages)
 from pipelines.flow.gallery_side import identify_embedded, register_embedded

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from configs.errors import ValidationError
+from pipelines.errors import ValidationError
 from index.gallery import COLLECTION_PATTERN
 
 #: DeepFace detector names -> facefleet detectors ("skip": no detection at all).

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from configs.errors import ErrorCode, FacefleetError
+from pipelines.errors import ErrorCode, FacefleetError
 
 log = logging.getLogger("facefleet.http")
 

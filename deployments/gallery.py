@@ -38,7 +38,7 @@ import numpy as np
 import ray
 from ray import serve
 
-from configs.errors import Unavailable
+from pipelines.errors import Unavailable
 from configs.settings import IndexSettings, Settings
 from deployments.metrics_board import Reporter, replica_metrics
 from index.access_service import AccessService

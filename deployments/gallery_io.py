@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pydantic_core
 
-from configs.errors import FacefleetError, ValidationError
+from pipelines.errors import FacefleetError, ValidationError
 
 #: the longest line an import accepts (a 4096-d embedding is about 70 KiB)
 MAX_LINE_BYTES = 1024 * 1024

@@ -27,7 +27,7 @@ from fastapi import Depends, FastAPI, Request
 from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
-from configs.errors import ErrorCode, FacefleetError
+from pipelines.errors import ErrorCode, FacefleetError
 from configs.settings import Settings
 from deployments import api_docs, readiness, request_ids
 from deployments.access import authorize

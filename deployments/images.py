@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from configs.settings import Settings
-from configs.errors import ImageDecodeError, ImageTooLarge, UrlFetchFailed, ValidationError
+from pipelines.errors import ImageDecodeError, ImageTooLarge, UrlFetchFailed, ValidationError
 
 #: (host, port) -> the IP addresses to connect to; injectable for tests
 HostResolver = Callable[[str, int], Awaitable[list[str]]]

@@ -23,7 +23,7 @@ from typing import Any
 from ray import serve
 from ray.serve.metrics import Histogram
 
-from configs.errors import FacefleetError
+from pipelines.errors import FacefleetError
 from configs.settings import Settings
 import pipelines.install  # noqa: F401 - registers the converters: a replica heals a damaged model file at load
 from deployments.metrics import ProcessMetrics

@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from configs.errors import ErrorCode
+from pipelines.errors import ErrorCode
 from deployments.api_docs import is_docs_path
 from deployments.errors import error_response
 

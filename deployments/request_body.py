@@ -37,7 +37,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from configs.settings import ImageLimits
-from configs.errors import ImageTooLarge, ValidationError
+from pipelines.errors import ImageTooLarge, ValidationError
 
 B = TypeVar("B", bound=BaseModel)
 

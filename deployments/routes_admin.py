@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from configs.errors import NotFound, ValidationError
+from pipelines.errors import NotFound, ValidationError
 from deployments.access import actor_of
 from deployments.auth import SCOPES, new_key
 from deployments.http_common import api_of, body_schema

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from configs.errors import FacefleetError, Unavailable, ValidationError
+from pipelines.errors import FacefleetError, Unavailable, ValidationError
 from deployments.access import actor_of, check_collection
 from deployments.compat_schemas import (COMPAT_ERRORS, DEEPFACE_ACTIONS, BuildIndexBody,
                                         BuildIndexOut, DfAnalyzeBody, DfAnalyzeOut,

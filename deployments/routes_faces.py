@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from configs.errors import FacefleetError
+from pipelines.errors import FacefleetError
 from deployments import readiness
 from deployments.bodies import AnalyzeBody, DetectBody, EmbedBody, VerifyBody
 from deployments.http_common import api_of, body_schema, jpeg_b64

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from configs.errors import FacefleetError, ValidationError
+from pipelines.errors import FacefleetError, ValidationError
 from deployments.access import actor_of, check_collection, visible
 from deployments.bodies import (BatchItem, Collection, CreateCollectionBody, IdentifyBody,
                                 RegisterBatchBody, RegisterBody)

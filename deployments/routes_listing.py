@@ -24,7 +24,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from configs.errors import FacefleetError, ModelMismatch, error_from_code
+from pipelines.errors import FacefleetError, ModelMismatch, error_from_code
 from deployments.access import actor_of, principal_of
 from deployments.bodies import Collection, PersonPatchBody
 from deployments.gallery_io import (LineError, export_lines, invalid, line_error, parse_line,

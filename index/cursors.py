@@ -15,7 +15,7 @@ import binascii
 import json
 from typing import Any
 
-from configs.errors import ValidationError
+from pipelines.errors import ValidationError
 
 _VERSION = 1
 

@@ -7,7 +7,7 @@ missing driver, a database that is down) is *unavailable*, not a client error.
 
 from __future__ import annotations
 
-from configs.errors import Unavailable
+from pipelines.errors import Unavailable
 
 
 class StoreUnavailable(Unavailable):

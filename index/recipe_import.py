@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import FacefleetError
+from pipelines.errors import FacefleetError
 from index.gallery import InProcessGallery
 from index.gallery.checks import check_labels, check_name, check_person_id
 

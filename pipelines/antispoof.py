@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ValidationError
+from pipelines.errors import ValidationError
 from pipelines.models import AttributeModel, ModelContext, chips_for
 from pipelines.types import ChipSpec
 

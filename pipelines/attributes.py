@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ModelNotInstalled, Unavailable
+from pipelines.errors import ModelNotInstalled, Unavailable
 from pipelines.models import AttributeModel, ModelContext, require_file
 from pipelines.types import ChipSpec
 

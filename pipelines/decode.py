@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from configs.errors import ImageDecodeError, ImageTooLarge, TooManyPixels
+from pipelines.errors import ImageDecodeError, ImageTooLarge, TooManyPixels
 
 # Our own pixel limit is checked before decoding; Pillow's global guard would
 # otherwise turn large-but-allowed images into warnings or errors of its own.

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ModelNotInstalled, Unavailable, UnknownModel
+from pipelines.errors import ModelNotInstalled, Unavailable, UnknownModel
 from pipelines.models import EmbedderModel, ModelContext, l2_normalise
 from pipelines.types import ChipSpec
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ModelNotInstalled, Unavailable, ValidationError
+from pipelines.errors import ModelNotInstalled, Unavailable, ValidationError
 from pipelines.model_check import (ModelVerificationFailed, load_sidecar, open_verified,
                                    sidecar_path)
 from pipelines.models import DLIB_CHIP, EmbedderModel, ModelContext, l2_normalise, require_file

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from configs.errors import ValidationError
+from pipelines.errors import ValidationError
 from pipelines.models import EmbedderModel, l2_normalise
 from pipelines.types import ChipSpec
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from configs.errors import ValidationError
+from pipelines.errors import ValidationError
 from pipelines.model_check import NpmAsset, check_installed, open_verified
 from pipelines.models import EmbedderModel, ModelContext, l2_normalise
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ModelNotInstalled, Unavailable
+from pipelines.errors import ModelNotInstalled, Unavailable
 from configs.settings import Runtime
 from pipelines.runtime import onnx_providers, onnx_session
 

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from configs.errors import ModelNotInstalled, ValidationError
+from pipelines.errors import ModelNotInstalled, ValidationError
 from configs.settings import Runtime
 from pipelines.types import ChipSpec, Face
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from configs.errors import UnknownModel
+from pipelines.errors import UnknownModel
 from configs.settings import PACK_ANTI_SPOOFING, Settings, SettingsProblem
 from pipelines.models import (AttributeModel, DetectorModel, EmbedderModel, InferenceModel,
                               ModelContext, ModelTask)

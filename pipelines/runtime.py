@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Any
 
-from configs.errors import Unavailable
+from pipelines.errors import Unavailable
 from configs.settings import Runtime
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import FacefleetError, ValidationError
+from pipelines.errors import FacefleetError, ValidationError
 from configs.settings import ImageLimits
 from pipelines.align import Aligner
 from pipelines.decode import DecodedImage, decode_image

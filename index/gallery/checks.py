@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ModelMismatch, ValidationError
+from pipelines.errors import ModelMismatch, ValidationError
 from index.store import CollectionInfo
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import CollectionNotFound, ModelMismatch, ValidationError
+from pipelines.errors import CollectionNotFound, ModelMismatch, ValidationError
 from index import cursors
 from index.audit import Actor, AuditAction, entry_of
 from index.gallery.checks import (FACE_ID_RE, MAX_EXPORT_PAGE, MAX_K, check_collection_name,

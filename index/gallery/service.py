@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ModelMismatch, NotFound
+from pipelines.errors import ModelMismatch, NotFound
 from index.access_service import AccessService
 from index.audit import Actor, AuditAction
 from index.gallery.checks import check_collection_name

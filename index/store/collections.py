@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from configs.errors import CollectionNotFound, Conflict, ModelMismatch
+from pipelines.errors import CollectionNotFound, Conflict, ModelMismatch
 from index import erasure
 from index.audit import AuditEntry
 from index.sealing import MasterKey, WrappedKey, rewrap, wrap_new_key

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import NotFound
+from pipelines.errors import NotFound
 from index import erasure
 from index.audit import AuditAction, AuditEntry
 from index.store.base import IN_CHUNK, SqlBase, guarded, labels_in, labels_out

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from configs.errors import NotFound
+from pipelines.errors import NotFound
 from index.audit import AuditEntry
 from index.store.base import SqlBase, guarded
 from index.store.records import KeyRecord

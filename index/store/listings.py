@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import Conflict
+from pipelines.errors import Conflict
 from index.audit import AuditAction, AuditEntry
 from index.store.base import IN_CHUNK, SqlBase, guarded, labels_out
 from index.store.records import (AddResult, CollectionInfo, ImportResult, ListedFace,

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 
-from configs.errors import FacefleetError
+from pipelines.errors import FacefleetError
 from pipelines.stages import AnalyzeRequest, DetectRequest, EmbedRequest
 from pipelines.types import (AnalyzedImage, DetectedImage, EmbeddedImage, GivenEmbedding)
 

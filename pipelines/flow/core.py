@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import (CollectionNotFound, FacefleetError, ModelMismatch, NoFaceDetected,
+from pipelines.errors import (CollectionNotFound, FacefleetError, ModelMismatch, NoFaceDetected,
                             Unavailable)
 from configs.settings import Settings
 from pipelines.flow.contracts import (Actor, AnalyzeBackend, DetectBackend, EmbedBackend,

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from configs.errors import (FacefleetError, ModelNotInstalled, NoFaceDetected, SpoofDetected,
+from pipelines.errors import (FacefleetError, ModelNotInstalled, NoFaceDetected, SpoofDetected,
                             ValidationError)
 from pipelines.antispoof import ANTI_SPOOFING
 from pipelines.flow.contracts import Actor, IdentifiedImage, Record, Ref, RegisteredImages

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import FacefleetError, NoFaceDetected, ValidationError, error_from_code
+from pipelines.errors import FacefleetError, NoFaceDetected, ValidationError, error_from_code
 from pipelines.flow.contracts import (Actor, Embedded, FaceHits, IdentifiedImage, Record,
                                       RegisteredImages)
 from pipelines.types import EmbeddedImage, GivenEmbedding

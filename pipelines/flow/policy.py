@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from configs.errors import ValidationError
+from pipelines.errors import ValidationError
 from configs.settings import Settings
 from pipelines.flow.contracts import Actor
 from pipelines.registry import DETECTORS

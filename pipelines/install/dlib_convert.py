@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from configs.settings import Runtime
-from configs.errors import ModelNotInstalled
+from pipelines.errors import ModelNotInstalled
 from pipelines.embed_dlib import DAT_NAME, default_dat_path, synthetic_chip, verify
 from pipelines.install.model_files import atomic_write, exclusive, lock_path
 from pipelines.model_check import FORMAT_VERSION, is_current, sha256_file, sidecar_path

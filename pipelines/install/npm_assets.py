@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from configs.errors import ModelNotInstalled
+from pipelines.errors import ModelNotInstalled
 from pipelines.install.model_files import atomic_write, exclusive, lock_path
 from pipelines.model_check import AssetVerificationFailed, NpmAsset, is_installed
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ModelNotInstalled
+from pipelines.errors import ModelNotInstalled
 from configs.settings import Runtime
 from pipelines.install.model_files import atomic_write, exclusive, lock_path
 from pipelines.install.tflite_onnx import reference_input, symbolic_batch_io

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.errors import ModelNotInstalled
+from pipelines.errors import ModelNotInstalled
 from pipelines.install.model_files import atomic_write, exclusive, lock_path
 from pipelines.model_check import (FORMAT_VERSION, PREPARE, ModelVerificationFailed,
                                    is_current, max_error, reference_path, sha256_file,

@@ -13,7 +13,7 @@ import pytest
 
 from deployments.compat_schemas import (collection_for, confidence, detector_for,
                                         distance_from_similarity, embedder_for, threshold_in)
-from configs.errors import ValidationError
+from pipelines.errors import ValidationError
 from tests.app.photos import b64
 
 

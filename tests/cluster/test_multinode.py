@@ -79,7 +79,7 @@ def test_sqlite_is_refused_on_a_cluster(cluster, tmp_path):
 def _outage(exc: BaseException) -> bool:
     """A typed unavailability: the gallery's Unavailable (503), or Ray's word that a
     replica or actor is gone or restarting (which the API maps to 503 too)."""
-    from configs.errors import Unavailable
+    from pipelines.errors import Unavailable
     from deployments.errors import _is_backend_outage
 
     cause = getattr(exc, "cause", None)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from configs.errors import CollectionNotFound, Conflict, NotFound
+from pipelines.errors import CollectionNotFound, Conflict, NotFound
 from index.audit import Actor, AuditAction, AuditEntry
 from index.erasure import pseudonym
 from index.gallery import GalleryCore, InProcessGallery

@@ -13,7 +13,7 @@ from index.gallery import InProcessGallery
 from index.merge import merge_topk
 from index.shard import AddOp, DropOp, IndexConfig, RemoveOp, ShardIndex
 from index.store import SqliteStore
-from configs.errors import FacefleetError
+from pipelines.errors import FacefleetError
 
 D = 128
 K = 10

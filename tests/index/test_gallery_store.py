@@ -10,7 +10,7 @@ import pytest
 from index.errors import SchemaTooNew
 from index.gallery import InProcessGallery
 from index.store import LATEST_VERSION, MIGRATIONS, SqliteStore, face_bucket
-from configs.errors import (
+from pipelines.errors import (
     CollectionNotFound,
     Conflict,
     ModelMismatch,

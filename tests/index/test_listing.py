@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from configs.errors import CollectionNotFound, Conflict, ModelMismatch, NotFound, ValidationError
+from pipelines.errors import CollectionNotFound, Conflict, ModelMismatch, NotFound, ValidationError
 from index import cursors
 from index.audit import Actor
 from index.erasure import pseudonym

@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from configs.errors import ModelMismatch
+from pipelines.errors import ModelMismatch
 from index.errors import StoreUnavailable
 from index.gallery import InProcessGallery
 from index.store.pgvector import PgvectorStore

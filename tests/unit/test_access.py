@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from configs.errors import Unavailable
+from pipelines.errors import Unavailable
 from configs.settings import AuthSettings, Settings
 from deployments.access import BODY, RULES, UNMAPPED, rule_of
 from deployments.auth import SETTINGS_ADMIN, KeyTable, key_id_of, new_key, sha256_hex

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from configs.errors import ModelNotInstalled
+from pipelines.errors import ModelNotInstalled
 from pipelines.align import box_chip
 from configs.settings import ImageLimits, Runtime, Settings
 from pipelines.antispoof import ANTI_SPOOFING, MINIFASNET_GRAPHS, AntiSpoofModel

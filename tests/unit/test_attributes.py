@@ -19,7 +19,7 @@ from pipelines.attributes import (
     RaceModel,
     package_file,
 )
-from configs.errors import ErrorCode, ModelNotInstalled
+from pipelines.errors import ErrorCode, ModelNotInstalled
 from pipelines.models import ModelContext
 from pipelines.types import ChipSpec
 

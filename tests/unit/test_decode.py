@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipelines.decode import decode_image
-from configs.errors import ImageDecodeError, ImageTooLarge, TooManyPixels
+from pipelines.errors import ImageDecodeError, ImageTooLarge, TooManyPixels
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 40_000_000}
 

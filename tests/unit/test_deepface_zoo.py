@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipelines.embed_deepface import DeepFaceEmbedder, _offline_deepface
-from configs.errors import ErrorCode, ModelNotInstalled, UnknownModel
+from pipelines.errors import ErrorCode, ModelNotInstalled, UnknownModel
 from pipelines.models import ModelContext
 
 dlib = pytest.importorskip("dlib")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs.settings import ImageLimits, Settings
-from configs.errors import ImageDecodeError, TooManyPixels, UnknownModel
+from pipelines.errors import ImageDecodeError, TooManyPixels, UnknownModel
 from pipelines.models import DLIB_CHIP, ModelContext
 from pipelines.registry import DETECTORS
 from pipelines.stages import DetectionStage, DetectRequest

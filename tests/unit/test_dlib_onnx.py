@@ -20,7 +20,7 @@ dlib = pytest.importorskip("dlib")
 ort = pytest.importorskip("onnxruntime")
 face_recognition_models = pytest.importorskip("face_recognition_models")
 
-from configs.errors import ModelNotInstalled, Unavailable, ValidationError  # noqa: E402
+from pipelines.errors import ModelNotInstalled, Unavailable, ValidationError  # noqa: E402
 from configs.settings import Runtime  # noqa: E402
 from pipelines.embed_dlib import ONNX_NAME, DlibNativeEmbedder, DlibOnnxEmbedder  # noqa: E402
 from pipelines.install import dlib_convert  # noqa: E402

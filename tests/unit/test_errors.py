@@ -9,7 +9,7 @@ from ray.serve import exceptions as sx
 from starlette.requests import Request
 
 from deployments.errors import STATUS, unexpected_response
-from configs.errors import (ErrorCode, FacefleetError, ImageDecodeError, NoFaceDetected,
+from pipelines.errors import (ErrorCode, FacefleetError, ImageDecodeError, NoFaceDetected,
                            error_from_code)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from configs.errors import ValidationError
+from pipelines.errors import ValidationError
 from configs.settings import Settings
 from deployments.backends import LocalAnalyzer, LocalDetector, LocalEmbedder, LocalGallery
 from deployments.metrics import ProcessMetrics
@@ -148,7 +148,7 @@ def test_deepface_register_and_search_with_anti_spoofing_send_no_chips_back(
     reference goes to the gallery: nothing is cut, embedded or analysed from the
     ingress (``*_chips``), and a spoof enrols nothing."""
     from bench.faceplugin import upright_spoof_frames
-    from configs.errors import SpoofDetected
+    from pipelines.errors import SpoofDetected
     from pipelines.flow.deepface import DeepfaceFlow
 
     calls: dict[str, list[str]] = {}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.evaluate import LFW
-from configs.errors import ErrorCode, UnknownModel, ValidationError
+from pipelines.errors import ErrorCode, UnknownModel, ValidationError
 from configs.settings import ImageLimits, Settings, SettingsProblem
 from deployments.compat_schemas import collection_for, deepface_model_name, embedder_for
 from pipelines.embed_fused import FusedEmbedder

@@ -19,7 +19,7 @@ import trustme
 
 from configs.settings import Settings
 from deployments.images import ImageResolver
-from configs.errors import ImageDecodeError, ImageTooLarge, UrlFetchFailed, ValidationError
+from pipelines.errors import ImageDecodeError, ImageTooLarge, UrlFetchFailed, ValidationError
 
 
 def resolve(settings: Settings, value, resolver=None, ssl_context=None) -> bytes:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bench.evaluate import LFW
-from configs.errors import ErrorCode, ModelNotInstalled, ValidationError
+from pipelines.errors import ErrorCode, ModelNotInstalled, ValidationError
 from configs.settings import ImageLimits, Runtime
 from pipelines.embed_mfn512 import ASSET, CHIP, FLUSH_BELOW, Mfn512Embedder, preprocess
 from pipelines.install import npm_assets, onnx_rebatch

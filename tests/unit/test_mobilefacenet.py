@@ -17,7 +17,7 @@ import pytest
 
 from configs.settings import ImageLimits
 from bench.evaluate import LFW, FACES
-from configs.errors import ErrorCode, ModelNotInstalled, ValidationError
+from pipelines.errors import ErrorCode, ModelNotInstalled, ValidationError
 from pipelines.install import npm_assets, tflite_onnx
 from pipelines.align import warp5_points
 from pipelines.embed_mobilefacenet import ASSET, CHIP, MobileFaceNetEmbedder, preprocess

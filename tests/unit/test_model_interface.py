@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from configs.errors import UnknownModel
+from pipelines.errors import UnknownModel
 from configs.settings import DEFAULT_FUSION_WEIGHTS
 from pipelines.models import (AttributeModel, DetectorModel, EmbedderModel, InferenceModel,
                               ModelContext, ModelTask)

@@ -1,8 +1,8 @@
 """Domain errors of facefleet, each with a stable error code.
 
-Raised inside ``pipelines/``, ``index/`` and ``deployments/`` alike (this module
-depends on none of them); mapped to HTTP statuses once, in the ingress
-(``deployments/errors.py``). Errors must survive pickling across Ray
+Raised inside ``pipelines/``, ``index/`` and ``deployments/`` alike: this module
+is the bottom of the domain and imports nothing of facefleet. Mapped to HTTP statuses
+once, in the ingress (``deployments/http/errors.py``). Errors must survive pickling across Ray
 processes, so they keep their state in ``args``.
 """
 
