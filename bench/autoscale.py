@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.autoscale [--low-s 30] [--high-s 60] [--idle-s 45]
 
-Starts a Ray cluster of three nodes on this machine (``deployments.local_cluster``)
+Starts a Ray cluster of three nodes on this machine (``deployments.local.cluster``)
 and deploys ``configs/serve_config.autoscale.yaml`` (an ``autoscaling_config`` on
 the Ingress and each model deployment; the gallery on PostgreSQL, as on any
 cluster). A closed-loop client sends ``/v1/embed`` with LFW photos over HTTP at 2
@@ -31,7 +31,7 @@ import numpy as np
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported
 
 from deployments import local  # noqa: E402
-from deployments.local_cluster import LocalCluster  # noqa: E402
+from deployments.local.cluster import LocalCluster  # noqa: E402
 from index.local_pg import PgServer, debian_bindir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

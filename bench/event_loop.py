@@ -56,12 +56,12 @@ def make_app(mode: str):
     import pydantic
 
     from configs.settings import Settings
-    from deployments.errors import install_error_handlers
-    from deployments.bodies import RegisterBatchBody
-    from deployments.http_app import IngressApp
-    from deployments.images import ImageResolver
-    from deployments.request_body import BodyLimits, parse_body, read_capped
-    from deployments.bodies import DetectBody
+    from deployments.http.errors import install_error_handlers
+    from deployments.http.bodies import RegisterBatchBody
+    from deployments.http.app import IngressApp
+    from deployments.http.images import ImageResolver
+    from deployments.http.request_body import BodyLimits, parse_body, read_capped
+    from deployments.http.bodies import DetectBody
     from pipelines.errors import ImageDecodeError, ValidationError
 
     s = Settings()

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
     from ray import serve
 
     from deployments import local
-    from deployments.gallery import NAMESPACE, Gallery
+    from deployments.serve.gallery import NAMESPACE, Gallery
 
     work = Path(tempfile.mkdtemp(prefix="ffb", dir=args.tmp))
     rows: list[tuple[str, str]] = []

@@ -46,8 +46,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from deployments import local, ports
-from deployments.launcher import processes_with_env
+from deployments import local
+from deployments.local import ports
+from deployments.local.launcher import processes_with_env
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = "FACEFLEET_LIFECYCLE_RUN"

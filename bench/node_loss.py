@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.node_loss [--before-s 15] [--after-s 45]
 
-Starts a Ray cluster of three nodes on this machine (``deployments.local_cluster``:
+Starts a Ray cluster of three nodes on this machine (``deployments.local.cluster``:
 a head and two workers, real raylets on 127.0.0.1), a PostgreSQL server for the
 gallery (SQLite is refused on a cluster), and the app from ``serve_config.yaml``
 with 3 shards x 2 copies and ``--replicas`` (2) replicas of the Ingress, Detector,
@@ -40,7 +40,7 @@ import httpx
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported
 
 from deployments import local  # noqa: E402
-from deployments.local_cluster import LocalCluster  # noqa: E402
+from deployments.local.cluster import LocalCluster  # noqa: E402
 from index.local_pg import PgServer, debian_bindir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,7 +175,7 @@ def _shard_nodes() -> list[tuple[int, str]]:
     """(shard, node id) of every shard copy, asked of the shard actors themselves."""
     import ray
 
-    from deployments.gallery import NAMESPACE
+    from deployments.serve.gallery import NAMESPACE
 
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a["namespace"] == NAMESPACE and a["name"].startswith("gallery-")]

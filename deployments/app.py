@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from configs.settings import load_settings
-from deployments.ingress import Ingress
-from deployments.models import Analyzer, Detector, Embedder
+from deployments.serve.ingress import Ingress
+from deployments.serve.models import Analyzer, Detector, Embedder
 from pipelines.registry import check_model_settings
 
 
@@ -45,7 +45,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     s = settings.model_dump(mode="json")
     gallery = None
     if a.gallery:
-        from deployments.gallery import Gallery
+        from deployments.serve.gallery import Gallery
 
         gallery = Gallery.bind(s)
     if a.topology == "fused":

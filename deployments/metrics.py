@@ -7,7 +7,7 @@ values stay bounded), a model replica the sizes of the batches its
 ``@serve.batch`` methods ran, the Gallery replica its search batches. Those
 numbers are per replica, and every series carries ``deployment`` and
 ``replica`` labels. Replicas report them every few seconds to one shared
-board (``deployments/metrics_board.py``), so the Ingress replica that answers
+board (``deployments/serve/metrics_board.py``), so the Ingress replica that answers
 a scrape serves every replica's series: its own live, the others' as last
 reported (``facefleet_metrics_report_age_seconds`` says how old). Through a
 load balancer each scrape therefore sees the whole service, whichever replica

@@ -3,5 +3,5 @@
 across shards (``index.shard``, ``index.merge``), the gallery service
 (``index.gallery``) and the access service for API keys and the audit trail
 (``index.access_service``). Plain Python: the Ray actor and Serve deployment
-live in ``deployments/gallery.py``.
+live in ``deployments/serve/gallery.py``.
 """

@@ -6,7 +6,7 @@ sets that beside what each shard copy reports (``ShardIndex.info``: the
 change number it has applied per collection, the vectors it holds), so that
 a shard's replication lag is the number of committed changes it has not
 applied yet. Plain data in, plain data out: the Ray deployment
-(``deployments/gallery.py``) and the in-process gallery feed it the same way,
+(``deployments/serve/gallery.py``) and the in-process gallery feed it the same way,
 and ``deployments/metrics.py`` turns the report into Prometheus gauges.
 """
 

@@ -9,7 +9,7 @@ the shards) and ``in_process`` (:class:`InProcessGallery`, the service called
 synchronously). Vectors are L2-normalised on the way in, so the inner products
 shards return are cosine similarities. The audit trail and API keys are the
 access service's (``index.access_service``). The Ray actor and Serve deployment
-live in ``deployments/gallery.py``. This package re-exports the public names.
+live in ``deployments/serve/gallery.py``. This package re-exports the public names.
 """
 
 from index.gallery.checks import (COLLECTION_PATTERN, MAX_DIM, MAX_EXPORT_PAGE, MAX_K,

@@ -1,7 +1,7 @@
 """The in-process gallery, called synchronously: a store, its shards, the gallery
 service and the access service in this process, for tests, benchmarks and
 scripts (``index.recipe_import``). The Serve deployment of the same service is
-``deployments.gallery.Gallery``.
+``deployments.serve.gallery.Gallery``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The gallery service: every gallery operation, store first and then a
 :class:`~index.gallery.shards.ShardSet` (the in-process ``LocalShards``, the SQL
 search of ``index.pgvector_shards``, or the shard actors of the Ray deployment in
-``deployments/gallery.py``, which *is* this service with Ray shards), so there is
+``deployments/serve/gallery.py``, which *is* this service with Ray shards), so there is
 one implementation of the gallery, not two. Every write is committed to the
 store before any shard sees it, and a call returns only after the shards applied
 it; a shard that missed it catches up from the store's change log. Identify and

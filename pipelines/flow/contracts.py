@@ -1,6 +1,6 @@
 """What the request flow needs from each backend, and what the stages hand each other.
 
-A topology is a choice of four backends (``deployments/backends.py``: Serve
+A topology is a choice of four backends (``deployments/serve/backends.py``: Serve
 deployment handles for ``topology: separate``, model stages in the ingress
 replica for ``fused``, an in-process gallery for tests). These Protocols list
 every operation the flow and the HTTP routes call on them, with typed

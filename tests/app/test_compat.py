@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 
-from deployments.compat_schemas import (collection_for, confidence, detector_for,
+from deployments.http.compat_schemas import (collection_for, confidence, detector_for,
                                         distance_from_similarity, embedder_for, threshold_in)
 from pipelines.errors import ValidationError
 from tests.app.photos import b64

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from deployments import local
-from deployments.launcher import processes_with_env
+from deployments.local.launcher import processes_with_env
 
 pytestmark = pytest.mark.app
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from bench import lifecycle
-from deployments import ports
+from deployments.local import ports
 
 pytestmark = pytest.mark.app
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from bench.fuzz import excluded_checks, register_serializers
 from configs.settings import Settings
-from deployments.http_app import create_app
+from deployments.http.app import create_app
 from pipelines.flow import Flow
 
 pytestmark = pytest.mark.app

@@ -30,8 +30,9 @@ import httpx
 import pytest
 import yaml
 
-from deployments import local, ports
-from deployments.launcher import processes_with_env
+from deployments import local
+from deployments.local import ports
+from deployments.local.launcher import processes_with_env
 
 pytestmark = pytest.mark.app
 

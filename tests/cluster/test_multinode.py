@@ -40,7 +40,7 @@ def cluster() -> Iterator[object]:
     from ray import serve
 
     from deployments import local
-    from deployments.local_cluster import LocalCluster
+    from deployments.local.cluster import LocalCluster
 
     c = LocalCluster(workers=2, cpus=2)
     try:
@@ -65,7 +65,7 @@ def unit(n: int, rng: np.random.Generator) -> np.ndarray:
 def test_sqlite_is_refused_on_a_cluster(cluster, tmp_path):
     from ray import serve
 
-    from deployments.gallery import Gallery
+    from deployments.serve.gallery import Gallery
 
     with pytest.raises(RuntimeError, match="failed"):
         serve.run(Gallery.bind(settings(tmp_path, backend="sqlite")),
@@ -80,7 +80,7 @@ def _outage(exc: BaseException) -> bool:
     """A typed unavailability: the gallery's Unavailable (503), or Ray's word that a
     replica or actor is gone or restarting (which the API maps to 503 too)."""
     from pipelines.errors import Unavailable
-    from deployments.errors import _is_backend_outage
+    from deployments.http.errors import _is_backend_outage
 
     cause = getattr(exc, "cause", None)
     return isinstance(cause, Unavailable) or isinstance(exc, Unavailable) \
@@ -91,7 +91,7 @@ def test_node_loss_under_load(cluster, pg, tmp_path):
     import ray
     from ray import serve
 
-    from deployments.gallery import Gallery
+    from deployments.serve.gallery import Gallery
 
     s = settings(tmp_path, backend="postgres", database_url=pg.url(pg.new_database()),
                  shards=3, shard_replicas=2, sync_interval_s=1.0)
@@ -223,7 +223,7 @@ def test_a_node_without_the_models_fails_the_start_naming_it(cluster, tmp_path):
     from ray import serve
 
     from configs.settings import Settings
-    from deployments.models import Embedder
+    from deployments.serve.models import Embedder
 
     node = cluster.workers[-1]
     s = Settings(data_dir=tmp_path, model_dir=tmp_path / "no-models").model_dump(mode="json")

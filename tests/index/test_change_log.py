@@ -19,7 +19,7 @@ from index.gallery import InProcessGallery, LocalShards
 from tests.index.vectors import D, items, unit
 
 
-def top1(g: Gallery, x: np.ndarray) -> list[str | None]:
+def top1(g: InProcessGallery, x: np.ndarray) -> list[str | None]:
     return [row[0]["face_id"] if row and row[0]["similarity"] > 0.999 else None
             for row in g.search("c", "m", x, 1)]
 

@@ -59,7 +59,7 @@ def scan(files: list[Path], blob: bytes) -> tuple[int, int, int]:
     return searched, len(files), hits
 
 
-def enrol_and_forget(g: Gallery, vec: np.ndarray) -> tuple[bytes, dict]:
+def enrol_and_forget(g: InProcessGallery, vec: np.ndarray) -> tuple[bytes, dict]:
     me = Actor("k1", "req-1")
     out = g.register("people", "mobilefacenet", 192,
                      [{"embedding": vec, "person_id": "colin", "name": "Colin"}],

@@ -50,7 +50,7 @@ def unit(n: int, seed: int) -> np.ndarray:
 def test_shard_crash_restart_keeps_acknowledged_and_forgotten(serve_instance, tmp_path):
     import ray
 
-    from deployments.gallery import NAMESPACE, Gallery
+    from deployments.serve.gallery import NAMESPACE, Gallery
 
     serve = serve_instance
     handle = serve.run(Gallery.bind(settings(tmp_path, shards=2)),
@@ -109,7 +109,7 @@ def test_shard_crash_restart_keeps_acknowledged_and_forgotten(serve_instance, tm
 
 
 def test_concurrent_identify_is_batched_and_exact(serve_instance, tmp_path):
-    from deployments.gallery import Gallery
+    from deployments.serve.gallery import Gallery
 
     serve = serve_instance
     handle = serve.run(Gallery.bind(settings(tmp_path, shards=3, search_batch_wait_s=0.01)),
@@ -154,7 +154,7 @@ def test_writes_of_a_replica_killed_after_commit_reach_the_index(serve_instance,
     within the shards' catch-up period."""
     import ray
 
-    from deployments.gallery import Gallery
+    from deployments.serve.gallery import Gallery
 
     serve = serve_instance
     cfg = settings(tmp_path, shards=2, sync_interval_s=0.5, backend=backend,
@@ -188,7 +188,7 @@ def test_writes_of_a_replica_killed_after_commit_reach_the_index(serve_instance,
     report = handle.verify.remote("f").result()
     assert report["store"] == report["index"] == 2 and not in_index()
     if backend == "pgvector":  # the database is the index: no shard actor was started
-        from deployments.gallery import NAMESPACE
+        from deployments.serve.gallery import NAMESPACE
 
         assert not [a for a in ray.util.list_named_actors(all_namespaces=True)
                     if a["namespace"] == NAMESPACE and a["name"].startswith("gallery-")]
@@ -202,7 +202,7 @@ def test_two_gallery_replicas_over_the_same_shards_stay_consistent(serve_instanc
                                                                    backend, request):
     import random
 
-    from deployments.gallery import Gallery
+    from deployments.serve.gallery import Gallery
 
     serve = serve_instance
     cfg = settings(tmp_path, shards=3, backend=backend, database_url=_store_url(backend, request))

@@ -11,7 +11,7 @@ from index.health import gallery_metrics, gallery_report, read_store
 from tests.index.vectors import D, items, unit
 
 
-def report(g: Gallery, store) -> dict:
+def report(g: InProcessGallery, store) -> dict:
     async def info(shard):
         return shard.info()
 

@@ -26,7 +26,7 @@ def unit(n: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def enrol(g: Gallery, collection: str, persons: list[str], per_person: int = 1,
+def enrol(g: InProcessGallery, collection: str, persons: list[str], per_person: int = 1,
           seed: int = 0, labels: dict | None = None) -> list[str]:
     vecs = unit(len(persons) * per_person, seed)
     items = [{"embedding": vecs[i * per_person + j], "person_id": p, "name": p.upper(),
@@ -186,7 +186,7 @@ def test_update_person_renames_and_relabels(store):
 TARGET = {"sqlite": "pgvector", "postgres": "sqlite", "pgvector": "postgres"}
 
 
-def export_all(g: Gallery, collection: str, page: int) -> list[dict]:
+def export_all(g: InProcessGallery, collection: str, page: int) -> list[dict]:
     out, after = [], 0
     while after is not None:
         res = g.export_page(collection, after, page)

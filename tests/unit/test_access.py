@@ -18,10 +18,10 @@ import pytest
 
 from pipelines.errors import Unavailable
 from configs.settings import AuthSettings, Settings
-from deployments.access import BODY, RULES, UNMAPPED, rule_of
-from deployments.auth import SETTINGS_ADMIN, KeyTable, key_id_of, new_key, sha256_hex
-from deployments.backends import LocalGallery
-from deployments.http_app import create_app
+from deployments.http.access import BODY, RULES, UNMAPPED, rule_of
+from deployments.http.auth import SETTINGS_ADMIN, KeyTable, key_id_of, new_key, sha256_hex
+from deployments.serve.backends import LocalGallery
+from deployments.http.app import create_app
 from index.audit import Actor
 from index.gallery import GalleryService, LocalShards
 from index.store import KeyRecord, SqliteStore

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from configs.settings import Settings
-from deployments.http_app import create_app
+from deployments.http.app import create_app
 from pipelines.flow import Flow
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from deployments import backends
+from deployments.serve import backends
 from pipelines.flow import contracts
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,8 +61,8 @@ def _handle_calls(cls: type) -> set[str]:
 
 
 def test_the_serve_backends_call_methods_the_deployments_have():
-    from deployments.gallery import Gallery
-    from deployments.models import Analyzer, Detector, Embedder
+    from deployments.serve.gallery import Gallery
+    from deployments.serve.models import Analyzer, Detector, Embedder
 
     for backend, deployment in [(backends.ServeDetector, Detector),
                                 (backends.ServeEmbedder, Embedder),

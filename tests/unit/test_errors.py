@@ -8,7 +8,7 @@ from ray import exceptions as rx
 from ray.serve import exceptions as sx
 from starlette.requests import Request
 
-from deployments.errors import STATUS, unexpected_response
+from deployments.http.errors import STATUS, unexpected_response
 from pipelines.errors import (ErrorCode, FacefleetError, ImageDecodeError, NoFaceDetected,
                            error_from_code)
 
@@ -62,8 +62,8 @@ def test_strict_collections_is_a_setting_from_the_environment(monkeypatch):
 
 def test_a_405_allows_every_method_of_its_path():
     from configs.settings import Settings
-    from deployments.errors import _allowed_methods
-    from deployments.http_app import create_app
+    from deployments.http.errors import _allowed_methods
+    from deployments.http.app import create_app
     from pipelines.flow import Flow
 
     s = Settings()

@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.errors import ValidationError
 from configs.settings import Settings
-from deployments.backends import LocalAnalyzer, LocalDetector, LocalEmbedder, LocalGallery
+from deployments.serve.backends import LocalAnalyzer, LocalDetector, LocalEmbedder, LocalGallery
 from deployments.metrics import ProcessMetrics
 from index.gallery import GalleryService, LocalShards
 from index.store import SqliteStore
@@ -80,7 +80,7 @@ class Unbatched:
 
 @pytest.fixture(scope="module")
 def stages() -> Any:
-    from deployments.models import LocalStages
+    from deployments.serve.models import LocalStages
 
     s = Settings()
     return Unbatched(LocalStages(s.model_dump(mode="json"),

@@ -11,7 +11,7 @@ import pytest
 from bench.evaluate import LFW
 from pipelines.errors import ErrorCode, UnknownModel, ValidationError
 from configs.settings import ImageLimits, Settings, SettingsProblem
-from deployments.compat_schemas import collection_for, deepface_model_name, embedder_for
+from deployments.http.compat_schemas import collection_for, deepface_model_name, embedder_for
 from pipelines.embed_fused import FusedEmbedder
 from pipelines.embed_mobilefacenet import CHIP as MFN_CHIP
 from pipelines.models import DLIB_CHIP, ModelContext, ModelTask

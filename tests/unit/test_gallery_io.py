@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from deployments.gallery_io import LineError, export_lines, parse_line, read_lines
+from deployments.http.gallery_io import LineError, export_lines, parse_line, read_lines
 
 
 def collect(chunks: list[bytes], max_line: int = 1024) -> list:

@@ -20,9 +20,9 @@ import pytest
 
 from configs import keyhash
 from configs.settings import Settings
-from deployments.auth import sha256_hex
-from deployments.backends import LocalGallery
-from deployments.http_app import create_app
+from deployments.http.auth import sha256_hex
+from deployments.serve.backends import LocalGallery
+from deployments.http.app import create_app
 from index.gallery import GalleryService, LocalShards
 from index.store import SqliteStore
 from pipelines.flow import Flow
@@ -175,7 +175,7 @@ def test_an_unusable_request_id_is_replaced_consistently(service):
     front, a 10 KB or odd id is replaced by one id in the header, body and trail."""
     from ray.serve._private.http_util import _apply_middlewares
 
-    from deployments.request_ids import proxy_middlewares
+    from deployments.http.request_ids import proxy_middlewares
 
     async def run():
         svc = service()

@@ -1,4 +1,4 @@
-"""The HAProxy shim (deployments/haproxy_loopback.sh) on Ray's own configuration:
+"""The HAProxy shim (deployments/local/haproxy_loopback.sh) on Ray's own configuration:
 every listener on loopback, the admin socket 0600, and a `timeout http-request`
 that cuts off a client sending its headers a byte at a time.
 

@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from configs.settings import Settings
-from deployments.images import ImageResolver
+from deployments.http.images import ImageResolver
 from pipelines.errors import ImageDecodeError, ImageTooLarge, UrlFetchFailed, ValidationError
 
 
@@ -342,7 +342,7 @@ def test_urls_can_be_disabled(server):
 def test_ipv6_spellings_of_an_ipv4_address_are_judged_by_that_address(server):
     """NAT64, 6to4 and IPv4-compatible addresses reach the IPv4 address inside them:
     loopback or private inside is refused, a public one inside is not."""
-    from deployments.images import embedded_ipv4
+    from deployments.http.images import embedded_ipv4
 
     port = server.server_address[1]
     for answer in ("64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b:1::7f00:1",

@@ -18,9 +18,9 @@ import pytest
 
 from configs import keyhash
 from configs.settings import AuthSettings, Settings
-from deployments.auth import SETTINGS_ADMIN, KeyTable, new_key, sha256_hex
-from deployments.backends import LocalGallery
-from deployments.http_app import create_app
+from deployments.http.auth import SETTINGS_ADMIN, KeyTable, new_key, sha256_hex
+from deployments.serve.backends import LocalGallery
+from deployments.http.app import create_app
 from index.gallery import GalleryService, LocalShards
 from index.store import KeyRecord, SqliteStore
 from pipelines.flow import Flow
@@ -189,7 +189,7 @@ def test_keys_made_over_http_expire_within_the_maximum_lifetime(service):
 
 
 def test_an_ingress_user_config_never_turns_keys_off_by_an_empty_list():
-    from deployments.auth import settings_keys_update
+    from deployments.http.auth import settings_keys_update
 
     entry = keyhash.salted(ADMIN_KEY)
     assert settings_keys_update({}, [entry]) == ([entry], None)  # batch knobs only

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from deployments import launcher, local, ports
+from deployments.local import launcher, ports
+from deployments import local
 
 REPO = Path(__file__).resolve().parent.parent.parent
 

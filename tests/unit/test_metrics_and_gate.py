@@ -16,7 +16,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from configs.settings import Settings
-from deployments.http_app import create_app
+from deployments.http.app import create_app
 from deployments.metrics import AppMetrics, ProcessMetrics, Report, gallery_families, merge, render
 from pipelines.flow import Flow
 

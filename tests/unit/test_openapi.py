@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from configs.settings import Settings
-from deployments.http_app import create_app
+from deployments.http.app import create_app
 from pipelines.flow import Flow
 
 

@@ -16,11 +16,11 @@ import pytest
 import uvicorn
 from fastapi import Request
 
-from deployments.bodies import AnalyzeBody, RegisterBatchBody, VerifyBody
-from deployments.errors import install_error_handlers
-from deployments.http_app import IngressApp
+from deployments.http.bodies import AnalyzeBody, RegisterBatchBody, VerifyBody
+from deployments.http.errors import install_error_handlers
+from deployments.http.app import IngressApp
 from deployments.local import free_port
-from deployments.request_body import BodyLimits, parse_body
+from deployments.http.request_body import BodyLimits, parse_body
 
 MiB = 1 << 20
 LIMITS = BodyLimits(max_request_bytes=8 * MiB, max_file_bytes=1 * MiB,

@@ -89,7 +89,7 @@ class ServeAnalyzer:
 
 
 class ServeGallery:
-    """The Gallery deployment (``deployments.gallery.Gallery``) through its handle."""
+    """The Gallery deployment (``deployments.serve.gallery.Gallery``) through its handle."""
 
     def __init__(self, handle: Any) -> None:
         self._h = handle

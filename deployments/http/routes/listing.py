@@ -25,12 +25,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from pipelines.errors import FacefleetError, ModelMismatch, error_from_code
-from deployments.access import actor_of, principal_of
-from deployments.bodies import Collection, PersonPatchBody
-from deployments.gallery_io import (LineError, export_lines, invalid, line_error, parse_line,
+from deployments.http.access import actor_of, principal_of
+from deployments.http.bodies import Collection, PersonPatchBody
+from deployments.http.gallery_io import (LineError, export_lines, invalid, line_error, parse_line,
                                     read_lines)
-from deployments.http_common import api_of, body_schema, lines_body_schema
-from deployments.schemas import (GALLERY_ERRORS, ExportLine, FacesPageOut, ImportOut,
+from deployments.http.common import api_of, body_schema, lines_body_schema
+from deployments.http.schemas import (GALLERY_ERRORS, ExportLine, FacesPageOut, ImportOut,
                                  PersonOut, PersonsPageOut, errors)
 from index.audit import AuditAction
 from index.gallery import check_import_row

@@ -8,7 +8,7 @@ through the same request flow (``pipelines.flow.deepface`` over
 facefleet's typed ``{"error": {...}}`` body, add DeepFace's ``exception``
 message field, and use status 400 for every client-side problem as DeepFace
 does (401, 403 and 5xx keep their status). See docs/deepface-compat.md.
-Access follows ``deployments/access.py``: ``/register`` needs the ``write``
+Access follows ``deployments/http/access.py``: ``/register`` needs the ``write``
 scope, ``/search`` and the rest ``read``; ``/register`` and ``/search`` check
 the collection they resolve (``collection``, else ``deepface-<model>``)
 against the key's collections once the body is read.
@@ -24,8 +24,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from pipelines.errors import FacefleetError, Unavailable, ValidationError
-from deployments.access import actor_of, check_collection
-from deployments.compat_schemas import (COMPAT_ERRORS, DEEPFACE_ACTIONS, BuildIndexBody,
+from deployments.http.access import actor_of, check_collection
+from deployments.http.compat_schemas import (COMPAT_ERRORS, DEEPFACE_ACTIONS, BuildIndexBody,
                                         BuildIndexOut, DfAnalyzeBody, DfAnalyzeOut,
                                         DfRegisterBody, DfRegisterOut, DfSearchOut,
                                         DfVerifyBody, DfVerifyOut, RepresentBody, RepresentOut,
@@ -33,8 +33,8 @@ from deployments.compat_schemas import (COMPAT_ERRORS, DEEPFACE_ACTIONS, BuildIn
                                         deepface_model_name, detector_for,
                                         distance_from_similarity, distances, embedder_for,
                                         threshold_in, unit_embedding)
-from deployments.errors import compat_error_response
-from deployments.http_common import Api, api_of, body_schema
+from deployments.http.errors import compat_error_response
+from deployments.http.common import Api, api_of, body_schema
 from pipelines.flow import FaceQuery
 from pipelines.flow.deepface import DeepfaceFlow, checked_actions
 from pipelines.registry import DETECTORS, embedder_names

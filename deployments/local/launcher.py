@@ -40,7 +40,7 @@ import time
 import uuid
 from pathlib import Path
 
-from deployments import ports
+from deployments.local import ports
 
 log = logging.getLogger("facefleet.local")
 

@@ -82,7 +82,7 @@ class _Batching:
         self._hist = Histogram("facefleet_batch_size", description="requests per model batch",
                                boundaries=_BATCH_BUCKETS, tag_keys=("method",))
         if metrics is None:
-            from deployments.metrics_board import Reporter, replica_metrics
+            from deployments.serve.metrics_board import Reporter, replica_metrics
 
             metrics = replica_metrics()
             self._reporter = Reporter(metrics)

@@ -5,7 +5,7 @@ needs and to where it names its collection: a path parameter, or its body
 (:data:`BODY`; the route calls :func:`check_collection` once it has read the
 name). :func:`authorize` runs before every route of the app (it is the app's
 dependency), after the middleware has found the caller's
-:class:`deployments.auth.Principal`. A route missing from the map needs an
+:class:`deployments.http.auth.Principal`. A route missing from the map needs an
 unrestricted admin key, so a route added without a rule is closed, not open
 (and a unit test lists any such route).
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from pipelines.errors import AuthDisabled, CollectionNotFound, Forbidden
-from deployments.auth import NOBODY, Principal
+from deployments.http.auth import NOBODY, Principal
 from index.audit import Actor
 
 READ, WRITE, ADMIN, EXPORT = "read", "write", "admin", "export"

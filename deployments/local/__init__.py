@@ -30,8 +30,8 @@ from typing import Any
 import yaml
 
 from configs.serve_env import FAST_SERVE_ENV
-from deployments import launcher
-from deployments.ports import reserve_port
+from deployments.local import launcher
+from deployments.local.ports import reserve_port
 from pipelines.runtime import native_thread_env
 
 log = logging.getLogger("facefleet.local")
@@ -45,8 +45,8 @@ LOOPBACK_ENV = {
     # BLAS / OpenMP pools start at one thread; a model replica sets its own count
     # (pipelines.runtime, from runtime.intra_op_threads)
     **native_thread_env(1),
-    # an unusable X-Request-Id is replaced before Serve echoes it (deployments/request_ids.py)
-    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.request_ids.proxy_middlewares",
+    # an unusable X-Request-Id is replaced before Serve echoes it (deployments/http/request_ids.py)
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.http.request_ids.proxy_middlewares",
 }
 
 
@@ -71,7 +71,7 @@ HAPROXY_SHIM = Path(__file__).resolve().parent / "haproxy_loopback.sh"
 def fast_serve_env(temp_dir: str | Path) -> dict[str, str]:
     """:data:`FAST_SERVE_ENV` for a local instance: HAProxy's side listeners (stats,
     metrics) and Serve's fallback proxy on reserved loopback ports (their defaults are
-    fixed ports, some on every interface; :func:`deployments.ports.reserve_port`
+    fixed ports, some on every interface; :func:`deployments.local.ports.reserve_port`
     hands out none that another process can take first), through
     :data:`HAPROXY_SHIM`, which also gives HAProxy's own answers the API's error
     envelope (:func:`haproxy_responses`) and makes HAProxy die with its parent
@@ -160,7 +160,7 @@ def _merge(dst: dict, src: dict) -> None:
 
 def free_port() -> int:
     """A loopback TCP port for a server this process starts (tests, benchmarks):
-    :func:`deployments.ports.reserve_port`, which no other process can take first."""
+    :func:`deployments.local.ports.reserve_port`, which no other process can take first."""
     return reserve_port()
 
 
@@ -202,7 +202,7 @@ def init_ray(*, num_cpus: int | None = None, temp_dir: str | None = None,
     apply_env(env)
     import ray
 
-    repo = str(Path(__file__).resolve().parent.parent)
+    repo = str(Path(__file__).resolve().parents[2])
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
              include_dashboard=dashboard, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", _temp_dir=temp_dir, log_to_driver=False,
@@ -222,7 +222,7 @@ def cluster_env(temp_dir: str | Path) -> dict[str, str]:
     process reads these when it starts, so they must be set before ``ray start``
     (``python -m deployments.local --cluster-env DIR`` prints them as exports)."""
     return {**LOOPBACK_ENV, **fast_serve_env(temp_dir),
-            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str | None = None,
@@ -413,7 +413,7 @@ def _init_ray_retrying(a: argparse.Namespace) -> None:
 
 
 def _drive(a: argparse.Namespace, config: dict[str, Any], port: int) -> int:
-    """The driver, started by :mod:`deployments.launcher`: Ray, Serve, and their stop."""
+    """The driver, started by :mod:`deployments.local.launcher`: Ray, Serve, and their stop."""
     launcher.die_with_launcher()
     done = threading.Event()
 
@@ -462,7 +462,3 @@ def _drive(a: argparse.Namespace, config: dict[str, Any], port: int) -> int:
                 log.warning("killed what outlived Ray's shutdown: %s", ", ".join(killed))
             log.info("stopped")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

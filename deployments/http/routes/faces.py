@@ -9,10 +9,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from pipelines.errors import FacefleetError
-from deployments import readiness
-from deployments.bodies import AnalyzeBody, DetectBody, EmbedBody, VerifyBody
-from deployments.http_common import api_of, body_schema, jpeg_b64
-from deployments.schemas import (ERRORS, AnalyzeOut, DetectOut, EmbedOut, HealthOut, ModelsOut,
+from deployments.http import readiness
+from deployments.http.bodies import AnalyzeBody, DetectBody, EmbedBody, VerifyBody
+from deployments.http.common import api_of, body_schema, jpeg_b64
+from deployments.http.schemas import (ERRORS, AnalyzeOut, DetectOut, EmbedOut, HealthOut, ModelsOut,
                                  ReadyOut, StatsOut, VerifyOut, errors)
 from pipelines.flow import CROP_SPEC, FaceQuery
 from pipelines.registry import ATTRIBUTES, DETECTORS, EMBEDDER_LICENCES, embedder_names

@@ -1,7 +1,7 @@
 """What every route module works with: the :class:`Api` of the app, and the helpers
 that declare request bodies in the OpenAPI document and shape answers.
 
-The route modules import this, never ``deployments.http_app`` (which imports
+The route modules import this, never ``deployments.http.app`` (which imports
 them to build the app). Nothing here imports Ray.
 """
 
@@ -16,10 +16,10 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from configs.settings import Settings
-from deployments.auth import KeyTable
-from deployments.guard import Guard
-from deployments.images import ImageResolver
-from deployments.request_body import BodyLimits, parse_body
+from deployments.http.auth import KeyTable
+from deployments.http.guard import Guard
+from deployments.http.images import ImageResolver
+from deployments.http.request_body import BodyLimits, parse_body
 from pipelines.flow import Flow
 
 

@@ -4,9 +4,9 @@ The replica builds its :class:`pipelines.flow.Flow` from the backends of its
 topology (handles of the Detector, Embedder, Analyzer and Gallery
 deployments, or, with ``topology: fused``, the model stages inside this very
 replica), then Serve asks it for its ASGI app (``__serve_build_asgi_app__``),
-which ``deployments.http_app.create_app`` builds. It holds no model (unless
+which ``deployments.http.app.create_app`` builds. It holds no model (unless
 fused) and no gallery state; it owns the replica's metrics registry, which it
-reports to the application's metrics board (``deployments/metrics_board.py``).
+reports to the application's metrics board (``deployments/serve/metrics_board.py``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from ray import serve
 
 from configs import keyhash
 from configs.settings import Settings
-from deployments import replica_process
-from deployments.backends import (LocalAnalyzer, LocalDetector, LocalEmbedder, ServeAnalyzer,
+from deployments.serve import replica_process
+from deployments.serve.backends import (LocalAnalyzer, LocalDetector, LocalEmbedder, ServeAnalyzer,
                                   ServeDetector, ServeEmbedder, ServeGallery)
-from deployments.auth import settings_keys_update
-from deployments.http_app import create_app
+from deployments.http.auth import settings_keys_update
+from deployments.http.app import create_app
 from deployments.metrics import AppMetrics
-from deployments.metrics_board import Reporter, replica_metrics
+from deployments.serve.metrics_board import Reporter, replica_metrics
 from pipelines.flow import Flow
 
 log = logging.getLogger("facefleet.ingress")
@@ -44,7 +44,7 @@ class Ingress:
         self._reporter = Reporter(metrics)
         self._local = None
         if detector is None:  # topology: fused, every model stage in this replica
-            from deployments.models import LocalStages
+            from deployments.serve.models import LocalStages
 
             self._local = LocalStages(settings, metrics)
             backends = (LocalDetector(self._local), LocalEmbedder(self._local),
@@ -65,7 +65,7 @@ class Ingress:
         An empty key list is refused unless ``auth_enabled: false`` comes with it
         (ValueError: Serve reports the update as failed, and a replica started
         afresh with that config fails to start), so keys are never turned off by
-        omission (``deployments.auth.settings_keys_update``)."""
+        omission (``deployments.http.auth.settings_keys_update``)."""
         if self._local is not None and "max_batch_size" in user_config:
             self._local.reconfigure(user_config)
         keys, enabled = settings_keys_update(user_config, self.s.api_key_sha256)

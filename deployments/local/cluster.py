@@ -19,7 +19,7 @@ from typing import Any
 
 from deployments import local
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class LocalCluster:

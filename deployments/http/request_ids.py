@@ -13,7 +13,7 @@ replaces an id that is not 1-128 characters of ``[A-Za-z0-9._:-]`` with a new
 random one, in the request itself: Serve's echo, the answer's body, the logs
 and the audit trail then all carry that one id. ``deployments.local`` sets the
 variable for local instances; a cluster sets it in the Serve processes'
-environment (``deployments.request_ids.proxy_middlewares``).
+environment (``deployments.http.request_ids.proxy_middlewares``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Request bodies of the ``/v1`` HTTP API (pydantic, shown in /docs), each defined once.
 
-The routes read their bodies themselves (``deployments/request_body.py``)
-and declare them with ``deployments.http_common.body_schema``. The
-DeepFace-compatible bodies are in ``deployments/compat_schemas.py`` (named
-``Df...``); the answers in ``deployments/schemas.py``.
+The routes read their bodies themselves (``deployments/http/request_body.py``)
+and declare them with ``deployments.http.common.body_schema``. The
+DeepFace-compatible bodies are in ``deployments/http/compat_schemas.py`` (named
+``Df...``); the answers in ``deployments/http/schemas.py``.
 """
 
 from __future__ import annotations

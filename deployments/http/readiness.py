@@ -12,7 +12,7 @@ deployments behind it: a request would then wait, without an answer, until
 they are. The :class:`StartupGate` answers such requests at once with the API's
 error envelope (503 ``unavailable`` with ``Retry-After``) until readiness has
 been seen once; from then on it stays open, and a later outage is answered per
-request (``deployments/errors.py``) while ``/ready`` reports it. The
+request (``deployments/http/errors.py``) while ``/ready`` reports it. The
 operational paths (:data:`UNGATED`) are never held back.
 """
 
@@ -26,8 +26,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from pipelines.errors import ErrorCode
-from deployments.api_docs import is_docs_path
-from deployments.errors import error_response
+from deployments.http.api_docs import is_docs_path
+from deployments.http.errors import error_response
 
 #: answered during start-up as at any time (liveness, readiness, metrics, API docs)
 UNGATED = {"/health", "/ready", "/metrics", "/openapi.json"}

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from pipelines.errors import ErrorCode
-from deployments.errors import error_response
+from deployments.http.errors import error_response
 
 ASSET_PREFIX = "/docs/assets/"
 #: the files the pages use, and their types (nothing else is served from the wheel)

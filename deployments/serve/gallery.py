@@ -40,7 +40,7 @@ from ray import serve
 
 from pipelines.errors import Unavailable
 from configs.settings import IndexSettings, Settings
-from deployments.metrics_board import Reporter, replica_metrics
+from deployments.serve.metrics_board import Reporter, replica_metrics
 from index.access_service import AccessService
 from index.audit import Actor, AuditEntry
 from index.gallery import GalleryService, Plan

@@ -9,9 +9,9 @@ sends a key as a bearer token (``authorization`` in its scrape config).
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from deployments.http_common import api_of
+from deployments.http.common import api_of
 from deployments.metrics import CONTENT_TYPE
-from deployments.schemas import errors
+from deployments.http.schemas import errors
 
 router = APIRouter()
 

@@ -1,5 +1,5 @@
 """Response models of the HTTP API (pydantic, shown in /docs); the request bodies
-are in ``deployments/bodies.py``.
+are in ``deployments/http/bodies.py``.
 
 Every route declares its answer here (``response_model``) and the error
 envelope for its error statuses (:data:`ERRORS`), so ``/openapi.json``

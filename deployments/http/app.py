@@ -2,16 +2,16 @@
 
 The app holds what every route needs in one ``Api`` object on ``app.state``
 (the request flow, the settings, the image resolver:
-``deployments/http_common.py``, which the route modules import instead of this
-module); the route modules (``routes_faces``, ``routes_gallery``,
-``routes_listing``, ``routes_admin``, ``routes_compat``, ``routes_metrics``)
+``deployments/http/common.py``, which the route modules import instead of this
+module); the route modules (``routes/``: faces, gallery, listing, admin, compat,
+metrics)
 are plain ``APIRouter`` functions that parse a request, call the flow and
 shape the answer. The middleware tags every request with an id, times it, finds who is
-calling (``deployments/auth.py``), holds the real routes back while the
-service starts (``deployments/readiness.py``) and counts every answer for
+calling (``deployments/http/auth.py``), holds the real routes back while the
+service starts (``deployments/http/readiness.py``) and counts every answer for
 ``/metrics`` (``deployments/metrics.py``); what each route then allows is one
-map in ``deployments/access.py``, enforced by the app's dependency. Domain
-errors become HTTP answers in ``deployments/errors.py``. Nothing here imports
+map in ``deployments/http/access.py``, enforced by the app's dependency. Domain
+errors become HTTP answers in ``deployments/http/errors.py``. Nothing here imports
 Ray: tests build the same app over in-process backends.
 """
 
@@ -29,16 +29,16 @@ from starlette.routing import Route
 
 from pipelines.errors import ErrorCode, FacefleetError
 from configs.settings import Settings
-from deployments import api_docs, readiness, request_ids
-from deployments.access import authorize
-from deployments.auth import ANONYMOUS, NOBODY, KeyTable, key_id_of, presented_key
-from deployments.errors import error_response, install_error_handlers, unexpected_response
-from deployments.guard import Guard, Refusal
-from deployments.http_common import BODY_MODELS, Api, api_of, form_schema
-from deployments.images import ImageResolver
+from deployments.http import api_docs, readiness, request_ids
+from deployments.http.access import authorize
+from deployments.http.auth import ANONYMOUS, NOBODY, KeyTable, key_id_of, presented_key
+from deployments.http.errors import error_response, install_error_handlers, unexpected_response
+from deployments.http.guard import Guard, Refusal
+from deployments.http.common import BODY_MODELS, Api, api_of, form_schema
+from deployments.http.images import ImageResolver
 from deployments.metrics import AppMetrics, ProcessMetrics, observe_request
-from deployments.readiness import StartupGate
-from deployments.schemas import ErrorOut
+from deployments.http.readiness import StartupGate
+from deployments.http.schemas import ErrorOut
 from pipelines.flow import Flow
 
 log = logging.getLogger("facefleet.ingress")
@@ -54,7 +54,7 @@ def _published_names() -> dict[str, str]:
     """Component names the API published for request bodies when two models shared
     a class name: kept, so that clients generated from the document keep their
     type names (the models now have names of their own)."""
-    from deployments import bodies, compat_schemas
+    from deployments.http import bodies, compat_schemas
 
     return {m.__name__: name for m, name in (
         (bodies.RegisterBody, "deployments__routes_gallery__RegisterBody"),
@@ -114,8 +114,12 @@ class IngressApp(FastAPI):
 def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None) -> FastAPI:
     """``metrics``: this replica's metrics and how to reach the other replicas'
     (the Ingress deployment's); without, the app counts its own requests only."""
-    from deployments import (routes_admin, routes_compat, routes_faces, routes_gallery,
-                             routes_listing, routes_metrics)
+    from deployments.http.routes import admin as routes_admin
+    from deployments.http.routes import compat as routes_compat
+    from deployments.http.routes import faces as routes_faces
+    from deployments.http.routes import gallery as routes_gallery
+    from deployments.http.routes import listing as routes_listing
+    from deployments.http.routes import metrics as routes_metrics
 
     app = IngressApp(
         title="facefleet",
@@ -123,9 +127,9 @@ def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None
         description="Face detection, embedding, verification, analysis and 1:N identification.",
         responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut},
                    413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
-        # every route is checked against deployments.access.RULES
+        # every route is checked against deployments.http.access.RULES
         dependencies=[Depends(authorize)],
-        # served from the service's own files, not a CDN (deployments/api_docs.py)
+        # served from the service's own files, not a CDN (deployments/http/api_docs.py)
         docs_url=None, redoc_url=None,
     )
     api_docs.install(app)
@@ -155,7 +159,7 @@ def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None
 
 async def request_context(request: Request, call_next):
     """Request id (taken from X-Request-Id when valid), timing, who is calling, the
-    start-up gate (``deployments/readiness.py``) and the request metrics."""
+    start-up gate (``deployments/http/readiness.py``) and the request metrics."""
     t0 = time.perf_counter()
     rid = request.headers.get("x-request-id", "")
     # normally made valid before Serve echoes it (request_ids.SanitizeRequestId)

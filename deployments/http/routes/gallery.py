@@ -7,7 +7,7 @@ against the collection's model (409) and dimension (422). A collection is
 bound to the embedding model it was created with; requests that name no model
 use the collection's. Listings, person updates, export and import are in
 ``routes_listing``. Who may call which route, and see which collection, is
-``deployments/access.py``; every change carries the caller (``actor_of``) to
+``deployments/http/access.py``; every change carries the caller (``actor_of``) to
 the gallery, which records it in the audit trail in the same transaction.
 """
 
@@ -23,11 +23,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from pipelines.errors import FacefleetError, ValidationError
-from deployments.access import actor_of, check_collection, visible
-from deployments.bodies import (BatchItem, Collection, CreateCollectionBody, IdentifyBody,
+from deployments.http.access import actor_of, check_collection, visible
+from deployments.http.bodies import (BatchItem, Collection, CreateCollectionBody, IdentifyBody,
                                 RegisterBatchBody, RegisterBody)
-from deployments.http_common import api_of, body_schema
-from deployments.schemas import (GALLERY_ERRORS, BatchOut, CollectionOut, CollectionsOut,
+from deployments.http.common import api_of, body_schema
+from deployments.http.schemas import (GALLERY_ERRORS, BatchOut, CollectionOut, CollectionsOut,
                                  CollectionStatsOut, EnrolledFaceOut, FaceRecordOut,
                                  ForgottenPersonOut, IdentifyOut, PersonOut, errors)
 from pipelines.flow import FaceQuery

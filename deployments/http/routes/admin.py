@@ -5,7 +5,7 @@ to the Gallery deployment and the store: the secret is in the one answer to
 ``POST /v1/keys`` and nowhere else (not in logs, not in the audit trail).
 Creating and revoking a key are recorded in the audit trail in the same
 transaction. Only admin keys that are not limited to collections reach these
-routes (``deployments/access.py``).
+routes (``deployments/http/access.py``).
 """
 
 # No `from __future__ import annotations`: FastAPI resolves these signatures.
@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipelines.errors import NotFound, ValidationError
-from deployments.access import actor_of
-from deployments.auth import SCOPES, new_key
-from deployments.http_common import api_of, body_schema
-from deployments.schemas import ApiKeysOut, AuditPageOut, NewApiKeyOut, errors
+from deployments.http.access import actor_of
+from deployments.http.auth import SCOPES, new_key
+from deployments.http.common import api_of, body_schema
+from deployments.http.schemas import ApiKeysOut, AuditPageOut, NewApiKeyOut, errors
 from index.audit import AuditAction
 from index.gallery import check_collection_name
 from index.store import KeyRecord

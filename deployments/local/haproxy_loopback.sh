@@ -4,13 +4,13 @@
 # In high-throughput mode (RAY_SERVE_ENABLE_HA_PROXY=1) Ray Serve runs HAProxy
 # in front of the ingress replicas. Its generated configuration binds the
 # client frontend to http_options.host (127.0.0.1 locally), but also a stats
-# page and a Prometheus exporter on every interface. deployments/local.py
+# page and a Prometheus exporter on every interface. deployments/local/__init__.py
 # points RAY_SERVE_HAPROXY_BINARY_PATH here for local runs: this copies the
 # configuration given with -f, rebinds those two listeners to 127.0.0.1, and
 # runs the real binary (FACEFLEET_HAPROXY_BINARY) with the copy. Ray's own
 # file is left as written, so its change detection and reloads work as usual.
 #
-# With FACEFLEET_HAPROXY_RESPONSES (a directory written by deployments/local.py)
+# With FACEFLEET_HAPROXY_RESPONSES (a directory written by deployments/local/__init__.py)
 # the copy also answers like the rest of the API where HAProxy answers itself:
 # while no application is deployed on a path (start-up), Ray's plain-text 404
 # becomes the rule in no_app.cfg (a JSON 503 `unavailable` with Retry-After),
