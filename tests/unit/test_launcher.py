@@ -52,7 +52,7 @@ def test_reserved_ports_are_outside_the_kernels_and_rays_ranges():
 
 def test_a_reserved_port_is_not_handed_to_another_process():
     held = {ports.reserve_port() for _ in range(5)}
-    code = ("from deployments import ports; "
+    code = ("from deployments.local import ports; "
             "print(' '.join(str(ports.reserve_port()) for _ in range(200)))")
     other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                            text=True, check=True, timeout=60)
