@@ -92,7 +92,7 @@ def hdbscan(x: np.ndarray, min_cluster_size: int) -> np.ndarray:
     from sklearn.cluster import HDBSCAN
 
     # Euclidean on unit vectors orders pairs as cosine does
-    return HDBSCAN(min_cluster_size=min_cluster_size).fit_predict(x)
+    return HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(x)
 
 
 def chinese_whispers(x: np.ndarray, euclidean: float) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -66,7 +67,7 @@ def enrol_over_http(photos: list[Path], clients: int = 4,
     """Start the service, enrol ``photos`` without person ids, export the vectors."""
     from deployments import local
 
-    work = Path(tempfile.mkdtemp(prefix="wt-cluster-", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="facefleet-clustering-", dir="/tmp"))
     port = local.free_port()
     overrides = {"settings": {"data_dir": str(work / "data"),
                               "model_dir": str(REPO / "data" / "models")}}
@@ -77,6 +78,7 @@ def enrol_over_http(photos: list[Path], clients: int = 4,
             return _enrol(api, photos, clients)
     finally:
         local.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the store holds face templates
 
 
 def _enrol(api: httpx.Client, photos: list[Path], clients: int) -> Enrolled:
