@@ -146,6 +146,7 @@ def quality(enrolled: Enrolled, t: float) -> tuple[list[tuple[str, dict, float]]
     info = {"faces": len(x), "people": len(people), "multi": int((people > 1).sum()),
             "singletons": int((people == 1).sum()), "model": enrolled.model,
             "no_face": len(enrolled.no_face), "embed_s": enrolled.embed_s, "agree": agree,
+            "cached": enrolled.cached,
             "vectors": x}
     return rows, info
 
@@ -243,7 +244,8 @@ def write(args: argparse.Namespace, t: float, rows: list, info: dict,
         f"Every photo of `../shared/faces/lfw-dev/images` enrolled without a person id "
         f"through `POST /v1/collections/{{c}}/faces` (model `{info['model']}`, "
         f"{info['no_face']} photos without a face"
-        + (f", {info['embed_s']:.0f} s for the enrolment" if info["embed_s"] else "")
+        + f", {info['embed_s']:.0f} s for the enrolment"
+        + (", by an earlier run whose vectors were cached" if info["cached"] else "")
         + "), vectors read back with `GET /v1/collections/{c}/export`; identify threshold "
         f"t = {t} (cosine distance, `configs/settings.py`). Unclustered faces count as "
         "clusters of one. Targets: BCubed F above every baseline and >= 0.90, pairwise "

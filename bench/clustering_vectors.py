@@ -41,7 +41,8 @@ class Enrolled:
     photos: list[str]  # the photo of each row, relative to LFW
     model: str
     no_face: list[str]  # photos the service found no face in
-    embed_s: float  # wall time of the enrolment (0 when read from the cache)
+    embed_s: float  # wall time of the enrolment
+    cached: bool = False  # read from a cache file written by an earlier run
 
     def save(self, path: Path) -> None:
         np.savez(path, vectors=self.vectors, people=np.asarray(self.people),
@@ -54,7 +55,7 @@ class Enrolled:
         z = np.load(path)
         meta = json.loads(str(z["meta"]))
         return cls(z["vectors"].astype(np.float32), z["people"].tolist(), z["photos"].tolist(),
-                   meta["model"], meta["no_face"], meta["embed_s"])
+                   meta["model"], meta["no_face"], meta["embed_s"], cached=True)
 
 
 def lfw_photos(limit: int | None = None) -> list[Path]:
@@ -67,7 +68,8 @@ def enrol_over_http(photos: list[Path], clients: int = 4,
     """Start the service, enrol ``photos`` without person ids, export the vectors."""
     from deployments import local
 
-    work = Path(tempfile.mkdtemp(prefix="facefleet-clustering-", dir="/tmp"))
+    # short: Ray's socket paths under it must stay under 108 bytes; $TMPDIR is honoured
+    work = Path(tempfile.mkdtemp(prefix="ffc-"))
     port = local.free_port()
     overrides = {"settings": {"data_dir": str(work / "data"),
                               "model_dir": str(REPO / "data" / "models")}}
