@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from bench.evaluate import LFW
-from configs.settings import Settings
+from configs.settings import ImageLimits, Settings
 from index.clustering import (CUT_FACTOR, FaceClusterer, NamedPeople, cluster_faces,
                               suggest)
 from pipelines.models import ModelContext
-from pipelines.stages import DetectionStage, DetectRequest, EmbeddingStage, ImageLimitsCfg
+from pipelines.stages import DetectionStage, DetectRequest, EmbeddingStage
 
 PEOPLE = ["Hans_Blix", "Jennifer_Lopez", "John_Bolton", "Paul_Wolfowitz", "Ricardo_Lagos"]
 ALONE = ["AJ_Cook", "Alberto_Acosta", "Amy_Smart", "Anthony_Scott_Miller", "Basdeo_Panday"]
@@ -38,7 +38,7 @@ def faces() -> Faces:
     model = s.default_embedder
     ctx = ModelContext(models_dir=Path("data/models"), fusion_weights=s.fusion_weights)
     embed = EmbeddingStage(ctx, flip_average=s.flip_average)
-    detect = DetectionStage(ctx, ImageLimitsCfg())
+    detect = DetectionStage(ctx, ImageLimits())
     photos = [p for name in PEOPLE + ALONE for p in sorted((LFW / "images" / name).glob("*.jpg"))]
     detected = detect.run([DetectRequest(p.read_bytes(), s.default_detector,
                                          chip_specs=embed.model(model).chip_specs)
