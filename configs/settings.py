@@ -159,6 +159,9 @@ class IndexSettings(BaseModel):
         2.0, gt=0, description="how often shards catch up on changes they missed, and how "
         "long a Gallery replica trusts its cached view of a collection")
     store_threads: int = Field(8, ge=1, le=64, description="store connections per Gallery replica")
+    cluster_sync_max_faces: int = Field(
+        10_000, ge=0, description="POST .../clusters answers at once up to this many faces in "
+        "scope (about 1-2 s on 2 cores); above, it starts a job (202 and a Location to poll)")
     strict_collections: bool = Field(
         False, description="writes (enrol, faces:batch, import) to a collection that does not "
         "exist answer 404 collection_not_found instead of creating it: a typo does not make "

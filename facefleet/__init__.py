@@ -8,7 +8,9 @@ import this package.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from facefleet.client import UNSET, AsyncClient, Client, EnrollItem, RetryPolicy
+from facefleet.async_client import AsyncClient
+from facefleet.calls import UNSET, EnrollItem, RetryPolicy
+from facefleet.client import Client
 from facefleet.errors import ApiError, FacefleetError, NoFaceDetected, TransportError
 
 try:

@@ -27,7 +27,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from facefleet.errors import envelope, error_from_response
+from facefleet.errors import envelope, error_from_job, error_from_response
 from facefleet.types import (AnalyzeResult, ApiKey, AuditPage, BatchResult,
                              Collection, Deleted, DetectResult, EmbedResult, Face,
                              IdentifyResult, ImportResult, Page, Person, PersonSummary,
@@ -226,6 +226,21 @@ def _persons_page(r: httpx.Response) -> Page[PersonSummary]:
                 d.get("next_cursor"), d)
 
 
+def job_result(out: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+    """What a call that may start a job answered: the result itself, a finished job's
+    result, or None while the job runs (until ``deadline``, a ``time.monotonic()``);
+    a failed job raises its error."""
+    if "job_id" not in out:
+        return out
+    if out.get("status") == "failed":
+        raise error_from_job(out.get("error") or {})
+    if out.get("status") == "done":
+        return out["result"]
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"job {out['job_id']} is still running")
+    return None
+
+
 class Endpoints:
     """Request builders shared by both clients: one per API operation."""
 
@@ -312,6 +327,16 @@ class Endpoints:
                  cursor: str | None) -> Call[Page[PersonSummary]]:
         return Call("GET", f"/v1/collections/{_q(collection)}/persons?"
                      + urlencode(_body(limit=limit, cursor=cursor)), _persons_page)
+
+    def _cluster(self, collection: str, scope: str,
+                 threshold: float | None) -> Call[dict[str, Any]]:
+        # a run changes nothing but its own job row: sending it twice is harmless
+        return Call("POST", f"/v1/collections/{_q(collection)}/clusters", _json,
+                    json=_body(scope=scope, threshold=threshold))
+
+    def _cluster_job(self, collection: str, job_id: str) -> Call[dict[str, Any]]:
+        return Call("GET", f"/v1/collections/{_q(collection)}/clusters/jobs/{_q(job_id)}",
+                    _json)
 
     def _faces(self, collection: str, person_id: str | None, limit: int,
                cursor: str | None) -> Call[Page[Face]]:

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facefleet.client import AsyncClient, EnrollItem
+from facefleet.async_client import AsyncClient
+from facefleet.calls import EnrollItem
 from facefleet.errors import (ApiError, CollectionNotFound, Conflict, ModelMismatch, NotFound,
                               TransportError)
 

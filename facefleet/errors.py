@@ -164,3 +164,10 @@ def error_from_response(response: httpx.Response) -> ApiError:
     cls = ERRORS.get(code, ApiError)
     return cls(str(err.get("message", "")), status=response.status_code, code=code,
                request_id=str(err.get("request_id", "")), details=err.get("details"))
+
+
+def error_from_job(err: dict[str, Any]) -> ApiError:
+    """The error a failed job answered with (its ``error``: code and message)."""
+    code = str(err.get("code", "internal_error"))
+    return ERRORS.get(code, ApiError)(str(err.get("message", "the job failed")), status=200,
+                                      code=code)

@@ -34,6 +34,8 @@ class AuditAction(str, Enum):
     PERSONS_LIST = "persons.list"
     FACES_LIST = "faces.list"
     EXPORT = "export"
+    #: a clustering run (POST .../clusters): rows are the faces whose templates it read
+    CLUSTERS = "clusters"
     #: failed authentications, sampled (at most one entry per client a minute)
     AUTH_FAILURE = "auth.failure"
 

@@ -72,7 +72,7 @@ def server_secret(data_dir: str | Path) -> bytes:
             import time
 
             time.sleep(0.01)
-        raise RuntimeError(f"{path} holds no 32-byte secret: remove it to make a new one")
+        raise RuntimeError(f"{path} holds no 32-byte secret: remove it to make a new one") from None
     with os.fdopen(fd, "wb") as f:
         f.write(secrets.token_bytes(32))
     return path.read_bytes()[:32]

@@ -83,6 +83,8 @@ RULES: dict[tuple[str, str], Rule] = {
     # only for an admin key, as enrolment does)
     ("GET", "/v1/collections/{collection}/persons"): Rule(READ, _C),
     ("GET", "/v1/collections/{collection}/faces"): Rule(READ, _C),
+    ("POST", "/v1/collections/{collection}/clusters"): Rule(READ, _C),
+    ("GET", "/v1/collections/{collection}/clusters/jobs/{job_id}"): Rule(READ, _C),
     ("PATCH", "/v1/collections/{collection}/persons/{person_id}"): Rule(WRITE, _C),
     # every template of the collection: a scope of its own (or admin), not read
     ("GET", "/v1/collections/{collection}/export"): Rule(EXPORT, _C),

@@ -115,6 +115,7 @@ def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None
     """``metrics``: this replica's metrics and how to reach the other replicas'
     (the Ingress deployment's); without, the app counts its own requests only."""
     from deployments.http.routes import admin as routes_admin
+    from deployments.http.routes import clusters as routes_clusters
     from deployments.http.routes import compat as routes_compat
     from deployments.http.routes import faces as routes_faces
     from deployments.http.routes import gallery as routes_gallery
@@ -145,14 +146,15 @@ def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None
     app.include_router(routes_faces.router)
     app.include_router(routes_gallery.router)
     app.include_router(routes_listing.router)
+    app.include_router(routes_clusters.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_compat.router)
     app.include_router(routes_metrics.router)
     # the route templates requests are counted under (routers' own lists: FastAPI
     # may keep included routers nested in the app's)
     app.state.metrics.routes = [r for r in app.router.routes if isinstance(r, Route)] + [
-        r for m in (routes_faces, routes_gallery, routes_listing, routes_admin, routes_compat,
-                    routes_metrics)
+        r for m in (routes_faces, routes_gallery, routes_listing, routes_clusters, routes_admin,
+                    routes_compat, routes_metrics)
         for r in m.router.routes]
     return app
 

@@ -131,3 +131,14 @@ class PersonPatchBody(Body):
     name: str | None = Field(None, max_length=256, description="null clears the name")
     labels: dict[str, str] | None = Field(None, description="replaces the labels; {} or null "
                                           "clears them")
+
+
+class ClusterBody(Body):
+    scope: Literal["unnamed", "all"] = Field(
+        "unnamed", description="unnamed: the faces of persons without a name (every face "
+        "enrolled without a person_id); all: every face of the collection")
+    threshold: float | None = Field(
+        None, gt=0, lt=2, description="cosine distance the groups are cut at and suggestions "
+        "must be within (default: the identify threshold of the collection's model)")
+    job: bool = Field(False, description="run as a job (202 and a Location to poll) even "
+                      "when the collection is small enough to answer at once")

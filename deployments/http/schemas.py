@@ -8,7 +8,7 @@ documents every answer a client can get, with examples.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -468,3 +468,50 @@ class AuditPageOut(BaseModel):
     entries: list[AuditEntryOut]
     next_cursor: str | None = Field(
         ..., examples=["7"], description="the cursor of the next page; null: the last page")
+
+
+# --------------------------------------------------------------------------- unknown faces
+
+
+class SuggestedPersonOut(BaseModel):
+    person_id: str = Field(..., examples=["angelina"])
+    name: str | None = Field(None, examples=["Angelina"])
+    distance: float = Field(..., description="average cosine distance between the cluster's "
+                            "faces and the person's", examples=[0.12])
+
+
+class ClusterOut(BaseModel):
+    cluster_id: str = Field(..., description="the id of the cluster's earliest enrolled face: "
+                            "faces added later never change it")
+    size: int = Field(..., examples=[4])
+    face_ids: list[str] = Field(..., description="in enrolment order")
+    person_ids: list[str] = Field(..., description="the (unnamed) persons its faces belong to")
+    suggested: SuggestedPersonOut | None = Field(
+        None, description="the nearest named person within the identify threshold, if any")
+
+
+class ClustersOut(BaseModel):
+    collection: str = Field(..., examples=["photos"])
+    model: str = Field(..., examples=["dlib+mfn512"])
+    scope: Literal["unnamed", "all"]
+    threshold: float = Field(..., description="the cut, as a cosine distance")
+    faces: int = Field(..., description="faces in scope")
+    clusters: list[ClusterOut] = Field(..., description="largest first")
+    unclustered: int = Field(..., description="faces in scope that joined no cluster")
+    incremental: bool = Field(..., description="the last run's clusters were extended with "
+                              "the faces enrolled since, instead of clustering all again")
+    seconds: float
+
+
+class ClusterJobStartedOut(BaseModel):
+    job_id: str
+    status: Literal["running"]
+    faces: int = Field(..., description="faces in scope")
+
+
+class ClusterJobOut(BaseModel):
+    job_id: str
+    status: Literal["running", "done", "failed"]
+    progress: float = Field(..., ge=0, le=1)
+    result: ClustersOut | None = Field(None, description="when done")
+    error: dict[str, Any] | None = Field(None, description="when failed: code and message")

@@ -153,6 +153,14 @@ class ServeGallery:
                          cursor: str | None = None, actor: Actor | None = None) -> Record:
         return await self._h.list_faces.remote(collection, person_id, limit, cursor, actor)
 
+    # -- unknown faces
+    async def cluster(self, collection: str, threshold: float, scope: str = "unnamed",
+                      actor: Actor | None = None, job: bool = False) -> Record:
+        return await self._h.cluster.remote(collection, threshold, scope, actor, job)
+
+    async def cluster_job(self, collection: str, job_id: str) -> Record:
+        return await self._h.cluster_job.remote(collection, job_id)
+
     # -- search, enrolment, export and import
     async def search(self, collection: str, model: str, vectors: Any, k: int = 10,
                      max_distance: float | None = None,
@@ -337,6 +345,14 @@ class LocalGallery:
     async def list_faces(self, collection: str, person_id: str | None = None, limit: int = 100,
                          cursor: str | None = None, actor: Actor | None = None) -> Record:
         return await self.service.list_faces(collection, person_id, limit, cursor, actor)
+
+    # -- unknown faces
+    async def cluster(self, collection: str, threshold: float, scope: str = "unnamed",
+                      actor: Actor | None = None, job: bool = False) -> Record:
+        return await self.service.cluster(collection, threshold, scope, actor, job)
+
+    async def cluster_job(self, collection: str, job_id: str) -> Record:
+        return await self.service.cluster_job(collection, job_id)
 
     # -- search, enrolment, export and import
     async def search(self, collection: str, model: str, vectors: Any, k: int = 10,

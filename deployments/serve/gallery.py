@@ -290,7 +290,8 @@ class Gallery(GalleryService):
         access = AccessService(store, retention_days=s.audit.retention_days)
         super().__init__(store, shards, store_threads=index.store_threads,
                          cache_ttl_s=index.sync_interval_s, audit_identify=s.audit.identify,
-                         audit_reads=s.audit.reads, access=access)
+                         audit_reads=s.audit.reads, access=access,
+                         cluster_sync_max_faces=index.cluster_sync_max_faces)
         self._search_batched.set_max_batch_size(index.search_batch_size)
         self._search_batched.set_batch_wait_timeout_s(index.search_batch_wait_s)
         metrics = replica_metrics()

@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 import click
 
 from facefleet import __version__
-from facefleet.client import DEFAULT_URL, AsyncClient, Client
+from facefleet.async_client import AsyncClient
+from facefleet.calls import DEFAULT_URL
+from facefleet.client import Client
 from facefleet.errors import ApiError, FacefleetError, TransportError
 from facefleet.output import Output
 

@@ -12,7 +12,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
-from facefleet.client import UNSET
+from facefleet.calls import UNSET
 
 from facefleet.cli.base import Ctx, common, main, parse_labels
 
@@ -223,3 +223,29 @@ def import_cmd(ctx: Ctx, source: Path, collection: str, no_progress: bool,
                       [[e.line, e.code, e.message] for e in res.errors[:20]])
     if fail_on_error and res.failed:
         raise SystemExit(1)
+
+
+@main.command()
+@click.option("-c", "--collection", required=True)
+@click.option("--scope", type=click.Choice(["unnamed", "all"]), default="unnamed",
+              show_default=True, help="unnamed: faces of persons without a name (enrolled "
+              "without a person id); all: every face.")
+@click.option("--threshold", type=float, default=None,
+              help="Cut distance (default: the identify threshold of the collection's model).")
+@common
+def cluster(ctx: Ctx, collection: str, scope: str, threshold: float | None) -> None:
+    """Group the unknown faces of COLLECTION into candidate people, each with the named
+    person it most resembles (a large collection runs as a job; this waits for it)."""
+    with ctx.client() as client:
+        out = client.cluster(collection, scope=scope, threshold=threshold)
+    if ctx.out.as_json:
+        ctx.out.json(out)
+        return
+    ctx.out.table(f"clusters in '{collection}' ({out['faces']} faces, cut "
+                  f"{out['threshold']:.4f})", ["cluster", "faces", "persons", "suggested"],
+                  [[c["cluster_id"], c["size"], len(c["person_ids"]),
+                    "" if c["suggested"] is None else
+                    f"{c['suggested']['name'] or c['suggested']['person_id']} "
+                    f"({c['suggested']['distance']:.3f})"] for c in out["clusters"]])
+    ctx.out.info(f"{out['unclustered']} faces joined no cluster; name a cluster with "
+                 "`facefleet merge` and `facefleet update-person`")

@@ -150,6 +150,13 @@ class InProcessGallery:
                    cursor: str | None = None, actor: Actor | None = None) -> dict[str, Any]:
         return self._run(self.service.list_faces(collection, person_id, limit, cursor, actor))
 
+    def cluster(self, collection: str, threshold: float, scope: str = "unnamed",
+                actor: Actor | None = None, job: bool = False) -> dict[str, Any]:
+        return self._run(self.service.cluster(collection, threshold, scope, actor, job))
+
+    def cluster_job(self, collection: str, job_id: str) -> dict[str, Any]:
+        return self._run(self.service.cluster_job(collection, job_id))
+
     def record_read(self, action: AuditAction | str, collection: str, rows: int,
                     actor: Actor | None = None) -> None:
         self._run(self.service.record_read(action, collection, rows, actor))

@@ -24,6 +24,7 @@ from pipelines.errors import ModelMismatch, NotFound
 from index.access_service import AccessService
 from index.audit import Actor, AuditAction
 from index.gallery.checks import check_collection_name
+from index.gallery.clusters import ClusterService
 from index.gallery.core import GalleryCore, collection_dict
 from index.gallery.shards import Plan, ShardSet, verify_ids
 from index.store import CollectionInfo, Store
@@ -41,7 +42,8 @@ class GalleryService:
 
     def __init__(self, store: Store, shards: ShardSet, store_threads: int = 8,
                  cache_ttl_s: float = 2.0, audit_identify: bool = True,
-                 audit_reads: bool = True, access: AccessService | None = None) -> None:
+                 audit_reads: bool = True, access: AccessService | None = None,
+                 cluster_sync_max_faces: int = 10_000) -> None:
         self.store = store
         self.shards = shards
         self.core = GalleryCore(store, shards.nshards)
@@ -54,6 +56,8 @@ class GalleryService:
         #: where identify and read entries are recorded (the audit trail's service);
         #: by default one over the same store and threads
         self.access = access if access is not None else AccessService(store, self._db_pool)
+        #: clustering runs and jobs over the same store threads
+        self.clusters = ClusterService(store, self._db, cluster_sync_max_faces)
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
@@ -79,7 +83,8 @@ class GalleryService:
         return await self._db(self.core.create_collection, name, model, dim, exist_ok, actor)
 
     async def get_collection(self, name: str) -> dict[str, Any]:
-        return collection_dict(await self._db(self.core.collection, name))
+        # the same cached row identify resolves with: a cold identify reads it once
+        return collection_dict(await self._info(name))
 
     async def list_collections(self) -> list[dict[str, Any]]:
         return await self._db(self.core.list_collections)
@@ -148,6 +153,17 @@ class GalleryService:
         entry = actor.entry(AuditAction(action), collection)
         entry.rows = int(rows)
         await self.access.record(entry)
+
+    async def cluster(self, collection: str, threshold: float, scope: str = "unnamed",
+                      actor: Actor | None = None, job: bool = False) -> dict[str, Any]:
+        """The collection's faces in scope grouped into candidate people (or a job
+        started for a large collection): :class:`ClusterService`."""
+        out = await self.clusters.cluster(await self._info(collection), threshold, scope, job)
+        await self.record_read(AuditAction.CLUSTERS, collection, out.get("faces", 0), actor)
+        return out
+
+    async def cluster_job(self, collection: str, job_id: str) -> dict[str, Any]:
+        return await self.clusters.job(await self._info(collection), job_id)
 
     async def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
                             actor: Actor | None = None) -> dict[str, Any]:

@@ -131,6 +131,8 @@ class FacesMixin(SqlBase):
                 out.extend(DeletedFace(int(r[0]), r[1], int(r[2])) for r in cur.fetchall())
             self._tombstone(cur, cid, seq, out)
             idem = erasure.forget_idempotency(cur, self._q, cid, [d.face_id for d in out])
+            if out:
+                self._forget_cluster_jobs(cur, cid)
             if audit is not None and out:  # nothing forgotten, nothing to record
                 audit.face_ids = [d.face_id for d in out]
                 self._audit(cur, audit)
@@ -169,6 +171,7 @@ class FacesMixin(SqlBase):
                 "DELETE FROM persons WHERE collection_id = ? AND person_id = ?"), (cid, person_id))
             self._tombstone(cur, cid, seq, deleted)
             idem = erasure.forget_idempotency(cur, self._q, cid, [d.face_id for d in deleted])
+            self._forget_cluster_jobs(cur, cid)
             cur.execute(self._q("SELECT name FROM collections WHERE id = ?"), (cid,))
             cname = cur.fetchone()[0]
             hidden = erasure.pseudonymise_audit(cur, self._q, self.erasure_key, cname,

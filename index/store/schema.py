@@ -174,6 +174,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         postgres=("ALTER TABLE collections ADD COLUMN data_key BYTEA",
                   "ALTER TABLE collections ADD COLUMN master_key_id TEXT"),
     ),
+    Migration(
+        8,
+        "clustering jobs: status, progress and result of each run of a collection",
+        sqlite=("""CREATE TABLE cluster_jobs (
+                job_id TEXT PRIMARY KEY,
+                collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+                status TEXT NOT NULL, progress REAL NOT NULL, params TEXT, result TEXT,
+                error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
+                "CREATE INDEX cluster_jobs_by_collection ON cluster_jobs (collection_id, created_at)"),
+        postgres=("""CREATE TABLE cluster_jobs (
+                job_id TEXT PRIMARY KEY,
+                collection_id BIGINT NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+                status TEXT NOT NULL, progress DOUBLE PRECISION NOT NULL, params TEXT,
+                result TEXT, error TEXT, created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL)""",
+                  "CREATE INDEX cluster_jobs_by_collection ON cluster_jobs (collection_id, created_at)"),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from index.store.audit_log import AuditLogMixin
 from index.store.changes import ChangeLogMixin
+from index.store.cluster_jobs import ClusterJobsMixin
 from index.store.collections import CollectionsMixin
 from index.store.faces import FacesMixin
 from index.store.keys import KeysMixin
@@ -17,7 +18,7 @@ from index.store.listings import ListingsMixin
 
 
 class SqlStore(FacesMixin, ListingsMixin, CollectionsMixin, ChangeLogMixin, AuditLogMixin,
-               KeysMixin):
+               KeysMixin, ClusterJobsMixin):
     """Everything the SQLite and PostgreSQL backends share; they supply the
     connections and the dialect (``SqlBase``'s parts "to implement")."""
 

@@ -158,6 +158,11 @@ class GalleryBackend(Protocol):
     async def list_faces(self, collection: str, person_id: str | None = None, limit: int = 100,
                          cursor: str | None = None, actor: Actor | None = None) -> Record: ...
 
+    # -- unknown faces: clusters of unnamed persons' faces, at once or as a job
+    async def cluster(self, collection: str, threshold: float, scope: str = "unnamed",
+                      actor: Actor | None = None, job: bool = False) -> Record: ...
+    async def cluster_job(self, collection: str, job_id: str) -> Record: ...
+
     # -- search, enrolment, export and import
     async def search(self, collection: str, model: str, vectors: Any, k: int = 10,
                      max_distance: float | None = None,

@@ -243,6 +243,18 @@ class Flow:
         return await self.gallery.drop_collection(collection, actor)
 
     # ---------------------------------------------------------------- identify
+    async def cluster(self, collection: str, scope: str = "unnamed",
+                      threshold: float | None = None, actor: Actor | None = None,
+                      job: bool = False) -> Record:
+        """Group the collection's faces in scope into candidate people, cut at the
+        identify threshold of its model (or ``threshold``); no model runs."""
+        model = await self.collection_model(collection, None)
+        cut = self.policy.identify_threshold_of(model, threshold)
+        return await self.gallery.cluster(collection, cut, scope, actor, job)
+
+    async def cluster_job(self, collection: str, job_id: str) -> Record:
+        return await self.gallery.cluster_job(collection, job_id)
+
     async def identify(self, collection: str, data: bytes, q: FaceQuery, k: int,
                        per_person: bool = False, model: str | None = None,
                        threshold: float | None = None,

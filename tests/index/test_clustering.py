@@ -8,45 +8,17 @@ identify threshold.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from bench.evaluate import LFW
-from configs.settings import ImageLimits, Settings
 from index.clustering import (CUT_FACTOR, FaceClusterer, NamedPeople, cluster_faces,
                               suggest)
-from pipelines.models import ModelContext
-from pipelines.stages import DetectionStage, DetectRequest, EmbeddingStage
-
-PEOPLE = ["Hans_Blix", "Jennifer_Lopez", "John_Bolton", "Paul_Wolfowitz", "Ricardo_Lagos"]
-ALONE = ["AJ_Cook", "Alberto_Acosta", "Amy_Smart", "Anthony_Scott_Miller", "Basdeo_Panday"]
-
-
-class Faces:
-    def __init__(self, vectors: np.ndarray, people: list[str], threshold: float) -> None:
-        self.x, self.people, self.t = vectors, np.asarray(people), threshold
-
-    def of(self, person: str) -> np.ndarray:
-        return np.flatnonzero(self.people == person)
+from tests.index.lfw_faces import ALONE, PEOPLE, Faces, embedded_faces
 
 
 @pytest.fixture(scope="module")
 def faces() -> Faces:
-    s = Settings()
-    model = s.default_embedder
-    ctx = ModelContext(models_dir=Path("data/models"), fusion_weights=s.fusion_weights)
-    embed = EmbeddingStage(ctx, flip_average=s.flip_average)
-    detect = DetectionStage(ctx, ImageLimits())
-    photos = [p for name in PEOPLE + ALONE for p in sorted((LFW / "images" / name).glob("*.jpg"))]
-    detected = detect.run([DetectRequest(p.read_bytes(), s.default_detector,
-                                         chip_specs=embed.model(model).chip_specs)
-                           for p in photos])
-    embedded = embed.run_detected(detected, [model] * len(photos))
-    vectors = np.stack([e.vectors[0] for e in embedded])  # the largest face, as enrolment
-    assert len(vectors) >= 40
-    return Faces(vectors, [p.parent.name for p in photos], s.identify_threshold_for(model))
+    return embedded_faces()
 
 
 def partition(clusters: list[list[int]], people: np.ndarray) -> set[frozenset[str]]:
