@@ -172,13 +172,13 @@ def test_admin_key_creates_a_collection(console, service, secured):
 def _drop(page, files: list[tuple[str, Path]]) -> None:
     """Drop files on the drop zone as a browser does for a dragged folder: each
     file carries its path inside the folder (``webkitRelativePath``)."""
-    payload = [{"rel": rel, "name": p.name, "b64": base64.b64encode(p.read_bytes()).decode()}
+    payload = [{"rel": rel, "name": rel.rsplit("/", 1)[-1], "b64": base64.b64encode(p.read_bytes()).decode()}
                for rel, p in files]
     page.evaluate("""(files) => {
       const dt = new DataTransfer();
       for (const f of files) {
         const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
-        const file = new File([bytes], f.name, { type: "image/jpeg" });
+        const file = new File([bytes], f.name, { type: f.name.endsWith(".jpg") ? "image/jpeg" : "text/plain" });
         Object.defineProperty(file, "webkitRelativePath", { value: f.rel });
         dt.items.add(file);
       }
@@ -197,12 +197,19 @@ def test_enrol_a_folder_of_three_people_by_drag_and_drop(console, service, secur
     _sign_in(console, service.base_url, ADMIN, f"#/enrol?collection={COLL}")
     console.get_by_text("Drop photos of one person").wait_for()
     files = [(f"people/{who}/{p.name}", p) for who in PEOPLE for p in _photos(faces, who)[:3]]
-    files.append(("people/notes.txt", REPO / "README.md"))  # not an image: its own error
-    _drop(console, files)
+    # each failure gets its own error: not an image (seen here), not decodable (the
+    # service's answer), in no person's folder (as the CLI reports it)
+    bad = {"people/Zhu_Rongji/notes.txt": "not_an_image",
+           "people/Paul_Wolfowitz/broken.jpg": "image_decode_error",
+           "people/group.jpg": "not_in_person_folder"}
+    _drop(console, files + [("people/Zhu_Rongji/notes.txt", REPO / "README.md"),
+                            ("people/Paul_Wolfowitz/broken.jpg", REPO / "README.md"),
+                            ("people/group.jpg", faces / "group" / "multiface.jpg")])
     summary = console.get_by_test_id("enrol-summary")
-    summary.get_by_text("9 of 10 photo(s) enrolled for 3 person(s); 1 failed").wait_for(
+    summary.get_by_text("9 of 12 photo(s) enrolled for 3 person(s); 3 failed").wait_for(
         timeout=SLOW_MS * 2)
-    assert "not_an_image" in console.locator("tr[data-file='people/notes.txt']").inner_text()
+    for rel, code in bad.items():
+        assert f"[{code}]" in console.locator(f"tr[data-file='{rel}']").inner_text()
     _shot(console, "enrol")
 
     page = _api(service, secured, "GET", f"/v1/collections/{COLL}/persons").json()

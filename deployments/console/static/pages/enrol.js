@@ -45,7 +45,9 @@ export async function render({ query, signal }) {
     if (!list.length) return;
     const coll = collection.value.trim();
     if (!coll) { showError(new Error("Name the collection to enrol into first."), summary.parentElement); collection.focus(); return; }
-    const batch = list.map((file) => plan(file, coll, personId.value.trim(), name.value.trim()));
+    // a dropped tree people/alice/1.jpg: a photo directly in people/ belongs to no person
+    const depth = Math.max(...list.map((f) => (f.webkitRelativePath || f.name).split("/").length));
+    const batch = list.map((file) => plan(file, coll, personId.value.trim(), name.value.trim(), depth));
     if (batch.some((it) => !it.personId && !it.error)) {
       showError(new Error("Photos outside a person folder need a person id: fill in Person id, or drop a folder with one subfolder per person."), summary.parentElement);
       personId.focus();
@@ -109,7 +111,7 @@ async function dropped(dt) {
   return out;
 }
 
-function plan(file, collection, fallbackId, fallbackName) {
+function plan(file, collection, fallbackId, fallbackName, depth) {
   // a/b/photo.jpg: the person is the photo's own folder (b); a photo with no folder
   // is the one person named in the form
   const parts = (file.webkitRelativePath || file.name).split("/");
@@ -119,7 +121,10 @@ function plan(file, collection, fallbackId, fallbackName) {
   it.progress = h("progress", { max: 1, value: 0, "aria-label": `upload of ${it.rel}` });
   it.result = h("td", { class: "result" }, "queued");
   it.row = h("tr", { "data-file": it.rel }, h("td", {}, it.rel), h("td", {}, it.personId || "—"), h("td", {}, it.progress), it.result);
-  if (!IMAGE.test(file.name) && !(file.type || "").startsWith("image/")) {
+  if (depth >= 3 && parts.length < 3) {
+    fail(it, new ApiError(0, "not_in_person_folder", "directly in the dropped folder, in no person's subfolder (not uploaded)"));
+    it.error = true;
+  } else if (!IMAGE.test(file.name) && !(file.type || "").startsWith("image/")) {
     fail(it, new ApiError(0, "not_an_image", "not an image file (checked here, not uploaded)"));
     it.error = true;
   }
