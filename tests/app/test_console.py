@@ -241,7 +241,7 @@ def test_identify_a_new_photo_draws_the_name(console, service, secured, faces):
     console.get_by_role("button", name="Run").click()
     label = console.locator("svg.overlay text.match").first
     label.wait_for()
-    assert label.inner_text() == "Zhu_Rongji"
+    assert label.text_content() == "Zhu_Rongji"
     assert "Authorization: Bearer $FACEFLEET_API_KEY" in console.get_by_test_id("curl").inner_text()
     _shot(console, "try")
     with probe.open("rb") as f:
@@ -267,6 +267,7 @@ def test_rename_merge_and_forget(console, service, secured, faces):
         "Ricardo Lagos Escobar"
 
     console.goto(f"{service.base_url}/console/#/person/{COLL}/zhu-again")
+    console.get_by_role("heading", name="zhu-again").wait_for()
     console.get_by_label("Person id to keep").fill("Zhu_Rongji")
     console.get_by_role("button", name="Merge", exact=True).click()
     console.get_by_role("dialog").get_by_role("button", name="Merge").click()
@@ -276,6 +277,7 @@ def test_rename_merge_and_forget(console, service, secured, faces):
     _shot(console, "person")
 
     console.goto(f"{service.base_url}/console/#/person/{COLL}/Paul_Wolfowitz")
+    console.get_by_role("heading", name="Paul_Wolfowitz").wait_for()
     console.get_by_role("button", name="Forget this person").click()
     dialog = console.get_by_role("dialog")
     assert "3 face(s)" in dialog.inner_text()  # says what will be lost

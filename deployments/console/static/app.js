@@ -100,14 +100,17 @@ async function route() {
   }
   if (current) current.abort();
   current = new AbortController();
+  // the page being left cannot be acted on while the next one loads
+  main.setAttribute("aria-busy", "true");
   if (!page || !can(page.scope)) {
+    main.removeAttribute("aria-busy");
     main.replaceChildren(h("h1", {}, "Not available"),
       h("p", {}, page ? `This page needs a key with the '${page.scope}' scope.` : "There is no such page."));
     return;
   }
+  const signal = current.signal;
   try {
     const mod = await page.load();
-    const signal = current.signal;
     const view = await mod.render({ args, query, signal });
     if (signal.aborted) return;
     main.replaceChildren(view);
@@ -117,6 +120,7 @@ async function route() {
     main.replaceChildren(h("h1", {}, "This page could not be shown"));
     showError(err, main);
   }
+  main.removeAttribute("aria-busy");
 }
 
 export async function start() {

@@ -81,7 +81,7 @@ export async function render({ query, signal }) {
   retry.addEventListener("click", () => busy(retry, run(items.filter((it) => it.state === "failed"))));
   return h("section", {}, h("h1", {}, "Enrol"),
     h("div", { class: "row" }, field("Collection", collection, "an existing one, or a new name (admin keys create it)"), list,
-      field("Person id", personId, "for photos of one person (a folder's subfolders name their persons)"), field("Name", name)),
+      field("Person id", personId, "for photos of one person (a folder's subfolders name their persons)"), field("Name", name, "its display name (a folder's name otherwise)")),
     zone, summary,
     h("table", { class: "uploads" }, h("caption", {}, "Uploads"),
       h("thead", {}, h("tr", {}, ["File", "Person", "Progress", "Result"].map((x) => h("th", { scope: "col" }, x)))), rows),
@@ -115,13 +115,14 @@ function plan(file, collection, fallbackId, fallbackName, depth) {
   // a/b/photo.jpg: the person is the photo's own folder (b); a photo with no folder
   // is the one person named in the form
   const parts = (file.webkitRelativePath || file.name).split("/");
-  const folder = parts.length >= 2 ? parts[parts.length - 2] : null;
+  const loose = depth >= 3 && parts.length < 3;
+  const folder = parts.length >= 2 && !loose ? parts[parts.length - 2] : null;
   const it = { file, collection, rel: parts.join("/"), state: "queued", tries: 0,
-    personId: folder ? personIdFor(folder) : fallbackId, name: folder || fallbackName || null };
+    personId: folder ? personIdFor(folder) : loose ? null : fallbackId, name: folder || fallbackName || null };
   it.progress = h("progress", { max: 1, value: 0, "aria-label": `upload of ${it.rel}` });
   it.result = h("td", { class: "result" }, "queued");
   it.row = h("tr", { "data-file": it.rel }, h("td", {}, it.rel), h("td", {}, it.personId || "—"), h("td", {}, it.progress), it.result);
-  if (depth >= 3 && parts.length < 3) {
+  if (loose) {
     fail(it, new ApiError(0, "not_in_person_folder", "directly in the dropped folder, in no person's subfolder (not uploaded)"));
     it.error = true;
   } else if (!IMAGE.test(file.name) && !(file.type || "").startsWith("image/")) {
