@@ -90,6 +90,7 @@ def install(app: FastAPI) -> None:
     app.add_route(PREFIX + "/{name:path}", asset, include_in_schema=False)
     for module in (routes_whoami, routes_merge):
         app.include_router(module.router)
-        metrics = getattr(app.state, "metrics", None)
-        if metrics is not None and metrics.routes is not None:
-            metrics.routes += [r for r in module.router.routes if isinstance(r, Route)]
+    metrics = getattr(app.state, "metrics", None)
+    if metrics is not None:  # requests are counted under these routes' templates
+        metrics.routes += [r for r in app.router.routes if isinstance(r, Route) and (
+            is_console_path(r.path) or r.path in ("/v1/whoami",) or r.path.endswith("/merge"))]

@@ -124,6 +124,9 @@ async function route() {
 }
 
 export async function start() {
+  // the page's code loads while the key is checked
+  const first = PAGES.find((p) => p.path === parseHash().name);
+  if (first) first.load().catch(() => {});
   try {
     const ok = await whoami();
     if (!ok) { signIn(key.get() ? "The key kept for this tab was refused: sign in again." : null); key.clear(); return; }

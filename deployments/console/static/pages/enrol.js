@@ -32,6 +32,8 @@ export async function render({ query, signal }) {
   const zone = h("div", { class: "dropzone", tabindex: "0", role: "group", "aria-label": "Drop photos or a folder here",
     ondragover: (e) => { e.preventDefault(); zone.classList.add("over"); },
     ondragleave: () => zone.classList.remove("over"),
+    // from the keyboard, the zone opens the photo chooser
+    onkeydown: (e) => { if (e.target === zone && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); files.click(); } },
     ondrop: async (e) => { e.preventDefault(); zone.classList.remove("over"); take(await dropped(e.dataTransfer)); } },
   h("p", {}, h("strong", {}, "Drop photos of one person, or a folder with one subfolder per person.")),
   h("div", { class: "row" },

@@ -10,6 +10,9 @@ import { field, h, placeholder, showError } from "../ui.js";
 const PAGE = 60;
 
 export async function render({ args, query, signal }) {
+  // a collection named in the address: its first page is asked for with the list
+  const early = args[0] ? persons(args[0], null, signal) : null;
+  if (early) early.catch(() => {});  // awaited below
   const { collections } = await get("/v1/collections", null, { signal });
   const collection = args[0] || (collections[0] && collections[0].collection);
   const view = h("section", {}, h("h1", {}, "People"));
@@ -25,10 +28,9 @@ export async function render({ args, query, signal }) {
   const cursors = [null];
   let at = 0, loaded = [];
 
-  async function show(i) {
+  async function show(i, ready) {
     grid.setAttribute("aria-busy", "true");
-    const page = await get(`/v1/collections/${encodeURIComponent(collection)}/persons`,
-      { limit: PAGE, cursor: cursors[i] }, { signal });
+    const page = await (ready || persons(collection, cursors[i], signal));
     at = i;
     cursors[i + 1] = page.next_cursor;
     loaded = page.persons;
@@ -73,8 +75,12 @@ export async function render({ args, query, signal }) {
       h("button", { type: "submit" }, "Search")),
     can("write") ? h("p", {}, h("a", { href: `#/enrol?collection=${encodeURIComponent(collection)}` }, "Enrol photos into " + collection)) : null,
     grid, pager);
-  await show(0);
+  await show(0, early);
   return view;
+}
+
+function persons(collection, cursor, signal) {
+  return get(`/v1/collections/${encodeURIComponent(collection)}/persons`, { limit: PAGE, cursor }, { signal });
 }
 
 function card(collection, p) {

@@ -112,10 +112,15 @@ function trafficView(now, prev) {
   if (!rows.length) return h("p", { class: "muted" }, "No request counted yet.");
   const fmt = (x, d = 1) => (x === null ? "…" : x.toFixed(d));
   return h("div", { class: "charts" },
-    bars("Mean latency (ms) by route, since start", rows.slice(0, 12).map((r) => [r.route, r.mean || 0])),
+    bars("Mean latency (ms) by route, since start", rows.slice(0, 12).map((r) => [short(r.route), r.mean || 0])),
     table(["Route", "Requests", "5xx", "Rate now (req/s)", "Mean latency (ms)", "Latency now (ms)"],
       rows.map((r) => h("tr", {}, h("th", { scope: "row" }, h("code", {}, r.route)), h("td", { class: "num" }, r.total),
         h("td", { class: "num" }, r.errors), h("td", { class: "num" }, fmt(r.rate, 2)), h("td", { class: "num" }, fmt(r.mean)), h("td", { class: "num" }, fmt(r.recent))))));
+}
+
+// a route short enough for a chart's axis
+function short(route) {
+  return route.replace("/v1/collections/{collection}", "…/{c}").replace("{person_id}", "{p}").replace("{face_id}", "{f}");
 }
 
 function batchView(sizes) {
