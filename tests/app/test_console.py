@@ -251,7 +251,7 @@ def test_identify_a_new_photo_draws_the_name(console, service, secured, faces):
     assert top["match"] and top["person_id"] == "Zhu_Rongji" and top["name"] == "Zhu_Rongji"
 
 
-def test_rename_merge_and_forget(console, service, secured, faces):
+def test_rename_relabel_delete_a_face_merge_and_forget(console, service, secured, faces):
     # a second enrolment of Zhu Rongji under another id, to merge back
     with _photos(faces, "Zhu_Rongji")[3].open("rb") as f:
         r = _api(service, secured, "POST", f"/v1/collections/{COLL}/faces", files={"img": f},
@@ -265,6 +265,17 @@ def test_rename_merge_and_forget(console, service, secured, faces):
     console.get_by_role("heading", name="Ricardo Lagos Escobar").wait_for()
     assert _api(service, secured, "GET", f"{person}/Ricardo_Lagos").json()["name"] == \
         "Ricardo Lagos Escobar"
+    console.get_by_label("Labels").fill("country=Chile\nrole=president")
+    console.get_by_role("button", name="Save labels").click()
+    console.locator("dl.labels").get_by_text("Chile").wait_for()
+    assert _api(service, secured, "GET", f"{person}/Ricardo_Lagos").json()["labels"] == \
+        {"country": "Chile", "role": "president"}
+    face = _api(service, secured, "GET", f"{person}/Ricardo_Lagos").json()["faces"][0]["face_id"]
+    console.get_by_role("button", name=f"Delete face {face}").click()
+    console.get_by_role("dialog").get_by_role("button", name="Delete face").click()
+    console.locator(f"li[data-face='{face}']").wait_for(state="detached")
+    faces_left = _api(service, secured, "GET", f"{person}/Ricardo_Lagos").json()["faces"]
+    assert face not in {f["face_id"] for f in faces_left} and len(faces_left) == 2
 
     console.goto(f"{service.base_url}/console/#/person/{COLL}/zhu-again")
     console.get_by_role("heading", name="zhu-again").wait_for()

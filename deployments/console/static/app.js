@@ -111,7 +111,10 @@ async function route() {
   const signal = current.signal;
   try {
     const mod = await page.load();
-    const view = await mod.render({ args, query, signal });
+    // the prefetch serves the first render of the page it was made for, once
+    const pre = prefetched && prefetched.hash === location.hash ? await prefetched.promise : null;
+    prefetched = null;
+    const view = await mod.render({ args, query, signal, prefetched: pre });
     if (signal.aborted) return;
     main.replaceChildren(view);
     main.focus({ preventScroll: true });
@@ -123,10 +126,20 @@ async function route() {
   main.removeAttribute("aria-busy");
 }
 
+// what the first page asked for while the key was being checked (its prefetch)
+let prefetched = null;
+
 export async function start() {
-  // the page's code loads while the key is checked
-  const first = PAGES.find((p) => p.path === parseHash().name);
-  if (first) first.load().catch(() => {});
+  // the page's code loads, and its first requests start, while the key is checked:
+  // no round trip waits for another one it does not need
+  const { name, args } = parseHash();
+  const first = PAGES.find((p) => p.path === name);
+  prefetched = null;
+  if (first) {
+    const hash = location.hash;
+    const promise = first.load().then((m) => (m.prefetch ? m.prefetch(args) : null)).catch(() => null);
+    prefetched = { hash, promise };
+  }
   try {
     const ok = await whoami();
     if (!ok) { signIn(key.get() ? "The key kept for this tab was refused: sign in again." : null); key.clear(); return; }

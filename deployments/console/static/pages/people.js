@@ -9,11 +9,19 @@ import { field, h, placeholder, showError } from "../ui.js";
 
 const PAGE = 60;
 
-export async function render({ args, query, signal }) {
+// started while the key is checked (app.js): the list and the first page at once
+export function prefetch(args) {
+  if (!args[0]) return null;
+  const out = { collections: get("/v1/collections"), page: persons(args[0], null) };
+  for (const p of Object.values(out)) p.catch(() => {});  // awaited by render, or dropped
+  return out;
+}
+
+export async function render({ args, query, signal, prefetched }) {
   // a collection named in the address: its first page is asked for with the list
-  const early = args[0] ? persons(args[0], null, signal) : null;
-  if (early) early.catch(() => {});  // awaited below
-  const { collections } = await get("/v1/collections", null, { signal });
+  const pre = prefetched || prefetch(args) || {};
+  const early = pre.page || null;
+  const { collections } = await (pre.collections || get("/v1/collections", null, { signal }));
   const collection = args[0] || (collections[0] && collections[0].collection);
   const view = h("section", {}, h("h1", {}, "People"));
   if (!collection) { view.append(h("p", { class: "muted" }, "No collection yet.")); return view; }

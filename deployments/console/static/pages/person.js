@@ -57,17 +57,17 @@ function editForms(collection, p, base, out) {
   const patch = (button, body) => busy(button, call("PATCH", base, { json: body })).then(reload).catch((err) => showError(err, out));
 
   return h("div", { class: "edit" },
-    h("form", { class: "card", "aria-label": "Rename", onsubmit: (e) => {
+    h("form", { class: "card", onsubmit: (e) => {
       e.preventDefault();
       patch(e.submitter, { name: name.value.trim() || null });
     } }, h("h2", {}, "Rename"), field("Name", name), h("button", { type: "submit" }, "Save name")),
-    h("form", { class: "card", "aria-label": "Labels", onsubmit: (e) => {
+    h("form", { class: "card", onsubmit: (e) => {
       e.preventDefault();
       let body;
       try { body = { labels: parseLabels(labels.value) }; } catch (err) { showError(err, out); return; }
       patch(e.submitter, body);
     } }, h("h2", {}, "Labels"), field("Labels", labels, "key=value, one per line"), h("button", { type: "submit" }, "Save labels")),
-    h("form", { class: "card", "aria-label": "Merge", onsubmit: async (e) => {
+    h("form", { class: "card", onsubmit: async (e) => {
       e.preventDefault();
       const target = into.value.trim();
       if (!(await confirmDialog(`Merge ${p.person_id} into ${target}?`,
