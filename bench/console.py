@@ -151,7 +151,8 @@ def main() -> int:
         f"{os.cpu_count()} cores ({platform.machine()}), load average at the end "
         f"{os.getloadavg()[0]:.2f}.", "",
         f"**First paint of the grid: median {med:.0f} ms, worst {max(painted):.0f} ms "
-        f"(target < {TARGET_MS:.0f} ms: {'met' if max(painted) < TARGET_MS else 'NOT met'}).** "
+        f"(target < {TARGET_MS:.0f} ms: {'met' if med < TARGET_MS else 'NOT met'} by the median, "
+        f"{'met' if max(painted) < TARGET_MS else 'not met'} by the worst run).** "
         f"Console assets: {len(files)} files, {raw / 1024:.1f} KiB, "
         f"{packed / 1024:.1f} KiB gzip-compressed (target < 500 KB).", "",
         "| run | first contentful paint (ms) | API answered (ms) | slowest API request (ms) | "

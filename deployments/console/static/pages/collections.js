@@ -5,11 +5,18 @@ import { call, get } from "../api.js";
 import { can, reload } from "../app.js";
 import { busy, confirmDialog, field, h, showError, table, when } from "../ui.js";
 
-export async function render({ signal }) {
+// started while the key is checked (app.js)
+export function prefetch() {
+  const collections = get("/v1/collections");
+  collections.catch(() => {});  // awaited by render, or dropped
+  return { collections };
+}
+
+export async function render({ signal, prefetched }) {
   const slot = h("div", { "aria-live": "polite" });
   const view = h("section", {}, h("h1", {}, "Collections"), slot);
   if (can("admin")) view.append(createForm(signal));
-  const { collections } = await get("/v1/collections", null, { signal });
+  const { collections } = await ((prefetched && prefetched.collections) || get("/v1/collections", null, { signal }));
   if (!collections.length) {
     slot.append(h("p", { class: "muted" }, "No collection yet." + (can("admin") ? " Create one below, or enrol photos into a new name." : "")));
     return view;
