@@ -61,13 +61,17 @@ async function webcam(box, done) {
   const video = h("video", { autoplay: true, playsInline: true, muted: true, "aria-label": "Webcam preview" });
   video.srcObject = stream;
   const stop = () => { stream.getTracks().forEach((t) => t.stop()); box.replaceChildren(); };
-  const snap = h("button", { type: "button", class: "primary", onclick: () => {
+  // enabled once the camera has sent a frame: a capture before that would be empty
+  const snap = h("button", { type: "button", class: "primary", disabled: true, onclick: () => {
     const c = h("canvas", { width: video.videoWidth, height: video.videoHeight });
     c.getContext("2d").drawImage(video, 0, 0);
-    c.toBlob((blob) => { stop(); done(blob); }, "image/jpeg", 0.92);
+    c.toBlob((blob) => {
+      stop();
+      if (blob) done(blob); else showError(new Error("The webcam gave no picture: try again."), box);
+    }, "image/jpeg", 0.92);
   } }, "Capture");
+  video.addEventListener("playing", () => { snap.disabled = false; snap.focus(); }, { once: true });
   box.replaceChildren(video, h("div", { class: "row" }, snap, h("button", { type: "button", onclick: stop }, "Cancel")));
-  snap.focus();
 }
 
 function endpoint(mode, collection) {
