@@ -59,7 +59,9 @@ def browser_type_launch_args(fake_camera) -> dict:
     return {"executable_path": str(CHROMIUM), "headless": True, "args": [
         "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        # the camera is allowed by the context's permission, not by Chromium's fake UI
+        # (which would also answer file choosers itself, before the page sees them)
+        "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-video-capture={fake_camera}"]}
 
 
@@ -350,3 +352,34 @@ def test_webcam_capture_through_detect(console, service, secured, faces):
     # the photo the fake camera shows has that one face through the API as well
     with (faces / LFW / "Zhu_Rongji" / "Zhu_Rongji_0009.jpg").open("rb") as f:
         assert len(_api(service, secured, "POST", "/v1/detect", files={"img": f}).json()["faces"]) == 1
+
+
+def test_every_page_fits_a_phone_and_works_from_the_keyboard(console, service, secured):
+    console.set_viewport_size({"width": 390, "height": 844})
+    _sign_in(console, service.base_url, ADMIN)
+    pages = {"collections": "Collections", f"people/{COLL}": "People", "enrol": "Enrol",
+             "try": "Try it", "keys": "API keys", "audit": "Audit trail", "status": "Status"}
+    for hash_, heading in pages.items():
+        console.goto(f"{service.base_url}/console/#/{hash_}")
+        console.get_by_role("heading", name=heading, exact=True).wait_for()
+        console.locator("main:not([aria-busy])").wait_for()
+        assert console.evaluate("document.documentElement.scrollWidth") <= 390, hash_
+        # every form control has a label (or an accessible name of its own)
+        unlabelled = console.evaluate("""() => [...document.querySelectorAll(
+            "main input:not([type=hidden]):not(.offscreen), main select, main textarea")]
+            .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label"))
+            .map((el) => el.name || el.outerHTML.slice(0, 60))""")
+        assert unlabelled == [], (hash_, unlabelled)
+    # the keyboard alone: Tab reaches the navigation, Enter on the drop zone opens the
+    # photo chooser (its input is clicked; Chromium's own chooser is not observed here)
+    console.goto(f"{service.base_url}/console/#/enrol")
+    console.get_by_role("heading", name="Enrol").wait_for()
+    console.locator("a.skip").focus()  # the first stop of the page's tab order
+    console.keyboard.press("Tab")
+    assert console.evaluate("document.activeElement.closest('#nav') !== null")
+    console.evaluate("""() => document.querySelector(
+        ".dropzone input[type=file][multiple]:not([webkitdirectory])")
+        .addEventListener("click", () => { window.choosing = true; })""")
+    console.get_by_role("group", name="Drop photos or a folder here").focus()
+    console.keyboard.press("Enter")
+    assert console.evaluate("window.choosing === true")
