@@ -14,7 +14,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install serve test bench models clean postgres-bin npm-bin
+.PHONY: install serve test bench models clean postgres-bin npm-bin chromium-bin
 
 install: $(STAMP)
 
@@ -40,7 +40,11 @@ npm-bin:
 postgres-bin:
 	@test -x $(PG_BIN)/initdb || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
-test: $(STAMP) postgres-bin
+# the console's browser tests drive Debian's Chromium (Playwright's own browsers are never downloaded)
+chromium-bin:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: $(STAMP) postgres-bin chromium-bin
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 bench: $(STAMP)

@@ -94,6 +94,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/keys"): _KEYS,
     ("DELETE", "/v1/keys/{key_id}"): _KEYS,
     ("GET", "/v1/audit"): Rule(ADMIN, every_collection=True),
+    # what the caller's own key may do (any valid key; deployments/http/routes/whoami.py)
+    ("GET", "/v1/whoami"): OPEN,
+    ("POST", "/v1/collections/{collection}/persons/{person_id}/merge"): Rule(WRITE, _C),
     # DeepFace-compatible routes
     ("POST", "/represent"): Rule(READ),
     ("POST", "/verify"): Rule(READ),

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from pipelines.errors import ErrorCode, FacefleetError
 from configs.settings import Settings
-from deployments.http import api_docs, readiness, request_ids
+from deployments.http import api_docs, console, readiness, request_ids
 from deployments.http.access import authorize
 from deployments.http.auth import ANONYMOUS, NOBODY, KeyTable, key_id_of, presented_key
 from deployments.http.errors import error_response, install_error_handlers, unexpected_response
@@ -156,6 +156,8 @@ def create_app(flow: Flow, settings: Settings, metrics: AppMetrics | None = None
         r for m in (routes_faces, routes_gallery, routes_listing, routes_clusters, routes_admin,
                     routes_compat, routes_metrics)
         for r in m.router.routes]
+    # the web console at /console and the two routes it added (deployments/http/console)
+    console.install(app)
     return app
 
 
@@ -168,7 +170,8 @@ async def request_context(request: Request, call_next):
     request.state.request_id = rid if request_ids.valid(rid) else request_ids.new_id()
     api = api_of(request)
     auth, guard = api.auth, api.guard
-    open_path = request.url.path in _OPEN_PATHS or api_docs.is_docs_path(request.url.path)
+    open_path = request.url.path in _OPEN_PATHS or api_docs.is_docs_path(request.url.path) \
+        or console.is_console_path(request.url.path)
     client = guard.client_of(request)
     try:
         refused = None if open_path else guard.before_auth(client)
