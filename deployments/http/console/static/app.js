@@ -11,6 +11,7 @@ const PAGES = [
   { path: "collections", label: "Collections", scope: "read", load: () => import("./pages/collections.js") },
   { path: "people", label: "People", scope: "read", load: () => import("./pages/people.js") },
   { path: "person", scope: "read", load: () => import("./pages/person.js") },
+  { path: "unknown", label: "Unknown faces", scope: "read", load: () => import("./pages/unknown.js") },
   { path: "enrol", label: "Enrol", scope: "write", load: () => import("./pages/enrol.js") },
   { path: "try", label: "Try it", scope: "read", load: () => import("./pages/tryit.js") },
   { path: "keys", label: "Keys", scope: "admin", needsAuth: true, load: () => import("./pages/keys.js") },
