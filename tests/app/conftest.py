@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,9 +30,21 @@ class Service:
         self.config = config
         self.client = httpx.Client(base_url=base_url, timeout=120)
 
-    def redeploy(self, config: dict) -> None:
+    def redeploy(self, config: dict, ready_timeout_s: float = 300) -> None:
+        """Apply ``config`` and wait until ``/ready`` answers 200, so the next test does
+        not meet the start-up gate's 503 (a loaded machine can take a while)."""
         local.start(config)
         self.config = config
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            try:
+                if self.client.get("/ready", timeout=10).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready {ready_timeout_s} s after a redeploy")
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

