@@ -22,6 +22,7 @@ class AuditAction(str, Enum):
     FACE_FORGET = "face.forget"
     PERSON_FORGET = "person.forget"
     PERSON_UPDATE = "person.update"
+    PERSON_MERGE = "person.merge"
     FACE_IMPORT = "face.import"
     COLLECTION_CREATE = "collection.create"
     COLLECTION_DROP = "collection.drop"

@@ -84,6 +84,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/collections/{collection}/persons"): Rule(READ, _C),
     ("GET", "/v1/collections/{collection}/faces"): Rule(READ, _C),
     ("PATCH", "/v1/collections/{collection}/persons/{person_id}"): Rule(WRITE, _C),
+    ("POST", "/v1/collections/{collection}/persons/{person_id}:merge"): Rule(WRITE, _C),
     # every template of the collection: a scope of its own (or admin), not read
     ("GET", "/v1/collections/{collection}/export"): Rule(EXPORT, _C),
     ("POST", "/v1/collections/{collection}/import"): Rule(WRITE, _C),

@@ -131,3 +131,13 @@ class PersonPatchBody(Body):
     name: str | None = Field(None, max_length=256, description="null clears the name")
     labels: dict[str, str] | None = Field(None, description="replaces the labels; {} or null "
                                           "clears them")
+
+
+class MergeBody(Body):
+    """The persons whose faces move into the person of the path."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra={
+        "examples": [{"from": ["3f2a9c0d5e7b41c8a6d2e9f0b1c4d7e8"]}]})
+
+    sources: list[str] = Field(..., alias="from", min_length=1, max_length=1000,
+                               description="person ids; each is removed once its faces moved")

@@ -310,6 +310,11 @@ class PersonOut(BaseModel):
     faces: list[PersonFace]
 
 
+class MergedPersonOut(PersonOut):
+    merged: list[str] = Field(..., description="the persons merged in (now removed)")
+    moved_faces: list[str] = Field(..., description="the faces that moved into this person")
+
+
 class ErasedStoreOut(BaseModel):
     faces: int = Field(..., description="face rows deleted (with secure_delete on SQLite)")
     persons: int

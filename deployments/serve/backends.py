@@ -145,6 +145,10 @@ class ServeGallery:
                             actor: Actor | None = None) -> Record:
         return await self._h.update_person.remote(collection, person_id, changes, actor)
 
+    async def merge_persons(self, collection: str, person_id: str, sources: Sequence[str],
+                            actor: Actor | None = None) -> Record:
+        return await self._h.merge_persons.remote(collection, person_id, list(sources), actor)
+
     async def list_persons(self, collection: str, limit: int = 100, cursor: str | None = None,
                            actor: Actor | None = None) -> Record:
         return await self._h.list_persons.remote(collection, limit, cursor, actor)
@@ -329,6 +333,10 @@ class LocalGallery:
     async def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
                             actor: Actor | None = None) -> Record:
         return await self.service.update_person(collection, person_id, changes, actor)
+
+    async def merge_persons(self, collection: str, person_id: str, sources: Sequence[str],
+                            actor: Actor | None = None) -> Record:
+        return await self.service.merge_persons(collection, person_id, sources, actor)
 
     async def list_persons(self, collection: str, limit: int = 100, cursor: str | None = None,
                            actor: Actor | None = None) -> Record:

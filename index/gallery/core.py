@@ -324,6 +324,28 @@ class GalleryCore:
                 "collection": info.name, "created_at": p.created_at,
                 "faces": [face_dict(f, info.name) for f in p.faces]}
 
+    def merge_persons(self, collection: str, person_id: str, sources: Sequence[str],
+                      actor: Actor | None = None) -> dict[str, Any]:
+        """Move every face of the ``sources`` persons into ``person_id`` (made, unnamed,
+        when new) and remove the emptied persons, in one transaction with its audit
+        entry. No shard op: the faces keep their internal ids, and hits are resolved
+        to persons from the store, so identify answers the merged id at once."""
+        info = self.collection(collection)
+        into = check_person_id(person_id)
+        if not isinstance(sources, Sequence) or isinstance(sources, str) or not sources:
+            raise ValidationError("'from' lists the person ids to merge")
+        srcs = list(dict.fromkeys(check_person_id(s) for s in sources))
+        if into in srcs:
+            raise ValidationError("a person cannot be merged into itself",
+                                  {"person_id": into})
+        person, moved = self.store.merge_persons(
+            info.id, PersonUpsert(into), srcs,
+            entry_of(actor, AuditAction.PERSON_MERGE, info.name))
+        return {"person_id": person.person_id, "name": person.name, "labels": person.labels,
+                "collection": info.name, "created_at": person.created_at,
+                "merged": srcs, "moved_faces": moved,
+                "faces": [face_dict(f, info.name) for f in person.faces]}
+
     # -- export and import
     def export_page(self, collection: str, after: int = 0,
                     limit: int = 1000) -> dict[str, Any]:

@@ -142,6 +142,10 @@ class InProcessGallery:
                       actor: Actor | None = None) -> dict[str, Any]:
         return self._run(self.service.update_person(collection, person_id, changes, actor))
 
+    def merge_persons(self, collection: str, person_id: str, sources: Sequence[str],
+                      actor: Actor | None = None) -> dict[str, Any]:
+        return self._run(self.service.merge_persons(collection, person_id, sources, actor))
+
     def list_persons(self, collection: str, limit: int = 100, cursor: str | None = None,
                      actor: Actor | None = None) -> dict[str, Any]:
         return self._run(self.service.list_persons(collection, limit, cursor, actor))

@@ -153,6 +153,10 @@ class GalleryService:
                             actor: Actor | None = None) -> dict[str, Any]:
         return await self._db(self.core.update_person, collection, person_id, changes, actor)
 
+    async def merge_persons(self, collection: str, person_id: str, sources: Sequence[str],
+                            actor: Actor | None = None) -> dict[str, Any]:
+        return await self._db(self.core.merge_persons, collection, person_id, sources, actor)
+
     async def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
                             person_ids: Sequence[str] | None = None,
                             create_collection: bool = False) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from index.store.records import (KEEP, AddResult, CollectionInfo, Deleted, Delet
 class FacesMixin(SqlBase):
     """Faces with their persons; names and labels live in the person's row."""
 
-    def _upsert_persons(self, cur: Any, info: CollectionInfo, persons: Sequence[PersonUpsert],
+    def _upsert_persons(self, cur: Any, cid: int, persons: Sequence[PersonUpsert],
                         now: float) -> dict[str, tuple[str | None, dict[str, str]]]:
         """Create or update the persons a write names; ``{person_id: (name, labels)}``
         as stored (a field the write leaves out keeps its stored value)."""
@@ -35,7 +35,7 @@ class FacesMixin(SqlBase):
                 "SET name = COALESCE(excluded.name, persons.name), "
                 "labels = COALESCE(excluded.labels, persons.labels) "
                 "RETURNING person_id, name, labels"),
-                (info.id, p.person_id, p.name, labels_in(p.labels), now))
+                (cid, p.person_id, p.name, labels_in(p.labels), now))
             row = cur.fetchone()
             stored[row[0]] = (row[1], labels_out(row[2]))
         return stored
@@ -68,7 +68,7 @@ class FacesMixin(SqlBase):
                     return replay
             seq = self._next_seq(cur, info.id)
             now = time.time()
-            stored = self._upsert_persons(cur, info, persons, now)
+            stored = self._upsert_persons(cur, info.id, persons, now)
             ids = self._next_ids(cur, n)
             buckets = np.fromiter((face_bucket(f) for f in face_ids), dtype=np.int64, count=n)
             row_bytes = emb.reshape(n, dim)
@@ -250,4 +250,37 @@ class FacesMixin(SqlBase):
                 audit.person_id = person_id
                 self._audit(cur, audit)
             return person
+
+
+    # -- merge
+    @guarded
+    def merge_persons(self, cid: int, into: PersonUpsert, sources: Sequence[str],
+                      audit: AuditEntry | None = None) -> tuple[PersonRecord, list[str]]:
+        """Move every face of the ``sources`` persons into ``into`` (made when new) and
+        remove the emptied persons, as one change with its audit entry. Faces keep
+        their internal ids, so the shards hold nothing to change: hits are resolved
+        to persons from the store when a search answers. Returns the merged person
+        and the faces that moved; a source that does not exist is :class:`NotFound`."""
+        with self._tx(write=True) as cur:
+            self._next_seq(cur, cid)  # the collection's write lock, as every write takes
+            for pid in sources:  # all sources exist, or nothing changes
+                cur.execute(self._q("SELECT 1 FROM persons WHERE collection_id = ? "
+                                    "AND person_id = ?"), (cid, pid))
+                if cur.fetchone() is None:
+                    raise NotFound(f"person {pid!r} does not exist", {"person_id": pid})
+            self._upsert_persons(cur, cid, [into], time.time())
+            cond, params = self._any("person_id", list(sources))
+            cur.execute(self._q(
+                f"UPDATE faces SET person_id = ? WHERE collection_id = ? AND {cond} "
+                "RETURNING face_id"), [into.person_id, cid, *params])
+            moved = sorted(r[0] for r in cur.fetchall())
+            cur.execute(self._q(f"DELETE FROM persons WHERE collection_id = ? AND {cond}"),
+                        [cid, *params])
+            person = self._person(cur, cid, into.person_id)
+            if audit is not None:
+                audit.person_id = into.person_id
+                audit.person_ids = list(sources)
+                audit.face_ids = moved
+                self._audit(cur, audit)
+        return person, moved
 

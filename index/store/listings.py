@@ -108,7 +108,7 @@ class ListingsMixin(SqlBase):
             now = time.time()
             wanted = {person_ids[i] for i in keep}
             stored = self._upsert_persons(
-                cur, info, [p for p in persons if p.person_id in wanted], now)
+                cur, info.id, [p for p in persons if p.person_id in wanted], now)
             k = len(keep)
             ids = self._next_ids(cur, k) if k else np.empty(0, np.int64)
             kept_ids = [face_ids[i] for i in keep]

@@ -4,7 +4,9 @@
   ``limit`` with an opaque ``cursor`` (keyset pages: persons by id, faces in
   enrolment order), so a client paging while others write sees every row that
   existed throughout exactly once;
-- ``PATCH .../persons/{person_id}`` renames or relabels a person;
+- ``PATCH .../persons/{person_id}`` renames or relabels a person, and
+  ``POST .../persons/{person_id}:merge`` moves the faces of other persons into it
+  (naming a cluster is a merge plus a PATCH);
 - ``GET .../export`` streams the collection as JSON Lines, one face per line,
   read from the store a page at a time;
 - ``POST .../import`` reads the same lines as the body streams in and commits
@@ -26,12 +28,12 @@ from fastapi.responses import StreamingResponse
 
 from pipelines.errors import FacefleetError, ModelMismatch, error_from_code
 from deployments.http.access import actor_of, principal_of
-from deployments.http.bodies import Collection, PersonPatchBody
+from deployments.http.bodies import Collection, MergeBody, PersonPatchBody
 from deployments.http.gallery_io import (LineError, export_lines, invalid, line_error, parse_line,
                                     read_lines)
 from deployments.http.common import api_of, body_schema, lines_body_schema
 from deployments.http.schemas import (GALLERY_ERRORS, ExportLine, FacesPageOut, ImportOut,
-                                 PersonOut, PersonsPageOut, errors)
+                                 MergedPersonOut, PersonOut, PersonsPageOut, errors)
 from index.audit import AuditAction
 from index.gallery import check_import_row
 
@@ -79,6 +81,20 @@ async def update_person(collection: Collection, person_id: str, request: Request
     body, _ = await api.parse(request, PersonPatchBody)
     changes = body.model_dump(include=body.model_fields_set)
     return await api.flow.gallery.update_person(collection, person_id, changes,
+                                                actor_of(request))
+
+
+@router.post("/v1/collections/{collection}/persons/{person_id}:merge", tags=["gallery"],
+             response_model=MergedPersonOut, responses=GALLERY_ERRORS,
+             openapi_extra=body_schema(MergeBody))
+async def merge_persons(collection: Collection, person_id: str, request: Request) -> dict:
+    """Move every face of the persons in ``from`` into ``person_id`` (made, unnamed, when
+    new) and remove them, in one transaction with its audit entry; identify answers
+    the merged person at once. A person in ``from`` that does not exist: 404, and
+    nothing moves."""
+    api = api_of(request)
+    body, _ = await api.parse(request, MergeBody)
+    return await api.flow.gallery.merge_persons(collection, person_id, body.sources,
                                                 actor_of(request))
 
 
