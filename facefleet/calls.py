@@ -330,6 +330,12 @@ class Endpoints:
         return Call("PATCH", f"/v1/collections/{_q(collection)}/persons/{_q(person_id)}",
                      lambda r: Person.from_json(r.json()), body)
 
+    def _merge(self, collection: str, person_id: str, sources: Sequence[str]) -> Call[Person]:
+        # a second send after a lost answer finds the sources gone (404): not idempotent
+        return Call("POST", f"/v1/collections/{_q(collection)}/persons/{_q(person_id)}:merge",
+                    lambda r: Person.from_json(r.json()), {"from": list(sources)},
+                    idempotent=False)
+
     def _import(self, collection: str, source: ImportSource,
                 on_progress: Callable[[int, int], None] | None) -> Call[ImportResult]:
         content, resendable = _import_body(source, on_progress)

@@ -207,6 +207,11 @@ class Client(Endpoints, RequestIds):
         person; what is not given stays."""
         return self._run(self._update_person(collection, person_id, name, labels))
 
+    def merge(self, collection: str, person_id: str, sources: Sequence[str]) -> Person:
+        """Move every face of the persons ``sources`` into ``person_id`` (made when new)
+        and remove them; ``raw["moved_faces"]`` lists the faces that moved."""
+        return self._run(self._merge(collection, person_id, sources))
+
     def export(self, collection: str) -> Iterator[dict[str, Any]]:
         """Every face of the collection with its embedding, streamed (one dict each)."""
         for line in self._export_lines(collection):
@@ -477,6 +482,9 @@ class AsyncClient(Endpoints, RequestIds):
     async def update_person(self, collection: str, person_id: str, *, name: Any = UNSET,
                             labels: Any = UNSET) -> Person:
         return await self._run(self._update_person(collection, person_id, name, labels))
+
+    async def merge(self, collection: str, person_id: str, sources: Sequence[str]) -> Person:
+        return await self._run(self._merge(collection, person_id, sources))
 
     async def export(self, collection: str) -> AsyncIterator[dict[str, Any]]:
         async for line in self._export_lines(collection):

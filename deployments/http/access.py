@@ -71,6 +71,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/collections"): Rule(ADMIN, BODY),
     ("GET", "/v1/collections/{collection}"): Rule(READ, _C),
     ("DELETE", "/v1/collections/{collection}"): Rule(ADMIN, _C),
+    ("PATCH", "/v1/collections/{collection}"): Rule(ADMIN, _C),
     # enrolment, search, forget
     ("POST", "/v1/collections/{collection}/faces"): Rule(WRITE, _C),
     ("POST", "/v1/collections/{collection}/faces:batch"): Rule(WRITE, _C),
@@ -150,4 +151,5 @@ def actor_of(request: Request) -> Actor:
     """Who makes this request, for the audit trail; only admin keys (or anyone, with
     authentication off) create a collection on first enrolment."""
     p = principal_of(request)
-    return Actor(p.key_id, getattr(request.state, "request_id", None), p.has(ADMIN))
+    return Actor(p.key_id, getattr(request.state, "request_id", None), p.has(ADMIN),
+                 p.has(WRITE))

@@ -115,11 +115,26 @@ class IdentifyBody(_ImageOrEmbedding):
     detector: str | None = None
     max_faces: int | None = Field(None, ge=1, le=256)
     enforce_detection: bool = True
+    enrol_unknown: bool | None = Field(
+        None, description="enrol each detected face that matches nobody (at the identify "
+        "threshold) as a new unnamed person; null: the collection's setting. Needs the "
+        "write scope. It stores a template of everyone who passes the camera")
+
+
+_ENROL_UNKNOWN = ("identify enrols each face that matches nobody as a new unnamed person "
+                  "(a template of everyone who passes a camera is stored)")
 
 
 class CreateCollectionBody(Body):
     name: str = Field(..., pattern=COLLECTION_PATTERN, max_length=64)
     model: str | None = None
+    enrol_unknown: bool = Field(False, description=_ENROL_UNKNOWN)
+
+
+class CollectionPatchBody(Body):
+    """The settings to change; a field left out stays as it is."""
+
+    enrol_unknown: bool | None = Field(None, description=_ENROL_UNKNOWN)
 
 
 class PersonPatchBody(Body):

@@ -185,6 +185,8 @@ class CollectionOut(BaseModel):
     model: str = Field(..., examples=["dlib"])
     dim: int = Field(..., examples=[128])
     created_at: float = Field(..., description="Unix time")
+    enrol_unknown: bool = Field(False, description="identify enrols each face that matches "
+                                "nobody as a new unnamed person")
 
 
 class CollectionsOut(BaseModel):
@@ -282,10 +284,18 @@ class Match(_FaceIds):
     match: bool = Field(..., description="distance <= the identify threshold")
 
 
+class EnrolledStranger(BaseModel):
+    person_id: str = Field(..., description="the new unnamed person this face became")
+    face_id: str
+
+
 class IdentifiedFace(BaseModel):
     box: BoxOut | None = Field(..., description="the probe face; null for a probe embedding")
     confidence: float | None = Field(..., description="detector score; null for an embedding")
     matches: list[Match]
+    enrolled: EnrolledStranger | None = Field(
+        None, description="with enrol_unknown: this face matched nobody and was enrolled as "
+        "a new person (its next sighting matches that person_id)")
 
 
 class IdentifyOut(BaseModel):

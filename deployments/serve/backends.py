@@ -115,6 +115,10 @@ class ServeGallery:
     async def get_collection(self, name: str) -> Record:
         return await self._h.get_collection.remote(name)
 
+    async def update_collection(self, name: str, changes: Mapping[str, Any],
+                                actor: Actor | None = None) -> Record:
+        return await self._h.update_collection.remote(name, dict(changes), actor)
+
     async def list_collections(self) -> list[Record]:
         return await self._h.list_collections.remote()
 
@@ -179,10 +183,13 @@ class ServeGallery:
     # -- the gallery side of the flow
     async def identify_embedded(self, embedded: Ref | Embedded, collection: str, k: int,
                                 per_person: bool = False, actor: Actor | None = None,
-                                max_distance: float | None = None, model: str | None = None
+                                max_distance: float | None = None, model: str | None = None,
+                                enrol_unknown: bool | None = None,
+                                threshold: float | None = None
                                 ) -> IdentifiedImage | FacefleetError:
         return await self._h.identify_embedded.remote(await self._value(embedded), collection,
-                                                      k, per_person, actor, max_distance, model)
+                                                      k, per_person, actor, max_distance, model,
+                                                      enrol_unknown, threshold)
 
     async def register_embedded(self, collection: str, metas: Sequence[Mapping[str, Any]],
                                 idempotency_key: str | None,
@@ -304,6 +311,10 @@ class LocalGallery:
     async def get_collection(self, name: str) -> Record:
         return await self.service.get_collection(name)
 
+    async def update_collection(self, name: str, changes: Mapping[str, Any],
+                                actor: Actor | None = None) -> Record:
+        return await self.service.update_collection(name, changes, actor)
+
     async def list_collections(self) -> list[Record]:
         return await self.service.list_collections()
 
@@ -368,11 +379,13 @@ class LocalGallery:
     # -- the gallery side of the flow
     async def identify_embedded(self, embedded: Ref | Embedded, collection: str, k: int,
                                 per_person: bool = False, actor: Actor | None = None,
-                                max_distance: float | None = None, model: str | None = None
+                                max_distance: float | None = None, model: str | None = None,
+                                enrol_unknown: bool | None = None,
+                                threshold: float | None = None
                                 ) -> IdentifiedImage | FacefleetError:
         value = await embedded if inspect.isawaitable(embedded) else embedded
         return await identify_embedded(self.service, value, collection, k, per_person, actor,
-                                       max_distance, model)
+                                       max_distance, model, enrol_unknown, threshold)
 
     async def register_embedded(self, collection: str, metas: Sequence[Mapping[str, Any]],
                                 idempotency_key: str | None,

@@ -27,7 +27,7 @@ from index.store import KEEP, AddResult, CollectionInfo, Deleted, FaceRecord, Pe
 
 def collection_dict(info: CollectionInfo) -> dict[str, Any]:
     return {"collection": info.name, "model": info.model, "dim": info.dim,
-            "created_at": info.created_at}
+            "created_at": info.created_at, "enrol_unknown": info.enrol_unknown}
 
 
 def face_dict(face: FaceRecord, collection: str) -> dict[str, Any]:
@@ -71,6 +71,20 @@ class GalleryCore:
         return collection_dict(self.store.create_collection(
             name, model, dim, entry_of(actor, AuditAction.COLLECTION_CREATE, name)))
 
+    def update_collection(self, name: str, changes: Mapping[str, Any],
+                          actor: Actor | None = None) -> dict[str, Any]:
+        """Change a collection's settings: ``enrol_unknown`` (a bool) is what can change."""
+        check_collection_name(name)
+        unknown = set(changes) - {"enrol_unknown"}
+        if unknown or not changes:
+            raise ValidationError("'enrol_unknown' is the setting a collection can change",
+                                  {"fields": sorted(unknown)})
+        flag = changes["enrol_unknown"]
+        if not isinstance(flag, bool):
+            raise ValidationError("'enrol_unknown' is true or false")
+        return collection_dict(self.store.update_collection(
+            name, flag, entry_of(actor, AuditAction.COLLECTION_UPDATE, name)))
+
     def collection(self, name: str) -> CollectionInfo:
         return self.store.get_collection(check_collection_name(name))
 
@@ -88,7 +102,9 @@ class GalleryCore:
     def register(self, collection: str, model: str, dim: int, items: Sequence[Mapping[str, Any]],
                  idempotency_key: str | None = None, create_collection: bool = False,
                  face_ids: Sequence[str] | None = None, request_hash: str | None = None,
-                 extra: Any = None, actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
+                 extra: Any = None, actor: Actor | None = None,
+                 action: AuditAction | str = AuditAction.FACE_REGISTER
+                 ) -> tuple[dict[str, Any], Plan]:
         """Items: ``{"embedding": vector, "person_id"?: str, "name"?: str, "labels"?: {..}}``.
 
         ``face_ids`` (32 lowercase hex characters each, e.g. a UUID without dashes)
@@ -144,7 +160,7 @@ class GalleryCore:
         res = self.store.add_faces(collection, model, dim, face_ids, person_ids, emb,
                                    list(persons.values()), create=create_collection,
                                    idempotency=idem,
-                                   audit=entry_of(actor, AuditAction.FACE_REGISTER, collection))
+                                   audit=entry_of(actor, AuditAction(action), collection))
         plan = shard_ops(self.nshards, res.collection.id, dim, res.ids, res.buckets,
                          res.embeddings, res.seq)
         return self._register_answer(collection, res), plan

@@ -78,6 +78,17 @@ class GalleryService:
                                 actor: Actor | None = None) -> dict[str, Any]:
         return await self._db(self.core.create_collection, name, model, dim, exist_ok, actor)
 
+    async def update_collection(self, name: str, changes: Mapping[str, Any],
+                                actor: Actor | None = None) -> dict[str, Any]:
+        self._forget_info(name)
+        out = await self._db(self.core.update_collection, name, changes, actor)
+        self._forget_info(name)
+        return out
+
+    async def collection_settings(self, name: str) -> dict[str, Any]:
+        """The collection's settings as a search sees them (cached for the sync interval)."""
+        return collection_dict(await self._info(check_collection_name(name)))
+
     async def get_collection(self, name: str) -> dict[str, Any]:
         return collection_dict(await self._db(self.core.collection, name))
 
@@ -95,11 +106,13 @@ class GalleryService:
                        items: Sequence[Mapping[str, Any]], idempotency_key: str | None = None,
                        create_collection: bool = False,
                        face_ids: Sequence[str] | None = None, request_hash: str | None = None,
-                       extra: Any = None, actor: Actor | None = None) -> dict[str, Any]:
+                       extra: Any = None, actor: Actor | None = None,
+                       action: AuditAction | str = AuditAction.FACE_REGISTER
+                       ) -> dict[str, Any]:
         result, plan = await self._db(functools.partial(
             self.core.register, collection, model, dim, items, idempotency_key,
             create_collection, face_ids=face_ids, request_hash=request_hash, extra=extra,
-            actor=actor))
+            actor=actor, action=action))
         await self._apply(plan)
         return result
 

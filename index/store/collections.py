@@ -19,12 +19,12 @@ from index.store.records import CollectionInfo
 class CollectionsMixin(SqlBase):
     """Collections of faces, each bound to one embedding model and dimension."""
 
-    _COLL = "id, name, model, dim, created_at, last_seq"
+    _COLL = "id, name, model, dim, created_at, last_seq, enrol_unknown"
 
     @staticmethod
     def _coll(row: Sequence[Any]) -> CollectionInfo:
         return CollectionInfo(int(row[0]), row[1], row[2], int(row[3]), float(row[4]),
-                              int(row[5]))
+                              int(row[5]), bool(row[6]))
 
     def _collection_for_write(self, cur: Any, collection: str, model: str, dim: int,
                               create: bool) -> tuple[CollectionInfo, bool]:
@@ -120,6 +120,21 @@ class CollectionsMixin(SqlBase):
             self._collection_dropped(cur, self._coll(row))
             # every person of the collection is forgotten with it
             erasure.pseudonymise_audit(cur, self._q, self.erasure_key, name)
+            self._audit(cur, audit)
+        return self._coll(row)
+
+    @guarded
+    def update_collection(self, name: str, enrol_unknown: bool,
+                          audit: AuditEntry | None = None) -> CollectionInfo:
+        """Change a collection's settings, with the change's audit entry."""
+        with self._tx(write=True) as cur:
+            cur.execute(self._q(
+                f"UPDATE collections SET enrol_unknown = ? WHERE name = ? RETURNING {self._COLL}"),
+                (int(bool(enrol_unknown)), name))
+            row = cur.fetchone()
+            if row is None:
+                raise CollectionNotFound(f"collection {name!r} does not exist",
+                                         {"collection": name})
             self._audit(cur, audit)
         return self._coll(row)
 

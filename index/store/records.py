@@ -30,6 +30,8 @@ class CollectionInfo:
     created_at: float
     #: sequence number of the collection's last committed change
     last_seq: int = 0
+    #: identify enrols a face that matches nobody as a new unnamed person
+    enrol_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,6 +174,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         postgres=("ALTER TABLE collections ADD COLUMN data_key BYTEA",
                   "ALTER TABLE collections ADD COLUMN master_key_id TEXT"),
     ),
+    Migration(
+        8,
+        "per-collection settings: identify enrols unknown faces",
+        # 0/1: SQLite has no boolean; the same integer on PostgreSQL keeps one reader
+        sqlite=("ALTER TABLE collections ADD COLUMN enrol_unknown INTEGER NOT NULL DEFAULT 0",),
+        postgres=("ALTER TABLE collections ADD COLUMN enrol_unknown INTEGER NOT NULL DEFAULT 0",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

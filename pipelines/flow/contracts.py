@@ -58,6 +58,8 @@ class FaceHits:
     box: dict[str, int] | None
     confidence: float | None
     hits: list[Record]
+    #: ``enrol_unknown``: the person and face this face, matching nobody, became
+    enrolled: Record | None = None
 
 
 @dataclass(slots=True)
@@ -138,6 +140,8 @@ class GalleryBackend(Protocol):
     async def create_collection(self, name: str, model: str, dim: int, exist_ok: bool = False,
                                 actor: Actor | None = None) -> Record: ...
     async def get_collection(self, name: str) -> Record: ...
+    async def update_collection(self, name: str, changes: Mapping[str, Any],
+                                actor: Actor | None = None) -> Record: ...
     async def list_collections(self) -> list[Record]: ...
     async def drop_collection(self, name: str, actor: Actor | None = None) -> Record: ...
     async def stats(self, collection: str) -> Record: ...
@@ -174,9 +178,13 @@ class GalleryBackend(Protocol):
     # -- the gallery side of the flow (an embedded image straight from the Embedder)
     async def identify_embedded(self, embedded: Ref | Embedded, collection: str, k: int,
                                 per_person: bool = False, actor: Actor | None = None,
-                                max_distance: float | None = None, model: str | None = None
+                                max_distance: float | None = None, model: str | None = None,
+                                enrol_unknown: bool | None = None,
+                                threshold: float | None = None
                                 ) -> IdentifiedImage | FacefleetError:
-        """``model``: that of vectors of whole-image chips (an embedded image names its own)."""
+        """``model``: that of vectors of whole-image chips (an embedded image names its own);
+        ``enrol_unknown`` (None: the collection's setting) enrols each face with no
+        match within ``threshold`` as a new person."""
         ...
     async def register_embedded(self, collection: str, metas: Sequence[Mapping[str, Any]],
                                 idempotency_key: str | None,

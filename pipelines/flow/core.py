@@ -246,15 +246,20 @@ class Flow:
     async def identify(self, collection: str, data: bytes, q: FaceQuery, k: int,
                        per_person: bool = False, model: str | None = None,
                        threshold: float | None = None,
-                       actor: Actor | None = None) -> tuple[IdentifiedImage, float]:
+                       actor: Actor | None = None,
+                       enrol_unknown: bool | None = None) -> tuple[IdentifiedImage, float]:
         """The faces of a probe image and their matches, and the 1:N threshold they are
-        judged by (checked before any model runs)."""
+        judged by (checked before any model runs). ``enrol_unknown`` (None: the
+        collection's setting) enrols the faces that match nobody as new persons."""
+        enrol = self.policy.enrol_unknown(enrol_unknown, actor)
+
         def check(m: str) -> None:
             self.policy.identify_threshold_of(m, threshold)
 
         async def run(m: str) -> Any:
-            return await self.gallery.identify_embedded(await self.embedding_ref(data, q, m),
-                                                        collection, k, per_person, actor)
+            return await self.gallery.identify_embedded(
+                await self.embedding_ref(data, q, m), collection, k, per_person, actor,
+                enrol_unknown=enrol, threshold=self.policy.identify_threshold_of(m, threshold))
 
         res: IdentifiedImage = await self._retry_stale_model(collection, model, run,
                                                              check=check)

@@ -24,6 +24,11 @@ from pipelines.flow.contracts import (Actor, Embedded, FaceHits, IdentifiedImage
 from pipelines.types import EmbeddedImage, GivenEmbedding
 
 
+#: the audit action of a stranger's enrolment (``index.audit.AuditAction``; the flow
+#: names it without importing the index)
+ENROL_UNKNOWN_ACTION = "face.enrol_unknown"
+
+
 def search_depth(k: int, per_person: bool) -> int:
     """How many faces to fetch for ``k`` answers: per person, look further, then keep
     each person's nearest face."""
@@ -54,9 +59,16 @@ def _probe(embedded: Embedded) -> tuple[str, np.ndarray, list[tuple[dict | None,
 async def identify_embedded(gallery: Any, embedded: Embedded, collection: str, k: int,
                             per_person: bool = False, actor: Actor | None = None,
                             max_distance: float | None = None,
-                            model: str | None = None) -> IdentifiedImage | FacefleetError:
+                            model: str | None = None, enrol_unknown: bool | None = None,
+                            threshold: float | None = None) -> IdentifiedImage | FacefleetError:
     """Search every face of an embedded probe (vectors of whole-image chips need
-    ``model``) and answer its boxes and matches, nearest first."""
+    ``model``) and answer its boxes and matches, nearest first.
+
+    With ``enrol_unknown`` (None: the collection's setting), each detected face
+    whose nearest match is farther than ``threshold`` (or that has none) is
+    enrolled, in one register after the search, as a new unnamed person; its
+    answer carries that person and face (``FaceHits.enrolled``), so the
+    stranger's next sighting matches it."""
     if isinstance(embedded, FacefleetError):
         return embedded
     try:
@@ -69,12 +81,37 @@ async def identify_embedded(gallery: Any, embedded: Embedded, collection: str, k
             return IdentifiedImage(m, [], detector)
         hits = await gallery.search(collection, m, vectors, search_depth(k, per_person),
                                     max_distance, actor=actor)
+        enrolled: list[Record | None] = [None] * len(hits)
+        if enrol_unknown is None and threshold is not None:
+            enrol_unknown = bool((await gallery.collection_settings(collection))
+                                 .get("enrol_unknown"))
+        if enrol_unknown and threshold is not None and not isinstance(embedded, np.ndarray):
+            enrolled = await _enrol_strangers(gallery, collection, m, vectors, hits,
+                                              threshold, actor)
     except FacefleetError as exc:
         return exc
     if per_person:
         hits = [nearest_per_person(row, k) for row in hits]
-    return IdentifiedImage(m, [FaceHits(box, conf, row)
-                               for (box, conf), row in zip(faces, hits, strict=True)], detector)
+    return IdentifiedImage(m, [FaceHits(box, conf, row, new)
+                               for (box, conf), row, new in zip(faces, hits, enrolled,
+                                                                strict=True)], detector)
+
+
+async def _enrol_strangers(gallery: Any, collection: str, model: str, vectors: np.ndarray,
+                           hits: list[list[Record]], threshold: float,
+                           actor: Actor | None) -> list[Record | None]:
+    """Enrol each face whose nearest hit is beyond ``threshold`` as a new unnamed person
+    (one register, audited as ``face.enrol_unknown``); per face, what it became."""
+    unknown = [i for i, row in enumerate(hits) if not row or row[0]["distance"] > threshold]
+    out: list[Record | None] = [None] * len(hits)
+    if not unknown:
+        return out
+    res = await gallery.register(collection, model, int(vectors.shape[1]),
+                                 [{"embedding": vectors[i]} for i in unknown], actor=actor,
+                                 action=ENROL_UNKNOWN_ACTION)
+    for i, face in zip(unknown, res["faces"], strict=True):
+        out[i] = {"person_id": face["person_id"], "face_id": face["face_id"]}
+    return out
 
 
 def given_vector(vector: np.ndarray, model: str, dim: int,
