@@ -339,6 +339,11 @@ class ImportResult:
     errors: list[ImportLineError]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
+    @property
+    def copied(self) -> dict[str, str]:
+        """Faces copied from another collection of the service: old id -> new id."""
+        return dict(self.raw.get("copied") or {})
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ImportResult:
         return cls(d.get("collection", ""), d.get("model"), d.get("dim"),

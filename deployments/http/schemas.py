@@ -419,8 +419,13 @@ class ImportOut(BaseModel):
     imported: int = Field(..., description="faces added", examples=[1190])
     skipped: int = Field(..., description="ids the collection held already (and, for a key "
                          "limited to collections, ids held outside them)", examples=[8])
-    elsewhere: int = Field(..., description="ids another collection holds (left out); "
-                           "always 0 for a key limited to collections", examples=[0])
+    elsewhere: int = Field(..., description="ids another collection holds, left out (0 "
+                           "since such faces are copied; always 0 for a key limited to "
+                           "collections)", examples=[0])
+    copied: dict[str, str] = Field(
+        default_factory=dict, description="faces another collection of this service holds, "
+        "added under new ids: old id -> new id (a copy of a collection); none for a key "
+        "limited to collections")
     failed: int = Field(..., description="lines left out as invalid", examples=[2])
     errors: list[ImportLineError] = Field(..., description="the first 100 invalid lines")
 

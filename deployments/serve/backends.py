@@ -176,9 +176,9 @@ class ServeGallery:
 
     async def import_faces(self, collection: str, model: str, dim: int,
                            rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
-                           actor: Actor | None = None) -> Record:
+                           actor: Actor | None = None, copy: bool = False) -> Record:
         return await self._h.import_faces.remote(collection, model, dim, rows,
-                                                 create_collection, actor)
+                                                 create_collection, actor, copy)
 
     # -- the gallery side of the flow
     async def identify_embedded(self, embedded: Ref | Embedded, collection: str, k: int,
@@ -372,9 +372,9 @@ class LocalGallery:
 
     async def import_faces(self, collection: str, model: str, dim: int,
                            rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
-                           actor: Actor | None = None) -> Record:
+                           actor: Actor | None = None, copy: bool = False) -> Record:
         return await self.service.import_faces(collection, model, dim, rows, create_collection,
-                                               actor)
+                                               actor, copy)
 
     # -- the gallery side of the flow
     async def identify_embedded(self, embedded: Ref | Embedded, collection: str, k: int,

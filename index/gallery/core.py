@@ -379,11 +379,14 @@ class GalleryCore:
 
     def import_faces(self, collection: str, model: str, dim: int,
                      rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
-                     actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
+                     actor: Actor | None = None,
+                     copy: bool = False) -> tuple[dict[str, Any], Plan]:
         """Faces exported elsewhere, with their ids: ``{"id", "embedding", "person_id",
         "name"?, "labels"?, "created_at"?}`` each. Ids the collection holds already
         are skipped (an import can be run again), ids another collection holds are
-        reported in ``elsewhere``; embeddings are normalised as every vector is."""
+        reported in ``elsewhere``, or with ``copy`` added under new ids (``copied``:
+        old id -> new id; a copy of a collection); embeddings are normalised as every
+        vector is."""
         check_collection_name(collection)
         model, dim = check_model(model, dim)
         if not rows:
@@ -408,13 +411,14 @@ class GalleryCore:
         res = self.store.import_faces(collection, model, dim, face_ids, person_ids, emb,
                                       created, list(persons.values()),
                                       create=create_collection,
-                                      audit=entry_of(actor, AuditAction.FACE_IMPORT, collection))
+                                      audit=entry_of(actor, AuditAction.FACE_IMPORT, collection),
+                                      copy=copy)
         a = res.added
         plan = shard_ops(self.nshards, a.collection.id, dim, a.ids, a.buckets, a.embeddings,
                          a.seq)
         return {"collection": collection, "model": a.collection.model, "dim": a.collection.dim,
                 "imported": a.face_ids, "skipped": res.skipped,
-                "elsewhere": res.elsewhere}, plan
+                "elsewhere": res.elsewhere, "copied": res.copied}, plan
 
     def replay_register(self, collection: str, idempotency_key: str,
                         request_hash: str) -> tuple[dict[str, Any] | None, Plan]:

@@ -105,9 +105,9 @@ class InProcessGallery:
 
     def import_faces(self, collection: str, model: str, dim: int,
                      rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
-                     actor: Actor | None = None) -> dict[str, Any]:
+                     actor: Actor | None = None, copy: bool = False) -> dict[str, Any]:
         return self._run(self.service.import_faces(collection, model, dim, rows,
-                                                   create_collection, actor))
+                                                   create_collection, actor, copy))
 
     def export_page(self, collection: str, after: int = 0, limit: int = 1000) -> dict[str, Any]:
         return self._run(self.service.export_page(collection, after, limit))

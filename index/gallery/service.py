@@ -128,9 +128,9 @@ class GalleryService:
 
     async def import_faces(self, collection: str, model: str, dim: int,
                            rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
-                           actor: Actor | None = None) -> dict[str, Any]:
+                           actor: Actor | None = None, copy: bool = False) -> dict[str, Any]:
         result, plan = await self._db(self.core.import_faces, collection, model, dim, rows,
-                                      create_collection, actor)
+                                      create_collection, actor, copy)
         await self._apply(plan)
         return result
 

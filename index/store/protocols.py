@@ -64,7 +64,8 @@ class FaceStore(CollectionStore, Protocol):
     def import_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                      person_ids: Sequence[str], embeddings: np.ndarray,
                      created_at: Sequence[float], persons: Sequence[PersonUpsert], *,
-                     create: bool = False, audit: AuditEntry | None = None) -> ImportResult: ...
+                     create: bool = False, audit: AuditEntry | None = None,
+                     copy: bool = False) -> ImportResult: ...
     def replay(self, collection: str, key: str, request_hash: str) -> AddResult | None: ...
 
 

@@ -125,11 +125,13 @@ class ListedFace:
 class ImportResult:
     """What an import chunk committed: the faces added (``added``, as a register's
     result, for the shards) and the ids left out because the collection holds them
-    already (``skipped``) or another collection does (``elsewhere``)."""
+    already (``skipped``) or another collection does (``elsewhere``), and the faces
+    copied under new ids (``copied``: old id -> new id)."""
 
     added: AddResult
     skipped: list[str]
     elsewhere: list[str]
+    copied: dict[str, str] = field(default_factory=dict)
 
 
 #: "leave this field as it is" in :meth:`_SqlStore.update_person`

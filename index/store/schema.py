@@ -176,10 +176,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         8,
-        "per-collection settings: identify enrols unknown faces",
+        "per-collection settings (identify enrols unknown faces); faces copied from another "
+        "collection remember the id they were copied from",
         # 0/1: SQLite has no boolean; the same integer on PostgreSQL keeps one reader
-        sqlite=("ALTER TABLE collections ADD COLUMN enrol_unknown INTEGER NOT NULL DEFAULT 0",),
-        postgres=("ALTER TABLE collections ADD COLUMN enrol_unknown INTEGER NOT NULL DEFAULT 0",),
+        sqlite=("ALTER TABLE collections ADD COLUMN enrol_unknown INTEGER NOT NULL DEFAULT 0",
+                "ALTER TABLE faces ADD COLUMN origin TEXT",
+                "CREATE INDEX faces_by_origin ON faces (collection_id, origin)"),
+        postgres=("ALTER TABLE collections ADD COLUMN enrol_unknown INTEGER NOT NULL DEFAULT 0",
+                  "ALTER TABLE faces ADD COLUMN origin TEXT",
+                  "CREATE INDEX faces_by_origin ON faces (collection_id, origin)"),
     ),
 )
 

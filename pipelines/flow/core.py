@@ -344,11 +344,12 @@ class Flow:
 
     async def import_faces(self, collection: str, model: str, dim: int,
                            rows: Sequence[Mapping[str, Any]],
-                           actor: Actor | None = None) -> Record:
-        """One chunk of exported faces, kept with their ids (see ``GalleryCore.import_faces``);
-        it may create the collection as the policy allows."""
+                           actor: Actor | None = None, copy: bool = False) -> Record:
+        """One chunk of exported faces, kept with their ids (see ``GalleryCore.import_faces``;
+        ``copy``: faces another collection holds are added under new ids); it may
+        create the collection as the policy allows."""
         return await self.gallery.import_faces(collection, model, dim, rows,
-                                               self.policy.may_create(actor), actor)
+                                               self.policy.may_create(actor), actor, copy)
 
     async def import_binding(self, collection: str,
                              actor: Actor | None = None) -> tuple[str, int] | None:

@@ -134,9 +134,11 @@ async def export_collection(collection: Collection, request: Request) -> Streami
 async def import_collection(collection: Collection, request: Request) -> dict:
     """Faces as an export wrote them, one JSON object per line, committed in chunks
     of 500 as the body streams in. Faces keep their ids; ids the collection holds
-    already are skipped (an import runs again safely), ids another collection
-    holds are left out (``elsewhere``; counted as ``skipped`` for a key limited to
-    collections, which must not learn that an id exists outside them); invalid
+    already are skipped (an import runs again safely); a face another collection
+    of this service holds is copied under a new id (``copied`` maps old to new; a
+    second run skips the copies), so a collection is copied, or renamed by copy
+    and drop. A key limited to collections, which must not learn that an id
+    exists outside them, copies nothing: those ids count as ``skipped``. Invalid
     lines are left out and listed."""
     api = api_of(request)
     importer = _Importer(api.flow, collection, actor_of(request))
@@ -171,6 +173,8 @@ class _Importer:
         self.errors: list[LineError] = []
         #: fold ``elsewhere`` into ``skipped`` in the answer (see import_collection)
         self.hide_elsewhere = False
+        #: faces another collection of this service holds, copied: old id -> new id
+        self.copied: dict[str, str] = {}
 
     async def bind_existing(self) -> None:
         binding = await self.flow.import_binding(self.collection, self.actor)
@@ -235,8 +239,10 @@ class _Importer:
             return
         chunk, self.chunk, self.ids = self.chunk, [], set()
         try:
+            # a key limited to collections must not learn that an id exists outside
+            # them: it gets no copies (those ids are counted as skipped)
             res = await self.flow.import_faces(self.collection, self.model, self.dim, chunk,
-                                               self.actor)
+                                               self.actor, copy=not self.hide_elsewhere)
         except FacefleetError as exc:
             # what was committed stays (an import runs again safely): say how far it got
             raise error_from_code(exc.code.value, f"{exc.message} (after {self.imported} "
@@ -245,6 +251,7 @@ class _Importer:
         self.imported += len(res["imported"])
         self.skipped += len(res["skipped"])
         self.elsewhere += len(res["elsewhere"])
+        self.copied.update(res.get("copied") or {})
 
     def answer(self) -> dict[str, Any]:
         skipped, elsewhere = self.skipped, self.elsewhere
@@ -252,6 +259,6 @@ class _Importer:
             skipped, elsewhere = skipped + elsewhere, 0
         return {"collection": self.collection, "model": self.model, "dim": self.dim,
                 "lines": self.lines, "imported": self.imported, "skipped": skipped,
-                "elsewhere": elsewhere, "failed": self.failed,
+                "elsewhere": elsewhere, "copied": self.copied, "failed": self.failed,
                 "errors": [e.as_dict() for e in self.errors]}
 
