@@ -145,3 +145,25 @@ def test_collection_setting_enrols_strangers(api, people):
     assert r.status_code == 422, r.text
     r = api.patch("/v1/collections/nowhere", json={"enrol_unknown": True})
     assert r.status_code == 404, r.text
+
+
+def test_copy_a_collection_by_export_and_import(api, people):
+    """An export imported into another collection of the same service: new face ids,
+    the old-to-new mapping answered, identify in the copy finds the same persons."""
+    for p in ("person06", "person07"):
+        r = api.post("/v1/collections/orig/faces", json={"img": b64(people[p][0]),
+                                                         "person_id": p})
+        assert r.status_code == 201, r.text
+    body = api.get("/v1/collections/orig/export").content
+    r = api.post("/v1/collections/orig-copy/import", content=body,
+                 headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    held = [f["face_id"] for f in api.get("/v1/collections/orig/faces").json()["faces"]]
+    assert sorted(out["copied"]) == sorted(held) and out["elsewhere"] == 0
+    assert out["imported"] == 2 and not set(out["copied"].values()) & set(held)
+    best = _identify(api, "orig-copy", people["person06"][1])["faces"][0]["matches"][0]
+    assert best["person_id"] == "person06" and best["face_id"] in out["copied"].values()
+    again = api.post("/v1/collections/orig-copy/import", content=body,
+                     headers={"Content-Type": "application/x-ndjson"}).json()
+    assert again["imported"] == 0 and again["skipped"] == 2 and again["copied"] == {}
