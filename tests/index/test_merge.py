@@ -112,3 +112,35 @@ def test_merge_into_existing_person_and_refusals(backend, request, tmp_path):
         assert g.stats("c")["faces"] == 3
     finally:
         g.close()
+
+
+def test_a_stranger_is_enrolled_once_with_its_audit_entry(tmp_path, request):
+    """The gallery side of identify with enrol_unknown: a vector matching nobody becomes
+    a new person (audited as face.enrol_unknown); the same vector again matches it."""
+    from pipelines.flow.gallery_side import identify_embedded
+    from pipelines.types import GivenEmbedding
+
+    g = _gallery("sqlite", request, tmp_path)
+    try:
+        x = unit(3, seed=9)
+        g.create_collection("c", "m", D)
+        g.register("c", "m", D, [{"embedding": x[0], "person_id": "known"}])
+        actor = Actor("k", "req-1")
+
+        def ask(v, enrol):
+            return g._run(identify_embedded(g.service, GivenEmbedding(v, "m"), "c", 1,
+                                            actor=actor, enrol_unknown=enrol, threshold=0.3))
+
+        first = ask(x[1], True).faces[0]
+        assert first.enrolled is not None and first.enrolled["person_id"] != "known"
+        second = ask(x[1], True).faces[0]
+        assert second.enrolled is None
+        assert second.hits[0]["person_id"] == first.enrolled["person_id"]
+        assert ask(x[0], True).faces[0].enrolled is None  # a known face: never enrolled
+        assert ask(x[2], False).faces[0].enrolled is None  # not asked: nothing enrolled
+        assert g.stats("c")["faces"] == 2
+        entries = g.audit_entries("c", "face.enrol_unknown")
+        assert [e["face_ids"] for e in entries] == [[first.enrolled["face_id"]]]
+        assert entries[0]["person_id"] == first.enrolled["person_id"]
+    finally:
+        g.close()
