@@ -77,6 +77,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/collections/{collection}/faces:batch"): Rule(WRITE, _C),
     ("POST", "/v1/collections/{collection}/identify"): Rule(READ, _C),
     ("GET", "/v1/collections/{collection}/faces/{face_id}"): Rule(READ, _C),
+    ("GET", "/v1/collections/{collection}/faces/{face_id}/thumbnail"): Rule(READ, _C),
     ("DELETE", "/v1/collections/{collection}/faces/{face_id}"): Rule(WRITE, _C),
     ("GET", "/v1/collections/{collection}/persons/{person_id}"): Rule(READ, _C),
     ("DELETE", "/v1/collections/{collection}/persons/{person_id}"): Rule(WRITE, _C),

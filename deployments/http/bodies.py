@@ -125,16 +125,22 @@ _ENROL_UNKNOWN = ("identify enrols each face that matches nobody as a new unname
                   "(a template of everyone who passes a camera is stored)")
 
 
+_THUMBNAILS = "a 112 px JPEG of each face enrolled from an image is kept, for review"
+
+
 class CreateCollectionBody(Body):
     name: str = Field(..., pattern=COLLECTION_PATTERN, max_length=64)
     model: str | None = None
     enrol_unknown: bool = Field(False, description=_ENROL_UNKNOWN)
+    thumbnails: bool = Field(True, description=_THUMBNAILS)
 
 
 class CollectionPatchBody(Body):
     """The settings to change; a field left out stays as it is."""
 
     enrol_unknown: bool | None = Field(None, description=_ENROL_UNKNOWN)
+    thumbnails: bool | None = Field(None, description=_THUMBNAILS + "; false deletes the "
+                                    "thumbnails kept")
 
 
 class PersonPatchBody(Body):

@@ -187,6 +187,8 @@ class CollectionOut(BaseModel):
     created_at: float = Field(..., description="Unix time")
     enrol_unknown: bool = Field(False, description="identify enrols each face that matches "
                                 "nobody as a new unnamed person")
+    thumbnails: bool = Field(True, description="a 112 px JPEG of each enrolled face is kept "
+                             "(GET .../faces/{id}/thumbnail)")
 
 
 class CollectionsOut(BaseModel):
@@ -403,6 +405,8 @@ class ExportLine(BaseModel):
     created_at: float | None = Field(None, description="Unix time of enrolment (kept)")
     embedding: list[float] = Field(..., description="the unit vector, collection's dimension",
                                    examples=[[0.0132, -0.0871, 0.1045]])
+    thumbnail: str | None = Field(None, description="base64 of the face's 112 px JPEG "
+                                  "thumbnail, when it has one")
 
 
 class ImportLineError(BaseModel):

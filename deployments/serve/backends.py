@@ -137,6 +137,10 @@ class ServeGallery:
                           actor: Actor | None = None) -> Record:
         return await self._h.delete_face.remote(collection, face_id, actor)
 
+    async def thumbnail(self, collection: str, face_id: str,
+                        actor: Actor | None = None) -> bytes:
+        return await self._h.thumbnail.remote(collection, face_id, actor)
+
     async def get_person(self, collection: str, person_id: str,
                          actor: Actor | None = None) -> Record:
         return await self._h.get_person.remote(collection, person_id, actor)
@@ -332,6 +336,10 @@ class LocalGallery:
     async def delete_face(self, collection: str, face_id: str,
                           actor: Actor | None = None) -> Record:
         return await self.service.delete_face(collection, face_id, actor)
+
+    async def thumbnail(self, collection: str, face_id: str,
+                        actor: Actor | None = None) -> bytes:
+        return await self.service.thumbnail(collection, face_id, actor)
 
     async def get_person(self, collection: str, person_id: str,
                          actor: Actor | None = None) -> Record:

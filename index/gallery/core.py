@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import CollectionNotFound, ModelMismatch, ValidationError
+from pipelines.errors import CollectionNotFound, ModelMismatch, NotFound, ValidationError
 from index import cursors
 from index.audit import Actor, AuditAction, entry_of
 from index.gallery.checks import (FACE_ID_RE, MAX_EXPORT_PAGE, MAX_K, check_collection_name,
                                   check_import_row, check_key, check_labels, check_limit,
                                   check_model, check_model_binding, check_name,
-                                  check_person_id, new_ids, unit_rows)
+                                  check_person_id, check_thumbnail, new_ids, unit_rows)
 from index.gallery.shards import Plan
 from index.merge import cosine_distance
 from index.shard import DropOp, shard_ops
@@ -27,7 +27,8 @@ from index.store import KEEP, AddResult, CollectionInfo, Deleted, FaceRecord, Pe
 
 def collection_dict(info: CollectionInfo) -> dict[str, Any]:
     return {"collection": info.name, "model": info.model, "dim": info.dim,
-            "created_at": info.created_at, "enrol_unknown": info.enrol_unknown}
+            "created_at": info.created_at, "enrol_unknown": info.enrol_unknown,
+            "thumbnails": info.thumbnails}
 
 
 def face_dict(face: FaceRecord, collection: str) -> dict[str, Any]:
@@ -75,15 +76,14 @@ class GalleryCore:
                           actor: Actor | None = None) -> dict[str, Any]:
         """Change a collection's settings: ``enrol_unknown`` (a bool) is what can change."""
         check_collection_name(name)
-        unknown = set(changes) - {"enrol_unknown"}
+        unknown = set(changes) - {"enrol_unknown", "thumbnails"}
         if unknown or not changes:
-            raise ValidationError("'enrol_unknown' is the setting a collection can change",
-                                  {"fields": sorted(unknown)})
-        flag = changes["enrol_unknown"]
-        if not isinstance(flag, bool):
-            raise ValidationError("'enrol_unknown' is true or false")
+            raise ValidationError("'enrol_unknown' and 'thumbnails' are the settings a "
+                                  "collection can change", {"fields": sorted(unknown)})
+        if not all(isinstance(v, bool) for v in changes.values()):
+            raise ValidationError("a collection's settings are true or false")
         return collection_dict(self.store.update_collection(
-            name, flag, entry_of(actor, AuditAction.COLLECTION_UPDATE, name)))
+            name, dict(changes), entry_of(actor, AuditAction.COLLECTION_UPDATE, name)))
 
     def collection(self, name: str) -> CollectionInfo:
         return self.store.get_collection(check_collection_name(name))
@@ -157,9 +157,10 @@ class GalleryCore:
                 raise ValidationError("face_ids are 32 lowercase hex characters, one per item")
             if len(set(face_ids)) != len(face_ids):
                 raise ValidationError("face_ids repeat within one request")
+        thumbnails = [check_thumbnail(item.get("thumbnail")) for item in items]
         res = self.store.add_faces(collection, model, dim, face_ids, person_ids, emb,
                                    list(persons.values()), create=create_collection,
-                                   idempotency=idem,
+                                   idempotency=idem, thumbnails=thumbnails,
                                    audit=entry_of(actor, AuditAction(action), collection))
         plan = shard_ops(self.nshards, res.collection.id, dim, res.ids, res.buckets,
                          res.embeddings, res.seq)
@@ -249,6 +250,16 @@ class GalleryCore:
         person = self.store.get_person(info.id, face.person_id)  # name and labels live there
         out["name"], out["labels"] = person.name, person.labels
         return out
+
+    def thumbnail(self, collection: str, face_id: str) -> bytes:
+        """The face's JPEG thumbnail; NotFound when the face, or its thumbnail, is not
+        there (enrolled by embedding, or in a collection that keeps none)."""
+        info = self.collection(collection)
+        jpeg = self.store.get_thumbnail(info.id, str(face_id))
+        if jpeg is None:
+            raise NotFound(f"face {face_id!r} has no thumbnail",
+                           {"face_id": str(face_id), "thumbnail": False})
+        return jpeg
 
     def delete_faces(self, collection: str, face_ids: Sequence[str],
                      actor: Actor | None = None) -> tuple[list[str], Plan]:
@@ -371,9 +382,10 @@ class GalleryCore:
         info = self.collection(collection)
         limit = check_limit(limit, MAX_EXPORT_PAGE)
         rows = self.store.list_faces(info.id, None, int(after), limit, with_embedding=True)
+        thumbs = self.store.thumbnails_of([f.id for f in rows]) if rows else {}
         faces = [{"id": f.face_id, "person_id": f.person_id, "name": f.name,
                   "labels": f.labels, "model": info.model, "created_at": f.created_at,
-                  "embedding": f.embedding} for f in rows]
+                  "embedding": f.embedding, "thumbnail": thumbs.get(f.id)} for f in rows]
         return {"collection": info.name, "model": info.model, "dim": info.dim,
                 "faces": faces, "after": rows[-1].id if len(rows) == limit else None}
 
@@ -412,7 +424,7 @@ class GalleryCore:
                                       created, list(persons.values()),
                                       create=create_collection,
                                       audit=entry_of(actor, AuditAction.FACE_IMPORT, collection),
-                                      copy=copy)
+                                      copy=copy, thumbnails=[r["thumbnail"] for r in rows])
         a = res.added
         plan = shard_ops(self.nshards, a.collection.id, dim, a.ids, a.buckets, a.embeddings,
                          a.seq)

@@ -122,6 +122,9 @@ class InProcessGallery:
                  actor: Actor | None = None) -> dict[str, Any]:
         return self._run(self.service.get_face(collection, face_id, with_embedding, actor))
 
+    def thumbnail(self, collection: str, face_id: str, actor: Actor | None = None) -> bytes:
+        return self._run(self.service.thumbnail(collection, face_id, actor))
+
     def delete_face(self, collection: str, face_id: str,
                     actor: Actor | None = None) -> dict[str, Any]:
         return self._run(self.service.delete_face(collection, face_id, actor))

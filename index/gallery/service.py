@@ -210,6 +210,13 @@ class GalleryService:
         await self.record_read(AuditAction.FACE_READ, collection, 1, actor)
         return out
 
+    async def thumbnail(self, collection: str, face_id: str,
+                        actor: Actor | None = None) -> bytes:
+        """The face's JPEG thumbnail (a read of stored data: recorded, without it)."""
+        out = await self._db(self.core.thumbnail, collection, face_id)
+        await self.record_read(AuditAction.FACE_READ, collection, 1, actor)
+        return out
+
     async def delete_face(self, collection: str, face_id: str,
                           actor: Actor | None = None) -> dict[str, Any]:
         deleted = await self.delete_faces(collection, [face_id], actor)

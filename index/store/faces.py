@@ -41,13 +41,49 @@ class FacesMixin(SqlBase):
         return stored
 
 
+    def _insert_thumbnails(self, cur: Any, info: CollectionInfo, ids: Sequence[int],
+                           thumbnails: Sequence[bytes | None] | None) -> None:
+        """Keep the JPEG of each new face that has one, when the collection keeps them
+        (in the write's transaction; deleted with the face by the foreign key)."""
+        if not thumbnails or not info.thumbnails:
+            return
+        rows = [(int(i), t) for i, t in zip(ids, thumbnails, strict=True) if t]
+        if rows:
+            cur.executemany(self._q("INSERT INTO face_thumbnails (id, jpeg) VALUES (?, ?)"),
+                            rows)
+
+    @guarded
+    def get_thumbnail(self, cid: int, face_id: str) -> bytes | None:
+        """The face's JPEG thumbnail, None when it has none; NotFound for no such face."""
+        with self._tx(write=False) as cur:
+            cur.execute(self._q(
+                "SELECT f.id, t.jpeg FROM faces f LEFT JOIN face_thumbnails t ON t.id = f.id "
+                "WHERE f.collection_id = ? AND f.face_id = ?"), (cid, face_id))
+            row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
+        return None if row[1] is None else bytes(row[1])
+
+    @guarded
+    def thumbnails_of(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The thumbnails of faces by internal id (an export page's)."""
+        out: dict[int, bytes] = {}
+        with self._tx(write=False) as cur:
+            for i in range(0, len(ids), IN_CHUNK):
+                cond, params = self._any("id", [int(x) for x in ids[i:i + IN_CHUNK]])
+                cur.execute(self._q(f"SELECT id, jpeg FROM face_thumbnails WHERE {cond}"),
+                            params)
+                out.update((int(r[0]), bytes(r[1])) for r in cur.fetchall())
+        return out
+
     # -- register
     @guarded
     def add_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                   person_ids: Sequence[str], embeddings: np.ndarray,
                   persons: Sequence[PersonUpsert], *, create: bool = False,
                   idempotency: tuple[Any, ...] | None = None,
-                  audit: AuditEntry | None = None) -> AddResult:
+                  audit: AuditEntry | None = None,
+                  thumbnails: Sequence[bytes | None] | None = None) -> AddResult:
         """Commit new faces (and upsert their persons) as one change, with its audit
         entry.
 
@@ -76,6 +112,7 @@ class FacesMixin(SqlBase):
             self._insert_faces(cur, [
                 (int(ids[i]), face_ids[i], info.id, person_ids[i], int(buckets[i]),
                  self._seal(sealer, int(ids[i]), row_bytes[i]), now, seq) for i in range(n)])
+            self._insert_thumbnails(cur, info, ids, thumbnails)
             if idempotency is not None:
                 # [faces, persons, extra, created]: a replay is the first answer, whether
                 # this write created the collection included (older rows hold 2-3 items)

@@ -67,7 +67,8 @@ class ListingsMixin(SqlBase):
                      person_ids: Sequence[str], embeddings: np.ndarray,
                      created_at: Sequence[float], persons: Sequence[PersonUpsert], *,
                      create: bool = False, audit: AuditEntry | None = None,
-                     copy: bool = False) -> ImportResult:
+                     copy: bool = False,
+                     thumbnails: Sequence[bytes | None] | None = None) -> ImportResult:
         """Add faces that keep the ids (and enrolment times) they had elsewhere, as one
         change; ids the collection already holds are skipped, so an import runs again
         safely, and ids another collection holds are left out (``elsewhere``), or
@@ -81,7 +82,7 @@ class ListingsMixin(SqlBase):
         for attempt in range(2):
             try:
                 return self._import(collection, model, dim, face_ids, person_ids, emb,
-                                    created_at, persons, create, audit, copy)
+                                    created_at, persons, create, audit, copy, thumbnails)
             except self._integrity as e:
                 # the same ids committed by a concurrent import into another
                 # collection after the check: the second look sees them
@@ -93,7 +94,8 @@ class ListingsMixin(SqlBase):
     def _import(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                 person_ids: Sequence[str], emb: np.ndarray, created_at: Sequence[float],
                 persons: Sequence[PersonUpsert], create: bool,
-                audit: AuditEntry | None, copy: bool = False) -> ImportResult:
+                audit: AuditEntry | None, copy: bool = False,
+                thumbnails: Sequence[bytes | None] | None = None) -> ImportResult:
         with self._tx(write=True) as cur:
             info, created = self._collection_for_write(cur, collection, model, dim, create)
             # the collection's write lock first: a concurrent import of the same
@@ -138,6 +140,9 @@ class ListingsMixin(SqlBase):
                     (int(ids[j]), kept_ids[j], info.id, person_ids[i], int(buckets[j]),
                      self._seal(sealer, int(ids[j]), kept_emb[j]), float(created_at[i]), seq)
                     for j, i in enumerate(keep)])
+            if thumbnails:
+                self._insert_thumbnails(cur, info, [int(ids[j]) for j in range(k)],
+                                        [thumbnails[i] for i in keep])
             if copied:
                 cur.executemany(self._q(
                     "UPDATE faces SET origin = ? WHERE collection_id = ? AND face_id = ?"),

@@ -32,6 +32,8 @@ class CollectionInfo:
     last_seq: int = 0
     #: identify enrols a face that matches nobody as a new unnamed person
     enrol_unknown: bool = False
+    #: a small JPEG of each enrolled face is kept (for review)
+    thumbnails: bool = True
 
 
 @dataclass(frozen=True, slots=True)

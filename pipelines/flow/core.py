@@ -116,10 +116,12 @@ class Flow:
         return info
 
     # ---------------------------------------------------------------- stages
-    def request(self, data: bytes, q: FaceQuery, specs: Sequence[ChipSpec]) -> DetectRequest:
+    def request(self, data: bytes, q: FaceQuery, specs: Sequence[ChipSpec],
+                thumbnails: bool = False) -> DetectRequest:
         return DetectRequest(data=data, detector=self.policy.detector(q.detector),
                              max_faces=self.policy.max_faces(q.max_faces),
-                             min_confidence=q.min_confidence, chip_specs=tuple(specs))
+                             min_confidence=q.min_confidence, chip_specs=tuple(specs),
+                             thumbnails=thumbnails)
 
     async def detect(self, data: bytes, q: FaceQuery, crops: bool = False) -> DetectedImage:
         det: DetectedImage = unwrap(await self.detector.detect(
@@ -127,10 +129,13 @@ class Flow:
         enforce(det.faces, q)
         return det
 
-    async def embedding_ref(self, data: bytes, q: FaceQuery, model: str) -> Ref:
-        """The embedder's reference for one image (not awaited)."""
+    async def embedding_ref(self, data: bytes, q: FaceQuery, model: str,
+                            thumbnails: bool = False) -> Ref:
+        """The embedder's reference for one image (not awaited); with ``thumbnails`` the
+        Detector also encodes a small JPEG of each face, which rides along."""
         specs = chip_specs(await self.embedder_info(model))
-        return self.embedder.embed(self.detector.detect(self.request(data, q, specs)), model)
+        return self.embedder.embed(
+            self.detector.detect(self.request(data, q, specs, thumbnails)), model)
 
     async def embed(self, data: bytes, q: FaceQuery, model: str | None = None) -> EmbeddedImage:
         emb: EmbeddedImage = unwrap(await (await self.embedding_ref(
@@ -258,7 +263,8 @@ class Flow:
 
         async def run(m: str) -> Any:
             return await self.gallery.identify_embedded(
-                await self.embedding_ref(data, q, m), collection, k, per_person, actor,
+                await self.embedding_ref(data, q, m, self.policy.thumbnails(enrol)),
+                collection, k, per_person, actor,
                 enrol_unknown=enrol, threshold=self.policy.identify_threshold_of(m, threshold))
 
         res: IdentifiedImage = await self._retry_stale_model(collection, model, run,
@@ -330,7 +336,8 @@ class Flow:
                     continue
                 field_q = FaceQuery(q.detector, 1, q.min_confidence, True,
                                     q.field if len(images) == 1 else f"items[{i}].img")
-                refs.append(await self.embedding_ref(data, field_q, m))
+                refs.append(await self.embedding_ref(data, field_q, m,
+                                                     self.policy.thumbnails(True)))
             metas = [meta for _data, meta in images]
             return await self.gallery.register_embedded(
                 collection, metas, idempotency_key, refs, actor, request_hash=request_hash,

@@ -125,6 +125,13 @@ class Policy:
                             {"required_scope": "write"})
         return requested if may_write else False
 
+    @staticmethod
+    def thumbnails(enrols: bool | None) -> bool:
+        """Whether the Detector encodes face thumbnails for a request: for every one
+        that may enrol faces (a register; an identify whose strangers may be
+        enrolled). A collection that keeps none drops them where it stores faces."""
+        return enrols is not False
+
     def must_exist(self, write: bool) -> bool:
         """Whether a request naming a collection that does not exist fails at once,
         before any image is looked at: a read always, a write when collections are

@@ -77,8 +77,11 @@ async def create_collection(request: Request) -> Response:
     check_collection(request, body.name)
     actor = actor_of(request)
     out = await api.flow.create_collection(body.name, body.model, actor=actor)
-    if body.enrol_unknown:  # the setting, as a PATCH would set it
-        out = await api.flow.gallery.update_collection(body.name, {"enrol_unknown": True}, actor)
+    settings = {k: v for k, v in (("enrol_unknown", body.enrol_unknown),
+                                  ("thumbnails", body.thumbnails))
+                if v != CollectionOut.model_fields[k].default}
+    if settings:  # the settings, as a PATCH would set them
+        out = await api.flow.gallery.update_collection(body.name, settings, actor)
     return JSONResponse(out, status_code=201)
 
 
@@ -91,7 +94,7 @@ async def update_collection(collection: Collection, request: Request) -> dict:
     body, _ = await api.parse(request, CollectionPatchBody)
     changes = body.model_dump(include=body.model_fields_set, exclude_none=True)
     if not changes:
-        raise ValidationError("nothing to change: give 'enrol_unknown'")
+        raise ValidationError("nothing to change: give 'enrol_unknown' or 'thumbnails'")
     return await api.flow.gallery.update_collection(collection, changes, actor_of(request))
 
 
@@ -222,6 +225,19 @@ def _matches(row: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]
 async def get_face(collection: Collection, face_id: str, request: Request) -> dict:
     return _face_out(await api_of(request).flow.gallery.get_face(
         collection, face_id, actor=actor_of(request)))
+
+
+@router.get("/v1/collections/{collection}/faces/{face_id}/thumbnail", tags=["gallery"],
+            response_class=Response, responses={
+                **GALLERY_ERRORS, 200: {"description": "the face's 112 px JPEG thumbnail",
+                                        "content": {"image/jpeg": {}}}})
+async def face_thumbnail(collection: Collection, face_id: str, request: Request) -> Response:
+    """The small crop kept when the face was enrolled from an image, for review (404
+    for a face enrolled by embedding, or in a collection that keeps none)."""
+    jpeg = await api_of(request).flow.gallery.thumbnail(collection, face_id,
+                                                        actor=actor_of(request))
+    return Response(jpeg, media_type="image/jpeg",
+                    headers={"Cache-Control": "private, no-store"})
 
 
 @router.delete("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"],
