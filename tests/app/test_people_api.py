@@ -162,3 +162,38 @@ def test_copy_a_collection_by_export_and_import(api, people):
     again = api.post("/v1/collections/orig-copy/import", content=body,
                      headers={"Content-Type": "application/x-ndjson"}).json()
     assert again["imported"] == 0 and again["skipped"] == 2 and again["copied"] == {}
+
+
+def test_face_thumbnails(api, people):
+    """Enrolment from a photo keeps a 112 px JPEG of a few KB, served under the read
+    scope, carried by export, deleted with the face; none when the collection keeps
+    none, or for a face enrolled by embedding."""
+    import cv2
+    import numpy as np
+
+    r = api.post("/v1/collections/thumbs/faces", json={"img": b64(people["person08"][0]),
+                                                       "person_id": "person08"})
+    assert r.status_code == 201, r.text
+    face_id = r.json()["face_id"]
+    r = api.get(f"/v1/collections/thumbs/faces/{face_id}/thumbnail")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert 1000 < len(r.content) < 16000
+    img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (112, 112, 3) and img.std() > 10  # a picture, not a blank
+    line = api.get("/v1/collections/thumbs/export").text.splitlines()[0]
+    assert '"thumbnail":"/9j/' in line  # base64 of a JPEG
+    # a stranger enrolled by identify gets one too
+    new = _identify(api, "thumbs", people["person09"][0], enrol_unknown=True)
+    stranger = new["faces"][0]["enrolled"]["face_id"]
+    assert api.get(f"/v1/collections/thumbs/faces/{stranger}/thumbnail").status_code == 200
+    assert api.delete(f"/v1/collections/thumbs/faces/{face_id}").status_code == 204
+    r = api.get(f"/v1/collections/thumbs/faces/{face_id}/thumbnail")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    # a collection that keeps none
+    assert api.post("/v1/collections", json={"name": "nothumbs",
+                                             "thumbnails": False}).status_code == 201
+    r = api.post("/v1/collections/nothumbs/faces", json={"img": b64(people["person08"][1])})
+    assert r.status_code == 201, r.text
+    r = api.get(f"/v1/collections/nothumbs/faces/{r.json()['face_id']}/thumbnail")
+    assert r.status_code == 404
+    assert '"thumbnail"' not in api.get("/v1/collections/nothumbs/export").text
