@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from tests.app.photos import b64, identities
@@ -197,3 +198,32 @@ def test_face_thumbnails(api, people):
     r = api.get(f"/v1/collections/nothumbs/faces/{r.json()['face_id']}/thumbnail")
     assert r.status_code == 404
     assert '"thumbnail"' not in api.get("/v1/collections/nothumbs/export").text
+
+
+def test_client_and_cli_merge(service, api):
+    """``Client.merge`` and ``facefleet merge``, against the running service."""
+    import json
+
+    from click.testing import CliRunner
+
+    from facefleet import Client
+    from facefleet.cli import main
+    from facefleet.errors import NotFound
+
+    assert api.post("/v1/collections", json={"name": "cli-merge",
+                                             "model": "dlib"}).status_code == 201
+    x = np.random.default_rng(4).normal(size=(3, 128)).astype(np.float32)
+    for i, pid in enumerate(["m1", "m2", "m3"]):
+        r = api.post("/v1/collections/cli-merge/faces",
+                     json={"embedding": x[i].tolist(), "person_id": pid})
+        assert r.status_code == 201, r.text
+    with Client(service.base_url) as client:
+        p = client.merge("cli-merge", "m1", ["m2"])
+        assert p.person_id == "m1" and len(p.faces) == 2 and p.raw["merged"] == ["m2"]
+        with pytest.raises(NotFound):
+            client.merge("cli-merge", "m1", ["m2"])  # gone now
+    res = CliRunner().invoke(main, ["merge", "m1", "m3", "-c", "cli-merge", "--json"],
+                             env={"FACEFLEET_URL": service.base_url}, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["person_id"] == "m1" and len(out["faces"]) == 3 and out["merged"] == ["m3"]
