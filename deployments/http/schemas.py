@@ -465,14 +465,16 @@ class AuditEntryOut(BaseModel):
     seq: int = Field(..., examples=[7], description="increasing, never reused")
     at: float = Field(..., description="Unix time")
     action: Literal["face.register", "face.forget", "face.import", "person.forget",
-                    "person.update", "collection.create", "collection.drop", "key.create",
-                    "key.revoke", "identify", "face.read", "person.read", "persons.list",
-                    "faces.list", "export", "auth.failure"]
+                    "person.update", "person.merge", "collection.create", "collection.drop",
+                    "collection.update", "face.enrol_unknown", "key.create", "key.revoke",
+                    "identify", "face.read", "person.read", "persons.list", "faces.list",
+                    "export", "auth.failure"]
     collection: str | None = Field(None, examples=["staff"])
     face_ids: list[str] | None = Field(None, description="faces enrolled or forgotten")
     person_id: str | None = None
     person_ids: list[str] | None = Field(
-        None, description="an enrolment of several persons: the person of each face")
+        None, description="an enrolment of several persons: the person of each face; a "
+        "merge: the persons merged into person_id")
     matches: list[str | None] | None = Field(
         None, description="identify: the nearest enrolled face of each face found")
     target_key_id: str | None = Field(None, description="the key created or revoked")
