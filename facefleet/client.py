@@ -157,11 +157,13 @@ class Client(Endpoints, RequestIds):
     def identify(self, collection: str, img: ImageInput, *, top_k: int = 5,
                  threshold: float | None = None, model: str | None = None,
                  detector: str | None = None, max_faces: int | None = None,
-                 enforce_detection: bool = True, per_person: bool = False) -> IdentifyResult:
+                 enforce_detection: bool = True, per_person: bool = False,
+                 enrol_unknown: bool | None = None) -> IdentifyResult:
         """Every face of ``img`` against the collection; ``per_person``: each person's
-        nearest face only."""
+        nearest face only; ``enrol_unknown``: faces matching nobody become new persons."""
         return self._run(self._identify(collection, img, top_k, threshold, model, detector,
-                                        max_faces, enforce_detection, per_person))
+                                        max_faces, enforce_detection, per_person, None,
+                                        enrol_unknown))
 
     def identify_embedding(self, collection: str, embedding: Sequence[float], *,
                            top_k: int = 5, threshold: float | None = None,
@@ -206,6 +208,10 @@ class Client(Endpoints, RequestIds):
         """Rename (``name``; None clears it) or relabel (``labels`` replaces them) a
         person; what is not given stays."""
         return self._run(self._update_person(collection, person_id, name, labels))
+
+    def thumbnail(self, collection: str, face_id: str) -> bytes:
+        """The face's 112 px JPEG thumbnail (``NotFound`` when it has none)."""
+        return self._run(self._thumbnail(collection, face_id))
 
     def merge(self, collection: str, person_id: str, sources: Sequence[str]) -> Person:
         """Move every face of the persons ``sources`` into ``person_id`` (made when new)
@@ -435,11 +441,11 @@ class AsyncClient(Endpoints, RequestIds):
     async def identify(self, collection: str, img: ImageInput, *, top_k: int = 5,
                        threshold: float | None = None, model: str | None = None,
                        detector: str | None = None, max_faces: int | None = None,
-                       enforce_detection: bool = True,
-                       per_person: bool = False) -> IdentifyResult:
+                       enforce_detection: bool = True, per_person: bool = False,
+                       enrol_unknown: bool | None = None) -> IdentifyResult:
         return await self._run(self._identify(collection, img, top_k, threshold, model,
                                               detector, max_faces, enforce_detection,
-                                              per_person))
+                                              per_person, None, enrol_unknown))
 
     async def identify_embedding(self, collection: str, embedding: Sequence[float], *,
                                  top_k: int = 5, threshold: float | None = None,
@@ -482,6 +488,9 @@ class AsyncClient(Endpoints, RequestIds):
     async def update_person(self, collection: str, person_id: str, *, name: Any = UNSET,
                             labels: Any = UNSET) -> Person:
         return await self._run(self._update_person(collection, person_id, name, labels))
+
+    async def thumbnail(self, collection: str, face_id: str) -> bytes:
+        return await self._run(self._thumbnail(collection, face_id))
 
     async def merge(self, collection: str, person_id: str, sources: Sequence[str]) -> Person:
         return await self._run(self._merge(collection, person_id, sources))

@@ -227,3 +227,22 @@ def test_client_and_cli_merge(service, api):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["person_id"] == "m1" and len(out["faces"]) == 3 and out["merged"] == ["m3"]
+
+
+def test_client_strangers_and_thumbnails(service, api, people):
+    """``Client.identify(enrol_unknown=True)`` and ``Client.thumbnail``."""
+    from facefleet import Client
+    from facefleet.errors import NotFound
+
+    assert api.post("/v1/collections", json={"name": "client-door"}).status_code == 201
+    with Client(service.base_url) as client:
+        first = client.identify("client-door", people["person12"][0], enrol_unknown=True)
+        new = first.faces[0].enrolled
+        assert new is not None and first.faces[0].best is None
+        second = client.identify("client-door", people["person12"][1], enrol_unknown=True)
+        assert second.faces[0].best.person_id == new["person_id"]
+        assert second.faces[0].enrolled is None
+        jpeg = client.thumbnail("client-door", new["face_id"])
+        assert jpeg[:3] == b"\xff\xd8\xff" and len(jpeg) < 16000
+        with pytest.raises(NotFound):
+            client.thumbnail("client-door", "0" * 32)
