@@ -382,7 +382,7 @@ class GalleryCore:
         info = self.collection(collection)
         limit = check_limit(limit, MAX_EXPORT_PAGE)
         rows = self.store.list_faces(info.id, None, int(after), limit, with_embedding=True)
-        thumbs = self.store.thumbnails_of([f.id for f in rows]) if rows else {}
+        thumbs = self.store.thumbnails_of(info.id, [f.id for f in rows]) if rows else {}
         faces = [{"id": f.face_id, "person_id": f.person_id, "name": f.name,
                   "labels": f.labels, "model": info.model, "created_at": f.created_at,
                   "embedding": f.embedding, "thumbnail": thumbs.get(f.id)} for f in rows]

@@ -44,10 +44,14 @@ class FacesMixin(SqlBase):
     def _insert_thumbnails(self, cur: Any, info: CollectionInfo, ids: Sequence[int],
                            thumbnails: Sequence[bytes | None] | None) -> None:
         """Keep the JPEG of each new face that has one, when the collection keeps them
-        (in the write's transaction; deleted with the face by the foreign key)."""
+        (in the write's transaction; deleted with the face by the foreign key). A
+        collection that seals its templates seals them too, under the negated face
+        number, so a thumbnail's ciphertext never opens as a template or the reverse."""
         if not thumbnails or not info.thumbnails:
             return
-        rows = [(int(i), t) for i, t in zip(ids, thumbnails, strict=True) if t]
+        sealer = self._sealer_of(cur, info.id)
+        rows = [(int(i), t if sealer is None else sealer.seal(-int(i), t))
+                for i, t in zip(ids, thumbnails, strict=True) if t]
         if rows:
             cur.executemany(self._q("INSERT INTO face_thumbnails (id, jpeg) VALUES (?, ?)"),
                             rows)
@@ -60,20 +64,25 @@ class FacesMixin(SqlBase):
                 "SELECT f.id, t.jpeg FROM faces f LEFT JOIN face_thumbnails t ON t.id = f.id "
                 "WHERE f.collection_id = ? AND f.face_id = ?"), (cid, face_id))
             row = cur.fetchone()
-        if row is None:
-            raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
-        return None if row[1] is None else bytes(row[1])
+            if row is None:
+                raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
+            return None if row[1] is None else self._open_thumbnail(cur, cid, row[0], row[1])
+
+    def _open_thumbnail(self, cur: Any, cid: int, face_no: int, value: Any) -> bytes:
+        sealer = self._sealer_of(cur, cid)
+        return bytes(value) if sealer is None else sealer.open(-int(face_no), bytes(value))
 
     @guarded
-    def thumbnails_of(self, ids: Sequence[int]) -> dict[int, bytes]:
-        """The thumbnails of faces by internal id (an export page's)."""
+    def thumbnails_of(self, cid: int, ids: Sequence[int]) -> dict[int, bytes]:
+        """The thumbnails of faces of collection ``cid`` by internal id (an export page's)."""
         out: dict[int, bytes] = {}
         with self._tx(write=False) as cur:
             for i in range(0, len(ids), IN_CHUNK):
                 cond, params = self._any("id", [int(x) for x in ids[i:i + IN_CHUNK]])
                 cur.execute(self._q(f"SELECT id, jpeg FROM face_thumbnails WHERE {cond}"),
                             params)
-                out.update((int(r[0]), bytes(r[1])) for r in cur.fetchall())
+                out.update((int(r[0]), self._open_thumbnail(cur, cid, r[0], r[1]))
+                           for r in cur.fetchall())
         return out
 
     # -- register

@@ -77,3 +77,33 @@ def test_thumbnail_lifecycle(store, fresh_store):
         g.drop_collection("c")
     finally:
         g.close()
+
+
+def test_thumbnails_are_sealed_with_the_templates(tmp_path):
+    """With a master key a thumbnail is stored sealed under its collection's data key
+    (its row's ciphertext is not the JPEG), and read back, exported and copied whole."""
+    import base64
+    import os
+
+    from index.store import open_store
+
+    key = tmp_path / "master.key"
+    key.write_text(base64.b64encode(os.urandom(32)).decode())
+    store = open_store("sqlite", None, tmp_path / "data", encryption={
+        "master_key_file": str(key), "master_key_env": None, "previous_master_key_file": None})
+    g = InProcessGallery(store, 1)
+    try:
+        jpeg = _jpeg(5)
+        face = g.register("c", "m", D, [{"embedding": unit(1, 3)[0], "thumbnail": jpeg}],
+                          create_collection=True)["faces"][0]
+        with store._tx(write=False) as cur:
+            cur.execute("SELECT jpeg FROM face_thumbnails")
+            stored = bytes(cur.fetchone()[0])
+        assert stored != jpeg and jpeg not in stored
+        assert g.thumbnail("c", face["face_id"]) == jpeg
+        page = g.export_page("c")["faces"]
+        assert page[0]["thumbnail"] == jpeg
+        copy = g.import_faces("c2", "m", D, page, create_collection=True, copy=True)
+        assert g.thumbnail("c2", copy["copied"][face["face_id"]]) == jpeg
+    finally:
+        g.close()
