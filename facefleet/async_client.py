@@ -140,11 +140,11 @@ class AsyncClient(Endpoints, RequestIds):
     async def identify(self, collection: str, img: ImageInput, *, top_k: int = 5,
                        threshold: float | None = None, model: str | None = None,
                        detector: str | None = None, max_faces: int | None = None,
-                       enforce_detection: bool = True,
-                       per_person: bool = False) -> IdentifyResult:
+                       enforce_detection: bool = True, per_person: bool = False,
+                       enrol_unknown: bool | None = None) -> IdentifyResult:
         return await self._run(self._identify(collection, img, top_k, threshold, model,
                                               detector, max_faces, enforce_detection,
-                                              per_person))
+                                              per_person, None, enrol_unknown))
 
     async def identify_embedding(self, collection: str, embedding: Sequence[float], *,
                                  top_k: int = 5, threshold: float | None = None,
@@ -200,6 +200,12 @@ class AsyncClient(Endpoints, RequestIds):
     async def update_person(self, collection: str, person_id: str, *, name: Any = UNSET,
                             labels: Any = UNSET) -> Person:
         return await self._run(self._update_person(collection, person_id, name, labels))
+
+    async def thumbnail(self, collection: str, face_id: str) -> bytes:
+        return await self._run(self._thumbnail(collection, face_id))
+
+    async def merge(self, collection: str, person_id: str, sources: Sequence[str]) -> Person:
+        return await self._run(self._merge(collection, person_id, sources))
 
     async def export(self, collection: str) -> AsyncIterator[dict[str, Any]]:
         async for line in self._export_lines(collection):

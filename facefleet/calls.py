@@ -314,14 +314,22 @@ class Endpoints:
     def _identify(self, collection: str, img: ImageInput | None, top_k: int,
                   threshold: float | None, model: str | None, detector: str | None,
                   max_faces: int | None, enforce_detection: bool, per_person: bool = False,
-                  embedding: Sequence[float] | None = None) -> Call[IdentifyResult]:
+                  embedding: Sequence[float] | None = None,
+                  enrol_unknown: bool | None = None) -> Call[IdentifyResult]:
         probe = ({"embedding": _vector(embedding)} if embedding is not None
                  else {"img": encode_image(img)})  # type: ignore[arg-type]
+        # an identify that enrols strangers writes: resent after a lost answer it could
+        # enrol the same face twice
         return Call("POST", f"/v1/collections/{_q(collection)}/identify",
                      lambda r: IdentifyResult.from_json(r.json()), {**probe, **_body(
                          top_k=top_k, threshold=threshold, model=model, detector=detector,
                          max_faces=max_faces, enforce_detection=enforce_detection,
-                         per_person=per_person or None)})
+                         per_person=per_person or None, enrol_unknown=enrol_unknown)},
+                     idempotent=not enrol_unknown)
+
+    def _thumbnail(self, collection: str, face_id: str) -> Call[bytes]:
+        return Call("GET", f"/v1/collections/{_q(collection)}/faces/{_q(face_id)}/thumbnail",
+                    lambda r: r.content)
 
     def _persons(self, collection: str, limit: int,
                  cursor: str | None) -> Call[Page[PersonSummary]]:
@@ -354,6 +362,12 @@ class Endpoints:
         # setting the same fields twice leaves them as once: safe to retry
         return Call("PATCH", f"/v1/collections/{_q(collection)}/persons/{_q(person_id)}",
                      lambda r: Person.from_json(r.json()), body)
+
+    def _merge(self, collection: str, person_id: str, sources: Sequence[str]) -> Call[Person]:
+        # a second send after a lost answer finds the sources gone (404): not idempotent
+        return Call("POST", f"/v1/collections/{_q(collection)}/persons/{_q(person_id)}:merge",
+                    lambda r: Person.from_json(r.json()), {"from": list(sources)},
+                    idempotent=False)
 
     def _import(self, collection: str, source: ImportSource,
                 on_progress: Callable[[int, int], None] | None) -> Call[ImportResult]:

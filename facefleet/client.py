@@ -157,11 +157,13 @@ class Client(Endpoints, RequestIds):
     def identify(self, collection: str, img: ImageInput, *, top_k: int = 5,
                  threshold: float | None = None, model: str | None = None,
                  detector: str | None = None, max_faces: int | None = None,
-                 enforce_detection: bool = True, per_person: bool = False) -> IdentifyResult:
+                 enforce_detection: bool = True, per_person: bool = False,
+                 enrol_unknown: bool | None = None) -> IdentifyResult:
         """Every face of ``img`` against the collection; ``per_person``: each person's
-        nearest face only."""
+        nearest face only; ``enrol_unknown``: faces matching nobody become new persons."""
         return self._run(self._identify(collection, img, top_k, threshold, model, detector,
-                                        max_faces, enforce_detection, per_person))
+                                        max_faces, enforce_detection, per_person, None,
+                                        enrol_unknown))
 
     def identify_embedding(self, collection: str, embedding: Sequence[float], *,
                            top_k: int = 5, threshold: float | None = None,
@@ -224,6 +226,15 @@ class Client(Endpoints, RequestIds):
         """Rename (``name``; None clears it) or relabel (``labels`` replaces them) a
         person; what is not given stays."""
         return self._run(self._update_person(collection, person_id, name, labels))
+
+    def thumbnail(self, collection: str, face_id: str) -> bytes:
+        """The face's 112 px JPEG thumbnail (``NotFound`` when it has none)."""
+        return self._run(self._thumbnail(collection, face_id))
+
+    def merge(self, collection: str, person_id: str, sources: Sequence[str]) -> Person:
+        """Move every face of the persons ``sources`` into ``person_id`` (made when new)
+        and remove them; ``raw["moved_faces"]`` lists the faces that moved."""
+        return self._run(self._merge(collection, person_id, sources))
 
     def export(self, collection: str) -> Iterator[dict[str, Any]]:
         """Every face of the collection with its embedding, streamed (one dict each)."""

@@ -232,6 +232,8 @@ class IdentifiedFace:
     box: Box | None  # None for a probe embedding
     confidence: float | None
     matches: list[Match]  # nearest first
+    #: ``enrol_unknown``: this face matched nobody and became ``{person_id, face_id}``
+    enrolled: dict[str, str] | None = None
 
     @property
     def best(self) -> Match | None:
@@ -242,7 +244,7 @@ class IdentifiedFace:
     def from_json(cls, d: dict[str, Any]) -> IdentifiedFace:
         box, conf = d.get("box"), d.get("confidence")
         return cls(Box.from_json(box) if box else None, None if conf is None else float(conf),
-                   [Match.from_json(m) for m in d.get("matches", [])])
+                   [Match.from_json(m) for m in d.get("matches", [])], d.get("enrolled"))
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,11 @@ class ImportResult:
     failed: int
     errors: list[ImportLineError]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def copied(self) -> dict[str, str]:
+        """Faces copied from another collection of the service: old id -> new id."""
+        return dict(self.raw.get("copied") or {})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ImportResult:

@@ -22,9 +22,13 @@ class AuditAction(str, Enum):
     FACE_FORGET = "face.forget"
     PERSON_FORGET = "person.forget"
     PERSON_UPDATE = "person.update"
+    PERSON_MERGE = "person.merge"
     FACE_IMPORT = "face.import"
     COLLECTION_CREATE = "collection.create"
     COLLECTION_DROP = "collection.drop"
+    COLLECTION_UPDATE = "collection.update"
+    #: identify enrolled a face that matched nobody as a new person
+    FACE_ENROL_UNKNOWN = "face.enrol_unknown"
     KEY_CREATE = "key.create"
     KEY_REVOKE = "key.revoke"
     IDENTIFY = "identify"
@@ -55,6 +59,8 @@ class Actor:
     key_id: str | None = None
     request_id: str | None = None
     may_create: bool = True
+    #: whether the key may write (an identify enrols strangers only for such a key)
+    may_write: bool = True
 
     def entry(self, action: AuditAction, collection: str | None = None,
               **fields: Any) -> AuditEntry:

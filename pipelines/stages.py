@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from pipelines.errors import FacefleetError, ValidationError
@@ -26,7 +27,8 @@ from pipelines.embed_fused import FusedEmbedder
 from pipelines.models import (AttributeModel, DetectorModel, EmbedderModel, InferenceModel,
                               ModelContext, ModelTask, chips_for, l2_normalise)
 from pipelines.registry import build
-from pipelines.types import AnalyzedImage, Box, ChipSpec, DetectedImage, EmbeddedImage, Face
+from pipelines.types import (THUMBNAIL_JPEG_QUALITY, THUMBNAIL_SPEC, AnalyzedImage, Box, ChipSpec,
+                             DetectedImage, EmbeddedImage, Face)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ class DetectRequest:
     max_faces: int = 64
     min_confidence: float = 0.0
     chip_specs: tuple[ChipSpec, ...] = ()
+    #: also a small JPEG of each face (``THUMBNAIL_SPEC``), encoded here, where the
+    #: chip is cut, so that only a few KB per face travel on
+    thumbnails: bool = False
 
 
 class DetectionStage:
@@ -144,7 +149,15 @@ class DetectionStage:
         faces.sort(key=lambda f: f.box.area, reverse=True)
         faces = faces[: req.max_faces]
         self.aligner.fit(pixels, detector.calibrate(faces))
-        chips = self.aligner.chips(pixels, faces, list(req.chip_specs))
+        specs = list(req.chip_specs)
+        if req.thumbnails and THUMBNAIL_SPEC not in specs:
+            specs.append(THUMBNAIL_SPEC)
+        chips = self.aligner.chips(pixels, faces, specs)
+        thumbnails = None
+        if req.thumbnails:
+            cut = (chips[THUMBNAIL_SPEC.key] if THUMBNAIL_SPEC in req.chip_specs
+                   else chips.pop(THUMBNAIL_SPEC.key))
+            thumbnails = [_jpeg(c) for c in cut]
         scale = img.scale
         if scale != 1.0:  # report in the original image's pixels
             for f in faces:
@@ -154,7 +167,17 @@ class DetectionStage:
                 f.shape = f.shape * scale if f.shape is not None else None
         return DetectedImage(width=img.original_width, height=img.original_height, faces=faces,
                              chips=chips, detector=req.detector,
-                             time_ms=(spent_s + time.perf_counter() - t0) * 1000)
+                             time_ms=(spent_s + time.perf_counter() - t0) * 1000,
+                             thumbnails=thumbnails)
+
+
+def _jpeg(chip: np.ndarray) -> bytes:
+    """An RGB chip as a JPEG (OpenCV encodes BGR)."""
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(chip[:, :, ::-1]),
+                           [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError("JPEG encoding of a thumbnail failed")
+    return buf.tobytes()
 
 
 def _detect_each(detector: DetectorModel, images: list[np.ndarray]) -> list[list[Face] | FacefleetError]:
@@ -253,7 +276,8 @@ class EmbeddingStage:
         for i, vecs in zip(idx, self.run(reqs), strict=True):
             det = detected[i]
             out[i] = vecs if isinstance(vecs, FacefleetError) else EmbeddedImage(
-                det.width, det.height, det.faces, vecs, models[i], det.detector, det.time_ms)
+                det.width, det.height, det.faces, vecs, models[i], det.detector, det.time_ms,
+                det.thumbnails)
         return out
 
     def run(self, requests: list[EmbedRequest]) -> list[np.ndarray | FacefleetError]:

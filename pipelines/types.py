@@ -114,6 +114,12 @@ class ChipSpec:
         return cls(int(d["size"]), float(d["padding"]), str(d.get("kind", "dlib")))
 
 
+#: the face thumbnails kept for review (``face_thumbnails``): a dlib-aligned 112 px
+#: crop with a quarter of padding, a JPEG of a few KB
+THUMBNAIL_SPEC = ChipSpec(112, 0.25)
+THUMBNAIL_JPEG_QUALITY = 85
+
+
 @dataclass(slots=True)
 class DetectedImage:
     """Detection result for one image: faces (largest first) and their chips."""
@@ -125,6 +131,8 @@ class DetectedImage:
     chips: dict[str, np.ndarray] = field(default_factory=dict)
     detector: str = ""
     time_ms: float = 0.0
+    #: with ``DetectRequest.thumbnails``: a JPEG of each face (``THUMBNAIL_SPEC``)
+    thumbnails: list[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -140,6 +148,8 @@ class EmbeddedImage:
     model: str
     detector: str = ""
     time_ms: float = 0.0
+    #: the detector's JPEG thumbnails of the faces, handed on to the gallery
+    thumbnails: list[bytes] | None = None
 
 
 @dataclass(slots=True)

@@ -71,11 +71,13 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/collections"): Rule(ADMIN, BODY),
     ("GET", "/v1/collections/{collection}"): Rule(READ, _C),
     ("DELETE", "/v1/collections/{collection}"): Rule(ADMIN, _C),
+    ("PATCH", "/v1/collections/{collection}"): Rule(ADMIN, _C),
     # enrolment, search, forget
     ("POST", "/v1/collections/{collection}/faces"): Rule(WRITE, _C),
     ("POST", "/v1/collections/{collection}/faces:batch"): Rule(WRITE, _C),
     ("POST", "/v1/collections/{collection}/identify"): Rule(READ, _C),
     ("GET", "/v1/collections/{collection}/faces/{face_id}"): Rule(READ, _C),
+    ("GET", "/v1/collections/{collection}/faces/{face_id}/thumbnail"): Rule(READ, _C),
     ("DELETE", "/v1/collections/{collection}/faces/{face_id}"): Rule(WRITE, _C),
     ("GET", "/v1/collections/{collection}/persons/{person_id}"): Rule(READ, _C),
     ("DELETE", "/v1/collections/{collection}/persons/{person_id}"): Rule(WRITE, _C),
@@ -86,6 +88,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/collections/{collection}/clusters"): Rule(READ, _C),
     ("GET", "/v1/collections/{collection}/clusters/jobs/{job_id}"): Rule(READ, _C),
     ("PATCH", "/v1/collections/{collection}/persons/{person_id}"): Rule(WRITE, _C),
+    ("POST", "/v1/collections/{collection}/persons/{person_id}:merge"): Rule(WRITE, _C),
     # every template of the collection: a scope of its own (or admin), not read
     ("GET", "/v1/collections/{collection}/export"): Rule(EXPORT, _C),
     ("POST", "/v1/collections/{collection}/import"): Rule(WRITE, _C),
@@ -96,7 +99,6 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/audit"): Rule(ADMIN, every_collection=True),
     # what the caller's own key may do (any valid key; deployments/http/routes/whoami.py)
     ("GET", "/v1/whoami"): OPEN,
-    ("POST", "/v1/collections/{collection}/persons/{person_id}/merge"): Rule(WRITE, _C),
     # DeepFace-compatible routes
     ("POST", "/represent"): Rule(READ),
     ("POST", "/verify"): Rule(READ),
@@ -154,4 +156,5 @@ def actor_of(request: Request) -> Actor:
     """Who makes this request, for the audit trail; only admin keys (or anyone, with
     authentication off) create a collection on first enrolment."""
     p = principal_of(request)
-    return Actor(p.key_id, getattr(request.state, "request_id", None), p.has(ADMIN))
+    return Actor(p.key_id, getattr(request.state, "request_id", None), p.has(ADMIN),
+                 p.has(WRITE))

@@ -115,11 +115,32 @@ class IdentifyBody(_ImageOrEmbedding):
     detector: str | None = None
     max_faces: int | None = Field(None, ge=1, le=256)
     enforce_detection: bool = True
+    enrol_unknown: bool | None = Field(
+        None, description="enrol each detected face that matches nobody (at the identify "
+        "threshold) as a new unnamed person; null: the collection's setting. Needs the "
+        "write scope. It stores a template of everyone who passes the camera")
+
+
+_ENROL_UNKNOWN = ("identify enrols each face that matches nobody as a new unnamed person "
+                  "(a template of everyone who passes a camera is stored)")
+
+
+_THUMBNAILS = "a 112 px JPEG of each face enrolled from an image is kept, for review"
 
 
 class CreateCollectionBody(Body):
     name: str = Field(..., pattern=COLLECTION_PATTERN, max_length=64)
     model: str | None = None
+    enrol_unknown: bool = Field(False, description=_ENROL_UNKNOWN)
+    thumbnails: bool = Field(True, description=_THUMBNAILS)
+
+
+class CollectionPatchBody(Body):
+    """The settings to change; a field left out stays as it is."""
+
+    enrol_unknown: bool | None = Field(None, description=_ENROL_UNKNOWN)
+    thumbnails: bool | None = Field(None, description=_THUMBNAILS + "; false deletes the "
+                                    "thumbnails kept")
 
 
 class PersonPatchBody(Body):
@@ -131,6 +152,16 @@ class PersonPatchBody(Body):
     name: str | None = Field(None, max_length=256, description="null clears the name")
     labels: dict[str, str] | None = Field(None, description="replaces the labels; {} or null "
                                           "clears them")
+
+
+class MergeBody(Body):
+    """The persons whose faces move into the person of the path."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra={
+        "examples": [{"from": ["3f2a9c0d5e7b41c8a6d2e9f0b1c4d7e8"]}]})
+
+    sources: list[str] = Field(..., alias="from", min_length=1, max_length=1000,
+                               description="person ids; each is removed once its faces moved")
 
 
 class ClusterBody(Body):

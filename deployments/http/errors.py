@@ -11,6 +11,7 @@ their status).
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -128,13 +129,20 @@ def _allowed_methods(request: Request) -> list[str]:
             out.extend(walk(inner) if inner is not None else [route])
         return out
 
-    methods: set[str] = set()
+    # template -> its methods, for every route whose path matches (Match.PARTIAL: the
+    # path matched with another method)
+    found: dict[str, set[str]] = {}
     for route in walk(request.app.routes):
         match, _ = route.matches({**request.scope, "method": "GET"})
         if match != Match.NONE and getattr(route, "methods", None):
-            # Match.PARTIAL: the path matched with another method
-            methods |= set(route.methods)
-    return sorted(methods)
+            found.setdefault(route.path, set()).update(route.methods)
+    if not found:
+        return []
+    # ".../persons/{person_id}:merge" also matches ".../persons/{person_id}" (a person
+    # id may hold ':'): the path is the resource of the template that spells more of it
+    best = max(len(re.sub(r"{[^}]*}", "", t)) for t in found)
+    return sorted(set().union(*(m for t, m in found.items()
+                                if len(re.sub(r"{[^}]*}", "", t)) == best)))
 
 
 def unexpected_response(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,8 @@ memory; neither needs Ray (the routes in ``routes_listing`` drive them).
 
 from __future__ import annotations
 
+import base64
+
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +31,11 @@ def export_lines(faces: Iterable[Mapping[str, Any]]) -> bytes:
     """Faces of an export page (``GalleryCore.export_page``) as JSON Lines."""
     out = []
     for f in faces:
-        head = pydantic_core.to_json({
-            "id": f["id"], "person_id": f["person_id"], "name": f["name"],
-            "labels": f["labels"], "model": f["model"], "created_at": f["created_at"]})
+        line = {"id": f["id"], "person_id": f["person_id"], "name": f["name"],
+                "labels": f["labels"], "model": f["model"], "created_at": f["created_at"]}
+        if f.get("thumbnail"):
+            line["thumbnail"] = base64.b64encode(f["thumbnail"]).decode()
+        head = pydantic_core.to_json(line)
         vec = ",".join(map(_FLOAT, np.asarray(f["embedding"], dtype=np.float32).tolist()))
         out.append(head[:-1] + b',"embedding":[' + vec.encode() + b"]}\n")
     return b"".join(out)

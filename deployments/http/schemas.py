@@ -185,6 +185,10 @@ class CollectionOut(BaseModel):
     model: str = Field(..., examples=["dlib"])
     dim: int = Field(..., examples=[128])
     created_at: float = Field(..., description="Unix time")
+    enrol_unknown: bool = Field(False, description="identify enrols each face that matches "
+                                "nobody as a new unnamed person")
+    thumbnails: bool = Field(True, description="a 112 px JPEG of each enrolled face is kept "
+                             "(GET .../faces/{id}/thumbnail)")
 
 
 class CollectionsOut(BaseModel):
@@ -282,10 +286,18 @@ class Match(_FaceIds):
     match: bool = Field(..., description="distance <= the identify threshold")
 
 
+class EnrolledStranger(BaseModel):
+    person_id: str = Field(..., description="the new unnamed person this face became")
+    face_id: str
+
+
 class IdentifiedFace(BaseModel):
     box: BoxOut | None = Field(..., description="the probe face; null for a probe embedding")
     confidence: float | None = Field(..., description="detector score; null for an embedding")
     matches: list[Match]
+    enrolled: EnrolledStranger | None = Field(
+        None, description="with enrol_unknown: this face matched nobody and was enrolled as "
+        "a new person (its next sighting matches that person_id)")
 
 
 class IdentifyOut(BaseModel):
@@ -308,6 +320,11 @@ class PersonOut(BaseModel):
     collection: str
     created_at: float
     faces: list[PersonFace]
+
+
+class MergedPersonOut(PersonOut):
+    merged: list[str] = Field(..., description="the persons merged in (now removed)")
+    moved_faces: list[str] = Field(..., description="the faces that moved into this person")
 
 
 class ErasedStoreOut(BaseModel):
@@ -388,6 +405,8 @@ class ExportLine(BaseModel):
     created_at: float | None = Field(None, description="Unix time of enrolment (kept)")
     embedding: list[float] = Field(..., description="the unit vector, collection's dimension",
                                    examples=[[0.0132, -0.0871, 0.1045]])
+    thumbnail: str | None = Field(None, description="base64 of the face's 112 px JPEG "
+                                  "thumbnail, when it has one")
 
 
 class ImportLineError(BaseModel):
@@ -404,8 +423,13 @@ class ImportOut(BaseModel):
     imported: int = Field(..., description="faces added", examples=[1190])
     skipped: int = Field(..., description="ids the collection held already (and, for a key "
                          "limited to collections, ids held outside them)", examples=[8])
-    elsewhere: int = Field(..., description="ids another collection holds (left out); "
-                           "always 0 for a key limited to collections", examples=[0])
+    elsewhere: int = Field(..., description="ids another collection holds, left out (0 "
+                           "since such faces are copied; always 0 for a key limited to "
+                           "collections)", examples=[0])
+    copied: dict[str, str] = Field(
+        default_factory=dict, description="faces another collection of this service holds, "
+        "added under new ids: old id -> new id (a copy of a collection); none for a key "
+        "limited to collections")
     failed: int = Field(..., description="lines left out as invalid", examples=[2])
     errors: list[ImportLineError] = Field(..., description="the first 100 invalid lines")
 
@@ -441,14 +465,16 @@ class AuditEntryOut(BaseModel):
     seq: int = Field(..., examples=[7], description="increasing, never reused")
     at: float = Field(..., description="Unix time")
     action: Literal["face.register", "face.forget", "face.import", "person.forget",
-                    "person.update", "collection.create", "collection.drop", "key.create",
-                    "key.revoke", "identify", "face.read", "person.read", "persons.list",
-                    "faces.list", "export", "auth.failure"]
+                    "person.update", "person.merge", "collection.create", "collection.drop",
+                    "collection.update", "face.enrol_unknown", "key.create", "key.revoke",
+                    "identify", "face.read", "person.read", "persons.list", "faces.list",
+                    "export", "auth.failure"]
     collection: str | None = Field(None, examples=["staff"])
     face_ids: list[str] | None = Field(None, description="faces enrolled or forgotten")
     person_id: str | None = None
     person_ids: list[str] | None = Field(
-        None, description="an enrolment of several persons: the person of each face")
+        None, description="an enrolment of several persons: the person of each face; a "
+        "merge: the persons merged into person_id")
     matches: list[str | None] | None = Field(
         None, description="identify: the nearest enrolled face of each face found")
     target_key_id: str | None = Field(None, description="the key created or revoked")

@@ -115,6 +115,10 @@ class ServeGallery:
     async def get_collection(self, name: str) -> Record:
         return await self._h.get_collection.remote(name)
 
+    async def update_collection(self, name: str, changes: Mapping[str, Any],
+                                actor: Actor | None = None) -> Record:
+        return await self._h.update_collection.remote(name, dict(changes), actor)
+
     async def list_collections(self) -> list[Record]:
         return await self._h.list_collections.remote()
 
@@ -133,6 +137,10 @@ class ServeGallery:
                           actor: Actor | None = None) -> Record:
         return await self._h.delete_face.remote(collection, face_id, actor)
 
+    async def thumbnail(self, collection: str, face_id: str,
+                        actor: Actor | None = None) -> bytes:
+        return await self._h.thumbnail.remote(collection, face_id, actor)
+
     async def get_person(self, collection: str, person_id: str,
                          actor: Actor | None = None) -> Record:
         return await self._h.get_person.remote(collection, person_id, actor)
@@ -144,6 +152,10 @@ class ServeGallery:
     async def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
                             actor: Actor | None = None) -> Record:
         return await self._h.update_person.remote(collection, person_id, changes, actor)
+
+    async def merge_persons(self, collection: str, person_id: str, sources: Sequence[str],
+                            actor: Actor | None = None) -> Record:
+        return await self._h.merge_persons.remote(collection, person_id, list(sources), actor)
 
     async def list_persons(self, collection: str, limit: int = 100, cursor: str | None = None,
                            actor: Actor | None = None) -> Record:
@@ -176,17 +188,20 @@ class ServeGallery:
 
     async def import_faces(self, collection: str, model: str, dim: int,
                            rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
-                           actor: Actor | None = None) -> Record:
+                           actor: Actor | None = None, copy: bool = False) -> Record:
         return await self._h.import_faces.remote(collection, model, dim, rows,
-                                                 create_collection, actor)
+                                                 create_collection, actor, copy)
 
     # -- the gallery side of the flow
     async def identify_embedded(self, embedded: Ref | Embedded, collection: str, k: int,
                                 per_person: bool = False, actor: Actor | None = None,
-                                max_distance: float | None = None, model: str | None = None
+                                max_distance: float | None = None, model: str | None = None,
+                                enrol_unknown: bool | None = None,
+                                threshold: float | None = None
                                 ) -> IdentifiedImage | FacefleetError:
         return await self._h.identify_embedded.remote(await self._value(embedded), collection,
-                                                      k, per_person, actor, max_distance, model)
+                                                      k, per_person, actor, max_distance, model,
+                                                      enrol_unknown, threshold)
 
     async def register_embedded(self, collection: str, metas: Sequence[Mapping[str, Any]],
                                 idempotency_key: str | None,
@@ -308,6 +323,10 @@ class LocalGallery:
     async def get_collection(self, name: str) -> Record:
         return await self.service.get_collection(name)
 
+    async def update_collection(self, name: str, changes: Mapping[str, Any],
+                                actor: Actor | None = None) -> Record:
+        return await self.service.update_collection(name, changes, actor)
+
     async def list_collections(self) -> list[Record]:
         return await self.service.list_collections()
 
@@ -326,6 +345,10 @@ class LocalGallery:
                           actor: Actor | None = None) -> Record:
         return await self.service.delete_face(collection, face_id, actor)
 
+    async def thumbnail(self, collection: str, face_id: str,
+                        actor: Actor | None = None) -> bytes:
+        return await self.service.thumbnail(collection, face_id, actor)
+
     async def get_person(self, collection: str, person_id: str,
                          actor: Actor | None = None) -> Record:
         return await self.service.get_person(collection, person_id, actor)
@@ -337,6 +360,10 @@ class LocalGallery:
     async def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
                             actor: Actor | None = None) -> Record:
         return await self.service.update_person(collection, person_id, changes, actor)
+
+    async def merge_persons(self, collection: str, person_id: str, sources: Sequence[str],
+                            actor: Actor | None = None) -> Record:
+        return await self.service.merge_persons(collection, person_id, sources, actor)
 
     async def list_persons(self, collection: str, limit: int = 100, cursor: str | None = None,
                            actor: Actor | None = None) -> Record:
@@ -369,18 +396,20 @@ class LocalGallery:
 
     async def import_faces(self, collection: str, model: str, dim: int,
                            rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
-                           actor: Actor | None = None) -> Record:
+                           actor: Actor | None = None, copy: bool = False) -> Record:
         return await self.service.import_faces(collection, model, dim, rows, create_collection,
-                                               actor)
+                                               actor, copy)
 
     # -- the gallery side of the flow
     async def identify_embedded(self, embedded: Ref | Embedded, collection: str, k: int,
                                 per_person: bool = False, actor: Actor | None = None,
-                                max_distance: float | None = None, model: str | None = None
+                                max_distance: float | None = None, model: str | None = None,
+                                enrol_unknown: bool | None = None,
+                                threshold: float | None = None
                                 ) -> IdentifiedImage | FacefleetError:
         value = await embedded if inspect.isawaitable(embedded) else embedded
         return await identify_embedded(self.service, value, collection, k, per_person, actor,
-                                       max_distance, model)
+                                       max_distance, model, enrol_unknown, threshold)
 
     async def register_embedded(self, collection: str, metas: Sequence[Mapping[str, Any]],
                                 idempotency_key: str | None,

@@ -390,9 +390,10 @@ class Gallery(GalleryService):
     async def identify_embedded(self, embedded: Any, collection: str, k: int,
                                 per_person: bool = False, actor: Actor | None = None,
                                 max_distance: float | None = None,
-                                model: str | None = None) -> Any:
+                                model: str | None = None, enrol_unknown: bool | None = None,
+                                threshold: float | None = None) -> Any:
         return await identify_embedded(self, embedded, collection, k, per_person, actor,
-                                       max_distance, model)
+                                       max_distance, model, enrol_unknown, threshold)
 
     async def register_embedded(self, collection: str, metas: Sequence[dict[str, Any]],
                                 idempotency_key: str | None, actor: Actor | None,

@@ -164,6 +164,23 @@ def update_person(ctx: Ctx, person_id: str, collection: str, name: str | None,
                  + (", ".join(f"{k}={v}" for k, v in sorted(p.labels.items())) or "-"))
 
 
+@main.command("merge")
+@click.argument("person_id")
+@click.argument("sources", nargs=-1, required=True, metavar="FROM...")
+@click.option("-c", "--collection", required=True)
+@common
+def merge(ctx: Ctx, person_id: str, sources: tuple[str, ...], collection: str) -> None:
+    """Move every face of the persons FROM... into PERSON_ID (made when new) and remove
+    them. Naming a cluster: merge its persons, then `update-person --name`."""
+    with ctx.client() as client:
+        p = client.merge(collection, person_id, list(sources))
+    if ctx.out.as_json:
+        ctx.out.json(p.raw)
+        return
+    ctx.out.line(f"{p.person_id} in '{collection}': {len(p.raw.get('moved_faces', []))} faces "
+                 f"moved from {', '.join(sources)}; {len(p.faces)} faces now")
+
+
 # --------------------------------------------------------------------------- export / import
 
 

@@ -4,6 +4,9 @@ or ``ModelMismatch`` that says what is wrong; and the random ids of new faces.""
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import os
 import re
 import time
@@ -114,6 +117,27 @@ def check_time(value: Any, default: float) -> float:
     return float(value)
 
 
+#: the largest thumbnail kept (a 112 px JPEG is 3-6 KB)
+MAX_THUMBNAIL_BYTES = 64 * 1024
+
+
+def check_thumbnail(value: Any) -> bytes | None:
+    """A face thumbnail: JPEG bytes, or their base64 (an export line's), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (ValueError, binascii.Error) as e:
+            raise ValidationError("'thumbnail' is base64 of a JPEG") from e
+    if not isinstance(value, bytes | bytearray) or not bytes(value[:3]) == b"\xff\xd8\xff":
+        raise ValidationError("'thumbnail' is a JPEG")
+    if len(value) > MAX_THUMBNAIL_BYTES:
+        raise ValidationError(f"'thumbnail' is at most {MAX_THUMBNAIL_BYTES} bytes",
+                              {"bytes": len(value)})
+    return bytes(value)
+
+
 def check_import_row(row: Mapping[str, Any], dim: int, now: float | None = None
                      ) -> dict[str, Any]:
     """One face of an import, checked as the gallery will store it: its id as 32 hex
@@ -126,7 +150,8 @@ def check_import_row(row: Mapping[str, Any], dim: int, now: float | None = None
             "person_id": check_person_id(row.get("person_id")),
             "name": check_name(row.get("name")), "labels": check_labels(row.get("labels")),
             "created_at": check_time(row.get("created_at"), time.time() if now is None else now),
-            "embedding": unit_rows(row.get("embedding"), dim, "embedding")[0]}
+            "embedding": unit_rows(row.get("embedding"), dim, "embedding")[0],
+            "thumbnail": check_thumbnail(row.get("thumbnail"))}
 
 
 def unit_rows(vectors: Any, dim: int, what: str) -> np.ndarray:

@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import CollectionNotFound, ModelMismatch, ValidationError
+from pipelines.errors import CollectionNotFound, ModelMismatch, NotFound, ValidationError
 from index import cursors
 from index.audit import Actor, AuditAction, entry_of
 from index.gallery.checks import (FACE_ID_RE, MAX_EXPORT_PAGE, MAX_K, check_collection_name,
                                   check_import_row, check_key, check_labels, check_limit,
                                   check_model, check_model_binding, check_name,
-                                  check_person_id, new_ids, unit_rows)
+                                  check_person_id, check_thumbnail, new_ids, unit_rows)
 from index.gallery.shards import Plan
 from index.merge import cosine_distance
 from index.shard import DropOp, shard_ops
@@ -27,7 +27,8 @@ from index.store import KEEP, AddResult, CollectionInfo, Deleted, FaceRecord, Pe
 
 def collection_dict(info: CollectionInfo) -> dict[str, Any]:
     return {"collection": info.name, "model": info.model, "dim": info.dim,
-            "created_at": info.created_at}
+            "created_at": info.created_at, "enrol_unknown": info.enrol_unknown,
+            "thumbnails": info.thumbnails}
 
 
 def face_dict(face: FaceRecord, collection: str) -> dict[str, Any]:
@@ -71,6 +72,19 @@ class GalleryCore:
         return collection_dict(self.store.create_collection(
             name, model, dim, entry_of(actor, AuditAction.COLLECTION_CREATE, name)))
 
+    def update_collection(self, name: str, changes: Mapping[str, Any],
+                          actor: Actor | None = None) -> dict[str, Any]:
+        """Change a collection's settings: ``enrol_unknown`` (a bool) is what can change."""
+        check_collection_name(name)
+        unknown = set(changes) - {"enrol_unknown", "thumbnails"}
+        if unknown or not changes:
+            raise ValidationError("'enrol_unknown' and 'thumbnails' are the settings a "
+                                  "collection can change", {"fields": sorted(unknown)})
+        if not all(isinstance(v, bool) for v in changes.values()):
+            raise ValidationError("a collection's settings are true or false")
+        return collection_dict(self.store.update_collection(
+            name, dict(changes), entry_of(actor, AuditAction.COLLECTION_UPDATE, name)))
+
     def collection(self, name: str) -> CollectionInfo:
         return self.store.get_collection(check_collection_name(name))
 
@@ -88,7 +102,9 @@ class GalleryCore:
     def register(self, collection: str, model: str, dim: int, items: Sequence[Mapping[str, Any]],
                  idempotency_key: str | None = None, create_collection: bool = False,
                  face_ids: Sequence[str] | None = None, request_hash: str | None = None,
-                 extra: Any = None, actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
+                 extra: Any = None, actor: Actor | None = None,
+                 action: AuditAction | str = AuditAction.FACE_REGISTER
+                 ) -> tuple[dict[str, Any], Plan]:
         """Items: ``{"embedding": vector, "person_id"?: str, "name"?: str, "labels"?: {..}}``.
 
         ``face_ids`` (32 lowercase hex characters each, e.g. a UUID without dashes)
@@ -141,10 +157,11 @@ class GalleryCore:
                 raise ValidationError("face_ids are 32 lowercase hex characters, one per item")
             if len(set(face_ids)) != len(face_ids):
                 raise ValidationError("face_ids repeat within one request")
+        thumbnails = [check_thumbnail(item.get("thumbnail")) for item in items]
         res = self.store.add_faces(collection, model, dim, face_ids, person_ids, emb,
                                    list(persons.values()), create=create_collection,
-                                   idempotency=idem,
-                                   audit=entry_of(actor, AuditAction.FACE_REGISTER, collection))
+                                   idempotency=idem, thumbnails=thumbnails,
+                                   audit=entry_of(actor, AuditAction(action), collection))
         plan = shard_ops(self.nshards, res.collection.id, dim, res.ids, res.buckets,
                          res.embeddings, res.seq)
         return self._register_answer(collection, res), plan
@@ -233,6 +250,16 @@ class GalleryCore:
         person = self.store.get_person(info.id, face.person_id)  # name and labels live there
         out["name"], out["labels"] = person.name, person.labels
         return out
+
+    def thumbnail(self, collection: str, face_id: str) -> bytes:
+        """The face's JPEG thumbnail; NotFound when the face, or its thumbnail, is not
+        there (enrolled by embedding, or in a collection that keeps none)."""
+        info = self.collection(collection)
+        jpeg = self.store.get_thumbnail(info.id, str(face_id))
+        if jpeg is None:
+            raise NotFound(f"face {face_id!r} has no thumbnail",
+                           {"face_id": str(face_id), "thumbnail": False})
+        return jpeg
 
     def delete_faces(self, collection: str, face_ids: Sequence[str],
                      actor: Actor | None = None) -> tuple[list[str], Plan]:
@@ -324,6 +351,28 @@ class GalleryCore:
                 "collection": info.name, "created_at": p.created_at,
                 "faces": [face_dict(f, info.name) for f in p.faces]}
 
+    def merge_persons(self, collection: str, person_id: str, sources: Sequence[str],
+                      actor: Actor | None = None) -> dict[str, Any]:
+        """Move every face of the ``sources`` persons into ``person_id`` (made, unnamed,
+        when new) and remove the emptied persons, in one transaction with its audit
+        entry. No shard op: the faces keep their internal ids, and hits are resolved
+        to persons from the store, so identify answers the merged id at once."""
+        info = self.collection(collection)
+        into = check_person_id(person_id)
+        if not isinstance(sources, Sequence) or isinstance(sources, str) or not sources:
+            raise ValidationError("'from' lists the person ids to merge")
+        srcs = list(dict.fromkeys(check_person_id(s) for s in sources))
+        if into in srcs:
+            raise ValidationError("a person cannot be merged into itself",
+                                  {"person_id": into})
+        person, moved = self.store.merge_persons(
+            info.id, PersonUpsert(into), srcs,
+            entry_of(actor, AuditAction.PERSON_MERGE, info.name))
+        return {"person_id": person.person_id, "name": person.name, "labels": person.labels,
+                "collection": info.name, "created_at": person.created_at,
+                "merged": srcs, "moved_faces": moved,
+                "faces": [face_dict(f, info.name) for f in person.faces]}
+
     # -- export and import
     def export_page(self, collection: str, after: int = 0,
                     limit: int = 1000) -> dict[str, Any]:
@@ -333,19 +382,23 @@ class GalleryCore:
         info = self.collection(collection)
         limit = check_limit(limit, MAX_EXPORT_PAGE)
         rows = self.store.list_faces(info.id, None, int(after), limit, with_embedding=True)
+        thumbs = self.store.thumbnails_of(info.id, [f.id for f in rows]) if rows else {}
         faces = [{"id": f.face_id, "person_id": f.person_id, "name": f.name,
                   "labels": f.labels, "model": info.model, "created_at": f.created_at,
-                  "embedding": f.embedding} for f in rows]
+                  "embedding": f.embedding, "thumbnail": thumbs.get(f.id)} for f in rows]
         return {"collection": info.name, "model": info.model, "dim": info.dim,
                 "faces": faces, "after": rows[-1].id if len(rows) == limit else None}
 
     def import_faces(self, collection: str, model: str, dim: int,
                      rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
-                     actor: Actor | None = None) -> tuple[dict[str, Any], Plan]:
+                     actor: Actor | None = None,
+                     copy: bool = False) -> tuple[dict[str, Any], Plan]:
         """Faces exported elsewhere, with their ids: ``{"id", "embedding", "person_id",
         "name"?, "labels"?, "created_at"?}`` each. Ids the collection holds already
         are skipped (an import can be run again), ids another collection holds are
-        reported in ``elsewhere``; embeddings are normalised as every vector is."""
+        reported in ``elsewhere``, or with ``copy`` added under new ids (``copied``:
+        old id -> new id; a copy of a collection); embeddings are normalised as every
+        vector is."""
         check_collection_name(collection)
         model, dim = check_model(model, dim)
         if not rows:
@@ -370,13 +423,14 @@ class GalleryCore:
         res = self.store.import_faces(collection, model, dim, face_ids, person_ids, emb,
                                       created, list(persons.values()),
                                       create=create_collection,
-                                      audit=entry_of(actor, AuditAction.FACE_IMPORT, collection))
+                                      audit=entry_of(actor, AuditAction.FACE_IMPORT, collection),
+                                      copy=copy, thumbnails=[r["thumbnail"] for r in rows])
         a = res.added
         plan = shard_ops(self.nshards, a.collection.id, dim, a.ids, a.buckets, a.embeddings,
                          a.seq)
         return {"collection": collection, "model": a.collection.model, "dim": a.collection.dim,
                 "imported": a.face_ids, "skipped": res.skipped,
-                "elsewhere": res.elsewhere}, plan
+                "elsewhere": res.elsewhere, "copied": res.copied}, plan
 
     def replay_register(self, collection: str, idempotency_key: str,
                         request_hash: str) -> tuple[dict[str, Any] | None, Plan]:

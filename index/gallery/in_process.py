@@ -105,9 +105,9 @@ class InProcessGallery:
 
     def import_faces(self, collection: str, model: str, dim: int,
                      rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
-                     actor: Actor | None = None) -> dict[str, Any]:
+                     actor: Actor | None = None, copy: bool = False) -> dict[str, Any]:
         return self._run(self.service.import_faces(collection, model, dim, rows,
-                                                   create_collection, actor))
+                                                   create_collection, actor, copy))
 
     def export_page(self, collection: str, after: int = 0, limit: int = 1000) -> dict[str, Any]:
         return self._run(self.service.export_page(collection, after, limit))
@@ -121,6 +121,9 @@ class InProcessGallery:
     def get_face(self, collection: str, face_id: str, with_embedding: bool = False,
                  actor: Actor | None = None) -> dict[str, Any]:
         return self._run(self.service.get_face(collection, face_id, with_embedding, actor))
+
+    def thumbnail(self, collection: str, face_id: str, actor: Actor | None = None) -> bytes:
+        return self._run(self.service.thumbnail(collection, face_id, actor))
 
     def delete_face(self, collection: str, face_id: str,
                     actor: Actor | None = None) -> dict[str, Any]:
@@ -141,6 +144,10 @@ class InProcessGallery:
     def update_person(self, collection: str, person_id: str, changes: Mapping[str, Any],
                       actor: Actor | None = None) -> dict[str, Any]:
         return self._run(self.service.update_person(collection, person_id, changes, actor))
+
+    def merge_persons(self, collection: str, person_id: str, sources: Sequence[str],
+                      actor: Actor | None = None) -> dict[str, Any]:
+        return self._run(self.service.merge_persons(collection, person_id, sources, actor))
 
     def list_persons(self, collection: str, limit: int = 100, cursor: str | None = None,
                      actor: Actor | None = None) -> dict[str, Any]:

@@ -82,6 +82,17 @@ class GalleryService:
                                 actor: Actor | None = None) -> dict[str, Any]:
         return await self._db(self.core.create_collection, name, model, dim, exist_ok, actor)
 
+    async def update_collection(self, name: str, changes: Mapping[str, Any],
+                                actor: Actor | None = None) -> dict[str, Any]:
+        self._forget_info(name)
+        out = await self._db(self.core.update_collection, name, changes, actor)
+        self._forget_info(name)
+        return out
+
+    async def collection_settings(self, name: str) -> dict[str, Any]:
+        """The collection's settings as a search sees them (cached for the sync interval)."""
+        return collection_dict(await self._info(check_collection_name(name)))
+
     async def get_collection(self, name: str) -> dict[str, Any]:
         # the same cached row identify resolves with: a cold identify reads it once
         return collection_dict(await self._info(name))
@@ -100,11 +111,13 @@ class GalleryService:
                        items: Sequence[Mapping[str, Any]], idempotency_key: str | None = None,
                        create_collection: bool = False,
                        face_ids: Sequence[str] | None = None, request_hash: str | None = None,
-                       extra: Any = None, actor: Actor | None = None) -> dict[str, Any]:
+                       extra: Any = None, actor: Actor | None = None,
+                       action: AuditAction | str = AuditAction.FACE_REGISTER
+                       ) -> dict[str, Any]:
         result, plan = await self._db(functools.partial(
             self.core.register, collection, model, dim, items, idempotency_key,
             create_collection, face_ids=face_ids, request_hash=request_hash, extra=extra,
-            actor=actor))
+            actor=actor, action=action))
         await self._apply(plan)
         return result
 
@@ -120,9 +133,9 @@ class GalleryService:
 
     async def import_faces(self, collection: str, model: str, dim: int,
                            rows: Sequence[Mapping[str, Any]], create_collection: bool = False,
-                           actor: Actor | None = None) -> dict[str, Any]:
+                           actor: Actor | None = None, copy: bool = False) -> dict[str, Any]:
         result, plan = await self._db(self.core.import_faces, collection, model, dim, rows,
-                                      create_collection, actor)
+                                      create_collection, actor, copy)
         await self._apply(plan)
         return result
 
@@ -169,6 +182,10 @@ class GalleryService:
                             actor: Actor | None = None) -> dict[str, Any]:
         return await self._db(self.core.update_person, collection, person_id, changes, actor)
 
+    async def merge_persons(self, collection: str, person_id: str, sources: Sequence[str],
+                            actor: Actor | None = None) -> dict[str, Any]:
+        return await self._db(self.core.merge_persons, collection, person_id, sources, actor)
+
     async def register_bulk(self, collection: str, model: str, dim: int, embeddings: np.ndarray,
                             person_ids: Sequence[str] | None = None,
                             create_collection: bool = False) -> dict[str, Any]:
@@ -206,6 +223,13 @@ class GalleryService:
                        with_embedding: bool = False, actor: Actor | None = None
                        ) -> dict[str, Any]:
         out = await self._db(self.core.get_face, collection, face_id, with_embedding)
+        await self.record_read(AuditAction.FACE_READ, collection, 1, actor)
+        return out
+
+    async def thumbnail(self, collection: str, face_id: str,
+                        actor: Actor | None = None) -> bytes:
+        """The face's JPEG thumbnail (a read of stored data: recorded, without it)."""
+        out = await self._db(self.core.thumbnail, collection, face_id)
         await self.record_read(AuditAction.FACE_READ, collection, 1, actor)
         return out
 

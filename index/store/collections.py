@@ -19,12 +19,12 @@ from index.store.records import CollectionInfo
 class CollectionsMixin(SqlBase):
     """Collections of faces, each bound to one embedding model and dimension."""
 
-    _COLL = "id, name, model, dim, created_at, last_seq"
+    _COLL = "id, name, model, dim, created_at, last_seq, enrol_unknown, thumbnails"
 
     @staticmethod
     def _coll(row: Sequence[Any]) -> CollectionInfo:
         return CollectionInfo(int(row[0]), row[1], row[2], int(row[3]), float(row[4]),
-                              int(row[5]))
+                              int(row[5]), bool(row[6]), bool(row[7]))
 
     def _collection_for_write(self, cur: Any, collection: str, model: str, dim: int,
                               create: bool) -> tuple[CollectionInfo, bool]:
@@ -120,6 +120,29 @@ class CollectionsMixin(SqlBase):
             self._collection_dropped(cur, self._coll(row))
             # every person of the collection is forgotten with it
             erasure.pseudonymise_audit(cur, self._q, self.erasure_key, name)
+            self._audit(cur, audit)
+        return self._coll(row)
+
+    @guarded
+    def update_collection(self, name: str, settings: dict[str, bool],
+                          audit: AuditEntry | None = None) -> CollectionInfo:
+        """Change a collection's settings (``enrol_unknown``, ``thumbnails``), with the
+        change's audit entry. Turning thumbnails off deletes the ones kept."""
+        sets = [f"{k} = ?" for k in settings if k in ("enrol_unknown", "thumbnails")]
+        if len(sets) != len(settings) or not sets:
+            raise ValueError(f"unknown collection settings: {sorted(settings)}")
+        with self._tx(write=True) as cur:
+            cur.execute(self._q(
+                f"UPDATE collections SET {', '.join(sets)} WHERE name = ? "
+                f"RETURNING {self._COLL}"), [*(int(bool(v)) for v in settings.values()), name])
+            row = cur.fetchone()
+            if row is None:
+                raise CollectionNotFound(f"collection {name!r} does not exist",
+                                         {"collection": name})
+            if settings.get("thumbnails") is False:
+                cur.execute(self._q(
+                    "DELETE FROM face_thumbnails WHERE id IN "
+                    "(SELECT id FROM faces WHERE collection_id = ?)"), (int(row[0]),))
             self._audit(cur, audit)
         return self._coll(row)
 

@@ -22,7 +22,7 @@ from index.store.records import (KEEP, AddResult, CollectionInfo, Deleted, Delet
 class FacesMixin(SqlBase):
     """Faces with their persons; names and labels live in the person's row."""
 
-    def _upsert_persons(self, cur: Any, info: CollectionInfo, persons: Sequence[PersonUpsert],
+    def _upsert_persons(self, cur: Any, cid: int, persons: Sequence[PersonUpsert],
                         now: float) -> dict[str, tuple[str | None, dict[str, str]]]:
         """Create or update the persons a write names; ``{person_id: (name, labels)}``
         as stored (a field the write leaves out keeps its stored value)."""
@@ -35,11 +35,55 @@ class FacesMixin(SqlBase):
                 "SET name = COALESCE(excluded.name, persons.name), "
                 "labels = COALESCE(excluded.labels, persons.labels) "
                 "RETURNING person_id, name, labels"),
-                (info.id, p.person_id, p.name, labels_in(p.labels), now))
+                (cid, p.person_id, p.name, labels_in(p.labels), now))
             row = cur.fetchone()
             stored[row[0]] = (row[1], labels_out(row[2]))
         return stored
 
+
+    def _insert_thumbnails(self, cur: Any, info: CollectionInfo, ids: Sequence[int],
+                           thumbnails: Sequence[bytes | None] | None) -> None:
+        """Keep the JPEG of each new face that has one, when the collection keeps them
+        (in the write's transaction; deleted with the face by the foreign key). A
+        collection that seals its templates seals them too, under the negated face
+        number, so a thumbnail's ciphertext never opens as a template or the reverse."""
+        if not thumbnails or not info.thumbnails:
+            return
+        sealer = self._sealer_of(cur, info.id)
+        rows = [(int(i), t if sealer is None else sealer.seal(-int(i), t))
+                for i, t in zip(ids, thumbnails, strict=True) if t]
+        if rows:
+            cur.executemany(self._q("INSERT INTO face_thumbnails (id, jpeg) VALUES (?, ?)"),
+                            rows)
+
+    @guarded
+    def get_thumbnail(self, cid: int, face_id: str) -> bytes | None:
+        """The face's JPEG thumbnail, None when it has none; NotFound for no such face."""
+        with self._tx(write=False) as cur:
+            cur.execute(self._q(
+                "SELECT f.id, t.jpeg FROM faces f LEFT JOIN face_thumbnails t ON t.id = f.id "
+                "WHERE f.collection_id = ? AND f.face_id = ?"), (cid, face_id))
+            row = cur.fetchone()
+            if row is None:
+                raise NotFound(f"face {face_id!r} does not exist", {"face_id": face_id})
+            return None if row[1] is None else self._open_thumbnail(cur, cid, row[0], row[1])
+
+    def _open_thumbnail(self, cur: Any, cid: int, face_no: int, value: Any) -> bytes:
+        sealer = self._sealer_of(cur, cid)
+        return bytes(value) if sealer is None else sealer.open(-int(face_no), bytes(value))
+
+    @guarded
+    def thumbnails_of(self, cid: int, ids: Sequence[int]) -> dict[int, bytes]:
+        """The thumbnails of faces of collection ``cid`` by internal id (an export page's)."""
+        out: dict[int, bytes] = {}
+        with self._tx(write=False) as cur:
+            for i in range(0, len(ids), IN_CHUNK):
+                cond, params = self._any("id", [int(x) for x in ids[i:i + IN_CHUNK]])
+                cur.execute(self._q(f"SELECT id, jpeg FROM face_thumbnails WHERE {cond}"),
+                            params)
+                out.update((int(r[0]), self._open_thumbnail(cur, cid, r[0], r[1]))
+                           for r in cur.fetchall())
+        return out
 
     # -- register
     @guarded
@@ -47,7 +91,8 @@ class FacesMixin(SqlBase):
                   person_ids: Sequence[str], embeddings: np.ndarray,
                   persons: Sequence[PersonUpsert], *, create: bool = False,
                   idempotency: tuple[Any, ...] | None = None,
-                  audit: AuditEntry | None = None) -> AddResult:
+                  audit: AuditEntry | None = None,
+                  thumbnails: Sequence[bytes | None] | None = None) -> AddResult:
         """Commit new faces (and upsert their persons) as one change, with its audit
         entry.
 
@@ -68,7 +113,7 @@ class FacesMixin(SqlBase):
                     return replay
             seq = self._next_seq(cur, info.id)
             now = time.time()
-            stored = self._upsert_persons(cur, info, persons, now)
+            stored = self._upsert_persons(cur, info.id, persons, now)
             ids = self._next_ids(cur, n)
             buckets = np.fromiter((face_bucket(f) for f in face_ids), dtype=np.int64, count=n)
             row_bytes = emb.reshape(n, dim)
@@ -76,6 +121,7 @@ class FacesMixin(SqlBase):
             self._insert_faces(cur, [
                 (int(ids[i]), face_ids[i], info.id, person_ids[i], int(buckets[i]),
                  self._seal(sealer, int(ids[i]), row_bytes[i]), now, seq) for i in range(n)])
+            self._insert_thumbnails(cur, info, ids, thumbnails)
             if idempotency is not None:
                 # [faces, persons, extra, created]: a replay is the first answer, whether
                 # this write created the collection included (older rows hold 2-3 items)
@@ -253,4 +299,37 @@ class FacesMixin(SqlBase):
                 audit.person_id = person_id
                 self._audit(cur, audit)
             return person
+
+
+    # -- merge
+    @guarded
+    def merge_persons(self, cid: int, into: PersonUpsert, sources: Sequence[str],
+                      audit: AuditEntry | None = None) -> tuple[PersonRecord, list[str]]:
+        """Move every face of the ``sources`` persons into ``into`` (made when new) and
+        remove the emptied persons, as one change with its audit entry. Faces keep
+        their internal ids, so the shards hold nothing to change: hits are resolved
+        to persons from the store when a search answers. Returns the merged person
+        and the faces that moved; a source that does not exist is :class:`NotFound`."""
+        with self._tx(write=True) as cur:
+            self._next_seq(cur, cid)  # the collection's write lock, as every write takes
+            for pid in sources:  # all sources exist, or nothing changes
+                cur.execute(self._q("SELECT 1 FROM persons WHERE collection_id = ? "
+                                    "AND person_id = ?"), (cid, pid))
+                if cur.fetchone() is None:
+                    raise NotFound(f"person {pid!r} does not exist", {"person_id": pid})
+            self._upsert_persons(cur, cid, [into], time.time())
+            cond, params = self._any("person_id", list(sources))
+            cur.execute(self._q(
+                f"UPDATE faces SET person_id = ? WHERE collection_id = ? AND {cond} "
+                "RETURNING face_id"), [into.person_id, cid, *params])
+            moved = sorted(r[0] for r in cur.fetchall())
+            cur.execute(self._q(f"DELETE FROM persons WHERE collection_id = ? AND {cond}"),
+                        [cid, *params])
+            person = self._person(cur, cid, into.person_id)
+            if audit is not None:
+                audit.person_id = into.person_id
+                audit.person_ids = list(sources)
+                audit.face_ids = moved
+                self._audit(cur, audit)
+        return person, moved
 

@@ -4,6 +4,7 @@ the idempotency keys of register (a retry gets the first answer back)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -65,10 +66,14 @@ class ListingsMixin(SqlBase):
     def import_faces(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                      person_ids: Sequence[str], embeddings: np.ndarray,
                      created_at: Sequence[float], persons: Sequence[PersonUpsert], *,
-                     create: bool = False, audit: AuditEntry | None = None) -> ImportResult:
+                     create: bool = False, audit: AuditEntry | None = None,
+                     copy: bool = False,
+                     thumbnails: Sequence[bytes | None] | None = None) -> ImportResult:
         """Add faces that keep the ids (and enrolment times) they had elsewhere, as one
         change; ids the collection already holds are skipped, so an import runs again
-        safely, and ids another collection holds are left out (``elsewhere``).
+        safely, and ids another collection holds are left out (``elsewhere``), or
+        with ``copy`` added under new ids (``copied``: old id -> new id; each copy
+        remembers its origin, so importing the same lines again skips them).
         ``audit`` is recorded in the same transaction, with the faces added."""
         emb = np.ascontiguousarray(embeddings, dtype="<f4")
         n = len(face_ids)
@@ -77,7 +82,7 @@ class ListingsMixin(SqlBase):
         for attempt in range(2):
             try:
                 return self._import(collection, model, dim, face_ids, person_ids, emb,
-                                    created_at, persons, create, audit)
+                                    created_at, persons, create, audit, copy, thumbnails)
             except self._integrity as e:
                 # the same ids committed by a concurrent import into another
                 # collection after the check: the second look sees them
@@ -89,7 +94,8 @@ class ListingsMixin(SqlBase):
     def _import(self, collection: str, model: str, dim: int, face_ids: Sequence[str],
                 person_ids: Sequence[str], emb: np.ndarray, created_at: Sequence[float],
                 persons: Sequence[PersonUpsert], create: bool,
-                audit: AuditEntry | None) -> ImportResult:
+                audit: AuditEntry | None, copy: bool = False,
+                thumbnails: Sequence[bytes | None] | None = None) -> ImportResult:
         with self._tx(write=True) as cur:
             info, created = self._collection_for_write(cur, collection, model, dim, create)
             # the collection's write lock first: a concurrent import of the same
@@ -102,16 +108,30 @@ class ListingsMixin(SqlBase):
                 cur.execute(self._q(f"SELECT face_id, collection_id FROM faces WHERE {cond}"),
                             params)
                 where.update((r[0], int(r[1])) for r in cur.fetchall())
-            keep = [i for i in range(n) if face_ids[i] not in where]
             skipped = [f for f in face_ids if where.get(f) == info.id]
             elsewhere = [f for f in face_ids if f in where and where[f] != info.id]
+            copied: dict[str, str] = {}
+            if copy and elsewhere:
+                # copies made by an earlier run of this import are skipped, as the
+                # faces that kept their ids are
+                done: set[str] = set()
+                for i in range(0, len(elsewhere), IN_CHUNK):
+                    cond, params = self._any("origin", elsewhere[i:i + IN_CHUNK])
+                    cur.execute(self._q(
+                        f"SELECT origin FROM faces WHERE collection_id = ? AND {cond}"),
+                        [info.id, *params])
+                    done.update(r[0] for r in cur.fetchall())
+                skipped += [f for f in elsewhere if f in done]
+                copied = {f: os.urandom(16).hex() for f in elsewhere if f not in done}
+                elsewhere = []
+            keep = [i for i in range(n) if face_ids[i] not in where or face_ids[i] in copied]
             now = time.time()
             wanted = {person_ids[i] for i in keep}
             stored = self._upsert_persons(
-                cur, info, [p for p in persons if p.person_id in wanted], now)
+                cur, info.id, [p for p in persons if p.person_id in wanted], now)
             k = len(keep)
             ids = self._next_ids(cur, k) if k else np.empty(0, np.int64)
-            kept_ids = [face_ids[i] for i in keep]
+            kept_ids = [copied.get(face_ids[i], face_ids[i]) for i in keep]
             buckets = np.fromiter((face_bucket(f) for f in kept_ids), dtype=np.int64, count=k)
             kept_emb = emb[keep].reshape(k, dim)
             if k:
@@ -120,6 +140,13 @@ class ListingsMixin(SqlBase):
                     (int(ids[j]), kept_ids[j], info.id, person_ids[i], int(buckets[j]),
                      self._seal(sealer, int(ids[j]), kept_emb[j]), float(created_at[i]), seq)
                     for j, i in enumerate(keep)])
+            if thumbnails:
+                self._insert_thumbnails(cur, info, [int(ids[j]) for j in range(k)],
+                                        [thumbnails[i] for i in keep])
+            if copied:
+                cur.executemany(self._q(
+                    "UPDATE faces SET origin = ? WHERE collection_id = ? AND face_id = ?"),
+                    [(old, info.id, new) for old, new in copied.items()])
             if audit is not None:
                 if created:
                     self._audit(cur, AuditEntry(
@@ -129,7 +156,7 @@ class ListingsMixin(SqlBase):
                 self._audit(cur, audit)
         added = AddResult(info, kept_ids, [person_ids[i] for i in keep], ids, buckets,
                           kept_emb, seq, now, stored, collection_created=created)
-        return ImportResult(added, skipped, elsewhere)
+        return ImportResult(added, skipped, elsewhere, copied)
 
     # -- idempotency keys
     @guarded

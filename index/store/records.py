@@ -30,6 +30,10 @@ class CollectionInfo:
     created_at: float
     #: sequence number of the collection's last committed change
     last_seq: int = 0
+    #: identify enrols a face that matches nobody as a new unnamed person
+    enrol_unknown: bool = False
+    #: a small JPEG of each enrolled face is kept (for review)
+    thumbnails: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +127,13 @@ class ListedFace:
 class ImportResult:
     """What an import chunk committed: the faces added (``added``, as a register's
     result, for the shards) and the ids left out because the collection holds them
-    already (``skipped``) or another collection does (``elsewhere``)."""
+    already (``skipped``) or another collection does (``elsewhere``), and the faces
+    copied under new ids (``copied``: old id -> new id)."""
 
     added: AddResult
     skipped: list[str]
     elsewhere: list[str]
+    copied: dict[str, str] = field(default_factory=dict)
 
 
 #: "leave this field as it is" in :meth:`_SqlStore.update_person`

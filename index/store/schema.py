@@ -176,6 +176,27 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         8,
+        "per-collection settings (identify enrols unknown faces, thumbnails are kept); "
+        "faces copied from another collection remember the id they were copied from; "
+        "a small JPEG per face, deleted with it",
+        # 0/1: SQLite has no boolean; the same integer on PostgreSQL keeps one reader
+        sqlite=("ALTER TABLE collections ADD COLUMN enrol_unknown INTEGER NOT NULL DEFAULT 0",
+                "ALTER TABLE collections ADD COLUMN thumbnails INTEGER NOT NULL DEFAULT 1",
+                "ALTER TABLE faces ADD COLUMN origin TEXT",
+                "CREATE INDEX faces_by_origin ON faces (collection_id, origin)",
+                """CREATE TABLE face_thumbnails (
+                    id INTEGER PRIMARY KEY REFERENCES faces(id) ON DELETE CASCADE,
+                    jpeg BLOB NOT NULL)"""),
+        postgres=("ALTER TABLE collections ADD COLUMN enrol_unknown INTEGER NOT NULL DEFAULT 0",
+                  "ALTER TABLE collections ADD COLUMN thumbnails INTEGER NOT NULL DEFAULT 1",
+                  "ALTER TABLE faces ADD COLUMN origin TEXT",
+                  "CREATE INDEX faces_by_origin ON faces (collection_id, origin)",
+                  """CREATE TABLE face_thumbnails (
+                      id BIGINT PRIMARY KEY REFERENCES faces(id) ON DELETE CASCADE,
+                      jpeg BYTEA NOT NULL)"""),
+    ),
+    Migration(
+        9,
         "clustering jobs: status, progress and result of each run of a collection",
         sqlite=("""CREATE TABLE cluster_jobs (
                 job_id TEXT PRIMARY KEY,

@@ -116,10 +116,12 @@ class Flow:
         return info
 
     # ---------------------------------------------------------------- stages
-    def request(self, data: bytes, q: FaceQuery, specs: Sequence[ChipSpec]) -> DetectRequest:
+    def request(self, data: bytes, q: FaceQuery, specs: Sequence[ChipSpec],
+                thumbnails: bool = False) -> DetectRequest:
         return DetectRequest(data=data, detector=self.policy.detector(q.detector),
                              max_faces=self.policy.max_faces(q.max_faces),
-                             min_confidence=q.min_confidence, chip_specs=tuple(specs))
+                             min_confidence=q.min_confidence, chip_specs=tuple(specs),
+                             thumbnails=thumbnails)
 
     async def detect(self, data: bytes, q: FaceQuery, crops: bool = False) -> DetectedImage:
         det: DetectedImage = unwrap(await self.detector.detect(
@@ -127,10 +129,13 @@ class Flow:
         enforce(det.faces, q)
         return det
 
-    async def embedding_ref(self, data: bytes, q: FaceQuery, model: str) -> Ref:
-        """The embedder's reference for one image (not awaited)."""
+    async def embedding_ref(self, data: bytes, q: FaceQuery, model: str,
+                            thumbnails: bool = False) -> Ref:
+        """The embedder's reference for one image (not awaited); with ``thumbnails`` the
+        Detector also encodes a small JPEG of each face, which rides along."""
         specs = chip_specs(await self.embedder_info(model))
-        return self.embedder.embed(self.detector.detect(self.request(data, q, specs)), model)
+        return self.embedder.embed(
+            self.detector.detect(self.request(data, q, specs, thumbnails)), model)
 
     async def embed(self, data: bytes, q: FaceQuery, model: str | None = None) -> EmbeddedImage:
         emb: EmbeddedImage = unwrap(await (await self.embedding_ref(
@@ -258,15 +263,21 @@ class Flow:
     async def identify(self, collection: str, data: bytes, q: FaceQuery, k: int,
                        per_person: bool = False, model: str | None = None,
                        threshold: float | None = None,
-                       actor: Actor | None = None) -> tuple[IdentifiedImage, float]:
+                       actor: Actor | None = None,
+                       enrol_unknown: bool | None = None) -> tuple[IdentifiedImage, float]:
         """The faces of a probe image and their matches, and the 1:N threshold they are
-        judged by (checked before any model runs)."""
+        judged by (checked before any model runs). ``enrol_unknown`` (None: the
+        collection's setting) enrols the faces that match nobody as new persons."""
+        enrol = self.policy.enrol_unknown(enrol_unknown, actor)
+
         def check(m: str) -> None:
             self.policy.identify_threshold_of(m, threshold)
 
         async def run(m: str) -> Any:
-            return await self.gallery.identify_embedded(await self.embedding_ref(data, q, m),
-                                                        collection, k, per_person, actor)
+            return await self.gallery.identify_embedded(
+                await self.embedding_ref(data, q, m, self.policy.thumbnails(enrol)),
+                collection, k, per_person, actor,
+                enrol_unknown=enrol, threshold=self.policy.identify_threshold_of(m, threshold))
 
         res: IdentifiedImage = await self._retry_stale_model(collection, model, run,
                                                              check=check)
@@ -337,7 +348,8 @@ class Flow:
                     continue
                 field_q = FaceQuery(q.detector, 1, q.min_confidence, True,
                                     q.field if len(images) == 1 else f"items[{i}].img")
-                refs.append(await self.embedding_ref(data, field_q, m))
+                refs.append(await self.embedding_ref(data, field_q, m,
+                                                     self.policy.thumbnails(True)))
             metas = [meta for _data, meta in images]
             return await self.gallery.register_embedded(
                 collection, metas, idempotency_key, refs, actor, request_hash=request_hash,
@@ -351,11 +363,12 @@ class Flow:
 
     async def import_faces(self, collection: str, model: str, dim: int,
                            rows: Sequence[Mapping[str, Any]],
-                           actor: Actor | None = None) -> Record:
-        """One chunk of exported faces, kept with their ids (see ``GalleryCore.import_faces``);
-        it may create the collection as the policy allows."""
+                           actor: Actor | None = None, copy: bool = False) -> Record:
+        """One chunk of exported faces, kept with their ids (see ``GalleryCore.import_faces``;
+        ``copy``: faces another collection holds are added under new ids); it may
+        create the collection as the policy allows."""
         return await self.gallery.import_faces(collection, model, dim, rows,
-                                               self.policy.may_create(actor), actor)
+                                               self.policy.may_create(actor), actor, copy)
 
     async def import_binding(self, collection: str,
                              actor: Actor | None = None) -> tuple[str, int] | None:

@@ -24,6 +24,11 @@ from pipelines.flow.contracts import (Actor, Embedded, FaceHits, IdentifiedImage
 from pipelines.types import EmbeddedImage, GivenEmbedding
 
 
+#: the audit action of a stranger's enrolment (``index.audit.AuditAction``; the flow
+#: names it without importing the index)
+ENROL_UNKNOWN_ACTION = "face.enrol_unknown"
+
+
 def search_depth(k: int, per_person: bool) -> int:
     """How many faces to fetch for ``k`` answers: per person, look further, then keep
     each person's nearest face."""
@@ -54,9 +59,16 @@ def _probe(embedded: Embedded) -> tuple[str, np.ndarray, list[tuple[dict | None,
 async def identify_embedded(gallery: Any, embedded: Embedded, collection: str, k: int,
                             per_person: bool = False, actor: Actor | None = None,
                             max_distance: float | None = None,
-                            model: str | None = None) -> IdentifiedImage | FacefleetError:
+                            model: str | None = None, enrol_unknown: bool | None = None,
+                            threshold: float | None = None) -> IdentifiedImage | FacefleetError:
     """Search every face of an embedded probe (vectors of whole-image chips need
-    ``model``) and answer its boxes and matches, nearest first."""
+    ``model``) and answer its boxes and matches, nearest first.
+
+    With ``enrol_unknown`` (None: the collection's setting), each detected face
+    whose nearest match is farther than ``threshold`` (or that has none) is
+    enrolled, in one register after the search, as a new unnamed person; its
+    answer carries that person and face (``FaceHits.enrolled``), so the
+    stranger's next sighting matches it."""
     if isinstance(embedded, FacefleetError):
         return embedded
     try:
@@ -69,12 +81,41 @@ async def identify_embedded(gallery: Any, embedded: Embedded, collection: str, k
             return IdentifiedImage(m, [], detector)
         hits = await gallery.search(collection, m, vectors, search_depth(k, per_person),
                                     max_distance, actor=actor)
+        enrolled: list[Record | None] = [None] * len(hits)
+        if enrol_unknown is None and threshold is not None:
+            enrol_unknown = bool((await gallery.collection_settings(collection))
+                                 .get("enrol_unknown"))
+        if enrol_unknown and threshold is not None and not isinstance(embedded, np.ndarray):
+            enrolled = await _enrol_strangers(gallery, collection, m, vectors, hits,
+                                              threshold, actor,
+                                              getattr(embedded, "thumbnails", None))
     except FacefleetError as exc:
         return exc
     if per_person:
         hits = [nearest_per_person(row, k) for row in hits]
-    return IdentifiedImage(m, [FaceHits(box, conf, row)
-                               for (box, conf), row in zip(faces, hits, strict=True)], detector)
+    return IdentifiedImage(m, [FaceHits(box, conf, row, new)
+                               for (box, conf), row, new in zip(faces, hits, enrolled,
+                                                                strict=True)], detector)
+
+
+async def _enrol_strangers(gallery: Any, collection: str, model: str, vectors: np.ndarray,
+                           hits: list[list[Record]], threshold: float,
+                           actor: Actor | None,
+                           thumbnails: list[bytes] | None = None) -> list[Record | None]:
+    """Enrol each face whose nearest hit is beyond ``threshold`` as a new unnamed person
+    (one register, audited as ``face.enrol_unknown``); per face, what it became."""
+    unknown = [i for i, row in enumerate(hits) if not row or row[0]["distance"] > threshold]
+    out: list[Record | None] = [None] * len(hits)
+    if not unknown:
+        return out
+    res = await gallery.register(collection, model, int(vectors.shape[1]),
+                                 [{"embedding": vectors[i],
+                                   "thumbnail": thumbnails[i] if thumbnails else None}
+                                  for i in unknown], actor=actor,
+                                 action=ENROL_UNKNOWN_ACTION)
+    for i, face in zip(unknown, res["faces"], strict=True):
+        out[i] = {"person_id": face["person_id"], "face_id": face["face_id"]}
+    return out
 
 
 def given_vector(vector: np.ndarray, model: str, dim: int,
@@ -109,15 +150,16 @@ def replayed_answer(collection: str, stored: Mapping[str, Any], n: int) -> Regis
 
 
 def _faces_of(emb: Embedded, every_face: bool, model: str | None
-              ) -> tuple[str, list[tuple[np.ndarray, dict[str, int] | None]]]:
-    """The model and (vector, box) of the faces of one item to enrol: its largest
-    face, or with ``every_face`` all of them (DeepFace's ``/register``)."""
+              ) -> tuple[str, list[tuple[np.ndarray, dict[str, int] | None, bytes | None]]]:
+    """The model and (vector, box, thumbnail) of the faces of one item to enrol: its
+    largest face, or with ``every_face`` all of them (DeepFace's ``/register``)."""
     if isinstance(emb, GivenEmbedding):
-        return emb.model, [(emb.vector, None)]
+        return emb.model, [(emb.vector, None, None)]
     if isinstance(emb, np.ndarray):  # vectors of whole-image chips: no box
-        return model or "", [(v, None) for v in (emb if every_face else emb[:1])]
+        return model or "", [(v, None, None) for v in (emb if every_face else emb[:1])]
     assert isinstance(emb, EmbeddedImage)
-    faces = list(zip(emb.vectors, (f.box.as_dict() for f in emb.faces), strict=True))
+    thumbs = emb.thumbnails or [None] * len(emb.faces)
+    faces = list(zip(emb.vectors, (f.box.as_dict() for f in emb.faces), thumbs, strict=True))
     return emb.model, faces if every_face else faces[:1]
 
 
@@ -137,6 +179,7 @@ async def register_embedded(gallery: Any, collection: str, metas: Sequence[Mappi
     ok: list[int] = []
     vecs: list[np.ndarray] = []
     boxes: list[dict[str, int] | None] = []
+    thumbs: list[bytes | None] = []
     owners: list[Mapping[str, Any]] = []
     for meta, emb in zip(metas, embedded, strict=True):
         if isinstance(emb, FacefleetError):
@@ -148,17 +191,19 @@ async def register_embedded(gallery: Any, collection: str, metas: Sequence[Mappi
             results.append(NoFaceDetected(f"no face detected in '{f}'", {"field": f}))
             continue
         model = model or m
-        for vec, box in faces:
+        for vec, box, thumb in faces:
             results.append({})
             ok.append(len(results) - 1)
             vecs.append(vec)
             boxes.append(box)
+            thumbs.append(thumb)
             owners.append(meta)
     if not ok:
         return RegisteredImages(collection, "", results)
     assert model
     items = [{"embedding": v, "person_id": meta.get("person_id"), "name": meta.get("name"),
-              "labels": meta.get("labels")} for v, meta in zip(vecs, owners, strict=True)]
+              "labels": meta.get("labels"), "thumbnail": t}
+             for v, meta, t in zip(vecs, owners, thumbs, strict=True)]
     extra = {"ok": ok, "boxes": boxes,
              "errors": {str(i): [r.code.value, r.message] for i, r in enumerate(results)
                         if isinstance(r, FacefleetError)}}

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipelines.errors import ValidationError
+from pipelines.errors import Forbidden, ValidationError
 from configs.settings import Settings
 from pipelines.flow.contracts import Actor
 from pipelines.registry import DETECTORS
@@ -112,6 +112,25 @@ class Policy:
         collection it names: not with strict collections, nor for a caller whose
         key may not."""
         return not self.strict_collections and getattr(actor, "may_create", True)
+
+    @staticmethod
+    def enrol_unknown(requested: bool | None, actor: Actor | None) -> bool | None:
+        """Whether an identify enrols the faces that match nobody: the request's
+        choice, else (None) the collection's setting. It writes templates, so only a
+        key that may write enrols: asking for it without one is refused, and the
+        collection's setting does not apply to such a key."""
+        may_write = getattr(actor, "may_write", True)
+        if requested and not may_write:
+            raise Forbidden("'enrol_unknown' enrols faces: it needs a key with the write scope",
+                            {"required_scope": "write"})
+        return requested if may_write else False
+
+    @staticmethod
+    def thumbnails(enrols: bool | None) -> bool:
+        """Whether the Detector encodes face thumbnails for a request: for every one
+        that may enrol faces (a register; an identify whose strangers may be
+        enrolled). A collection that keeps none drops them where it stores faces."""
+        return enrols is not False
 
     def must_exist(self, write: bool) -> bool:
         """Whether a request naming a collection that does not exist fails at once,

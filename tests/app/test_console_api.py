@@ -1,6 +1,6 @@
 """What the console added to the API, and how it is served, on the real service.
 
-``GET /v1/whoami`` and ``POST .../persons/{id}/merge`` are public routes (the
+``GET /v1/whoami`` is a public route (the
 console uses nothing else); the console's files are served by the Ingress, open
 without a key, with nothing fetched from elsewhere, and small.
 """
@@ -13,7 +13,6 @@ import re
 import pytest
 
 from deployments.http.console import static_files
-from deployments.http.routes.merge import moved_id
 
 pytestmark = pytest.mark.app
 
@@ -61,35 +60,19 @@ def _enrol(api, photo, person_id, name=None):
     return r.json()["face_id"]
 
 
-def test_merge_moves_every_face_and_forgets_the_other(api, faces):
+def test_merge_moves_every_face_into_the_kept_person(api, faces):
+    """The person page's merge, as the console sends it: ``:merge`` into the kept person."""
     photos = sorted((faces / LFW / "Ricardo_Lagos").glob("*.jpg"))
     kept = [_enrol(api, photos[0], "lagos", "Ricardo Lagos")]
     moved = [_enrol(api, p, "lagos-2", "R. Lagos") for p in photos[1:3]]
-    r = api.post(f"/v1/collections/{COLL}/persons/lagos-2/merge", json={"into": "lagos"})
+    r = api.post(f"/v1/collections/{COLL}/persons/lagos:merge", json={"from": ["lagos-2"]})
     assert r.status_code == 200, r.text
-    out = r.json()
-    assert out["merged"] == "lagos-2" and out["moved_faces"] == 2
-    assert out["person"]["name"] == "Ricardo Lagos"  # the kept person's name stays
+    assert r.json()["name"] == "Ricardo Lagos"  # the kept person's name stays
     ids = {f["face_id"] for f in api.get(f"/v1/collections/{COLL}/persons/lagos").json()["faces"]}
-    assert ids == set(kept) | {moved_id(f, "lagos") for f in moved}
+    assert ids == set(kept) | set(moved)  # the faces keep their ids
     assert api.get(f"/v1/collections/{COLL}/persons/lagos-2").status_code == 404
-    # the search index follows: a new photo finds the kept person, never the merged one
+    # the search follows: a new photo finds the kept person, never the merged one
     with photos[3].open("rb") as f:
         hits = api.post(f"/v1/collections/{COLL}/identify", files={"img": f},
                         data={"top_k": "5"}).json()["faces"][0]["matches"]
     assert hits and {h["person_id"] for h in hits} == {"lagos"} and hits[0]["match"]
-
-
-@pytest.mark.parametrize("person, into, status, code", [
-    ("lagos", "lagos", 422, "validation_error"),
-    ("lagos", "nobody", 404, "not_found"),
-    ("nobody", "lagos", 404, "not_found"),
-])
-def test_merge_refuses_what_cannot_be_merged(api, person, into, status, code):
-    r = api.post(f"/v1/collections/{COLL}/persons/{person}/merge", json={"into": into})
-    assert r.status_code == status and r.json()["error"]["code"] == code, r.text
-
-
-def test_merge_body_is_checked(api):
-    r = api.post(f"/v1/collections/{COLL}/persons/lagos/merge", json={"to": "x"})
-    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"

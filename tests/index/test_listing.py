@@ -246,6 +246,37 @@ def test_export_then_import_on_another_backend(store_factory, fresh_store):
     dst.close()
 
 
+def test_import_into_another_collection_copies_it(store):
+    """An export imported into another collection of the same store is a copy: new
+    face ids, the old-to-new mapping reported, the same persons and vectors; a
+    second run adds nothing, and the source is untouched."""
+    g = InProcessGallery(store, 2)
+    enrol(g, "staff", [f"p{i:02d}" for i in range(10)], per_person=2, seed=5)
+    lines = export_all(g, "staff", 7)
+    first = g.import_faces("copy", "dlib", DIM, lines[:12], create_collection=True, copy=True)
+    rest = g.import_faces("copy", "dlib", DIM, lines[12:], copy=True)
+    mapping = {**first["copied"], **rest["copied"]}
+    assert sorted(mapping) == sorted(x["id"] for x in lines)
+    assert not set(mapping.values()) & set(mapping)  # all new ids
+    assert first["elsewhere"] == [] and len(first["imported"]) == 12
+    copy = {x["id"]: x for x in export_all(g, "copy", 100)}
+    assert set(copy) == set(mapping.values())
+    for x in lines:
+        y = copy[mapping[x["id"]]]
+        assert (y["person_id"], y["name"]) == (x["person_id"], x["name"])
+        np.testing.assert_allclose(y["embedding"], x["embedding"], atol=1e-6)
+    again = g.import_faces("copy", "dlib", DIM, lines, copy=True)
+    assert again["imported"] == [] and again["copied"] == {} and len(again["skipped"]) == 20
+    assert g.stats("copy")["faces"] == g.stats("staff")["faces"] == 20
+    probes = unit(3, 98)
+    near = [[mapping[h["face_id"]] for h in row] for row in g.search("staff", "dlib", probes, 3)]
+    assert near == [[h["face_id"] for h in row] for row in g.search("copy", "dlib", probes, 3)]
+    # without copy (a key limited to collections) the ids stay left out
+    plain = g.import_faces("other", "dlib", DIM, lines[:2], create_collection=True)
+    assert plain["imported"] == [] and len(plain["elsewhere"]) == 2
+    g.close()
+
+
 def test_import_takes_uuid_spellings_and_unnormalised_vectors(store):
     g = InProcessGallery(store, 1)
     raw = np.arange(1, DIM + 1, dtype=np.float32)

@@ -75,6 +75,9 @@ def test_a_405_allows_every_method_of_its_path():
                                          "query_string": b""}))
 
     assert allowed("/v1/collections") == ["GET", "POST"]
-    assert allowed("/v1/collections/staff") == ["DELETE", "GET"]
+    assert allowed("/v1/collections/staff") == ["DELETE", "GET", "PATCH"]
+    # a custom method's path also matches the person's template: its own methods only
+    assert allowed("/v1/collections/staff/persons/ann:merge") == ["POST"]
+    assert allowed("/v1/collections/staff/persons/ann") == ["DELETE", "GET", "PATCH"]
     assert allowed("/v1/collections/staff/persons/p1") == ["DELETE", "GET", "PATCH"]
     assert allowed("/v1/collections/staff/faces") == ["GET", "POST"]

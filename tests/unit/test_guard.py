@@ -227,8 +227,10 @@ def test_an_import_does_not_confirm_ids_outside_the_keys_collections(service):
             assert r.status_code == 200, r.text
             got = r.json()
             assert (got["imported"], got["skipped"], got["elsewhere"]) == (0, 3, 0)
-            # a key that sees every collection is told where they are
+            assert got["copied"] == {}  # nor copies them
+            # a key that sees every collection copies them, under new ids
             r = await c.post("/v1/collections/mine/import", headers=ADMIN, content=lines)
             got = r.json()
-            assert (got["imported"], got["skipped"], got["elsewhere"]) == (0, 0, 3)
+            assert (got["imported"], got["skipped"], got["elsewhere"]) == (3, 0, 0)
+            assert len(got["copied"]) == 3
     asyncio.run(run())

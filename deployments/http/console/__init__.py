@@ -6,10 +6,9 @@ It talks to the service through the public HTTP API only, with the key the
 user signs in with (kept in the tab's ``sessionStorage``). The page and its
 assets are open without a key, like ``/docs``: they hold no data.
 
-:func:`install` adds the static routes and the two API routes the console
-needed that the API lacked (``GET /v1/whoami``, ``POST .../persons/{id}/merge``:
-public routes with their own rules in ``deployments/http/access.py`` and their own
-tests). The files live next to this module so that the console moves as one
+:func:`install` adds the static routes and the one API route the console needed
+that the API lacked (``GET /v1/whoami``: a public route with its own rule in
+``deployments/http/access.py`` and its own tests). The files live next to this module so that the console moves as one
 folder, and ship in the wheel as package data.
 """
 
@@ -67,7 +66,6 @@ def _files() -> tuple[tuple[str, bytes], ...]:
 def install(app: FastAPI) -> None:
     """Serve the console on ``app`` and add the routes it needs (after the app's
     own routers: their routes join the ones ``/metrics`` counts requests under)."""
-    from deployments.http.routes import merge as routes_merge
     from deployments.http.routes import whoami as routes_whoami
 
     assets = static_files()
@@ -89,9 +87,8 @@ def install(app: FastAPI) -> None:
     app.add_route(PREFIX, slash, include_in_schema=False)
     app.add_route(PREFIX + "/", page, include_in_schema=False)
     app.add_route(PREFIX + "/{name:path}", asset, include_in_schema=False)
-    for module in (routes_whoami, routes_merge):
-        app.include_router(module.router)
+    app.include_router(routes_whoami.router)
     metrics = getattr(app.state, "metrics", None)
     if metrics is not None:  # requests are counted under these routes' templates
         metrics.routes += [r for r in app.router.routes if isinstance(r, Route) and (
-            is_console_path(r.path) or r.path in ("/v1/whoami",) or r.path.endswith("/merge"))]
+            is_console_path(r.path) or r.path == "/v1/whoami")]

@@ -24,8 +24,9 @@ from pydantic import BaseModel
 
 from pipelines.errors import FacefleetError, ValidationError
 from deployments.http.access import actor_of, check_collection, visible
-from deployments.http.bodies import (BatchItem, Collection, CreateCollectionBody, IdentifyBody,
-                                RegisterBatchBody, RegisterBody)
+from deployments.http.bodies import (BatchItem, Collection, CollectionPatchBody,
+                                     CreateCollectionBody, IdentifyBody, RegisterBatchBody,
+                                     RegisterBody)
 from deployments.http.common import api_of, body_schema
 from deployments.http.schemas import (GALLERY_ERRORS, BatchOut, CollectionOut, CollectionsOut,
                                  CollectionStatsOut, EnrolledFaceOut, FaceRecordOut,
@@ -74,8 +75,27 @@ async def create_collection(request: Request) -> Response:
     api = api_of(request)
     body, _ = await api.parse(request, CreateCollectionBody)
     check_collection(request, body.name)
-    out = await api.flow.create_collection(body.name, body.model, actor=actor_of(request))
+    actor = actor_of(request)
+    out = await api.flow.create_collection(body.name, body.model, actor=actor)
+    settings = {k: v for k, v in (("enrol_unknown", body.enrol_unknown),
+                                  ("thumbnails", body.thumbnails))
+                if v != CollectionOut.model_fields[k].default}
+    if settings:  # the settings, as a PATCH would set them
+        out = await api.flow.gallery.update_collection(body.name, settings, actor)
     return JSONResponse(out, status_code=201)
+
+
+@router.patch("/v1/collections/{collection}", tags=["gallery"], response_model=CollectionOut,
+              responses=GALLERY_ERRORS, openapi_extra=body_schema(CollectionPatchBody))
+async def update_collection(collection: Collection, request: Request) -> dict:
+    """Change the collection's settings (``enrol_unknown``); other replicas apply it
+    within ``index.sync_interval_s``."""
+    api = api_of(request)
+    body, _ = await api.parse(request, CollectionPatchBody)
+    changes = body.model_dump(include=body.model_fields_set, exclude_none=True)
+    if not changes:
+        raise ValidationError("nothing to change: give 'enrol_unknown' or 'thumbnails'")
+    return await api.flow.gallery.update_collection(collection, changes, actor_of(request))
 
 
 @router.get("/v1/collections", tags=["gallery"], response_model=CollectionsOut,
@@ -175,6 +195,9 @@ async def identify(collection: Collection, request: Request) -> dict:
     api = api_of(request)
     body, files = await api.parse(request, IdentifyBody)
     if body.embedding is not None:
+        if body.enrol_unknown:
+            raise ValidationError("'enrol_unknown' enrols detected faces: send an image",
+                                  {"field": "enrol_unknown"})
         model, row, threshold = await api.flow.identify_vector(
             collection, np.asarray(body.embedding, dtype=np.float32), body.top_k,
             body.per_person, body.model, body.threshold, actor_of(request))
@@ -183,9 +206,10 @@ async def identify(collection: Collection, request: Request) -> dict:
     data = await api.image(body.img, files, "img")
     res, threshold = await api.flow.identify(
         collection, data, FaceQuery(body.detector, body.max_faces, 0.0, body.enforce_detection),
-        body.top_k, body.per_person, body.model, body.threshold, actor_of(request))
-    faces = [{"box": f.box, "confidence": f.confidence, "matches": _matches(f.hits, threshold)}
-             for f in res.faces]
+        body.top_k, body.per_person, body.model, body.threshold, actor_of(request),
+        body.enrol_unknown)
+    faces = [{"box": f.box, "confidence": f.confidence, "matches": _matches(f.hits, threshold),
+              "enrolled": f.enrolled} for f in res.faces]
     return {"faces": faces, "collection": collection, "model": res.model, "threshold": threshold}
 
 
@@ -201,6 +225,19 @@ def _matches(row: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]
 async def get_face(collection: Collection, face_id: str, request: Request) -> dict:
     return _face_out(await api_of(request).flow.gallery.get_face(
         collection, face_id, actor=actor_of(request)))
+
+
+@router.get("/v1/collections/{collection}/faces/{face_id}/thumbnail", tags=["gallery"],
+            response_class=Response, responses={
+                **GALLERY_ERRORS, 200: {"description": "the face's 112 px JPEG thumbnail",
+                                        "content": {"image/jpeg": {}}}})
+async def face_thumbnail(collection: Collection, face_id: str, request: Request) -> Response:
+    """The small crop kept when the face was enrolled from an image, for review (404
+    for a face enrolled by embedding, or in a collection that keeps none)."""
+    jpeg = await api_of(request).flow.gallery.thumbnail(collection, face_id,
+                                                        actor=actor_of(request))
+    return Response(jpeg, media_type="image/jpeg",
+                    headers={"Cache-Control": "private, no-store"})
 
 
 @router.delete("/v1/collections/{collection}/faces/{face_id}", tags=["gallery"],

@@ -4,7 +4,9 @@
   ``limit`` with an opaque ``cursor`` (keyset pages: persons by id, faces in
   enrolment order), so a client paging while others write sees every row that
   existed throughout exactly once;
-- ``PATCH .../persons/{person_id}`` renames or relabels a person;
+- ``PATCH .../persons/{person_id}`` renames or relabels a person, and
+  ``POST .../persons/{person_id}:merge`` moves the faces of other persons into it
+  (naming a cluster is a merge plus a PATCH);
 - ``GET .../export`` streams the collection as JSON Lines, one face per line,
   read from the store a page at a time;
 - ``POST .../import`` reads the same lines as the body streams in and commits
@@ -26,12 +28,12 @@ from fastapi.responses import StreamingResponse
 
 from pipelines.errors import FacefleetError, ModelMismatch, error_from_code
 from deployments.http.access import actor_of, principal_of
-from deployments.http.bodies import Collection, PersonPatchBody
+from deployments.http.bodies import Collection, MergeBody, PersonPatchBody
 from deployments.http.gallery_io import (LineError, export_lines, invalid, line_error, parse_line,
                                     read_lines)
 from deployments.http.common import api_of, body_schema, lines_body_schema
 from deployments.http.schemas import (GALLERY_ERRORS, ExportLine, FacesPageOut, ImportOut,
-                                 PersonOut, PersonsPageOut, errors)
+                                 MergedPersonOut, PersonOut, PersonsPageOut, errors)
 from index.audit import AuditAction
 from index.gallery import check_import_row
 
@@ -82,6 +84,20 @@ async def update_person(collection: Collection, person_id: str, request: Request
                                                 actor_of(request))
 
 
+@router.post("/v1/collections/{collection}/persons/{person_id}:merge", tags=["gallery"],
+             response_model=MergedPersonOut, responses=GALLERY_ERRORS,
+             openapi_extra=body_schema(MergeBody))
+async def merge_persons(collection: Collection, person_id: str, request: Request) -> dict:
+    """Move every face of the persons in ``from`` into ``person_id`` (made, unnamed, when
+    new) and remove them, in one transaction with its audit entry; identify answers
+    the merged person at once. A person in ``from`` that does not exist: 404, and
+    nothing moves."""
+    api = api_of(request)
+    body, _ = await api.parse(request, MergeBody)
+    return await api.flow.gallery.merge_persons(collection, person_id, body.sources,
+                                                actor_of(request))
+
+
 @router.get("/v1/collections/{collection}/export", tags=["gallery"],
             response_class=StreamingResponse, responses={
                 **GALLERY_ERRORS, 200: {
@@ -118,9 +134,11 @@ async def export_collection(collection: Collection, request: Request) -> Streami
 async def import_collection(collection: Collection, request: Request) -> dict:
     """Faces as an export wrote them, one JSON object per line, committed in chunks
     of 500 as the body streams in. Faces keep their ids; ids the collection holds
-    already are skipped (an import runs again safely), ids another collection
-    holds are left out (``elsewhere``; counted as ``skipped`` for a key limited to
-    collections, which must not learn that an id exists outside them); invalid
+    already are skipped (an import runs again safely); a face another collection
+    of this service holds is copied under a new id (``copied`` maps old to new; a
+    second run skips the copies), so a collection is copied, or renamed by copy
+    and drop. A key limited to collections, which must not learn that an id
+    exists outside them, copies nothing: those ids count as ``skipped``. Invalid
     lines are left out and listed."""
     api = api_of(request)
     importer = _Importer(api.flow, collection, actor_of(request))
@@ -155,6 +173,8 @@ class _Importer:
         self.errors: list[LineError] = []
         #: fold ``elsewhere`` into ``skipped`` in the answer (see import_collection)
         self.hide_elsewhere = False
+        #: faces another collection of this service holds, copied: old id -> new id
+        self.copied: dict[str, str] = {}
 
     async def bind_existing(self) -> None:
         binding = await self.flow.import_binding(self.collection, self.actor)
@@ -219,8 +239,10 @@ class _Importer:
             return
         chunk, self.chunk, self.ids = self.chunk, [], set()
         try:
+            # a key limited to collections must not learn that an id exists outside
+            # them: it gets no copies (those ids are counted as skipped)
             res = await self.flow.import_faces(self.collection, self.model, self.dim, chunk,
-                                               self.actor)
+                                               self.actor, copy=not self.hide_elsewhere)
         except FacefleetError as exc:
             # what was committed stays (an import runs again safely): say how far it got
             raise error_from_code(exc.code.value, f"{exc.message} (after {self.imported} "
@@ -229,6 +251,7 @@ class _Importer:
         self.imported += len(res["imported"])
         self.skipped += len(res["skipped"])
         self.elsewhere += len(res["elsewhere"])
+        self.copied.update(res.get("copied") or {})
 
     def answer(self) -> dict[str, Any]:
         skipped, elsewhere = self.skipped, self.elsewhere
@@ -236,6 +259,6 @@ class _Importer:
             skipped, elsewhere = skipped + elsewhere, 0
         return {"collection": self.collection, "model": self.model, "dim": self.dim,
                 "lines": self.lines, "imported": self.imported, "skipped": skipped,
-                "elsewhere": elsewhere, "failed": self.failed,
+                "elsewhere": elsewhere, "copied": self.copied, "failed": self.failed,
                 "errors": [e.as_dict() for e in self.errors]}
 

@@ -1,5 +1,5 @@
 // One person: faces with thumbnails; rename, edit labels, delete a face, forget
-// the person, merge into another person (POST .../persons/{id}/merge).
+// the person, merge into another person (POST .../persons/{target}:merge with from: [this one]).
 
 import { call, get } from "../api.js";
 import { can, go, reload } from "../app.js";
@@ -72,7 +72,8 @@ function editForms(collection, p, base, out) {
       const target = into.value.trim();
       if (!(await confirmDialog(`Merge ${p.person_id} into ${target}?`,
         `The ${p.faces.length} face(s) of ${p.name || p.person_id} move to ${target}, which keeps its name and labels; ${p.person_id} is forgotten.`, "Merge"))) return;
-      busy(e.submitter, call("POST", `${base}/merge`, { json: { into: target } }))
+      const persons = `/v1/collections/${encodeURIComponent(collection)}/persons`;
+      busy(e.submitter, call("POST", `${persons}/${encodeURIComponent(target)}:merge`, { json: { from: [p.person_id] } }))
         .then(() => go(`#/person/${encodeURIComponent(collection)}/${encodeURIComponent(target)}`))
         .catch((err) => showError(err, out));
     } }, h("h2", {}, "Merge into another person"), field("Person id to keep", into), h("button", { type: "submit" }, "Merge")),
