@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from index.audit import AuditAction
+
 
 class BoxOut(BaseModel):
     x: int
@@ -464,11 +466,8 @@ class ApiKeysOut(BaseModel):
 class AuditEntryOut(BaseModel):
     seq: int = Field(..., examples=[7], description="increasing, never reused")
     at: float = Field(..., description="Unix time")
-    action: Literal["face.register", "face.forget", "face.import", "person.forget",
-                    "person.update", "person.merge", "collection.create", "collection.drop",
-                    "collection.update", "face.enrol_unknown", "key.create", "key.revoke",
-                    "identify", "face.read", "person.read", "persons.list", "faces.list",
-                    "export", "auth.failure"]
+    # every action the audit trail records: an action added there is answered here too
+    action: Literal[tuple(a.value for a in AuditAction)]  # type: ignore[valid-type]
     collection: str | None = Field(None, examples=["staff"])
     face_ids: list[str] | None = Field(None, description="faces enrolled or forgotten")
     person_id: str | None = None

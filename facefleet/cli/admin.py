@@ -106,9 +106,10 @@ def _subject(e: Any) -> str:
 @main.command()
 @click.option("-c", "--collection", default=None, help="Only this collection.")
 @click.option("--action", default=None, type=click.Choice(
-    ["face.register", "face.forget", "face.import", "person.forget", "person.update",
-     "collection.create", "collection.drop", "key.create", "key.revoke", "identify",
-     "face.read", "person.read", "persons.list", "faces.list", "export", "auth.failure"]),
+    ["face.register", "face.forget", "face.import", "face.enrol_unknown", "person.forget",
+     "person.update", "person.merge", "collection.create", "collection.update",
+     "collection.drop", "key.create", "key.revoke", "identify", "face.read", "person.read",
+     "persons.list", "faces.list", "export", "clusters", "auth.failure"]),
     help="Only this action.")
 @click.option("--since", default=None, help="Epoch seconds or ISO 8601 time (UTC).")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000),

@@ -95,7 +95,29 @@ def test_keys_off_is_said_at_the_top(console, service):
     assert service.client.get("/v1/whoami").json()["auth_enabled"] is False
     # every page is offered, nothing asks for a key
     assert console.locator("#nav a").all_inner_texts() == [
-        "Collections", "People", "Enrol", "Try it", "Audit", "Status"]
+        "Collections", "People", "Unknown faces", "Enrol", "Try it", "Audit", "Status"]
+
+
+def test_unknown_faces_are_reviewed_and_named(console, service, faces):
+    """Faces enrolled without a person id show as one cluster of thumbnails; naming it
+    merges its persons into a new, named person (checked through the API)."""
+    coll = "console-unknown"
+    photos = sorted((faces / LFW / "Hans_Blix").glob("*.jpg"))[:3]
+    for photo in photos:
+        with photo.open("rb") as f:
+            r = service.client.post(f"/v1/collections/{coll}/faces", files={"img": f})
+        assert r.status_code == 201, r.text
+    _open(console, service.base_url, f"#/unknown/{coll}")
+    cluster = console.locator("li.cluster")
+    cluster.get_by_text("3 faces").wait_for()
+    cluster.locator("img.thumb").first.wait_for()  # the stored thumbnails, not placeholders
+    _shot(console, "unknown")
+    cluster.get_by_label("Name as a new person").fill("Hans Blix")
+    cluster.get_by_role("button", name="Name", exact=True).click()
+    cluster.get_by_text("Named Hans Blix").wait_for()
+    persons = service.client.get(f"/v1/collections/{coll}/persons").json()["persons"]
+    assert [(p["name"], p["faces"]) for p in persons] == [("Hans Blix", 3)]
+    service.client.delete(f"/v1/collections/{coll}")
 
 
 # --------------------------------------------------------------------------- keys on
@@ -142,8 +164,8 @@ def test_sign_in_read_key_sees_no_write_controls(console, service, secured):
     console.get_by_label("API key").press("Enter")
     console.get_by_test_id("key-id").wait_for()
     assert f"key {secured['read_id']} · read" in console.get_by_test_id("key-id").inner_text()
-    assert console.locator("#nav a").all_inner_texts() == ["Collections", "People", "Try it",
-                                                           "Status"]
+    assert console.locator("#nav a").all_inner_texts() == [
+        "Collections", "People", "Unknown faces", "Try it", "Status"]
     console.get_by_role("heading", name="Collections").wait_for()
     assert console.get_by_role("button", name="Create collection").count() == 0
     assert console.get_by_role("button", name="Delete").count() == 0

@@ -4,9 +4,9 @@
 import { get } from "../api.js";
 import { field, h, showError, when } from "../ui.js";
 
-const ACTIONS = ["face.register", "face.forget", "face.import", "person.forget", "person.update", "collection.create",
-  "collection.drop", "key.create", "key.revoke", "identify", "face.read", "person.read", "persons.list", "faces.list",
-  "export", "auth.failure"];
+const ACTIONS = ["face.register", "face.forget", "face.import", "face.enrol_unknown", "person.forget", "person.update",
+  "person.merge", "collection.create", "collection.update", "collection.drop", "key.create", "key.revoke", "identify",
+  "face.read", "person.read", "persons.list", "faces.list", "export", "clusters", "auth.failure"];
 const PAGE = 50;
 
 export async function render({ query, signal }) {
