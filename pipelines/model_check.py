@@ -246,13 +246,16 @@ def int8_cosines(session: Any, x: np.ndarray, expected: np.ndarray) -> np.ndarra
         np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1), 1e-12)
 
 
-def _verify_int8(session: Any, out: Path, name: str) -> None:
+def _check_int8_file(out: Path, name: str) -> None:
     meta = load_sidecar(out) or {}
     digest = sha256_file(out)
     if digest != meta.get("sha256"):
         raise ModelVerificationFailed(
             f"int8 model {out} has sha256 {digest}, not the {meta.get('sha256')} its sidecar "
             "records; delete it to remake it", {"model": name, "file": str(out)})
+
+
+def _verify_int8(session: Any, out: Path, name: str) -> None:
     try:
         with np.load(reference_path(out)) as ref:
             x, y = ref["input"], ref["out_0"]
@@ -277,7 +280,12 @@ def open_int8(fp32: Path, name: str, runtime: Runtime) -> Any | None:
     try:
         if not is_current(out, fp32, "int8", quantizer=QUANTIZER):
             rebuild("int8", fp32, out, name, quantizer=QUANTIZER)
-        session = onnx_session(str(out), runtime)
+        _check_int8_file(out, name)
+        try:
+            session = onnx_session(str(out), runtime)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own types for bad files
+            raise ModelVerificationFailed(f"int8 model {out} cannot be opened: {exc}",
+                                          {"model": name, "file": str(out)}) from exc
         _verify_int8(session, out, name)
         return session
     except ModelNotInstalled as exc:
