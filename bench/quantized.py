@@ -170,9 +170,10 @@ def cpu_header() -> list[str]:
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "sse4")))
     import onnxruntime
 
+    present = ", ".join(sorted(set(INT8_FLAGS) & cpu_flags())) or "none"
     return [f"CPU: {model}; onnxruntime {onnxruntime.__version__}; one intra-op thread.",
             f"Flags: {' '.join(flags)}.",
-            f"int8 instructions present: {', '.join(sorted(set(INT8_FLAGS) & cpu_flags())) or 'none'}"
+            f"int8 instructions present: {present}"
             " (runtime.precision=auto picks int8 only with one of "
             f"{', '.join(INT8_FLAGS)})."]
 
