@@ -7,8 +7,9 @@ QDQ format, int8 weights per output channel, uint8 activations (the form
 MLAS's VNNI kernels take) with ranges from MinMax calibration over
 ``CALIBRATION_FACES`` faces of the photos named in ``pairsDevTrain.txt`` (the
 calibration split; DevTest and the 1:N protocol judge the result,
-``bench/quantized.py``, which also tried int8 convolutions only, float
-depthwise convolutions and percentile ranges for the MobileFaceNets). The chips are cut the way requests
+``bench/quantized.py``; for the MobileFaceNets, int8 convolutions only, float
+depthwise convolutions and percentile ranges (``quantize``'s options) also
+missed the cosine bar: README "int8 embedders"). The chips are cut the way requests
 cut them: the default detector, the face nearest the centre, the model's own
 chip spec and input scaling.
 
