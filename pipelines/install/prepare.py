@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     emb = DlibOnnxEmbedder(ctx)
     emb.load()
-    log.info("dlib ResNet ONNX model ready at %s (and its %s form)", emb.onnx_path,
-             emb.precision)
+    log.info("dlib ResNet ONNX model ready at %s (int8 form %s)", emb.onnx_path,
+             "ready" if emb.precision == "int8" else "not made: see the warning above")
     from pipelines.blazeface import FULL, SHORT, BlazeFaceOnnxDetector
 
     for spec in (SHORT, FULL):
