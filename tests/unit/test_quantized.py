@@ -78,6 +78,18 @@ def test_int8_dlib_stays_with_float32_on_real_faces(chips: np.ndarray) -> None:
     assert meta["calibration"].startswith("LFW View 1 DevTrain")
 
 
+def test_fused_default_reports_each_part() -> None:
+    from pipelines.registry import EMBEDDERS
+
+    s = Settings()
+    ctx = ModelContext(models_dir=MODELS, fusion_weights=s.fusion_weights,
+                       runtime=Runtime(precision="int8"))
+    fused = EMBEDDERS["dlib+mfn512"](ctx)
+    fused.load()
+    want = "int8" if int8_path(MODELS / ONNX_NAME).is_file() else "fp32"
+    assert fused.precision == fused.info()["precision"] == f"{want}+fp32"
+
+
 def test_models_that_keep_no_int8_form_stay_float32() -> None:
     assert not Mfn512Embedder.has_int8
     emb = Mfn512Embedder(ModelContext(models_dir=MODELS, runtime=Runtime(precision="int8")))
