@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = lfw_paths(args.limit)
     chipper = HogChipper()
     with tempfile.TemporaryDirectory() as tmp:
-        runtime = Runtime(intra_op_threads=args.threads)
+        runtime = Runtime(intra_op_threads=args.threads, precision="fp32")
         ctx = ModelContext(models_dir=Path(tmp), runtime=runtime)
         onnx_emb, native = DlibOnnxEmbedder(ctx), DlibNativeEmbedder(ctx)
         onnx_emb.load()

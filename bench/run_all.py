@@ -13,7 +13,7 @@ import argparse
 import subprocess
 import sys
 
-BENCHES = ["box_calibration", "accuracy", "detector_recall", "recognizer", "stage_throughput", "embedder_throughput",
+BENCHES = ["box_calibration", "accuracy", "detector_recall", "recognizer", "stage_throughput", "embedder_throughput", "quantized",
            "attribute_throughput", "serve_throughput", "event_loop", "startup", "index_scale",
            "identify_before_after",
            "pgvector_scale", "dlib_onnx_parity", "mobilefacenet_parity", "head_to_head", "vs_deepface", "fuzz", "soak"]

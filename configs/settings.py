@@ -123,6 +123,10 @@ class Runtime(BaseModel):
     intra_op_threads: int = Field(1, ge=0, description="0 lets the runtime choose")
     inter_op_threads: int = Field(1, ge=0)
     cuda_device_id: int = 0
+    precision: Literal["fp32", "int8", "auto"] = Field(
+        "auto", description="embedders on the CPU: int8 runs the int8 form of each model "
+        "that keeps one (pipelines/install/quantize.py), auto does so only where the CPU "
+        "has VNNI or AMX int8; the CUDA provider always runs float32")
 
 
 class IndexSettings(BaseModel):

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipelines.errors import ModelNotInstalled, Unavailable, ValidationError
 from pipelines.model_check import (ModelVerificationFailed, load_sidecar, open_verified,
-                                   sidecar_path)
+                                   sidecar_path, with_precision)
 from pipelines.models import DLIB_CHIP, EmbedderModel, ModelContext, l2_normalise, require_file
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class DlibOnnxEmbedder(EmbedderModel):
     name = "dlib"
     dim = DIM
     chip = DLIB_CHIP
+    #: int8 holds here: cosine >= 0.998 to float32 on every LFW dev face, accuracy and
+    #: rank-1 unchanged, about 2.5x faster a face on a VNNI CPU (bench/quantized.py)
+    has_int8 = True
 
     def __init__(self, ctx: ModelContext | None = None, dat_path: Path | None = None) -> None:
         self.ctx = ctx or ModelContext()
@@ -80,16 +83,23 @@ class DlibOnnxEmbedder(EmbedderModel):
         #: cosine to dlib on the sidecar's reference chip, set by load()
         self.verified_cosine: float | None = None
 
+    @staticmethod
+    def preprocess(chips: np.ndarray) -> np.ndarray:
+        """The network reads uint8 RGB chips as they are (its scaling is in the graph)."""
+        return np.ascontiguousarray(chips)
+
     def load(self) -> None:
         if self.session is not None:
             return
         dat = resolve_dat(self.ctx, self.name, self.dat_path)
         session = open_verified("dlib", dat, self.onnx_path, self.name, self.ctx.runtime,
                                 check=self._verify)
+        session, self.precision = with_precision(session, self.onnx_path, self.name,
+                                                 self.ctx.runtime, self.has_int8)
         self.session = session
         self._input = session.get_inputs()[0].name
-        log.info("loaded %s on %s (cosine %.7f to dlib)", self.onnx_path,
-                 session.get_providers()[0], self.verified_cosine)
+        log.info("loaded %s on %s (%s; float32 cosine %.7f to dlib)", self.onnx_path,
+                 session.get_providers()[0], self.precision, self.verified_cosine)
 
     def _verify(self, session: Any) -> None:
         self.verified_cosine = verify(session, self.onnx_path)

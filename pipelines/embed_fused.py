@@ -42,6 +42,11 @@ class FusedEmbedder(EmbedderModel):
     def chip_specs(self) -> tuple[ChipSpec, ...]:
         return tuple(dict.fromkeys(p.chip for p in self.parts))
 
+    @property
+    def precision(self) -> str:  # type: ignore[override]
+        """Each part's precision in part order, e.g. ``int8+fp32`` (after ``load``)."""
+        return "+".join(p.precision for p in self.parts)
+
     def load(self) -> None:
         for p in self.parts:
             p.load()

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipelines.errors import ValidationError
-from pipelines.model_check import NpmAsset, check_installed, open_verified
+from pipelines.model_check import NpmAsset, check_installed, open_verified, with_precision
 from pipelines.models import EmbedderModel, ModelContext, l2_normalise
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,13 @@ class OnnxChipEmbedder(EmbedderModel):
         session = open_verified(self.kind, source, self.onnx_path, self.name, self.ctx.runtime,
                                 denormal_as_zero=self.convert_options.get("flush_below", 0) > 0,
                                 **self.convert_options)
+        session, self.precision = with_precision(session, self.onnx_path, self.name,
+                                                 self.ctx.runtime, self.has_int8)
         self._input = session.get_inputs()[0].name
         self._step = self.cpu_step if session.get_providers()[0] == "CPUExecutionProvider" else 0
         self.session = session
-        log.info("loaded %s on %s", self.onnx_path, session.get_providers()[0])
+        log.info("loaded %s on %s (%s)", self.onnx_path, session.get_providers()[0],
+                 self.precision)
 
     def embed_raw(self, chips: np.ndarray) -> np.ndarray:
         """The network's raw output (not normalised)."""

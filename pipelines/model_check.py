@@ -30,7 +30,7 @@ import numpy as np
 
 from pipelines.errors import ModelNotInstalled, Unavailable
 from configs.settings import Runtime
-from pipelines.runtime import onnx_providers, onnx_session
+from pipelines.runtime import int8_wanted, onnx_providers, onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,26 @@ log = logging.getLogger(__name__)
 PREPARE = "python -m pipelines.install.prepare"
 #: sidecar format of each converter kind; a converter writes it, a load requires it
 #: (bump in step with the converter so old files get rebuilt)
-FORMAT_VERSION: dict[str, int] = {"tflite": 1, "rebatch": 1, "dlib": 1}
+FORMAT_VERSION: dict[str, int] = {"tflite": 1, "rebatch": 1, "dlib": 1, "int8": 1}
 #: a TFLite / rebatched output matches the reference when |onnx - ref| <= ATOL + RTOL * max|ref|
 ATOL, RTOL = 1e-4, 1e-4
+#: an int8 copy must give at least this cosine to float32 on every reference face
+INT8_MIN_COSINE = 0.99
+
+
+def _quantizer() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "onnxruntime unknown"
+
+
+#: the quantiser an int8 file was made with; another version makes it again
+QUANTIZER = _quantizer()
 
 
 class ModelVerificationFailed(ModelNotInstalled):
@@ -213,3 +230,76 @@ def open_verified(kind: str, source: Path, out: Path, name: str, runtime: Runtim
             log.warning("%s failed verification; reconverting from %s", out, source)
             rebuild(kind, source, out, name, force=True, **options)
     raise AssertionError("unreachable")
+
+
+def int8_path(fp32: Path) -> Path:
+    """Where the int8 copy of a float32 ONNX file lives: ``name.int8.onnx`` beside it."""
+    return Path(fp32).with_suffix(".int8.onnx")
+
+
+def int8_cosines(session: Any, x: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``session``'s output (one row a call) to ``expected``."""
+    feed = session.get_inputs()[0].name
+    got = np.concatenate([session.run(None, {feed: x[i:i + 1]})[0] for i in range(len(x))])
+    got, expected = got.astype(np.float64), expected.astype(np.float64)
+    return (got * expected).sum(1) / np.maximum(
+        np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1), 1e-12)
+
+
+def _check_int8_file(out: Path, name: str) -> None:
+    meta = load_sidecar(out) or {}
+    digest = sha256_file(out)
+    if digest != meta.get("sha256"):
+        raise ModelVerificationFailed(
+            f"int8 model {out} has sha256 {digest}, not the {meta.get('sha256')} its sidecar "
+            "records; delete it to remake it", {"model": name, "file": str(out)})
+
+
+def _verify_int8(session: Any, out: Path, name: str) -> None:
+    try:
+        with np.load(reference_path(out)) as ref:
+            x, y = ref["input"], ref["out_0"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelVerificationFailed(
+            f"int8 model {out} has no readable reference {reference_path(out)}; delete it to "
+            "remake it", {"model": name, "file": str(out)}) from exc
+    cos = int8_cosines(session, x, y)
+    if not cos.min() >= INT8_MIN_COSINE:  # also catches NaN
+        raise ModelVerificationFailed(
+            f"int8 model {out} strays from float32 on its reference faces (cosine "
+            f"{cos.min():.4f} < {INT8_MIN_COSINE}); delete it to remake it",
+            {"model": name, "file": str(out), "cosine": float(cos.min())})
+
+
+def open_int8(fp32: Path, name: str, runtime: Runtime) -> Any | None:
+    """An onnxruntime session of the int8 copy of the verified float32 file ``fp32``,
+    or None (logged) when it cannot be had: not made and this process does not
+    convert, no calibration photos, or a copy that fails its check. The caller
+    then keeps float32, whose vectors the int8 ones are comparable with."""
+    out = int8_path(fp32)
+    try:
+        if not is_current(out, fp32, "int8", quantizer=QUANTIZER):
+            rebuild("int8", fp32, out, name, quantizer=QUANTIZER)
+        _check_int8_file(out, name)
+        try:
+            session = onnx_session(str(out), runtime)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own types for bad files
+            raise ModelVerificationFailed(f"int8 model {out} cannot be opened: {exc}",
+                                          {"model": name, "file": str(out)}) from exc
+        _verify_int8(session, out, name)
+        return session
+    except ModelNotInstalled as exc:
+        log.warning("%s: no usable int8 form (%s); running float32", name, exc)
+        return None
+
+
+def with_precision(session: Any, fp32: Path, name: str, runtime: Runtime,
+                   has_int8: bool) -> tuple[Any, str]:
+    """The session an embedder runs and its precision: the int8 copy of ``fp32`` when
+    the model keeps one (``has_int8``) and ``runtime.precision`` asks for it on this
+    device and CPU (``pipelines.runtime.int8_wanted``), else the float32 ``session``."""
+    if has_int8 and int8_wanted(runtime, session.get_providers()[0]):
+        int8 = open_int8(fp32, name, runtime)
+        if int8 is not None:
+            return int8, "int8"
+    return session, "fp32"

@@ -140,6 +140,12 @@ class EmbedderModel(InferenceModel):
 
     task = ModelTask.EMBED
     dim: int = 0
+    #: whether the model keeps an int8 form: only where it held accuracy on DevTest and
+    #: the 1:N protocol and a cosine >= 0.99 to float32 on every LFW dev face
+    #: (bench/quantized.py); ``runtime.precision`` decides whether it is used
+    has_int8: ClassVar[bool] = False
+    #: what ``load`` chose: "fp32" or "int8"
+    precision: str = "fp32"
 
     @abstractmethod
     def embed(self, chips: np.ndarray) -> np.ndarray:
@@ -150,7 +156,7 @@ class EmbedderModel(InferenceModel):
         return self.embed(chips_for(inputs, self.chip, self.name))
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "dim": self.dim}
+        return {**super().info(), "dim": self.dim, "precision": self.precision}
 
 
 class AttributeModel(InferenceModel):

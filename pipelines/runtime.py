@@ -131,6 +131,34 @@ def onnx_session(path: str | bytes, cfg: Runtime, *, optimize: bool = True,
     return session
 
 
+#: CPU flags (``/proc/cpuinfo``) under which int8 matrix work runs on dedicated
+#: instructions (onnxruntime's MLAS uses VNNI); without them int8 is no faster
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags; empty where ``/proc/cpuinfo`` cannot be read."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_wanted(cfg: Runtime, provider: str, flags: set[str] | None = None) -> bool:
+    """Whether an embedder whose float32 session runs on ``provider`` should run int8:
+    never on CUDA, always for ``precision='int8'``, and for ``auto`` only where the
+    CPU has one of ``INT8_FLAGS``."""
+    if provider != "CPUExecutionProvider" or cfg.precision == "fp32":
+        return False
+    if cfg.precision == "int8":
+        return True
+    return bool(set(INT8_FLAGS) & (cpu_flags() if flags is None else flags))
+
+
 _tf_configured = False
 
 

@@ -36,6 +36,13 @@ def _dlib(source: Path, out: Path, name: str, force: bool = False) -> None:
     dlib_convert.ensure_converted(source, out, name, force=force)
 
 
+def _int8(source: Path, out: Path, name: str, force: bool = False, **options: Any) -> None:
+    from pipelines.install import quantize
+
+    quantize.ensure_converted(source, out, name, force=force, **options)
+
+
 register_converter("tflite", _tflite)
 register_converter("rebatch", _rebatch)
 register_converter("dlib", _dlib)
+register_converter("int8", _int8)

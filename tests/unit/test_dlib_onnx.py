@@ -30,6 +30,8 @@ from pipelines.models import DLIB_CHIP, ModelContext  # noqa: E402
 LFW = Path(__file__).resolve().parents[2].parent / "shared" / "faces" / "lfw-dev" / "images"
 N_SAMPLE = 60
 PARITY_MIN_COSINE = 0.9999
+#: these tests hold the float32 conversion to dlib; its int8 form is tested in test_quantized
+FP32 = Runtime(precision="fp32")
 
 
 def _five_point_predictor():
@@ -51,13 +53,13 @@ def _hog_chip(detector, predictor, path: Path) -> np.ndarray | None:
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models dir holding a fresh conversion, made through the embedder's own load()."""
     path = tmp_path_factory.mktemp("models")
-    DlibOnnxEmbedder(ModelContext(models_dir=path)).load()
+    DlibOnnxEmbedder(ModelContext(models_dir=path, runtime=FP32)).load()
     return path
 
 
 @pytest.fixture(scope="session")
 def onnx_embedder(models_dir: Path) -> DlibOnnxEmbedder:
-    emb = DlibOnnxEmbedder(ModelContext(models_dir=models_dir))
+    emb = DlibOnnxEmbedder(ModelContext(models_dir=models_dir, runtime=FP32))
     emb.load()
     return emb
 
@@ -174,7 +176,7 @@ def test_provider_cpu_and_auto(models_dir: Path) -> None:
                 "auto": "CUDAExecutionProvider" if has_cuda else "CPUExecutionProvider"}
     for device, provider in expected.items():
         emb = DlibOnnxEmbedder(ModelContext(models_dir=models_dir,
-                                            runtime=Runtime(device=device)))
+                                            runtime=Runtime(device=device, precision="fp32")))
         emb.load()
         assert emb.session.get_providers()[0] == provider
         assert emb.embed(np.zeros((1, 150, 150, 3), dtype=np.uint8)).shape == (1, 128)
@@ -228,7 +230,7 @@ def test_tampered_model_is_rebuilt_or_rejected(models_dir: Path, tmp_path: Path)
         dlib_convert.verify(session, work / ONNX_NAME)
 
     # ... and the embedder heals a damaged model by reconverting it from the .dat
-    emb = DlibOnnxEmbedder(ModelContext(models_dir=work))
+    emb = DlibOnnxEmbedder(ModelContext(models_dir=work, runtime=FP32))
     emb.load()
     assert emb.verified_cosine is not None and emb.verified_cosine >= 0.9999
     assert json.loads(sidecar.read_text())["reference_embedding"] != meta["reference_embedding"]
@@ -236,7 +238,7 @@ def test_tampered_model_is_rebuilt_or_rejected(models_dir: Path, tmp_path: Path)
     # a truncated ONNX file that onnxruntime cannot even open is rebuilt as well
     onnx_path = work / ONNX_NAME
     onnx_path.write_bytes(onnx_path.read_bytes()[:1000])
-    emb = DlibOnnxEmbedder(ModelContext(models_dir=work))
+    emb = DlibOnnxEmbedder(ModelContext(models_dir=work, runtime=FP32))
     emb.load()
     assert emb.verified_cosine >= 0.9999
     assert onnx_path.stat().st_size > 20_000_000
