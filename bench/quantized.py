@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import identification as ident
-from bench.evaluate import Embedding, accuracy, lfw_pairs, pair_distances
+from bench.evaluate import Embedding, accuracy, lfw_pairs
 from configs.settings import Runtime, Settings
 from pipelines.models import ModelContext
 from pipelines.registry import EMBEDDERS
