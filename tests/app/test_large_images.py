@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -29,7 +30,10 @@ def test_a_500_is_logged_with_its_traceback_and_request_id(api, faces):
     from deployments import local
 
     gallery = serve.get_deployment_handle("Gallery", "facefleet")
-    gallery.inject_fault.remote("raise_after_commit").result()
+    # on a thread of its own: the browser tests' Playwright keeps an event loop running in
+    # this one for the rest of the session, and a handle refuses a blocking wait there
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: gallery.inject_fault.remote("raise_after_commit").result()).result()
     r = api.post("/v1/collections/error-log/faces",
                  json={"img": b64(faces / "deepface/img1.jpg"), "person_id": "p1"})
     assert r.status_code == 500, r.text
