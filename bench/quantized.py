@@ -1,28 +1,31 @@
-"""int8 against float32 for every embedder: accuracy held or not, and ms per face.
+"""int8 and bfloat16 against float32, on both CPU engines, for every embedder:
+accuracy held or not, and ms per face.
 
     .venv/bin/python -m bench.quantized [--cache /tmp/quantized-chips.npz] [--rounds 5]
 
 Cuts the chips of all 4,992 LFW dev photos once (default detector, the face
 nearest the centre; ``--cache`` keeps them between runs), then embeds every
 face as served (``EmbeddingStage``, the configured mirror averaging and fusion
-weights) twice: ``runtime.precision`` fp32 and int8. Every network is tried in
-int8 here, whether it keeps that form or not (``EmbedderModel.has_int8``): the
+weights) in float32 on onnxruntime (the reference) and in each variant: int8
+on onnxruntime, and float32 and bfloat16 on OpenVINO (``runtime.engine``,
+``runtime.precision``). Every network is tried in each variant here, whether
+it keeps that form or not (``EmbedderModel.has_int8`` / ``has_bf16``): the
 int8 files are made by ``pipelines.install.quantize`` (calibrated on DevTrain
-faces only). Per model:
+faces only). Per model and variant:
 
-- cosine of each face's int8 vector to its float32 vector (minimum over all
+- cosine of each face's vector to its float32 vector (minimum over all
   faces; the bar is 0.99 on every face);
 - LFW View 1 DevTest accuracy at the configured 1:1 threshold;
 - 1:N through the real gallery (``bench.identification``: one enrolled photo
   per person, the rest probe): rank-1 and true accepts at the identify threshold;
 - the mixed case: a float32 gallery (and first photo of each pair) searched
-  with int8 probes, as a collection enrolled before the switch is;
+  with the variant's probes, as a collection enrolled before the switch is;
 - kept: accuracy within 0.1 pp, rank-1 within 0.2 pp and the cosine bar.
 
 Then in-process ms per face of each network's forward pass (``embed``, no
-mirror averaging, one intra-op thread) at batch 1, 16 and 64, float32 against
-int8, the best of ``--rounds`` interleaved rounds (other processes' load
-penalises neither column). Writes ``bench/results/quantized.md`` with the CPU
+mirror averaging, one intra-op thread) at batch 1, 16 and 64 in each variant,
+the best of ``--rounds`` interleaved rounds (other processes' load penalises
+no column). Writes ``bench/results/quantized.md`` with the CPU
 model and flags in its header.
 """
 
@@ -42,7 +45,7 @@ from bench.evaluate import Embedding, accuracy, lfw_pairs
 from configs.settings import Runtime, Settings
 from pipelines.models import ModelContext
 from pipelines.registry import EMBEDDERS
-from pipelines.runtime import INT8_FLAGS, cpu_flags
+from pipelines.runtime import BF16_FLAGS, INT8_FLAGS, cpu_flags
 from pipelines.stages import EmbeddingStage, EmbedRequest
 
 OUT = Path(__file__).parent / "results" / "quantized.md"
@@ -51,8 +54,15 @@ MODELS = (*NETS, "dlib+mfn512")
 BATCHES = (1, 16, 64)
 #: the bars an int8 form must hold to be kept
 MAX_ACC_PP, MAX_RANK1_PP, MIN_COSINE = 0.1, 0.2, 0.99
-#: network -> whether it keeps an int8 form (``has_int8`` as shipped), set by main
-SHIPPED: dict[str, bool] = {}
+#: variant -> (runtime.engine, runtime.precision); the first is the reference
+VARIANTS: dict[str, tuple[str, str]] = {"fp32": ("onnxruntime", "fp32"),
+                                        "int8": ("onnxruntime", "int8"),
+                                        "ov-fp32": ("openvino", "fp32"),
+                                        "bf16": ("openvino", "bf16")}
+#: the model attribute that says whether a network keeps a precision's form
+FORM = {"int8": "has_int8", "bf16": "has_bf16"}
+#: (network, attribute) -> its value as shipped, set by main
+SHIPPED: dict[tuple[str, str], bool] = {}
 log = logging.getLogger("bench.quantized")
 
 
@@ -75,9 +85,18 @@ def lfw_chips(cache: Path, s: Settings) -> tuple[list[str], dict[str, np.ndarray
     return found, out
 
 
-def _ctx(s: Settings, precision: str) -> ModelContext:
+def _ctx(s: Settings, variant: str) -> ModelContext:
+    engine, precision = VARIANTS[variant]
     return ModelContext(models_dir=s.models_path, fusion_weights=s.fusion_weights,
-                        runtime=Runtime(device="cpu", precision=precision))
+                        runtime=Runtime(device="cpu", engine=engine, precision=precision))
+
+
+def _set_forms(shipped: bool) -> None:
+    """Every network tries every form (False), or each keeps what it ships with."""
+    for n in NETS:
+        for attr in FORM.values():
+            setattr(type(EMBEDDERS[n](ModelContext())), attr,
+                    SHIPPED[n, attr] if shipped else True)
 
 
 def embed_all(stage: EmbeddingStage, model: str, chips: dict[str, np.ndarray]) -> np.ndarray:
@@ -107,34 +126,36 @@ def scores(s: Settings, model: str, gallery_vecs: dict, probe_vecs: dict, people
 
 
 def accuracy_rows(s: Settings, paths: list[str], chips: dict[str, np.ndarray]) -> list[str]:
-    stages = {p: EmbeddingStage(_ctx(s, p), flip_average=s.flip_average) for p in ("fp32", "int8")}
+    stages = {v: EmbeddingStage(_ctx(s, v), flip_average=s.flip_average) for v in VARIANTS}
     people = ident.dev_people()
-    rows = ["| model | int8 used | min cosine (p1) | DevTest acc fp32 / int8 / mixed | "
-            "rank-1 fp32 / int8 / mixed | TAR fp32 / int8 / mixed | kept |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| model | variant | as run | min cosine (p1) | DevTest acc fp32 / variant / mixed | "
+            "rank-1 fp32 / variant / mixed | TAR fp32 / variant / mixed | kept |",
+            "|---|---|---|---|---|---|---|---|"]
     for model in MODELS:
-        t0 = time.perf_counter()
-        if model not in NETS:  # a fused model as served: int8 parts only where kept
-            for n in NETS:
-                type(EMBEDDERS[n](ModelContext())).has_int8 = SHIPPED[n]
+        # a fused model as served: each part in a form only where the part keeps it
+        _set_forms(shipped=model not in NETS)
         v = {p: embed_all(st, model, chips) for p, st in stages.items()}
-        used = [m.name for m in _parts(stages["int8"].model(model)) if m.precision == "int8"]
-        cos = (v["fp32"] * v["int8"]).sum(1)
         d = {p: dict(zip(paths, v[p], strict=True)) for p in v}
         with tempfile.TemporaryDirectory() as tmp:
             f = scores(s, model, d["fp32"], d["fp32"], people, Path(tmp) / "f")
-            q = scores(s, model, d["int8"], d["int8"], people, Path(tmp) / "q")
-            mixed = scores(s, model, d["fp32"], d["int8"], people, Path(tmp) / "m")
-        # held: no more than the bar lost (a gain is no reason to refuse int8)
-        kept = ((q[0] - f[0]) * 100 >= -MAX_ACC_PP - 1e-9
-                and (q[1] - f[1]) * 100 >= -MAX_RANK1_PP - 1e-9 and cos.min() >= MIN_COSINE)
-        rows.append(
-            f"| {model} | {', '.join(used) or 'none'} | {cos.min():.4f} "
-            f"({np.percentile(cos, 1):.4f}) | "
-            + " | ".join(" / ".join(f"{x[i]:.2%}" for x in (f, q, mixed))
-                         + f" ({(q[i] - f[i]) * 100:+.2f} pp)" for i in range(3))
-            + f" | {'yes' if kept else 'no'} |")
-        log.info("%s in %.0f s: %s", model, time.perf_counter() - t0, rows[-1])
+            for var in list(VARIANTS)[1:]:
+                t0 = time.perf_counter()
+                m = stages[var].model(model)
+                run = f"{m.precision} on {m.engine}"
+                cos = (v["fp32"] * v[var]).sum(1)
+                q = scores(s, model, d[var], d[var], people, Path(tmp) / var)
+                mixed = scores(s, model, d["fp32"], d[var], people, Path(tmp) / f"m{var}")
+                # held: no more than the bar lost (a gain is no reason to refuse a form)
+                kept = ((q[0] - f[0]) * 100 >= -MAX_ACC_PP - 1e-9
+                        and (q[1] - f[1]) * 100 >= -MAX_RANK1_PP - 1e-9
+                        and cos.min() >= MIN_COSINE)
+                rows.append(
+                    f"| {model} | {var} | {run} | {cos.min():.4f} "
+                    f"({np.percentile(cos, 1):.4f}) | "
+                    + " | ".join(" / ".join(f"{x[i]:.2%}" for x in (f, q, mixed))
+                                 + f" ({(q[i] - f[i]) * 100:+.2f} pp)" for i in range(3))
+                    + f" | {'yes' if kept else 'no'} |")
+                log.info("%s in %.0f s: %s", model, time.perf_counter() - t0, rows[-1])
     return rows
 
 
@@ -143,13 +164,13 @@ def _parts(model):
 
 
 def speed_rows(s: Settings, chips: dict[str, np.ndarray], rounds: int) -> list[str]:
-    models = {p: {n: EMBEDDERS[n](_ctx(s, p)) for n in NETS} for p in ("fp32", "int8")}
+    models = {v: {n: EMBEDDERS[n](_ctx(s, v)) for n in NETS} for v in VARIANTS}
     best: dict[tuple[str, str, int], float] = {}
     for _ in range(rounds):
         for n in NETS:
             for b in BATCHES:
-                for p in ("fp32", "int8"):
-                    m = models[p][n]
+                for v in VARIANTS:
+                    m = models[v][n]
                     x = chips[m.chip.key][:b]
                     m.embed(x)  # loaded and warm
                     reps = max(1, 64 // b)
@@ -157,15 +178,17 @@ def speed_rows(s: Settings, chips: dict[str, np.ndarray], rounds: int) -> list[s
                     for _ in range(reps):
                         m.embed(x)
                     ms = (time.perf_counter() - t) * 1000 / (reps * b)
-                    best[n, p, b] = min(best.get((n, p, b), ms), ms)
-    rows = ["| network | precision | " + " | ".join(f"batch {b}" for b in BATCHES) + " |",
-            "|---|---|" + "---|" * len(BATCHES)]
+                    best[n, v, b] = min(best.get((n, v, b), ms), ms)
+    rows = ["| network | variant | as run | " + " | ".join(f"batch {b}" for b in BATCHES)
+            + " | " + " | ".join(f"speed-up at {b}" for b in BATCHES) + " |",
+            "|---|---|---|" + "---|" * 2 * len(BATCHES)]
     for n in NETS:
-        for p in ("fp32", "int8"):
-            rows.append(f"| {n} | {models[p][n].precision} | "
-                        + " | ".join(f"{best[n, p, b]:.2f}" for b in BATCHES) + " |")
-        rows.append(f"| {n} | speed-up | " + " | ".join(
-            f"{best[n, 'fp32', b] / best[n, 'int8', b]:.2f}x" for b in BATCHES) + " |")
+        for v in VARIANTS:
+            m = models[v][n]
+            rows.append(f"| {n} | {v} | {m.precision} on {m.engine} | "
+                        + " | ".join(f"{best[n, v, b]:.2f}" for b in BATCHES) + " | "
+                        + " | ".join(f"{best[n, 'fp32', b] / best[n, v, b]:.2f}x"
+                                     for b in BATCHES) + " |")
     return rows
 
 
@@ -175,12 +198,16 @@ def cpu_header() -> list[str]:
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "sse4")))
     import onnxruntime
 
+    from pipelines import openvino_session
+
     present = ", ".join(sorted(set(INT8_FLAGS) & cpu_flags())) or "none"
-    return [f"CPU: {model}; onnxruntime {onnxruntime.__version__}; one intra-op thread.",
+    bf16 = ", ".join(sorted(set(BF16_FLAGS) & cpu_flags())) or "none"
+    return [f"CPU: {model}; onnxruntime {onnxruntime.__version__}, openvino "
+            f"{openvino_session.version()}; one intra-op thread.",
             f"Flags: {' '.join(flags)}.",
-            f"int8 instructions present: {present}"
-            " (runtime.precision=auto picks int8 only with one of "
-            f"{', '.join(INT8_FLAGS)})."]
+            f"bf16 instructions present: {bf16}; int8 instructions present: {present}"
+            " (runtime.precision=auto picks bf16 on OpenVINO only with one of "
+            f"{', '.join(BF16_FLAGS)}, else int8 only with one of {', '.join(INT8_FLAGS)})."]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,27 +225,27 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.install import quantize
 
     model_check.INT8_MIN_COSINE = quantize.INT8_MIN_COSINE = -1.0
-    global SHIPPED
-    SHIPPED = {n: type(EMBEDDERS[n](ModelContext())).has_int8 for n in NETS}
-    for n in NETS:
-        type(EMBEDDERS[n](ModelContext())).has_int8 = True
+    SHIPPED.update({(n, attr): getattr(type(EMBEDDERS[n](ModelContext())), attr)
+                    for n in NETS for attr in FORM.values()})
     s = Settings()
     paths, chips = lfw_chips(a.cache, s)
-    lines = ["# int8 against float32 embedders", "", "    .venv/bin/python -m bench.quantized",
+    lines = ["# int8 and bfloat16 against float32 embedders, on onnxruntime and OpenVINO", "",
+             "    .venv/bin/python -m bench.quantized",
              "", *cpu_header(), "",
-             f"{len(paths)} LFW dev faces. int8: static QDQ, int8 weights per channel, uint8 "
-             "activations (MinMax), calibrated on 512 DevTrain faces "
-             "(`pipelines/install/quantize.py`). Mixed: float32 gallery and first photo of "
-             f"each pair, int8 probes. Kept: accuracy within {MAX_ACC_PP} pp, rank-1 within "
-             f"{MAX_RANK1_PP} pp, cosine >= {MIN_COSINE} on every face (int8 may lose no more "
-             "than the bar; the change int8 - fp32 is in brackets). Each network alone is "
-             "tried in int8; a fused model is shown as served, int8 parts only where the "
-             "network keeps its int8 form.", ""]
+             f"{len(paths)} LFW dev faces. Reference: float32 on onnxruntime. int8: static "
+             "QDQ, int8 weights per channel, uint8 activations (MinMax), calibrated on 512 "
+             "DevTrain faces (`pipelines/install/quantize.py`), on onnxruntime. ov-fp32 and "
+             "bf16: the float32 file on OpenVINO, with its inference precision float32 or "
+             "bfloat16. Mixed: float32 gallery and first photo of each pair, the variant's "
+             f"probes. Kept: accuracy within {MAX_ACC_PP} pp, rank-1 within "
+             f"{MAX_RANK1_PP} pp, cosine >= {MIN_COSINE} on every face (a variant may lose no "
+             "more than the bar; its change - fp32 is in brackets). Each network alone is "
+             "tried in each variant; a fused model is shown as served, each part in a form "
+             "only where the part keeps it.", ""]
     if not a.skip_accuracy:
         lines += ["## Accuracy (as served: configured mirror averaging and fusion weights)", "",
                   *accuracy_rows(s, paths, chips), ""]
-    for n in NETS:  # the speed table times every network's int8 form
-        type(EMBEDDERS[n](ModelContext())).has_int8 = True
+    _set_forms(shipped=False)  # the speed table times every network in every variant
     lines += ["## ms per face, one forward pass (no mirror averaging), best of "
               f"{a.rounds} rounds", "", *speed_rows(s, chips, a.rounds), ""]
     OUT.write_text("\n".join(lines))

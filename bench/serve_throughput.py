@@ -69,8 +69,25 @@ def in_process(paths: list[Path], model: str | None = None, batch: int = 16) -> 
     return len(images) / (time.perf_counter() - t0)
 
 
-def _service_cpu() -> float:
-    """CPU seconds of every process this one started (the local Ray cluster)."""
+def _role(pid: int) -> str:
+    """What a process of the service is, by its command line: a Serve deployment's
+    replica by the deployment's name, Serve's proxy and controller, HAProxy, or Ray."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "Ray"
+    if "ServeReplica:" in cmd:
+        return cmd.split("ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
+    for key, role in (("ProxyActor", "Serve proxy"), ("ServeController", "Serve controller"),
+                      ("haproxy", "HAProxy")):
+        if key in cmd:
+            return role
+    return "Ray"
+
+
+def _service_cpu_by_role() -> dict[str, float]:
+    """CPU seconds of every process this one started (the local Ray cluster), by role."""
     kids: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -80,17 +97,19 @@ def _service_cpu() -> float:
                         int(entry))
             except (OSError, IndexError, ValueError):
                 pass
-    total, stack, tick = 0.0, list(kids.get(os.getpid(), [])), os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    stack, tick = list(kids.get(os.getpid(), [])), os.sysconf("SC_CLK_TCK")
     while stack:
         pid = stack.pop()
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            role = _role(pid)
+            out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
             pass
         stack.extend(kids.get(pid, []))
-    return total
+    return out
 
 
 def _batches(base: str) -> str:
@@ -110,9 +129,12 @@ def measure(base: str, photos: str, conc: int, model: str | None = None) -> dict
     extra = {"model": model} if model else None
     http_load.run(base, "/v1/embed", photos, min(conc, 8), requests=max(2 * conc, 16),
                   extra=extra)  # warm up: models loaded, queues primed
-    cpu0 = _service_cpu()
+    cpu0 = _service_cpu_by_role()
     res = http_load.run(base, "/v1/embed", photos, conc, extra=extra)
-    res["cpu_ms"] = (_service_cpu() - cpu0) / res["requests"] * 1000
+    cpu1 = _service_cpu_by_role()
+    res["cpu_by_role"] = {r: (cpu1[r] - cpu0.get(r, 0.0)) / res["requests"] * 1000
+                          for r in cpu1}
+    res["cpu_ms"] = sum(res["cpu_by_role"].values())
     res["batches"] = _batches(base)
     return res
 
@@ -149,6 +171,13 @@ def before_after(a: argparse.Namespace) -> None:
         lines.append(f"| {topo} | {conc} | {name} | {rev} | {r['req_s']:.1f} | "
                      f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['cpu_ms']:.1f} | "
                      f"{r['requests'] - r['ok']} |")
+    roles = sorted({k for *_, r in rows for k, v in r["cpu_by_role"].items() if v >= 0.05})
+    lines += ["", "CPU ms per image by process (the service's processes, from /proc):", "",
+              "| topology | clients | side | " + " | ".join(roles) + " | all |",
+              "|---|---|---|" + "---|" * (len(roles) + 1)]
+    for topo, conc, name, _, r in rows:
+        lines.append(f"| {topo} | {conc} | {name} | " + " | ".join(
+            f"{r['cpu_by_role'].get(k, 0.0):.1f}" for k in roles) + f" | {r['cpu_ms']:.1f} |")
     pairs = {}
     for topo, conc, name, _, r in rows:
         pairs.setdefault((topo, conc), {})[name] = r

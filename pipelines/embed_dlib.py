@@ -74,6 +74,8 @@ class DlibOnnxEmbedder(EmbedderModel):
     #: int8 holds here: cosine >= 0.998 to float32 on every LFW dev face, accuracy and
     #: rank-1 unchanged, about 2.5x faster a face on a VNNI CPU (bench/quantized.py)
     has_int8 = True
+    #: bf16 holds too (bench/quantized.py), and on OpenVINO runs on AMX or AVX-512 BF16
+    has_bf16 = True
 
     def __init__(self, ctx: ModelContext | None = None, dat_path: Path | None = None) -> None:
         self.ctx = ctx or ModelContext()
@@ -95,11 +97,12 @@ class DlibOnnxEmbedder(EmbedderModel):
         session = open_verified("dlib", dat, self.onnx_path, self.name, self.ctx.runtime,
                                 check=self._verify)
         session, self.precision = with_precision(session, self.onnx_path, self.name,
-                                                 self.ctx.runtime, self.has_int8)
+                                                 self.ctx.runtime, self.has_int8, self.has_bf16)
         self.session = session
         self._input = session.get_inputs()[0].name
+        self.engine = session.get_providers()[0]
         log.info("loaded %s on %s (%s; float32 cosine %.7f to dlib)", self.onnx_path,
-                 session.get_providers()[0], self.precision, self.verified_cosine)
+                 self.engine, self.precision, self.verified_cosine)
 
     def _verify(self, session: Any) -> None:
         self.verified_cosine = verify(session, self.onnx_path)

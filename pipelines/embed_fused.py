@@ -47,6 +47,11 @@ class FusedEmbedder(EmbedderModel):
         """Each part's precision in part order, e.g. ``int8+fp32`` (after ``load``)."""
         return "+".join(p.precision for p in self.parts)
 
+    @property
+    def engine(self) -> str:  # type: ignore[override]
+        """The parts' engines (after ``load``), each once."""
+        return "+".join(dict.fromkeys(p.engine for p in self.parts))
+
     def load(self) -> None:
         for p in self.parts:
             p.load()

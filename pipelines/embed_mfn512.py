@@ -60,3 +60,5 @@ class Mfn512Embedder(OnnxChipEmbedder):
     onnx_name = ONNX_NAME
     convert_options = {"flush_below": FLUSH_BELOW}
     preprocess = staticmethod(preprocess)
+    #: bf16 holds (bench/quantized.py): OpenVINO runs it on AMX or AVX-512 BF16
+    has_bf16 = True

@@ -48,6 +48,8 @@ class MobileFaceNetEmbedder(OnnxChipEmbedder):
     kind = "tflite"
     onnx_name = ONNX_NAME
     preprocess = staticmethod(preprocess)
+    #: bf16 holds (bench/quantized.py): OpenVINO runs it on AMX or AVX-512 BF16
+    has_bf16 = True
 
     @property
     def tflite_path(self) -> Path:

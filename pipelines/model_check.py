@@ -30,7 +30,7 @@ import numpy as np
 
 from pipelines.errors import ModelNotInstalled, Unavailable
 from configs.settings import Runtime
-from pipelines.runtime import int8_wanted, onnx_providers, onnx_session
+from pipelines.runtime import cpu_engine, onnx_providers, onnx_session, precision_for
 
 log = logging.getLogger(__name__)
 
@@ -293,13 +293,96 @@ def open_int8(fp32: Path, name: str, runtime: Runtime) -> Any | None:
         return None
 
 
+def _verify_against(session: Any, fp32_session: Any, fp32: Path, name: str,
+                    precision: str) -> None:
+    """Raise unless ``session`` gives cosine >= ``INT8_MIN_COSINE`` to the verified
+    float32 session on real faces (the int8 reference's, else the float32 one's input)."""
+    ref = int8_path(fp32).with_suffix(".ref.npz")
+    try:
+        with np.load(ref if ref.is_file() else reference_path(fp32)) as z:
+            x = z["input"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelVerificationFailed(f"{name}: no reference input to check {precision} "
+                                      f"against", {"model": name}) from exc
+    feed = fp32_session.get_inputs()[0].name
+    cos = int8_cosines(session, x, np.concatenate(
+        [fp32_session.run(None, {feed: x[i:i + 1]})[0] for i in range(len(x))]))
+    if not cos.min() >= INT8_MIN_COSINE:
+        raise ModelVerificationFailed(
+            f"{name} in {precision} on {session.get_providers()[0]} strays from float32 on "
+            f"its reference faces (cosine {cos.min():.4f} < {INT8_MIN_COSINE})",
+            {"model": name, "cosine": float(cos.min())})
+
+
+def _openvino(path: Path, fp32_session: Any, fp32: Path, name: str, runtime: Runtime,
+              precision: str) -> Any | None:
+    """``path`` compiled by OpenVINO in ``precision`` and checked against float32, or
+    None (logged) when it fails: the caller keeps onnxruntime."""
+    from pipelines.openvino_session import OpenVinoSession
+
+    try:
+        session = OpenVinoSession(path, threads=runtime.intra_op_threads,
+                                  bf16=precision == "bf16")
+        _verify_against(session, fp32_session, fp32, name, precision)
+        return session
+    except Exception as exc:  # noqa: BLE001 - OpenVINO's own types; onnxruntime still serves
+        log.warning("%s: OpenVINO cannot run %s (%s); using onnxruntime", name, path, exc)
+        return None
+
+
+def on_cpu_engine(session: Any, out: Path, name: str, runtime: Runtime) -> Any:
+    """The verified onnxruntime ``session`` of ``out``, or OpenVINO's float32 compile
+    of the same file where ``runtime.engine`` picks OpenVINO on the CPU and it
+    reproduces the stored reference outputs as closely as the conversion had to
+    (``verify_reference``); otherwise, logged, ``session`` itself."""
+    if session.get_providers()[0] != "CPUExecutionProvider" or cpu_engine(runtime) != "openvino":
+        return session
+    from pipelines.openvino_session import OpenVinoSession
+
+    try:
+        ov = OpenVinoSession(out, threads=runtime.intra_op_threads)
+        verify_reference(ov, out, name)
+        return ov
+    except Exception as exc:  # noqa: BLE001 - OpenVINO's own types; onnxruntime still serves
+        log.warning("%s: OpenVINO cannot run %s (%s); using onnxruntime", name, out, exc)
+        return session
+
+
 def with_precision(session: Any, fp32: Path, name: str, runtime: Runtime,
-                   has_int8: bool) -> tuple[Any, str]:
-    """The session an embedder runs and its precision: the int8 copy of ``fp32`` when
-    the model keeps one (``has_int8``) and ``runtime.precision`` asks for it on this
-    device and CPU (``pipelines.runtime.int8_wanted``), else the float32 ``session``."""
-    if has_int8 and int8_wanted(runtime, session.get_providers()[0]):
+                   has_int8: bool, has_bf16: bool = False) -> tuple[Any, str]:
+    """The session an embedder runs and its precision (``fp32``, ``int8`` or ``bf16``).
+
+    ``session`` is the verified onnxruntime session of the float32 file ``fp32``.
+    ``pipelines.runtime`` picks the engine (``cpu_engine``) and the precision
+    (``precision_for``) for this device, CPU and model; int8 is the model's int8
+    copy, bf16 OpenVINO's bfloat16 inference of the float32 file. On OpenVINO
+    the result is checked against ``session`` on real faces; any failure falls
+    back to onnxruntime (and int8 to float32), whose vectors the others are
+    comparable with.
+    """
+    provider = session.get_providers()[0]
+    engine = cpu_engine(runtime) if provider == "CPUExecutionProvider" else "onnxruntime"
+    precision = precision_for(runtime, provider, engine=engine, has_int8=has_int8,
+                              has_bf16=has_bf16)
+    if precision == "bf16":
+        ov = _openvino(fp32, session, fp32, name, runtime, "bf16")
+        if ov is not None:
+            return ov, "bf16"
+        engine = "onnxruntime"  # what it would have picked without OpenVINO
+        precision = precision_for(runtime, provider, engine=engine, has_int8=has_int8,
+                                  has_bf16=False)
+    if precision == "int8":
         int8 = open_int8(fp32, name, runtime)
-        if int8 is not None:
+        if int8 is None:
+            precision = "fp32"
+        else:
+            if engine == "openvino":
+                ov = _openvino(int8_path(fp32), session, fp32, name, runtime, "int8")
+                if ov is not None:
+                    return ov, "int8"
             return int8, "int8"
+    if engine == "openvino":
+        ov = _openvino(fp32, session, fp32, name, runtime, "fp32")
+        if ov is not None:
+            return ov, "fp32"
     return session, "fp32"

@@ -144,8 +144,13 @@ class EmbedderModel(InferenceModel):
     #: the 1:N protocol and a cosine >= 0.99 to float32 on every LFW dev face
     #: (bench/quantized.py); ``runtime.precision`` decides whether it is used
     has_int8: ClassVar[bool] = False
-    #: what ``load`` chose: "fp32" or "int8"
+    #: whether the model keeps its bfloat16 form (OpenVINO on AMX / AVX-512 BF16), by
+    #: the same bars as int8 (bench/quantized.py)
+    has_bf16: ClassVar[bool] = False
+    #: what ``load`` chose: "fp32", "int8" or "bf16"
     precision: str = "fp32"
+    #: the engine ``load`` chose: onnxruntime's provider, or OpenVINO's
+    engine: str = ""
 
     @abstractmethod
     def embed(self, chips: np.ndarray) -> np.ndarray:
@@ -156,7 +161,8 @@ class EmbedderModel(InferenceModel):
         return self.embed(chips_for(inputs, self.chip, self.name))
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "dim": self.dim, "precision": self.precision}
+        return {**super().info(), "dim": self.dim, "precision": self.precision,
+                "engine": self.engine}
 
 
 class AttributeModel(InferenceModel):

@@ -1,6 +1,8 @@
 """The one place where the compute runtime is chosen.
 
-onnxruntime execution providers and session options, TensorFlow's device and
+onnxruntime execution providers and session options, the CPU engine (OpenVINO
+or onnxruntime) and precision of the models that can run on either,
+TensorFlow's device and
 thread pools, and BLAS / OpenMP thread counts all come from
 ``configs.settings.Runtime`` through this module: model replicas call
 ``limit_native_threads``, every onnxruntime session (the install-time
@@ -134,6 +136,9 @@ def onnx_session(path: str | bytes, cfg: Runtime, *, optimize: bool = True,
 #: CPU flags (``/proc/cpuinfo``) under which int8 matrix work runs on dedicated
 #: instructions (onnxruntime's MLAS uses VNNI); without them int8 is no faster
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: CPU flags under which bfloat16 runs on dedicated units (OpenVINO uses AMX tiles
+#: or AVX-512 BF16); without them OpenVINO computes a bf16 request in float32
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
@@ -148,15 +153,48 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
-def int8_wanted(cfg: Runtime, provider: str, flags: set[str] | None = None) -> bool:
-    """Whether an embedder whose float32 session runs on ``provider`` should run int8:
-    never on CUDA, always for ``precision='int8'``, and for ``auto`` only where the
-    CPU has one of ``INT8_FLAGS``."""
+def cpu_engine(cfg: Runtime) -> str:
+    """The engine of models that may run on either: ``openvino`` or ``onnxruntime``.
+
+    ``auto`` takes OpenVINO where it is installed. Raises ``Unavailable`` when
+    ``openvino`` is asked for and cannot be imported.
+    """
+    from pipelines import openvino_session
+
+    if cfg.engine == "onnxruntime":
+        return "onnxruntime"
+    if openvino_session.available():
+        return "openvino"
+    if cfg.engine == "openvino":
+        raise Unavailable("runtime.engine is 'openvino' but the openvino package is not "
+                          "installed (pip install openvino) ; set FACEFLEET_RUNTIME__ENGINE=auto")
+    return "onnxruntime"
+
+
+def precision_for(cfg: Runtime, provider: str, *, engine: str, has_int8: bool,
+                  has_bf16: bool, flags: set[str] | None = None) -> str:
+    """The precision a model whose float32 session runs on ``provider`` should run in:
+    ``bf16``, ``int8`` or ``fp32``.
+
+    Never other than float32 on CUDA. ``bf16`` needs the OpenVINO engine and a
+    model that keeps its bf16 form (``has_bf16``); ``int8`` a model that keeps an
+    int8 copy (``has_int8``); a model without the asked-for form runs float32.
+    ``auto`` picks bf16 where the CPU has one of ``BF16_FLAGS`` and the engine is
+    OpenVINO, else int8 where it has one of ``INT8_FLAGS``, else float32.
+    """
     if provider != "CPUExecutionProvider" or cfg.precision == "fp32":
-        return False
+        return "fp32"
+    bf16_ok = has_bf16 and engine == "openvino"
+    if cfg.precision == "bf16":
+        return "bf16" if bf16_ok else "fp32"
     if cfg.precision == "int8":
-        return True
-    return bool(set(INT8_FLAGS) & (cpu_flags() if flags is None else flags))
+        return "int8" if has_int8 else "fp32"
+    flags = cpu_flags() if flags is None else flags
+    if bf16_ok and set(BF16_FLAGS) & flags:
+        return "bf16"
+    if has_int8 and set(INT8_FLAGS) & flags:
+        return "int8"
+    return "fp32"
 
 
 _tf_configured = False

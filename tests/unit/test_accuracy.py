@@ -21,7 +21,7 @@ from bench.evaluate import (Embedding, accuracy, deepface_identities, leave_one_
                             pair_distances)
 from configs.settings import Settings
 from pipelines.models import ModelContext
-from pipelines.runtime import int8_wanted
+from pipelines.runtime import cpu_engine, precision_for
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +47,19 @@ def lfw_vectors(embedding, people) -> dict[str, np.ndarray | None]:
     return embedding.embed_paths(sorted(p for imgs in people.values() for p in imgs))
 
 
-def test_the_default_runs_int8_where_the_cpu_has_int8_instructions(settings, embedding):
-    """These accuracy bars hold for what is served: on a VNNI / AMX CPU that is the
-    int8 form of every part that keeps one (dlib), float32 elsewhere."""
+def test_the_default_runs_the_precision_this_cpu_picks(settings, embedding):
+    """These accuracy bars hold for what is served: on an AMX / AVX-512 BF16 CPU with
+    OpenVINO that is bfloat16 for every part that keeps it, on a VNNI CPU the int8
+    form of every part that keeps one (dlib), float32 elsewhere."""
     model = embedding.emb.model(settings.default_embedder)
     model.load()
     on_cpu = settings.runtime.device != "cuda"
     for part in getattr(model, "parts", [model]):
         part.load()
-        want = part.has_int8 and on_cpu and int8_wanted(settings.runtime, "CPUExecutionProvider")
-        assert part.precision == ("int8" if want else "fp32"), part.name
+        want = precision_for(settings.runtime, "CPUExecutionProvider",
+                             engine=cpu_engine(settings.runtime), has_int8=part.has_int8,
+                             has_bf16=part.has_bf16) if on_cpu else "fp32"
+        assert part.precision == want, part.name
 
 
 def test_lfw_devtest_accuracy_with_configured_threshold(settings, lfw_vectors):
