@@ -51,6 +51,8 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--deepface-detectors", default="opencv,mediapipe")
     p.add_argument("--topologies", default="separate,fused")
+    p.add_argument("--embedders", default="default,dlib",
+                   help="facefleet's embedders per topology ('default': the pack's)")
     p.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     p.add_argument("--start-timeout", type=float, default=900)
     a = p.parse_args()
@@ -79,7 +81,8 @@ def main() -> int:
             base = f"http://127.0.0.1:{port}"
             try:
                 wait_ready(base + "/ready", proc, a.start_timeout)
-                for model in (None, "dlib"):
+                for name in a.embedders.split(","):
+                    model = None if name == "default" else name
                     extra = {"enforce_detection": False, **({"model": model} if model else {})}
                     res = _measure(base, "/v1/embed", a.photos, a.concurrency, extra)
                     rows.append(("facefleet", f"{topo}, {model or 'default embedder'}, "

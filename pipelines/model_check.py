@@ -330,24 +330,6 @@ def _openvino(path: Path, fp32_session: Any, fp32: Path, name: str, runtime: Run
         return None
 
 
-def on_cpu_engine(session: Any, out: Path, name: str, runtime: Runtime) -> Any:
-    """The verified onnxruntime ``session`` of ``out``, or OpenVINO's float32 compile
-    of the same file where ``runtime.engine`` picks OpenVINO on the CPU and it
-    reproduces the stored reference outputs as closely as the conversion had to
-    (``verify_reference``); otherwise, logged, ``session`` itself."""
-    if session.get_providers()[0] != "CPUExecutionProvider" or cpu_engine(runtime) != "openvino":
-        return session
-    from pipelines.openvino_session import OpenVinoSession
-
-    try:
-        ov = OpenVinoSession(out, threads=runtime.intra_op_threads)
-        verify_reference(ov, out, name)
-        return ov
-    except Exception as exc:  # noqa: BLE001 - OpenVINO's own types; onnxruntime still serves
-        log.warning("%s: OpenVINO cannot run %s (%s); using onnxruntime", name, out, exc)
-        return session
-
-
 def with_precision(session: Any, fp32: Path, name: str, runtime: Runtime,
                    has_int8: bool, has_bf16: bool = False) -> tuple[Any, str]:
     """The session an embedder runs and its precision (``fp32``, ``int8`` or ``bf16``).

@@ -105,3 +105,10 @@ def jpeg_b64(chip: np.ndarray) -> str:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(chip, cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_JPEG_QUALITY, 92])
     return base64.b64encode(buf.tobytes()).decode() if ok else ""
+
+
+def compact_vector(v: np.ndarray) -> list[float]:
+    """A float32 vector as short JSON numbers: rounded to 9 decimals (within 5e-10 of
+    each component, at most one float32 step), ~11 characters each instead of the
+    17-20 of a float64 repr: a 640-d answer shrinks from 14 to 8.6 KB."""
+    return np.round(np.asarray(v, dtype=np.float64), 9).tolist()

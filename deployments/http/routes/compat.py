@@ -34,7 +34,7 @@ from deployments.http.compat_schemas import (COMPAT_ERRORS, DEEPFACE_ACTIONS, Bu
                                         distance_from_similarity, distances, embedder_for,
                                         threshold_in, unit_embedding)
 from deployments.http.errors import compat_error_response
-from deployments.http.common import Api, api_of, body_schema
+from deployments.http.common import Api, api_of, body_schema, compact_vector
 from pipelines.flow import FaceQuery
 from pipelines.flow.deepface import DeepfaceFlow, checked_actions
 from pipelines.registry import DETECTORS, embedder_names
@@ -128,7 +128,7 @@ async def df_represent(request: Request) -> Any:
         faces, vecs = await DeepfaceFlow(api.flow).embed(
             data, name, _query(api, body, "img", body.max_faces), body.anti_spoofing)
         return {"results": [
-            {"embedding": v.tolist(), "facial_area": a, "face_confidence": c}
+            {"embedding": compact_vector(v), "facial_area": a, "face_confidence": c}
             for v, a, c in zip(vecs, faces.areas, faces.scores, strict=True)]}
     return await _compat(request, run)
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pipelines.errors import FacefleetError
 from deployments.http import readiness
 from deployments.http.bodies import AnalyzeBody, DetectBody, EmbedBody, VerifyBody
-from deployments.http.common import api_of, body_schema, jpeg_b64
+from deployments.http.common import api_of, body_schema, compact_vector, jpeg_b64
 from deployments.http.schemas import (ERRORS, AnalyzeOut, DetectOut, EmbedOut, HealthOut, ModelsOut,
                                  ReadyOut, StatsOut, VerifyOut, errors)
 from pipelines.flow import CROP_SPEC, FaceQuery
@@ -108,7 +108,7 @@ async def embed(request: Request) -> dict:
     data = await api.image(body.img, files, "img")
     emb = await api.flow.embed(data, _query(body), body.model)
     dim = int(emb.vectors.shape[1])
-    faces = [{**_face(f), "embedding": v.tolist(), "dim": dim}
+    faces = [{**_face(f), "embedding": compact_vector(v), "dim": dim}
              for f, v in zip(emb.faces, emb.vectors, strict=True)]
     return {"faces": faces, "model": emb.model, "detector": emb.detector}
 
