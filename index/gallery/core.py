@@ -307,8 +307,9 @@ class GalleryCore:
         info = self.collection(collection)
         limit = check_limit(limit)
         q = check_query(q)
-        # the cursor carries a digest of the search, not the text: names are personal
-        # data, and cursors end up in URLs and logs
+        # the cursor carries a digest of the search, not the text: a 200-character
+        # search would not fit the route's 512-character cursor, and logs of URLs do
+        # not spell searches out twice (a short search can still be guessed from it)
         scope = "q:" + hashlib.sha256(q.encode()).hexdigest()[:16] if q else None
         after = cursors.decode(cursor, "persons", info.id, scope) if cursor else ""
         rows = self.store.list_persons(info.id, after, limit + 1, q)
