@@ -7,6 +7,7 @@ photos), so enrolling by embedding and by photo must find the same people.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from tests.app.photos import b64, identities
 
-from facefleet import Client
+from facefleet import AsyncClient, Client
 from facefleet.cli import main
 
 pytestmark = pytest.mark.app
@@ -276,6 +277,13 @@ def test_persons_search_over_http(service, api, vectors):
         assert [p.name for p in page.items] == ["Ana Souza"] and page.next_cursor is None
         assert [p.person_id for p in client.iter_persons("search", page_size=1, q="ana")] \
             == ["Ana_5", "ana-1", "bea-2"]
+
+    async def found_async() -> list[str]:
+        async with AsyncClient(service.base_url) as client:
+            return [p.person_id async for p in client.iter_persons("search", page_size=1,
+                                                                   q="_")]
+
+    assert asyncio.run(found_async()) == ["Ana_5"]
     out = CliRunner().invoke(main, ["persons", "-c", "search", "-q", "CID", "--json"],
                              env={"FACEFLEET_URL": service.base_url}, catch_exceptions=False)
     assert out.exit_code == 0, out.output
