@@ -166,15 +166,15 @@ class AsyncClient(Endpoints, RequestIds):
     async def cluster_job(self, collection: str, job_id: str) -> dict[str, Any]:
         return await self._run(self._cluster_job(collection, job_id))
 
-    async def persons(self, collection: str, *, limit: int = 100,
-                      cursor: str | None = None) -> Page[PersonSummary]:
-        return await self._run(self._persons(collection, limit, cursor))
+    async def persons(self, collection: str, *, limit: int = 100, cursor: str | None = None,
+                      q: str | None = None) -> Page[PersonSummary]:
+        return await self._run(self._persons(collection, limit, cursor, q))
 
-    async def iter_persons(self, collection: str, *,
-                           page_size: int = 500) -> AsyncIterator[PersonSummary]:
+    async def iter_persons(self, collection: str, *, page_size: int = 500,
+                           q: str | None = None) -> AsyncIterator[PersonSummary]:
         cursor: str | None = None
         while True:
-            page = await self.persons(collection, limit=page_size, cursor=cursor)
+            page = await self.persons(collection, limit=page_size, cursor=cursor, q=q)
             for p in page.items:
                 yield p
             if page.next_cursor is None:

@@ -331,10 +331,10 @@ class Endpoints:
         return Call("GET", f"/v1/collections/{_q(collection)}/faces/{_q(face_id)}/thumbnail",
                     lambda r: r.content)
 
-    def _persons(self, collection: str, limit: int,
-                 cursor: str | None) -> Call[Page[PersonSummary]]:
+    def _persons(self, collection: str, limit: int, cursor: str | None,
+                 q: str | None = None) -> Call[Page[PersonSummary]]:
         return Call("GET", f"/v1/collections/{_q(collection)}/persons?"
-                     + urlencode(_body(limit=limit, cursor=cursor)), _persons_page)
+                     + urlencode(_body(limit=limit, cursor=cursor, q=q)), _persons_page)
 
     def _cluster(self, collection: str, scope: str,
                  threshold: float | None) -> Call[dict[str, Any]]:

@@ -191,16 +191,20 @@ class Client(Endpoints, RequestIds):
         """A clustering job: ``status`` running / done / failed, ``progress``, ``result``."""
         return self._run(self._cluster_job(collection, job_id))
 
-    def persons(self, collection: str, *, limit: int = 100,
-                cursor: str | None = None) -> Page[PersonSummary]:
-        """One page of persons (person-id order); pass ``next_cursor`` for the next."""
-        return self._run(self._persons(collection, limit, cursor))
+    def persons(self, collection: str, *, limit: int = 100, cursor: str | None = None,
+                q: str | None = None) -> Page[PersonSummary]:
+        """One page of persons (person-id order); pass ``next_cursor`` for the next.
+        ``q``: only persons whose name or id contains it, ignoring case (the server
+        searches; give the same ``q`` with the cursor of its pages)."""
+        return self._run(self._persons(collection, limit, cursor, q))
 
-    def iter_persons(self, collection: str, *, page_size: int = 500) -> Iterator[PersonSummary]:
-        """Every person of the collection, a page at a time."""
+    def iter_persons(self, collection: str, *, page_size: int = 500,
+                     q: str | None = None) -> Iterator[PersonSummary]:
+        """Every person of the collection (whose name or id contains ``q``), a page
+        at a time."""
         cursor: str | None = None
         while True:
-            page = self.persons(collection, limit=page_size, cursor=cursor)
+            page = self.persons(collection, limit=page_size, cursor=cursor, q=q)
             yield from page.items
             if page.next_cursor is None:
                 return

@@ -2,10 +2,11 @@
 
 A cursor is the key of the last row a page showed (a person id, or a face's
 internal id), with the listing it belongs to: the collection's id and the
-filter. It is base64url JSON, opaque to clients; a cursor that was tampered
-with, or that belongs to another listing (another collection, another
-person filter, or a collection dropped and made again), is refused with a
-``ValidationError`` instead of silently paging something else.
+filter (a person id, or a digest of a persons search). It is base64url JSON,
+opaque to clients; a cursor that was tampered with, or that belongs to another
+listing (another collection, another person filter or search, or a collection
+dropped and made again), is refused with a ``ValidationError`` instead of
+silently paging something else.
 """
 
 from __future__ import annotations

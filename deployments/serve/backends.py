@@ -158,8 +158,8 @@ class ServeGallery:
         return await self._h.merge_persons.remote(collection, person_id, list(sources), actor)
 
     async def list_persons(self, collection: str, limit: int = 100, cursor: str | None = None,
-                           actor: Actor | None = None) -> Record:
-        return await self._h.list_persons.remote(collection, limit, cursor, actor)
+                           actor: Actor | None = None, q: str | None = None) -> Record:
+        return await self._h.list_persons.remote(collection, limit, cursor, actor, q)
 
     async def list_faces(self, collection: str, person_id: str | None = None, limit: int = 100,
                          cursor: str | None = None, actor: Actor | None = None) -> Record:
@@ -366,8 +366,8 @@ class LocalGallery:
         return await self.service.merge_persons(collection, person_id, sources, actor)
 
     async def list_persons(self, collection: str, limit: int = 100, cursor: str | None = None,
-                           actor: Actor | None = None) -> Record:
-        return await self.service.list_persons(collection, limit, cursor, actor)
+                           actor: Actor | None = None, q: str | None = None) -> Record:
+        return await self.service.list_persons(collection, limit, cursor, actor, q)
 
     async def list_faces(self, collection: str, person_id: str | None = None, limit: int = 100,
                          cursor: str | None = None, actor: Actor | None = None) -> Record:

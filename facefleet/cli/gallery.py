@@ -92,11 +92,16 @@ def _pages(fetch: Callable[..., Any], limit: int, cursor: str | None,
               help="Persons per page.")
 @click.option("--cursor", default=None, help="Start after the page that gave this cursor.")
 @click.option("--all", "every", is_flag=True, help="Every page, not just one.")
+@click.option("-q", "--search", "q", default=None,
+              help="Only persons whose name or id contains this text (any case); "
+                   "a --cursor must come from the same search.")
 @common
-def persons(ctx: Ctx, collection: str, limit: int, cursor: str | None, every: bool) -> None:
+def persons(ctx: Ctx, collection: str, limit: int, cursor: str | None, every: bool,
+            q: str | None) -> None:
     """List the persons of COLLECTION (person-id order) with their face counts."""
     with ctx.client() as client:
-        items, nxt = _pages(functools.partial(client.persons, collection), limit, cursor, every)
+        items, nxt = _pages(functools.partial(client.persons, collection, q=q), limit, cursor,
+                            every)
     if ctx.out.as_json:
         ctx.out.json({"collection": collection, "persons": [p.__dict__ for p in items],
                       "next_cursor": nxt})

@@ -13,7 +13,7 @@ live in ``deployments/serve/gallery.py``. This package re-exports the public nam
 """
 
 from index.gallery.checks import (COLLECTION_PATTERN, MAX_DIM, MAX_EXPORT_PAGE, MAX_K,
-                                  MAX_LABELS, MAX_PAGE, check_collection_name,
+                                  MAX_LABELS, MAX_PAGE, MAX_QUERY, check_collection_name,
                                   check_import_row, new_ids)
 from index.gallery.shards import LocalShards, Plan, ShardSet, verify_ids
 from index.gallery.core import GalleryCore, collection_dict, face_dict
@@ -22,6 +22,7 @@ from index.gallery.in_process import InProcessGallery
 
 __all__ = [
     "COLLECTION_PATTERN", "MAX_DIM", "MAX_EXPORT_PAGE", "MAX_K", "MAX_LABELS", "MAX_PAGE",
+    "MAX_QUERY",
     "GalleryCore", "GalleryService", "InProcessGallery", "LocalShards", "Plan", "ShardSet",
     "check_collection_name", "check_import_row", "collection_dict", "face_dict", "new_ids",
     "verify_ids",

@@ -30,6 +30,9 @@ MAX_LABELS = 32
 #: rows per page of a listing, and per page an export reads
 MAX_PAGE = 1000
 MAX_EXPORT_PAGE = 5000
+#: characters of a persons search (after surrounding spaces are stripped)
+MAX_QUERY = 200
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def new_ids(n: int) -> list[str]:
@@ -91,6 +94,20 @@ def check_limit(limit: Any, most: int | None = None) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or not 0 < limit <= most:
         raise ValidationError(f"limit must be an integer in 1..{most}", {"limit": str(limit)})
     return int(limit)
+
+
+def check_query(q: Any) -> str | None:
+    """A persons search, stripped; None (no filter) when absent or blank."""
+    if q is None:
+        return None
+    if not isinstance(q, str):
+        raise ValidationError("q is a string", {"q": str(q)[:100]})
+    q = q.strip()
+    if len(q) > MAX_QUERY:
+        raise ValidationError(f"q is at most {MAX_QUERY} characters", {"length": len(q)})
+    if _CONTROL_RE.search(q):  # PostgreSQL refuses NUL in text, and no name holds these
+        raise ValidationError("q holds control characters")
+    return q or None
 
 
 def check_key(key: Any) -> str:

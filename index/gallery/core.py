@@ -18,7 +18,8 @@ from index.audit import Actor, AuditAction, entry_of
 from index.gallery.checks import (FACE_ID_RE, MAX_EXPORT_PAGE, MAX_K, check_collection_name,
                                   check_import_row, check_key, check_labels, check_limit,
                                   check_model, check_model_binding, check_name,
-                                  check_person_id, check_thumbnail, new_ids, unit_rows)
+                                  check_person_id, check_query, check_thumbnail, new_ids,
+                                  unit_rows)
 from index.gallery.shards import Plan
 from index.merge import cosine_distance
 from index.shard import DropOp, shard_ops
@@ -298,19 +299,25 @@ class GalleryCore:
                 self._removal_plan(info.id, deleted))
 
     # -- listings
-    def list_persons(self, collection: str, limit: int = 100,
-                     cursor: str | None = None) -> dict[str, Any]:
-        """One page of the collection's persons in person-id order, and the cursor of
-        the next page (None after the last)."""
+    def list_persons(self, collection: str, limit: int = 100, cursor: str | None = None,
+                     q: str | None = None) -> dict[str, Any]:
+        """One page of the collection's persons in person-id order (with ``q``, of those
+        whose name or person id contains it, case-insensitively), and the cursor of
+        the next page (None after the last). A cursor is bound to its ``q``."""
         info = self.collection(collection)
         limit = check_limit(limit)
-        after = cursors.decode(cursor, "persons", info.id) if cursor else ""
-        rows = self.store.list_persons(info.id, after, limit + 1)
+        q = check_query(q)
+        # the cursor carries a digest of the search, not the text: a 200-character
+        # search would not fit the route's 512-character cursor, and logs of URLs do
+        # not spell searches out twice (a short search can still be guessed from it)
+        scope = "q:" + hashlib.sha256(q.encode()).hexdigest()[:16] if q else None
+        after = cursors.decode(cursor, "persons", info.id, scope) if cursor else ""
+        rows = self.store.list_persons(info.id, after, limit + 1, q)
         more, rows = len(rows) > limit, rows[:limit]
         return {"collection": info.name,
                 "persons": [{"person_id": p.person_id, "name": p.name, "labels": p.labels,
                              "created_at": p.created_at, "faces": p.faces} for p in rows],
-                "next_cursor": cursors.encode("persons", info.id, rows[-1].person_id)
+                "next_cursor": cursors.encode("persons", info.id, rows[-1].person_id, scope)
                 if more else None}
 
     def list_faces(self, collection: str, person_id: str | None = None, limit: int = 100,

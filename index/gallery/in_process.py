@@ -150,8 +150,8 @@ class InProcessGallery:
         return self._run(self.service.merge_persons(collection, person_id, sources, actor))
 
     def list_persons(self, collection: str, limit: int = 100, cursor: str | None = None,
-                     actor: Actor | None = None) -> dict[str, Any]:
-        return self._run(self.service.list_persons(collection, limit, cursor, actor))
+                     actor: Actor | None = None, q: str | None = None) -> dict[str, Any]:
+        return self._run(self.service.list_persons(collection, limit, cursor, actor, q))
 
     def list_faces(self, collection: str, person_id: str | None = None, limit: int = 100,
                    cursor: str | None = None, actor: Actor | None = None) -> dict[str, Any]:

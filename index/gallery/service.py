@@ -144,9 +144,9 @@ class GalleryService:
         return await self._db(self.core.export_page, collection, after, limit)
 
     async def list_persons(self, collection: str, limit: int = 100,
-                           cursor: str | None = None, actor: Actor | None = None
-                           ) -> dict[str, Any]:
-        out = await self._db(self.core.list_persons, collection, limit, cursor)
+                           cursor: str | None = None, actor: Actor | None = None,
+                           q: str | None = None) -> dict[str, Any]:
+        out = await self._db(self.core.list_persons, collection, limit, cursor, q)
         await self.record_read(AuditAction.PERSONS_LIST, collection, len(out["persons"]), actor)
         return out
 

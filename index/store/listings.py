@@ -18,22 +18,38 @@ from index.store.records import (AddResult, CollectionInfo, ImportResult, Listed
                                  PersonSummary, PersonUpsert, face_bucket)
 
 
+def like_escape(text: str) -> str:
+    """``text`` as a LIKE pattern (with ``ESCAPE '\\'``) that matches it literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 class ListingsMixin(SqlBase):
     """Keyset listings, imports and the replay of idempotent registers."""
 
     # -- listings and exports: keyset pages, one statement (one snapshot) each
     @guarded
-    def list_persons(self, cid: int, after: str = "", limit: int = 100) -> list[PersonSummary]:
+    def list_persons(self, cid: int, after: str = "", limit: int = 100,
+                     q: str | None = None) -> list[PersonSummary]:
         """Up to ``limit`` persons with ids after ``after``, in person-id order, each
-        with its face count. Keyset pages: a person that exists while a client
-        pages through is on exactly one page, whatever is written meanwhile."""
+        with its face count; with ``q``, only those whose name or person id contains
+        ``q``, case-insensitively (``%``, ``_`` and ``\\`` in it match themselves).
+        Keyset pages: a person that exists while a client pages through is on
+        exactly one page, whatever is written meanwhile. A search walks the
+        collection's key range in order, so a page costs at most one pass over it."""
+        where, params = "p.collection_id = ? AND p.person_id > ?", [cid, after]
+        if q:
+            # both sides through the same LOWER: PostgreSQL folds as its LC_CTYPE says,
+            # SQLite with the Unicode-aware LOWER its connections register (sqlite.py)
+            pattern = "%" + like_escape(q) + "%"
+            where += (" AND (LOWER(p.name) LIKE LOWER(?) ESCAPE '\\' "
+                      "OR LOWER(p.person_id) LIKE LOWER(?) ESCAPE '\\')")
+            params += [pattern, pattern]
         with self._tx(write=False) as cur:
             cur.execute(self._q(
                 "SELECT p.person_id, p.name, p.labels, p.created_at, "
                 "(SELECT COUNT(*) FROM faces f WHERE f.collection_id = p.collection_id "
-                "AND f.person_id = p.person_id) FROM persons p "
-                "WHERE p.collection_id = ? AND p.person_id > ? ORDER BY p.person_id LIMIT ?"),
-                (cid, after, int(limit)))
+                f"AND f.person_id = p.person_id) FROM persons p WHERE {where} "
+                "ORDER BY p.person_id LIMIT ?"), [*params, int(limit)])
             return [PersonSummary(r[0], r[1], labels_out(r[2]), float(r[3]), int(r[4]))
                     for r in cur.fetchall()]
 

@@ -15,6 +15,10 @@ from index import erasure
 from index.store.sql import SqlStore
 
 
+def _lower(value: object) -> object:
+    """SQL ``LOWER`` with Python's Unicode case mapping (NULL and non-text unchanged)."""
+    return value.lower() if isinstance(value, str) else value
+
 
 class SqliteStore(SqlStore):
     """Embedded store: one SQLite file in WAL mode, shared safely by processes."""
@@ -51,6 +55,10 @@ class SqliteStore(SqlStore):
         # give the WAL file back after checkpoints instead of keeping its peak size
         conn.execute("PRAGMA journal_size_limit=67108864")
         conn.execute(f"PRAGMA busy_timeout={int(self._busy * 1000)}")
+        # SQLite's own LOWER folds ASCII letters only; the persons search folds
+        # every letter (as PostgreSQL does under a UTF-8 locale), so 'élodie' finds
+        # 'Élodie'. Replacing the built-in is what SQLite's ICU extension does too.
+        conn.create_function("LOWER", 1, _lower, deterministic=True)
         return conn
 
     @contextmanager

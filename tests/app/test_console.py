@@ -254,6 +254,13 @@ def test_enrol_a_folder_of_three_people_by_drag_and_drop(console, service, secur
     console.locator(f"li[data-person='{PEOPLE[0]}']").wait_for()
     assert console.evaluate("document.documentElement.scrollWidth") <= 390
     _shot(console, "people-phone")
+    # the search is the API's (q), over the whole collection, and stays in the address
+    console.get_by_label("Search", exact=True).fill("wolfoWITZ")
+    console.get_by_label("Search", exact=True).press("Enter")
+    console.locator(f"li[data-person='{PEOPLE[0]}']").wait_for(state="detached")
+    assert console.locator("li[data-person]").evaluate_all(
+        "cards => cards.map((c) => c.dataset.person)") == ["Paul_Wolfowitz"]
+    assert console.url.endswith(f"#/people/{COLL}?q=wolfoWITZ")
 
 
 def test_identify_a_new_photo_draws_the_name(console, service, secured, faces):

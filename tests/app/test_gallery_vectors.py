@@ -7,13 +7,18 @@ photos), so enrolling by embedding and by photo must find the same people.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from tests.app.photos import b64, identities
+
+from facefleet import AsyncClient, Client
+from facefleet.cli import main
 
 pytestmark = pytest.mark.app
 
@@ -237,6 +242,52 @@ def test_pages_are_stable_while_others_enrol(api, vectors):
     error(api.get("/v1/collections/paging/persons", params={"limit": 1001}),
           422, "validation_error")
     error(api.get("/v1/collections/no-such/persons"), 404, "collection_not_found")
+
+
+def test_persons_search_over_http(service, api, vectors):
+    """``q`` filters the persons listing on the server, through the API, the Python
+    client and the CLI; its pages keep their search, and a bad ``q`` is a typed 422."""
+    names = {"ana-1": "Ana Souza", "bea-2": "Beatriz Ana", "cid-3": "100% Cid",
+             "dan-4": "Dan", "Ana_5": None}
+    for (pid, name), vecs in zip(names.items(), vectors.values(), strict=False):
+        r = api.post("/v1/collections/search/faces",
+                     json={"embedding": vecs[0], "person_id": pid, "name": name})
+        assert r.status_code == 201, r.text
+
+    def ids(**params) -> tuple[list[str], str | None]:
+        r = api.get("/v1/collections/search/persons", params=params)
+        assert r.status_code == 200, r.text
+        return [p["person_id"] for p in r.json()["persons"]], r.json()["next_cursor"]
+
+    assert ids(q="ANA") == (["Ana_5", "ana-1", "bea-2"], None)  # names and ids, any case
+    assert ids(q="%") == (["cid-3"], None) and ids(q="a_") == (["Ana_5"], None)
+    assert ids(q="  ")[0] == sorted(names)
+    first, cursor = ids(q="ana", limit=2)
+    assert first == ["Ana_5", "ana-1"] and cursor
+    assert ids(q="ana", limit=2, cursor=cursor) == (["bea-2"], None)
+    error(api.get("/v1/collections/search/persons", params={"q": "dan", "cursor": cursor}),
+          422, "validation_error")
+    error(api.get("/v1/collections/search/persons", params={"cursor": cursor}),
+          422, "validation_error")
+    body = error(api.get("/v1/collections/search/persons", params={"q": "x" * 201}),
+                 422, "validation_error")
+    assert "200" in body["message"]
+    with Client(service.base_url) as client:
+        page = client.persons("search", q="souza")
+        assert [p.name for p in page.items] == ["Ana Souza"] and page.next_cursor is None
+        assert [p.person_id for p in client.iter_persons("search", page_size=1, q="ana")] \
+            == ["Ana_5", "ana-1", "bea-2"]
+
+    async def found_async() -> list[str]:
+        async with AsyncClient(service.base_url) as client:
+            return [p.person_id async for p in client.iter_persons("search", page_size=1,
+                                                                   q="_")]
+
+    assert asyncio.run(found_async()) == ["Ana_5"]
+    out = CliRunner().invoke(main, ["persons", "-c", "search", "-q", "CID", "--json"],
+                             env={"FACEFLEET_URL": service.base_url}, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert [p["person_id"] for p in json.loads(out.stdout)["persons"]] == ["cid-3"]
 
 
 def test_patch_person_renames_what_identify_answers(api, vectors):

@@ -3,6 +3,7 @@ PostgreSQL and PostgreSQL + pgvector: the store side of the gallery routes."""
 
 from __future__ import annotations
 
+import base64
 import random
 import sqlite3
 import threading
@@ -97,6 +98,77 @@ def test_cursors_and_limits_are_checked(store):
     enrol(g, "d", ["a", "b"])
     with pytest.raises(ValidationError, match="another listing"):
         g.list_faces("d", cursor=cursor)
+    g.close()
+
+
+SEARCHED = {"alice-01": "Alice Martin", "bob-02": "Robert Alison", "carol_03": "100% Carol",
+            "dee-04": "Dee \\ Dee", "eve-05": "Élodie Ève", "frank-06": None,
+            "Gus-07": "gus", "hal-08": "a_b"}
+
+
+def test_persons_search_by_name_or_id(store):
+    g = InProcessGallery(store, 1)
+    vecs = unit(len(SEARCHED))
+    g.register("c", "dlib", DIM, [{"embedding": vecs[i], "person_id": p, "name": n}
+                                  for i, (p, n) in enumerate(SEARCHED.items())],
+               create_collection=True)
+    enrol(g, "d", ["alice-99"])  # another collection's persons are never found
+
+    def found(q) -> list[str]:
+        rows, _ = all_pages(lambda **kw: g.list_persons("c", q=q, **kw), "persons", 2)
+        return [p["person_id"] for p in rows]
+
+    assert found("ali") == ["alice-01", "bob-02"]  # a name part, any case
+    assert found("ALICE") == ["alice-01"]
+    assert found("frank") == ["frank-06"]  # an id part of an unnamed person
+    assert found("gus-0") == found("GUS-07") == ["Gus-07"]  # ids ignore case too
+    assert found("b-0") == ["bob-02"]
+    # LIKE's wildcards and its escape character are plain characters
+    assert found("%") == ["carol_03"]
+    assert found("_") == ["carol_03", "hal-08"]
+    assert found("a_b") == ["hal-08"]  # not "alison" / "a-b..."
+    assert found("\\") == ["dee-04"]
+    assert found("0% c") == ["carol_03"]
+    # letters beyond ASCII are folded too (SQLite through the LOWER its store
+    # registers, PostgreSQL as its UTF-8 locale does)
+    assert found("élodie") == found("ÉLODIE ÈVE") == ["eve-05"]
+    assert found("nobody") == []
+    # blank, or none: every person
+    assert found("   ") == found(None) == found("") == sorted(SEARCHED)
+    page = g.list_persons("c", q="  ali ", limit=5)
+    assert [p["name"] for p in page["persons"]] == ["Alice Martin", "Robert Alison"]
+    assert page["persons"][0]["faces"] == 1 and page["next_cursor"] is None
+    g.close()
+
+
+def test_search_pages_cover_the_matches_once_and_cursors_keep_their_query(store):
+    g = InProcessGallery(store, 1)
+    persons = [f"m{i:03d}" for i in range(40)]
+    vecs = unit(len(persons))
+    g.register("c", "dlib", DIM, [
+        {"embedding": vecs[i], "person_id": p, "name": ("Jo Smith" if i % 3 else "Ann Lee")}
+        for i, p in enumerate(persons)], create_collection=True)
+    smiths = [p for i, p in enumerate(persons) if i % 3]
+    got, pages = all_pages(lambda **kw: g.list_persons("c", q="SMITH", **kw), "persons", 4)
+    assert [p["person_id"] for p in got] == smiths and pages == 7  # 26 in pages of 4
+    first = g.list_persons("c", q="smith", limit=4)
+    # the cursor of a search pages that search only (surrounding spaces aside)
+    nxt = g.list_persons("c", q=" smith ", limit=4, cursor=first["next_cursor"])
+    assert [p["person_id"] for p in nxt["persons"]] == smiths[4:8]
+    for other in (None, "", "smit", "lee"):
+        with pytest.raises(ValidationError, match="another listing"):
+            g.list_persons("c", q=other, cursor=first["next_cursor"])
+    plain = g.list_persons("c", limit=4)["next_cursor"]
+    with pytest.raises(ValidationError, match="another listing"):
+        g.list_persons("c", q="smith", cursor=plain)
+    assert g.list_persons("c", q="   ", cursor=plain)["persons"][0]["person_id"] == "m004"
+    # a digest of the search is in the cursor, not the text (a cursor stays short)
+    assert b"smith" not in base64.urlsafe_b64decode(first["next_cursor"] + "==")
+    # too long (after stripping), not text, or with control characters: typed errors
+    assert len(g.list_persons("c", q=" " + "x" * 200 + " ")["persons"]) == 0
+    for bad in ("x" * 201, 5, "smi\x00th", "a\nb"):
+        with pytest.raises(ValidationError):
+            g.list_persons("c", q=bad)
     g.close()
 
 

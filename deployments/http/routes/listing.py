@@ -3,7 +3,8 @@
 - ``GET .../persons`` and ``GET .../faces`` list a collection in pages of
   ``limit`` with an opaque ``cursor`` (keyset pages: persons by id, faces in
   enrolment order), so a client paging while others write sees every row that
-  existed throughout exactly once;
+  existed throughout exactly once; ``GET .../persons?q=`` searches persons by
+  name or id on the server, so a client never loads a whole collection to find one;
 - ``PATCH .../persons/{person_id}`` renames or relabels a person, and
   ``POST .../persons/{person_id}:merge`` moves the faces of other persons into it
   (naming a cluster is a merge plus a PATCH);
@@ -35,7 +36,7 @@ from deployments.http.common import api_of, body_schema, lines_body_schema
 from deployments.http.schemas import (GALLERY_ERRORS, ExportLine, FacesPageOut, ImportOut,
                                  MergedPersonOut, PersonOut, PersonsPageOut, errors)
 from index.audit import AuditAction
-from index.gallery import check_import_row
+from index.gallery import MAX_QUERY, check_import_row
 
 router = APIRouter()
 
@@ -48,15 +49,22 @@ MAX_REPORTED = 100
 Limit = Annotated[int, Query(ge=1, le=1000, description="rows per page")]
 Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the "
                                      "previous page; none for the first")]
+#: checked (after stripping) by the gallery, whose typed error answers 422 on every path
+Search = Annotated[str | None, Query(
+    description=f"only persons whose name or person_id contains this text, ignoring case "
+    f"(`%`, `_` and `\\` are plain characters); at most {MAX_QUERY} characters after "
+    "surrounding spaces are stripped, blank means no filter. A cursor is bound to "
+    "its `q`: give the same `q` with it")]
 
 
 @router.get("/v1/collections/{collection}/persons", tags=["gallery"],
             response_model=PersonsPageOut, responses=GALLERY_ERRORS)
 async def list_persons(collection: Collection, request: Request, limit: Limit = 100,
-                       cursor: Cursor = None) -> dict:
-    """A page of the collection's persons in person_id order, with face counts."""
+                       cursor: Cursor = None, q: Search = None) -> dict:
+    """A page of the collection's persons in person_id order, with face counts; with
+    ``q``, only the persons whose name or person_id contains it (case-insensitive)."""
     return await api_of(request).flow.gallery.list_persons(collection, limit, cursor,
-                                                           actor=actor_of(request))
+                                                           actor=actor_of(request), q=q)
 
 
 @router.get("/v1/collections/{collection}/faces", tags=["gallery"],
