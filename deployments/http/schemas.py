@@ -123,6 +123,12 @@ class EmbedderInfo(BaseModel):
         None, description="cosine-distance threshold of 1:N identify (open-set, calibrated "
                           "for a false-accept rate)")
     licence: str | None = Field(None, description="licence of the weights, as far as known")
+    precision: str | None = Field(
+        None, description="arithmetic it runs in (fp32, int8 or bf16; a fused model's parts "
+                          "joined by '+'), chosen by runtime.precision for this CPU")
+    engine: str | None = Field(
+        None, description="what runs it: CPUExecutionProvider / CUDAExecutionProvider "
+                          "(onnxruntime) or OpenVINO-CPU")
     default: bool | None = None
     reason: str | None = Field(None, description="why it is not installed")
 

@@ -46,6 +46,18 @@ def test_models_lists_defaults_and_missing_weights(api):
     assert emb["dlib"]["installed"] and emb["dlib"]["dim"] == 128 and emb["dlib"]["threshold"]
     assert emb["dlib-native"]["installed"]
     assert not emb["deepface:ArcFace"]["installed"] and emb["deepface:ArcFace"]["reason"]
+    # each part of the default runs the form this CPU and runtime pick (bf16 on OpenVINO
+    # where the CPU has AMX / AVX-512 BF16), and the answer says which
+    from configs.settings import Runtime
+    from pipelines.embed_dlib import DlibOnnxEmbedder
+    from pipelines.embed_mfn512 import Mfn512Embedder
+    from pipelines.runtime import cpu_engine, precision_for
+
+    rt = Runtime()
+    want = [precision_for(rt, "CPUExecutionProvider", engine=cpu_engine(rt), has_int8=c.has_int8,
+                          has_bf16=c.has_bf16) for c in (DlibOnnxEmbedder, Mfn512Embedder)]
+    assert emb["dlib+mfn512"]["precision"] == "+".join(want)
+    assert emb["dlib+mfn512"]["engine"] in ("CPUExecutionProvider", "OpenVINO-CPU")
     attrs = {a["action"]: a for a in m["attributes"]}
     assert attrs["age"]["installed"] and attrs["emotion"]["installed"]
     assert not attrs["race"]["installed"]
