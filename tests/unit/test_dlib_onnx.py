@@ -31,7 +31,7 @@ LFW = Path(__file__).resolve().parents[2].parent / "shared" / "faces" / "lfw-dev
 N_SAMPLE = 60
 PARITY_MIN_COSINE = 0.9999
 #: these tests hold the float32 conversion to dlib; its int8 form is tested in test_quantized
-FP32 = Runtime(precision="fp32")
+FP32 = Runtime(precision="fp32", engine="onnxruntime")
 
 
 def _five_point_predictor():

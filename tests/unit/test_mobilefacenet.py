@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs.settings import ImageLimits
+from configs.settings import ImageLimits, Runtime
 from bench.evaluate import LFW, FACES
 from pipelines.errors import ErrorCode, ModelNotInstalled, ValidationError
 from pipelines.install import npm_assets, tflite_onnx
@@ -30,7 +30,10 @@ MODELS = Path("data/models")
 
 @pytest.fixture(scope="module")
 def mfn() -> MobileFaceNetEmbedder:
-    emb = MobileFaceNetEmbedder(ModelContext(models_dir=MODELS))
+    # the converted file itself, as onnxruntime runs it in float32: what these tests
+    # check is the conversion (OpenVINO and bfloat16 are tested in test_quantized)
+    emb = MobileFaceNetEmbedder(ModelContext(models_dir=MODELS, runtime=Runtime(precision="fp32",
+                                                                 engine="onnxruntime")))
     emb.load()
     return emb
 
