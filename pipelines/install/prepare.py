@@ -1,9 +1,10 @@
 """Prepare the offline model pack once, at install or before first start.
 
 Converts dlib's ResNet weights (and makes its int8 form, calibrated on LFW
-DevTrain faces: ``pipelines.install.quantize``; and the float16 form of each
-embedder, for the CUDA provider: ``pipelines.install.fp16``) and both BlazeFace TFLite models into verified
-ONNX models under the models directory, and (outside the permissive pack)
+DevTrain faces: ``pipelines.install.quantize``) and both BlazeFace TFLite
+models into verified ONNX models under the models directory, makes the
+float16 copy of each embedder for the CUDA provider
+(``pipelines.install.fp16``), and (outside the permissive pack)
 fetches MobileFaceNet from its pinned npm package and converts it into ONNX
 with a dynamic batch, and likewise MobileFaceNet-512 (``mfn512``) and the
 ``fr_liveness`` anti-spoofing model from ``faceplugin-face-recognition-js``.
