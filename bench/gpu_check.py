@@ -26,8 +26,8 @@
    copy (``pipelines/install/fp16.py``, made if missing) on the CUDA provider,
    as ``runtime.precision: fp16`` runs it, timed the same way and compared with
    the CPU float32 vectors. "fp16 keeps parity" needs cosine >= 0.999 on every
-   face at every batch; it is reported, and decides ``EmbedderModel.has_fp16``,
-   but never changes the exit code, which is float32's.
+   face at every batch; it is reported (the evidence for setting a model's
+   ``EmbedderModel.has_fp16``) but never changes the exit code, float32's.
 5. It writes bench/results/gpu_check.md and exits 0 only when every check
    passed (1 when a parity check failed, 4 when the install failed).
 
@@ -35,8 +35,9 @@
 script itself on a machine without a GPU; it measures nothing about GPUs,
 says so, and writes no results file. Its float16 rows run the same float16
 file on OpenVINO's CPU engine (in float16 where the CPU has AVX-512 FP16 /
-AMX-FP16, else in float32 from the float16 weights; the row says which),
-since onnxruntime's CPU provider computes float16 files in float32. Only the standard library is imported
+AMX-FP16, else in float32 from the float16 weights; the table says which),
+since onnxruntime's CPU provider computes float16 files in float32. Only the
+standard library is imported
 before the environment is known to be right.
 """
 
@@ -298,9 +299,9 @@ def fp16_embedder(emb, ctx, device: str) -> tuple[object | None, str]:
     from pipelines.model_check import fp16_path, open_fp16
     from pipelines import openvino_session
 
-    if not hasattr(emb, "onnx_path"):
-        return None, ("not measured: a fused embedder; name its networks in --embedders to "
-                      "measure each")
+    if not hasattr(emb, "onnx_path"):  # dlib-native, DeepFace's, a fused one
+        return None, ("not measured: no float16 copy of this model (the ONNX networks have "
+                      "one: name a fused model's networks in --embedders to measure each)")
     cls = type(emb)
     half = type(f"{cls.__name__}Fp16", (cls,), {"has_fp16": True})(ctx)
     half.load()
