@@ -22,12 +22,22 @@
    1e-3, embeddings at cosine >= 0.9999. It reads the process's GPU memory
    from nvidia-smi after each model, and checks faiss-gpu against faiss-cpu's
    exact search on random vectors.
+   Beside each embedder's float32 row goes a float16 row: the model's float16
+   copy (``pipelines/install/fp16.py``, made if missing) on the CUDA provider,
+   as ``runtime.precision: fp16`` runs it, timed the same way and compared with
+   the CPU float32 vectors. "fp16 keeps parity" needs cosine >= 0.999 on every
+   face at every batch; it is reported (the evidence for setting a model's
+   ``EmbedderModel.has_fp16``) but never changes the exit code, float32's.
 5. It writes bench/results/gpu_check.md and exits 0 only when every check
    passed (1 when a parity check failed, 4 when the install failed).
 
 ``--cpu-rehearsal`` runs steps 3-4 with the CPU on both sides to try the
 script itself on a machine without a GPU; it measures nothing about GPUs,
-says so, and writes no results file. Only the standard library is imported
+says so, and writes no results file. Its float16 rows run the same float16
+file on OpenVINO's CPU engine (in float16 where the CPU has AVX-512 FP16 /
+AMX-FP16, else in float32 from the float16 weights; the table says which),
+since onnxruntime's CPU provider computes float16 files in float32. Only the
+standard library is imported
 before the environment is known to be right.
 """
 
@@ -177,12 +187,17 @@ def measure(detector: str, embedders: list[str], batches: list[int], seconds: fl
     from pipelines.models import ModelContext, ModelTask
     from pipelines.registry import build
     from configs.settings import Runtime
+    from pipelines.model_check import FP16_MIN_COSINE
     from pipelines.stages import DetectionStage, DetectRequest
 
     s = Settings()
     limits = s.images
-    ctx_of = lambda dev: ModelContext(models_dir=s.models_path, deepface_home=s.deepface_home,
-                                      runtime=Runtime(device=dev, intra_op_threads=1))
+    # the CPU side is the float32 reference on onnxruntime, whatever runtime.precision's
+    # auto would pick on this host (bf16 on OpenVINO on an AMX CPU)
+    ctx_of = lambda dev, precision="fp32": ModelContext(  # noqa: E731
+        models_dir=s.models_path, deepface_home=s.deepface_home,
+        runtime=Runtime(device=dev, intra_op_threads=1, precision=precision,
+                        engine="onnxruntime"))
     on, cpu = ctx_of(device), ctx_of("cpu")
     data = _photos(max(batches))
     images = [decode_image(d, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels,
@@ -236,25 +251,73 @@ def measure(detector: str, embedders: list[str], batches: list[int], seconds: fl
         res = stage.run([DetectRequest(d, detector, chip_specs=(cpu_emb.chip,)) for d in data])
         chips = np.concatenate([r.chips[cpu_emb.chip.key] for r in res
                                 if not isinstance(r, Exception)])
+        half, how = fp16_embedder(cpu_emb, ctx_of(device, "fp16"), device)
         lines += [f"Embedder `{name}` ({cpu_emb.dim}-d, {cpu_emb.chip.size} px chips of the "
-                  "photos above):", "",
-                  "| batch | faces/s | CPU faces/s | speed-up | min cosine to CPU | GPU memory |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  "photos above); fp16: " + how + ":", "",
+                  "| batch | precision | faces/s | CPU float32 faces/s | speed-up | min cosine "
+                  "to CPU float32 | GPU memory |", "|---:|---|---:|---:|---:|---:|---:|"]
+        cos16s: list[float] = []
         for b in batches:
             x = chips[np.arange(b) % len(chips)]
             t_dev, e_dev = _timed(lambda: dev_emb.embed(x), seconds)
             t_cpu, e_cpu = _timed(lambda: cpu_emb.embed(x), seconds)
             cos = float(np.min(np.sum(np.asarray(e_dev) * np.asarray(e_cpu), axis=1)))
             ok &= cos >= COSINE
-            lines.append(f"| {b} | {b / t_dev:.1f} | {b / t_cpu:.1f} | {t_cpu / t_dev:.1f}x | "
-                         f"{cos:.6f}{'' if cos >= COSINE else ' **FAIL**'} | "
-                         f"{gpu_memory_mib()} |")
+            lines.append(f"| {b} | fp32 | {b / t_dev:.1f} | {b / t_cpu:.1f} | "
+                         f"{t_cpu / t_dev:.1f}x | {cos:.6f}{'' if cos >= COSINE else ' **FAIL**'}"
+                         f" | {gpu_memory_mib()} |")
+            say(lines[-1])
+            if half is None:
+                continue
+            t16, e16 = _timed(lambda: half.embed(x), seconds)
+            cos16 = float(np.min(np.sum(np.asarray(e16) * np.asarray(e_cpu), axis=1)))
+            cos16s.append(cos16)
+            lines.append(f"| {b} | fp16 | {b / t16:.1f} | {b / t_cpu:.1f} | {t_cpu / t16:.1f}x "
+                         f"| {cos16:.6f} | {gpu_memory_mib()} |")
+            say(lines[-1])
+        if half is not None:
+            keeps = all(c >= FP16_MIN_COSINE for c in cos16s)  # a NaN fails too
+            lines += ["", f"`{name}`: " + (
+                "fp16 keeps parity" if keeps else "fp16 **does not keep parity**") +
+                f" (worst face {min(cos16s):.6f}; bar: cosine >= {FP16_MIN_COSINE} to the CPU "
+                "float32 vector on every face at every batch; informative, the exit code "
+                "is float32's)."]
             say(lines[-1])
         lines.append("")
     if device == "cuda":
         lines += faiss_check()
         ok &= "**" not in lines[-1]
     return lines, ok
+
+
+def fp16_embedder(emb, ctx, device: str) -> tuple[object | None, str]:
+    """The network of ``emb`` running its float16 copy, and how it runs; or None and why
+    not. On CUDA it is loaded as ``runtime.precision: fp16`` loads a model that keeps
+    the copy (made first where missing); rehearsing on the CPU, the same file is
+    made and checked, then run by OpenVINO."""
+    import pipelines.install  # noqa: F401 - lets the load make a missing float16 copy
+    from pipelines.model_check import fp16_path, open_fp16
+    from pipelines import openvino_session
+
+    if not hasattr(emb, "onnx_path"):  # dlib-native, DeepFace's, a fused one
+        return None, ("not measured: no float16 copy of this model (the ONNX networks have "
+                      "one: name a fused model's networks in --embedders to measure each)")
+    cls = type(emb)
+    half = type(f"{cls.__name__}Fp16", (cls,), {"has_fp16": True})(ctx)
+    half.load()
+    if device == "cuda":
+        if half.precision != "fp16":
+            return None, "not measured: the float16 copy could not be had (see the log)"
+        return half, f"`{fp16_path(half.onnx_path).name}` on {half.engine}"
+    if open_fp16(half.onnx_path, half.name, ctx.runtime) is None:
+        return None, "not measured: the float16 copy could not be had (see the log)"
+    if not openvino_session.available():
+        return None, ("not measured: rehearsal without openvino (onnxruntime's CPU provider "
+                      "computes a float16 file in float32)")
+    ov = openvino_session.OpenVinoSession(fp16_path(half.onnx_path), f16=True)
+    half.session, half.precision, half.engine = ov, "fp16", ov.get_providers()[0]
+    return half, (f"`{fp16_path(half.onnx_path).name}` on {ov.get_providers()[0]}, computing "
+                  f"in {ov.inference_precision} (rehearsal: not the CUDA provider)")
 
 
 def faiss_check() -> list[str]:

@@ -128,12 +128,14 @@ class Runtime(BaseModel):
         "(several times faster for MobileFaceNet-style networks, and bfloat16 on AMX / "
         "AVX-512 BF16), auto takes it where the openvino package is installed; the CUDA "
         "provider is always onnxruntime's")
-    precision: Literal["fp32", "int8", "bf16", "auto"] = Field(
+    precision: Literal["fp32", "int8", "bf16", "fp16", "auto"] = Field(
         "auto", description="embedders on the CPU: int8 runs the int8 form of each model "
         "that keeps one (pipelines/install/quantize.py), bf16 runs OpenVINO in bfloat16 "
         "for each model that keeps its accuracy in it; auto takes bf16 where the engine is "
         "OpenVINO and the CPU has AMX or AVX-512 BF16, else int8 where it has VNNI or AMX "
-        "int8; a model without the form runs float32, and CUDA always float32")
+        "int8; a model without the form runs float32. On the CUDA provider float32, except "
+        "fp16: the float16 copy (pipelines/install/fp16.py) of each model that keeps it "
+        "(none yet: bench/gpu_check.py decides); on the CPU fp16 means float32")
 
 
 class IndexSettings(BaseModel):

@@ -97,7 +97,8 @@ class DlibOnnxEmbedder(EmbedderModel):
         session = open_verified("dlib", dat, self.onnx_path, self.name, self.ctx.runtime,
                                 check=self._verify)
         session, self.precision = with_precision(session, self.onnx_path, self.name,
-                                                 self.ctx.runtime, self.has_int8, self.has_bf16)
+                                                 self.ctx.runtime, self.has_int8, self.has_bf16,
+                                                 self.has_fp16)
         self.session = session
         self._input = session.get_inputs()[0].name
         self.engine = session.get_providers()[0]

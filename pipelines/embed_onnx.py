@@ -61,7 +61,8 @@ class OnnxChipEmbedder(EmbedderModel):
                                 denormal_as_zero=self.convert_options.get("flush_below", 0) > 0,
                                 **self.convert_options)
         session, self.precision = with_precision(session, self.onnx_path, self.name,
-                                                 self.ctx.runtime, self.has_int8, self.has_bf16)
+                                                 self.ctx.runtime, self.has_int8, self.has_bf16,
+                                                 self.has_fp16)
         self._input = session.get_inputs()[0].name
         self.engine = session.get_providers()[0]
         # onnxruntime's CPU provider: one face a call (above); OpenVINO and CUDA

@@ -38,14 +38,17 @@ log = logging.getLogger(__name__)
 PREPARE = "python -m pipelines.install.prepare"
 #: sidecar format of each converter kind; a converter writes it, a load requires it
 #: (bump in step with the converter so old files get rebuilt)
-FORMAT_VERSION: dict[str, int] = {"tflite": 1, "rebatch": 1, "dlib": 1, "int8": 1}
+FORMAT_VERSION: dict[str, int] = {"tflite": 1, "rebatch": 1, "dlib": 1, "int8": 1, "fp16": 1}
 #: a TFLite / rebatched output matches the reference when |onnx - ref| <= ATOL + RTOL * max|ref|
 ATOL, RTOL = 1e-4, 1e-4
 #: an int8 copy must give at least this cosine to float32 on every reference face
 INT8_MIN_COSINE = 0.99
+#: a float16 copy must give at least this on every reference face: float16 keeps 11
+#: significant bits, so anything below means overflow or a broken conversion
+FP16_MIN_COSINE = 0.999
 
 
-def _quantizer() -> str:
+def _onnxruntime() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     for dist in ("onnxruntime", "onnxruntime-gpu"):
@@ -56,8 +59,10 @@ def _quantizer() -> str:
     return "onnxruntime unknown"
 
 
-#: the quantiser an int8 file was made with; another version makes it again
-QUANTIZER = _quantizer()
+#: the onnxruntime an int8 or float16 copy was made with (its quantiser, its float16
+#: converter); another version makes the copy again
+ONNXRUNTIME = _onnxruntime()
+QUANTIZER = ONNXRUNTIME
 
 
 class ModelVerificationFailed(ModelNotInstalled):
@@ -232,9 +237,18 @@ def open_verified(kind: str, source: Path, out: Path, name: str, runtime: Runtim
     raise AssertionError("unreachable")
 
 
+def form_path(fp32: Path, form: str) -> Path:
+    """Where the ``form`` (``int8``, ``fp16``) copy of a float32 ONNX file lives:
+    ``name.<form>.onnx`` beside it."""
+    return Path(fp32).with_suffix(f".{form}.onnx")
+
+
 def int8_path(fp32: Path) -> Path:
-    """Where the int8 copy of a float32 ONNX file lives: ``name.int8.onnx`` beside it."""
-    return Path(fp32).with_suffix(".int8.onnx")
+    return form_path(fp32, "int8")
+
+
+def fp16_path(fp32: Path) -> Path:
+    return form_path(fp32, "fp16")
 
 
 def int8_cosines(session: Any, x: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -246,51 +260,69 @@ def int8_cosines(session: Any, x: np.ndarray, expected: np.ndarray) -> np.ndarra
         np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1), 1e-12)
 
 
-def _check_int8_file(out: Path, name: str) -> None:
+def _min_cosine(form: str) -> float:
+    # read at call time, so the bars stay module constants one place sets
+    return FP16_MIN_COSINE if form == "fp16" else INT8_MIN_COSINE
+
+
+def _check_pinned(out: Path, name: str, form: str) -> None:
     meta = load_sidecar(out) or {}
     digest = sha256_file(out)
     if digest != meta.get("sha256"):
         raise ModelVerificationFailed(
-            f"int8 model {out} has sha256 {digest}, not the {meta.get('sha256')} its sidecar "
+            f"{form} model {out} has sha256 {digest}, not the {meta.get('sha256')} its sidecar "
             "records; delete it to remake it", {"model": name, "file": str(out)})
 
 
-def _verify_int8(session: Any, out: Path, name: str) -> None:
+def _verify_copy(session: Any, out: Path, name: str, form: str) -> None:
     try:
         with np.load(reference_path(out)) as ref:
             x, y = ref["input"], ref["out_0"]
     except (OSError, ValueError, KeyError) as exc:
         raise ModelVerificationFailed(
-            f"int8 model {out} has no readable reference {reference_path(out)}; delete it to "
+            f"{form} model {out} has no readable reference {reference_path(out)}; delete it to "
             "remake it", {"model": name, "file": str(out)}) from exc
-    cos = int8_cosines(session, x, y)
-    if not cos.min() >= INT8_MIN_COSINE:  # also catches NaN
+    cos, bar = int8_cosines(session, x, y), _min_cosine(form)
+    if not cos.min() >= bar:  # also catches NaN
         raise ModelVerificationFailed(
-            f"int8 model {out} strays from float32 on its reference faces (cosine "
-            f"{cos.min():.4f} < {INT8_MIN_COSINE}); delete it to remake it",
-            {"model": name, "file": str(out), "cosine": float(cos.min())})
+            f"{form} model {out} strays from float32 on its reference faces on "
+            f"{session.get_providers()[0]} (cosine {cos.min():.4f} < {bar}); delete it to "
+            "remake it", {"model": name, "file": str(out), "cosine": float(cos.min())})
 
 
-def open_int8(fp32: Path, name: str, runtime: Runtime) -> Any | None:
-    """An onnxruntime session of the int8 copy of the verified float32 file ``fp32``,
-    or None (logged) when it cannot be had: not made and this process does not
-    convert, no calibration photos, or a copy that fails its check. The caller
-    then keeps float32, whose vectors the int8 ones are comparable with."""
-    out = int8_path(fp32)
+def _open_copy(form: str, fp32: Path, name: str, runtime: Runtime, **expected: Any
+               ) -> Any | None:
+    """An onnxruntime session of the ``form`` copy of the verified float32 file ``fp32``
+    (made first where missing or stale, with the sidecar entries ``expected``), or None
+    (logged) when it cannot be had: not made and this process does not convert, no
+    reference faces, or a copy that fails its sha256 or cosine check. The caller then
+    keeps float32, whose vectors the copy's are comparable with."""
+    out = form_path(fp32, form)
     try:
-        if not is_current(out, fp32, "int8", quantizer=QUANTIZER):
-            rebuild("int8", fp32, out, name, quantizer=QUANTIZER)
-        _check_int8_file(out, name)
+        if not is_current(out, fp32, form, **expected):
+            rebuild(form, fp32, out, name, **expected)
+        _check_pinned(out, name, form)
         try:
             session = onnx_session(str(out), runtime)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own types for bad files
-            raise ModelVerificationFailed(f"int8 model {out} cannot be opened: {exc}",
+            raise ModelVerificationFailed(f"{form} model {out} cannot be opened: {exc}",
                                           {"model": name, "file": str(out)}) from exc
-        _verify_int8(session, out, name)
+        _verify_copy(session, out, name, form)
         return session
     except ModelNotInstalled as exc:
-        log.warning("%s: no usable int8 form (%s); running float32", name, exc)
+        log.warning("%s: no usable %s form (%s); running float32", name, form, exc)
         return None
+
+
+def open_int8(fp32: Path, name: str, runtime: Runtime) -> Any | None:
+    """The int8 copy (``pipelines.install.quantize``) as ``_open_copy`` opens it."""
+    return _open_copy("int8", fp32, name, runtime, quantizer=QUANTIZER)
+
+
+def open_fp16(fp32: Path, name: str, runtime: Runtime) -> Any | None:
+    """The float16 copy (``pipelines.install.fp16``) as ``_open_copy`` opens it, on the
+    runtime's provider (the CUDA provider, where ``precision_for`` picks it)."""
+    return _open_copy("fp16", fp32, name, runtime, onnxruntime=ONNXRUNTIME)
 
 
 def _verify_against(session: Any, fp32_session: Any, fp32: Path, name: str,
@@ -331,21 +363,26 @@ def _openvino(path: Path, fp32_session: Any, fp32: Path, name: str, runtime: Run
 
 
 def with_precision(session: Any, fp32: Path, name: str, runtime: Runtime,
-                   has_int8: bool, has_bf16: bool = False) -> tuple[Any, str]:
-    """The session an embedder runs and its precision (``fp32``, ``int8`` or ``bf16``).
+                   has_int8: bool, has_bf16: bool = False, has_fp16: bool = False
+                   ) -> tuple[Any, str]:
+    """The session an embedder runs and its precision (``fp32``, ``int8``, ``bf16`` or
+    ``fp16``).
 
     ``session`` is the verified onnxruntime session of the float32 file ``fp32``.
     ``pipelines.runtime`` picks the engine (``cpu_engine``) and the precision
     (``precision_for``) for this device, CPU and model; int8 is the model's int8
-    copy, bf16 OpenVINO's bfloat16 inference of the float32 file. On OpenVINO
-    the result is checked against ``session`` on real faces; any failure falls
-    back to onnxruntime (and int8 to float32), whose vectors the others are
-    comparable with.
+    copy, bf16 OpenVINO's bfloat16 inference of the float32 file, fp16 the model's
+    float16 copy on the CUDA provider. On OpenVINO the result is checked against
+    ``session`` on real faces; any failure falls back to onnxruntime (and int8 or
+    fp16 to float32), whose vectors the others are comparable with.
     """
     provider = session.get_providers()[0]
     engine = cpu_engine(runtime) if provider == "CPUExecutionProvider" else "onnxruntime"
     precision = precision_for(runtime, provider, engine=engine, has_int8=has_int8,
-                              has_bf16=has_bf16)
+                              has_bf16=has_bf16, has_fp16=has_fp16)
+    if precision == "fp16":
+        fp16 = open_fp16(fp32, name, runtime)
+        return (fp16, "fp16") if fp16 is not None else (session, "fp32")
     if precision == "bf16":
         ov = _openvino(fp32, session, fp32, name, runtime, "bf16")
         if ov is not None:

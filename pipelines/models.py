@@ -147,7 +147,11 @@ class EmbedderModel(InferenceModel):
     #: whether the model keeps its bfloat16 form (OpenVINO on AMX / AVX-512 BF16), by
     #: the same bars as int8 (bench/quantized.py)
     has_bf16: ClassVar[bool] = False
-    #: what ``load`` chose: "fp32", "int8" or "bf16"
+    #: whether the model keeps its float16 copy on the CUDA provider (``runtime.precision:
+    #: fp16``): only once a GPU run of bench/gpu_check.py shows cosine >= 0.999 to the CPU
+    #: float32 vectors on every face; none is kept until one has
+    has_fp16: ClassVar[bool] = False
+    #: what ``load`` chose: "fp32", "int8", "bf16" or "fp16"
     precision: str = "fp32"
     #: the engine ``load`` chose: onnxruntime's provider, or OpenVINO's
     engine: str = ""

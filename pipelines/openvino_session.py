@@ -67,23 +67,31 @@ class OpenVinoSession:
 
     ``bf16`` sets OpenVINO's inference precision to bfloat16 (weights and
     activations; accumulation stays float32), which runs on AMX tiles or
-    AVX-512 BF16 where the CPU has them; otherwise float32 throughout. Threads
+    AVX-512 BF16 where the CPU has them; otherwise float32 throughout. ``f16``
+    asks for float16 likewise (AVX-512 FP16 / AMX-FP16; ``inference_precision``
+    says what was granted): ``bench/gpu_check.py`` rehearses float16 files with
+    it on a machine without a GPU; no model is served that way. Threads
     are not pinned, so several replicas share a small machine as they do under
     onnxruntime. An infer request is not thread-safe: each calling thread gets
     its own.
     """
 
-    def __init__(self, path: str | Path, *, threads: int = 1, bf16: bool = False) -> None:
+    def __init__(self, path: str | Path, *, threads: int = 1, bf16: bool = False,
+                 f16: bool = False) -> None:
         import openvino as ov
 
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f16" if f16 else "f32",
                   "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads
         self.path = str(path)
         self.bf16 = bf16
         self._compiled = core.compile_model(core.read_model(self.path), "CPU", config)
+        #: what OpenVINO computes in (``f32``, ``bf16``, ``f16``): a CPU without the
+        #: units for the hint's type computes in float32
+        self.inference_precision = self._compiled.get_property(
+            "INFERENCE_PRECISION_HINT").get_type_name()
         self._inputs = [_arg(p) for p in self._compiled.inputs]
         self._outputs = [_arg(p) for p in self._compiled.outputs]
         self._local = threading.local()

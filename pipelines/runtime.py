@@ -172,17 +172,23 @@ def cpu_engine(cfg: Runtime) -> str:
 
 
 def precision_for(cfg: Runtime, provider: str, *, engine: str, has_int8: bool,
-                  has_bf16: bool, flags: set[str] | None = None) -> str:
+                  has_bf16: bool, has_fp16: bool = False, flags: set[str] | None = None) -> str:
     """The precision a model whose float32 session runs on ``provider`` should run in:
-    ``bf16``, ``int8`` or ``fp32``.
+    ``bf16``, ``int8``, ``fp16`` or ``fp32``.
 
-    Never other than float32 on CUDA. ``bf16`` needs the OpenVINO engine and a
-    model that keeps its bf16 form (``has_bf16``); ``int8`` a model that keeps an
-    int8 copy (``has_int8``); a model without the asked-for form runs float32.
-    ``auto`` picks bf16 where the CPU has one of ``BF16_FLAGS`` and the engine is
-    OpenVINO, else int8 where it has one of ``INT8_FLAGS``, else float32.
+    On the CUDA provider float32, unless ``fp16`` is asked for and the model keeps
+    its float16 copy (``has_fp16``); ``auto`` keeps float32 there. ``fp16`` means
+    float32 on the CPU: onnxruntime's CPU provider has no float16 kernels for
+    these networks (it casts the float16 file back to float32: the same work, with
+    rounded weights), and OpenVINO's fast path on the CPU is bf16. ``bf16`` needs the OpenVINO
+    engine and a model that keeps its bf16 form (``has_bf16``); ``int8`` a model
+    that keeps an int8 copy (``has_int8``); a model without the asked-for form runs
+    float32. ``auto`` picks bf16 where the CPU has one of ``BF16_FLAGS`` and the
+    engine is OpenVINO, else int8 where it has one of ``INT8_FLAGS``, else float32.
     """
-    if provider != "CPUExecutionProvider" or cfg.precision == "fp32":
+    if provider == "CUDAExecutionProvider":
+        return "fp16" if cfg.precision == "fp16" and has_fp16 else "fp32"
+    if provider != "CPUExecutionProvider" or cfg.precision in ("fp32", "fp16"):
         return "fp32"
     bf16_ok = has_bf16 and engine == "openvino"
     if cfg.precision == "bf16":

@@ -124,8 +124,8 @@ class EmbedderInfo(BaseModel):
                           "for a false-accept rate)")
     licence: str | None = Field(None, description="licence of the weights, as far as known")
     precision: str | None = Field(
-        None, description="arithmetic it runs in (fp32, int8 or bf16; a fused model's parts "
-                          "joined by '+'), chosen by runtime.precision for this CPU")
+        None, description="arithmetic it runs in (fp32, int8, bf16 or fp16; a fused model's "
+                          "parts joined by '+'), chosen by runtime.precision for this device")
     engine: str | None = Field(
         None, description="what runs it: CPUExecutionProvider / CUDAExecutionProvider "
                           "(onnxruntime) or OpenVINO-CPU")

@@ -42,7 +42,14 @@ def _int8(source: Path, out: Path, name: str, force: bool = False, **options: An
     quantize.ensure_converted(source, out, name, force=force, **options)
 
 
+def _fp16(source: Path, out: Path, name: str, force: bool = False, **options: Any) -> None:
+    from pipelines.install import fp16
+
+    fp16.ensure_converted(source, out, name, force=force, **options)
+
+
 register_converter("tflite", _tflite)
 register_converter("rebatch", _rebatch)
 register_converter("dlib", _dlib)
 register_converter("int8", _int8)
+register_converter("fp16", _fp16)

@@ -31,5 +31,10 @@ def test_cpu_rehearsal_runs_every_step_and_writes_no_results(capsys):
     assert "REHEARSAL" in out and "GPU CHECK PASSED" in out
     # both models ran at both batch sizes and their CPU-vs-CPU outputs agree
     assert "| 4 |" in out and "same faces yes" in out and "1.000000" in out
+    # the float16 row beside float32's, with its verdict (OpenVINO runs it on the CPU)
+    from pipelines import openvino_session
+
+    if openvino_session.available():
+        assert "| 4 | fp16 |" in out and "`dlib`: fp16 keeps parity" in out
     after = gpu_check.OUT.stat().st_mtime_ns if gpu_check.OUT.exists() else None
     assert before == after
