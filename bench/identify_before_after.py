@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from bench import http_load, sides
+from bench.machine import cpu_line
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "identify_before_after.md"
@@ -106,7 +107,7 @@ def write(a: argparse.Namespace, rows: list) -> None:
         f"--concurrency {a.concurrency} --requests {a.requests}`, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores "
         f"(load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}).",
-        "",
+        "", cpu_line(), "",
         f"{a.n:,} faces (128-d unit vectors) in a SQLite store with 2 FAISS shards, filled "
         "by each side's own code; each side's `serve_config.yaml` (separate deployments), "
         f"model `dlib`, detector `blazeface`; {a.requests} identify requests (`top_k` 5) "

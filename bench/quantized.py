@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 
 from bench import identification as ident
 from bench.evaluate import Embedding, accuracy, lfw_pairs
+from bench.machine import cpu_line
 from configs.settings import Runtime, Settings
 from pipelines.models import ModelContext
 from pipelines.registry import EMBEDDERS
@@ -193,18 +194,13 @@ def speed_rows(s: Settings, chips: dict[str, np.ndarray], rounds: int) -> list[s
 
 
 def cpu_header() -> list[str]:
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                  if ln.startswith("model name")), platform.processor())
-    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "sse4")))
-    import onnxruntime
-
     from pipelines import openvino_session
 
     present = ", ".join(sorted(set(INT8_FLAGS) & cpu_flags())) or "none"
     bf16 = ", ".join(sorted(set(BF16_FLAGS) & cpu_flags())) or "none"
-    return [f"CPU: {model}; onnxruntime {onnxruntime.__version__}, openvino "
-            f"{openvino_session.version()}; one intra-op thread.",
-            f"Flags: {' '.join(flags)}.",
+    return [cpu_line(),
+            f"onnxruntime {onnxruntime.__version__}, openvino {openvino_session.version()}; "
+            "one intra-op thread.",
             f"bf16 instructions present: {bf16}; int8 instructions present: {present}"
             " (runtime.precision=auto picks bf16 on OpenVINO only with one of "
             f"{', '.join(BF16_FLAGS)}, else int8 only with one of {', '.join(INT8_FLAGS)})."]

@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 
 from bench import http_load, sides
+from bench.machine import cpu_line, cpu_model
 from configs.settings import Runtime
 from deployments import local
 
@@ -163,7 +164,7 @@ def before_after(a: argparse.Namespace) -> None:
         f"end {os.getloadavg()[0]:.2f}. Each side's service started from its own code and "
         f"`serve_config` (default front, HAProxy), {len(http_load.photos(a.photos))} LFW "
         "photos as base64 JSON from one closed-loop client process.",
-        "",
+        "", cpu_line(), "",
         "| topology | clients | side | revision | images/s | p50 ms | p99 ms | "
         "CPU ms / image | errors |",
         "|---|---|---|---|---|---|---|---|---|"]
@@ -191,16 +192,6 @@ def before_after(a: argparse.Namespace) -> None:
     out = a.out.with_name("serve_throughput_before_after.md") if a.out == OUT else a.out
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -253,7 +244,7 @@ def main() -> None:
         f"{len(paths)} LFW photos ({a.photos}), `/v1/embed` JSON with base64, keep-alive, "
         f"{os.cpu_count()} cores ({platform.machine()}), load average at the end "
         f"{os.getloadavg()[0]:.2f}.",
-        "",
+        "", cpu_line(), "",
         f"In-process ceiling (one process, one thread, detect+embed, batches of 16): "
         f"{ceiling:.1f} images/s before and {ceiling_after:.1f} after the Serve runs.",
         "",

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench import http_load
+from bench.machine import cpu_line
 from bench.head_to_head import (DEEPFACE_MEDIAPIPE_REQUIREMENTS, DEEPFACE_REQUIREMENTS,
                                 DEFAULT_VENV,
                                 ensure_deepface, start_deepface, start_facefleet, stop_tree,
@@ -100,7 +101,7 @@ def write(a, rows: list[tuple[str, str, dict]]) -> None:
              f"{a.concurrency}`: one closed-loop client process, one JSON request with a "
              f"base64 photo in flight per thread, keep-alive; {os.cpu_count()} cores "
              f"({platform.machine()}), load average at the end {os.getloadavg()[0]:.2f}; "
-             "one server after the other in one run.", "",
+             "one server after the other in one run.", "", cpu_line(), "",
              "| system | configuration | images/s | p50 ms | p99 ms | non-200 | "
              + " | ".join(f"vs DeepFace {c}" for c in df) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(df)]
