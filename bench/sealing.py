@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.machine import cpu_model
 
 OUT = Path(__file__).parent / "results" / "sealing.md"
 
@@ -79,13 +80,6 @@ def identify_ms(store: object, dim: int, n: int = 300) -> tuple[float, float]:
     finally:
         g.close()
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
