@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -46,10 +45,9 @@ import numpy as np
 
 from configs.settings import Runtime
 from pipelines.errors import ModelNotInstalled
-from pipelines.install.model_files import atomic_write, exclusive, lock_path
-from pipelines.model_check import (FORMAT_VERSION, FP16_MIN_COSINE, ONNXRUNTIME, PREPARE,
-                                   ModelVerificationFailed, int8_cosines, int8_path,
-                                   is_current, reference_path, sha256_file, sidecar_path)
+from pipelines.install.model_files import ensure_form, write_form
+from pipelines.model_check import (FORMAT_VERSION, FP16_MIN_COSINE, ONNXRUNTIME, ModelVerificationFailed, int8_cosines, int8_path,
+                                   reference_path, sha256_file)
 from pipelines.runtime import onnx_session
 
 log = logging.getLogger(__name__)
@@ -129,9 +127,7 @@ def convert(source: Path, out: Path, name: str) -> dict[str, Any]:
         "reference_min_cosine_cpu": round(float(cos.min()), 7),
         "converted_in_s": round(time.perf_counter() - t0, 2),
     }
-    atomic_write(out, data)
-    atomic_write(reference_path(out), buf.getvalue())
-    atomic_write(sidecar_path(out), json.dumps(meta, indent=1).encode())
+    write_form(out, data, buf.getvalue(), meta)
     log.info("made %s (float16; cosine >= %.6f to float32 on %d reference faces on the CPU) "
              "in %.1f s", out, cos.min(), len(x), meta["converted_in_s"])
     return meta
@@ -140,12 +136,4 @@ def convert(source: Path, out: Path, name: str) -> dict[str, Any]:
 def ensure_converted(source: Path, out: Path, name: str, force: bool = False,
                      **options: Any) -> None:
     """Convert once per models directory: concurrent starters wait for the first."""
-    try:
-        with exclusive(lock_path(out)):
-            if force or not is_current(out, source, "fp16", **options):
-                convert(source, out, name)
-    except OSError as exc:
-        raise ModelNotInstalled(
-            f"model '{name}': the float16 form is not made and {out} cannot be written "
-            f"({exc}); run `{PREPARE}` where the models directory is writable",
-            {"model": name, "missing_file": str(out)}) from exc
+    ensure_form("fp16", "float16", convert, source, out, name, force, **options)

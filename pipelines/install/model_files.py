@@ -10,11 +10,13 @@ checking the files is request-time code (``pipelines.model_check``).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -50,3 +52,31 @@ def exclusive(path: Path) -> Iterator[None]:
 def lock_path(model_path: Path) -> Path:
     model_path = Path(model_path)
     return model_path.with_name(f".{model_path.name}.lock")
+
+
+def write_form(out: Path, data: bytes, reference: bytes, meta: dict[str, Any]) -> None:
+    """A model form (an int8 or float16 copy) with its reference and sidecar, in the
+    order a load trusts them: the file, the reference, then the sidecar naming both."""
+    from pipelines.model_check import reference_path, sidecar_path
+
+    atomic_write(out, data)
+    atomic_write(reference_path(out), reference)
+    atomic_write(sidecar_path(out), json.dumps(meta, indent=1).encode())
+
+
+def ensure_form(kind: str, what: str, convert: Callable[[Path, Path, str], Any], source: Path,
+                out: Path, name: str, force: bool = False, **options: Any) -> None:
+    """Make ``out`` (the ``kind`` form of ``source``) once per models directory:
+    concurrent starters wait for the first; an unwritable directory is a clear error."""
+    from pipelines.errors import ModelNotInstalled
+    from pipelines.model_check import PREPARE, is_current
+
+    try:
+        with exclusive(lock_path(out)):
+            if force or not is_current(out, source, kind, **options):
+                convert(source, out, name)
+    except OSError as exc:
+        raise ModelNotInstalled(
+            f"model '{name}': the {what} form is not made and {out} cannot be written "
+            f"({exc}); run `{PREPARE}` where the models directory is writable",
+            {"model": name, "missing_file": str(out)}) from exc

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
 import tempfile
@@ -41,10 +40,9 @@ import numpy as np
 
 from pipelines.errors import FacefleetError, ModelNotInstalled
 from configs.settings import ImageLimits, Runtime
-from pipelines.install.model_files import atomic_write, exclusive, lock_path
-from pipelines.model_check import (FORMAT_VERSION, INT8_MIN_COSINE, PREPARE, QUANTIZER,
-                                   ModelVerificationFailed, int8_cosines, is_current,
-                                   reference_path, sha256_file, sidecar_path)
+from pipelines.install.model_files import ensure_form, write_form
+from pipelines.model_check import (FORMAT_VERSION, INT8_MIN_COSINE, QUANTIZER,
+                                   ModelVerificationFailed, int8_cosines, sha256_file)
 from pipelines.runtime import onnx_session
 
 log = logging.getLogger(__name__)
@@ -179,9 +177,7 @@ def convert(source: Path, out: Path, name: str, inputs: np.ndarray | None = None
         "reference_min_cosine": round(float(cos.min()), 6),
         "converted_in_s": round(time.perf_counter() - t0, 2),
     }
-    atomic_write(out, data)
-    atomic_write(reference_path(out), buf.getvalue())
-    atomic_write(sidecar_path(out), json.dumps(meta, indent=1).encode())
+    write_form(out, data, buf.getvalue(), meta)
     log.info("quantised %s -> %s (int8, cosine >= %.4f to float32 on the reference faces) "
              "in %.1f s", source, out, cos.min(), meta["converted_in_s"])
     return meta
@@ -190,12 +186,4 @@ def convert(source: Path, out: Path, name: str, inputs: np.ndarray | None = None
 def ensure_converted(source: Path, out: Path, name: str, force: bool = False,
                      **options: Any) -> None:
     """Quantise once per models directory: concurrent starters wait for the first."""
-    try:
-        with exclusive(lock_path(out)):
-            if force or not is_current(out, source, "int8", **options):
-                convert(source, out, name)
-    except OSError as exc:
-        raise ModelNotInstalled(
-            f"model '{name}': the int8 form is not made and {out} cannot be written ({exc}); "
-            f"run `{PREPARE}` where the models directory is writable",
-            {"model": name, "missing_file": str(out)}) from exc
+    ensure_form("int8", "int8", convert, source, out, name, force, **options)
