@@ -35,7 +35,6 @@ sha256 and the cosine again on the provider that runs it
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import time
 from pathlib import Path
@@ -45,10 +44,9 @@ import numpy as np
 
 from configs.settings import Runtime
 from pipelines.errors import ModelNotInstalled
-from pipelines.install.model_files import ensure_form, write_form
-from pipelines.model_check import (FORMAT_VERSION, FP16_MIN_COSINE, ONNXRUNTIME, ModelVerificationFailed, int8_cosines, int8_path,
+from pipelines.install.model_files import checked_reference, ensure_form, write_form
+from pipelines.model_check import (FORMAT_VERSION, FP16_MIN_COSINE, ONNXRUNTIME, int8_path,
                                    reference_path, sha256_file)
-from pipelines.runtime import onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +101,7 @@ def convert(source: Path, out: Path, name: str) -> dict[str, Any]:
     source, out = Path(source), Path(out)
     data, kept = to_float16(source)
     x, origin = reference_inputs(source, name)
-    fp32, half = onnx_session(str(source), _CPU), onnx_session(data, _CPU)
-    feed = fp32.get_inputs()[0].name
-    y = np.concatenate([fp32.run(None, {feed: x[i:i + 1]})[0] for i in range(len(x))])
-    cos = int8_cosines(half, x, y)
-    if not cos.min() >= FP16_MIN_COSINE:  # also catches NaN
-        raise ModelVerificationFailed(
-            f"{name}: the float16 copy strays from float32 (cosine {cos.min():.5f} < "
-            f"{FP16_MIN_COSINE}) on a reference face", {"model": name})
-    buf = io.BytesIO()
-    np.savez(buf, input=x, out_0=y)
+    cos, reference = checked_reference(source, data, x, FP16_MIN_COSINE, name, "float16")
     meta = {
         "converter_version": CONVERTER_VERSION,
         "model": name,
@@ -127,7 +116,7 @@ def convert(source: Path, out: Path, name: str) -> dict[str, Any]:
         "reference_min_cosine_cpu": round(float(cos.min()), 7),
         "converted_in_s": round(time.perf_counter() - t0, 2),
     }
-    write_form(out, data, buf.getvalue(), meta)
+    write_form(out, data, reference, meta)
     log.info("made %s (float16; cosine >= %.6f to float32 on %d reference faces on the CPU) "
              "in %.1f s", out, cos.min(), len(x), meta["converted_in_s"])
     return meta

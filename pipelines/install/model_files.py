@@ -80,3 +80,30 @@ def ensure_form(kind: str, what: str, convert: Callable[[Path, Path, str], Any],
             f"model '{name}': the {what} form is not made and {out} cannot be written "
             f"({exc}); run `{PREPARE}` where the models directory is writable",
             {"model": name, "missing_file": str(out)}) from exc
+
+
+def checked_reference(source: Path, data: bytes, x: Any, bar: float, name: str,
+                      what: str) -> tuple[Any, bytes]:
+    """Run the float32 file ``source`` and its new form ``data`` on the reference inputs
+    ``x`` (one at a time, on the CPU); raise unless every output's cosine to float32 is
+    at least ``bar``. Returns the cosines and the reference (``.ref.npz``) bytes."""
+    import io
+
+    import numpy as np
+
+    from configs.settings import Runtime
+    from pipelines.model_check import ModelVerificationFailed, int8_cosines
+    from pipelines.runtime import onnx_session
+
+    cpu = Runtime(device="cpu", intra_op_threads=1)
+    fp32, form = onnx_session(str(source), cpu), onnx_session(data, cpu)
+    feed = fp32.get_inputs()[0].name
+    y = np.concatenate([fp32.run(None, {feed: x[i:i + 1]})[0] for i in range(len(x))])
+    cos = int8_cosines(form, x, y)
+    if not cos.min() >= bar:  # also catches NaN
+        raise ModelVerificationFailed(
+            f"{name}: the {what} copy strays from float32 (cosine {cos.min():.5f} < {bar}) "
+            "on a reference face", {"model": name})
+    buf = io.BytesIO()
+    np.savez(buf, input=x, out_0=y)
+    return cos, buf.getvalue()

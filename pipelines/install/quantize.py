@@ -28,7 +28,6 @@ the reference faces.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import tempfile
@@ -40,10 +39,9 @@ import numpy as np
 
 from pipelines.errors import FacefleetError, ModelNotInstalled
 from configs.settings import ImageLimits, Runtime
-from pipelines.install.model_files import ensure_form, write_form
+from pipelines.install.model_files import checked_reference, ensure_form, write_form
 from pipelines.model_check import (FORMAT_VERSION, INT8_MIN_COSINE, QUANTIZER,
-                                   ModelVerificationFailed, int8_cosines, sha256_file)
-from pipelines.runtime import onnx_session
+                                   sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +151,8 @@ def convert(source: Path, out: Path, name: str, inputs: np.ndarray | None = None
     if inputs is None:
         inputs = model.preprocess(calibration_chips(model, source.parent))
     data = quantize(source, inputs, method=method)
-    fp32, int8 = onnx_session(str(source), _CPU), onnx_session(data, _CPU)
     ref_x = inputs[::max(1, len(inputs) // REFERENCE_FACES)][:REFERENCE_FACES]
-    feed = fp32.get_inputs()[0].name
-    ref_y = np.concatenate([fp32.run(None, {feed: ref_x[i:i + 1]})[0] for i in range(len(ref_x))])
-    cos = int8_cosines(int8, ref_x, ref_y)
-    if not cos.min() >= INT8_MIN_COSINE:
-        raise ModelVerificationFailed(
-            f"{name}: the int8 copy strays from float32 (cosine {cos.min():.4f} < "
-            f"{INT8_MIN_COSINE}) on a calibration face", {"model": name})
-    buf = io.BytesIO()
-    np.savez(buf, input=ref_x, out_0=ref_y)
+    cos, reference = checked_reference(source, data, ref_x, INT8_MIN_COSINE, name, "int8")
     meta = {
         "converter_version": CONVERTER_VERSION,
         "model": name,
@@ -177,7 +166,7 @@ def convert(source: Path, out: Path, name: str, inputs: np.ndarray | None = None
         "reference_min_cosine": round(float(cos.min()), 6),
         "converted_in_s": round(time.perf_counter() - t0, 2),
     }
-    write_form(out, data, buf.getvalue(), meta)
+    write_form(out, data, reference, meta)
     log.info("quantised %s -> %s (int8, cosine >= %.4f to float32 on the reference faces) "
              "in %.1f s", source, out, cos.min(), meta["converted_in_s"])
     return meta
