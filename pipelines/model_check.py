@@ -328,10 +328,12 @@ def open_fp16(fp32: Path, name: str, runtime: Runtime) -> Any | None:
 def _verify_against(session: Any, fp32_session: Any, fp32: Path, name: str,
                     precision: str) -> None:
     """Raise unless ``session`` gives cosine >= ``INT8_MIN_COSINE`` to the verified
-    float32 session on real faces (the int8 reference's, else the float32 one's input)."""
-    ref = int8_path(fp32).with_suffix(".ref.npz")
+    float32 session on real faces (the int8 or float16 copy's reference faces, made at
+    install, else the float32 file's own reference input)."""
+    refs = [reference_path(form_path(fp32, f)) for f in ("int8", "fp16")]
+    ref = next((r for r in refs if r.is_file()), reference_path(fp32))
     try:
-        with np.load(ref if ref.is_file() else reference_path(fp32)) as z:
+        with np.load(ref) as z:
             x = z["input"]
     except (OSError, ValueError, KeyError) as exc:
         raise ModelVerificationFailed(f"{name}: no reference input to check {precision} "

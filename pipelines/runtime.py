@@ -167,7 +167,7 @@ def cpu_engine(cfg: Runtime) -> str:
         return "openvino"
     if cfg.engine == "openvino":
         raise Unavailable("runtime.engine is 'openvino' but the openvino package is not "
-                          "installed (pip install openvino) ; set FACEFLEET_RUNTIME__ENGINE=auto")
+                          "installed (pip install openvino); set FACEFLEET_RUNTIME__ENGINE=auto")
     return "onnxruntime"
 
 
