@@ -125,7 +125,7 @@ class Runtime(BaseModel):
     cuda_device_id: int = 0
     engine: Literal["onnxruntime", "openvino", "auto"] = Field(
         "auto", description="CPU engine of the embedders: openvino runs the same ONNX files "
-        "(several times faster for MobileFaceNet-style networks, and bfloat16 on AMX / "
+        "(mfn512 2.3x faster in float32, and bfloat16 on AMX / "
         "AVX-512 BF16), auto takes it where the openvino package is installed; the CUDA "
         "provider is always onnxruntime's")
     precision: Literal["fp32", "int8", "bf16", "fp16", "auto"] = Field(

@@ -1,8 +1,8 @@
 """OpenVINO as a second CPU engine, behind onnxruntime's session interface.
 
-On the CPU, OpenVINO runs the same converted ONNX files as onnxruntime, several
-times faster for MobileFaceNet-style networks (depthwise convolutions, PReLU),
-and it runs bfloat16 on AMX / AVX-512 BF16 units where onnxruntime's CPU
+On the CPU, OpenVINO runs the same converted ONNX files as onnxruntime, faster
+for MobileFaceNet-512 (depthwise convolutions, PReLU: 2.3x in float32), and it
+runs bfloat16 on AMX / AVX-512 BF16 units where onnxruntime's CPU
 provider has no bfloat16 kernels (``bench/quantized.py`` measures both engines
 and precisions side by side). ``OpenVinoSession`` answers the part of
 ``onnxruntime.InferenceSession`` the models use (``run``, ``get_inputs``,
