@@ -86,7 +86,6 @@ class OpenVinoSession:
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads
         self.path = str(path)
-        self.bf16 = bf16
         self._compiled = core.compile_model(core.read_model(self.path), "CPU", config)
         #: what OpenVINO computes in (``f32``, ``bf16``, ``f16``): a CPU without the
         #: units for the hint's type computes in float32

@@ -34,7 +34,6 @@ sha256 and the cosine again on the provider that runs it
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -44,9 +43,10 @@ import numpy as np
 
 from configs.settings import Runtime
 from pipelines.errors import ModelNotInstalled
-from pipelines.install.model_files import checked_reference, ensure_form, write_form
+from pipelines.install.model_files import (checked_reference, ensure_form, form_sidecar,
+                                             write_form)
 from pipelines.model_check import (FORMAT_VERSION, FP16_MIN_COSINE, ONNXRUNTIME, int8_path,
-                                   reference_path, sha256_file)
+                                   reference_path)
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,7 @@ def convert(source: Path, out: Path, name: str) -> dict[str, Any]:
     data, kept = to_float16(source)
     x, origin = reference_inputs(source, name)
     cos, reference = checked_reference(source, data, x, FP16_MIN_COSINE, name, "float16")
-    meta = {
-        "converter_version": CONVERTER_VERSION,
-        "model": name,
-        "source": source.name,
-        "source_sha256": sha256_file(source),
-        "sha256": hashlib.sha256(data).hexdigest(),
+    meta = form_sidecar(CONVERTER_VERSION, name, source, data, **{
         "onnxruntime": ONNXRUNTIME,
         "format": "float16 weights and activations, inputs and outputs as in float32 "
                   "(onnxruntime.transformers.float16, keep_io_types)",
@@ -115,7 +110,7 @@ def convert(source: Path, out: Path, name: str) -> dict[str, Any]:
         "reference": f"{len(x)} inputs: {origin}",
         "reference_min_cosine_cpu": round(float(cos.min()), 7),
         "converted_in_s": round(time.perf_counter() - t0, 2),
-    }
+    })
     write_form(out, data, reference, meta)
     log.info("made %s (float16; cosine >= %.6f to float32 on %d reference faces on the CPU) "
              "in %.1f s", out, cos.min(), len(x), meta["converted_in_s"])

@@ -54,6 +54,19 @@ def lock_path(model_path: Path) -> Path:
     return model_path.with_name(f".{model_path.name}.lock")
 
 
+def form_sidecar(version: int, name: str, source: Path, data: bytes,
+                 **entries: Any) -> dict[str, Any]:
+    """The sidecar of a form made from ``source``: what pins it to its float32 file and
+    to its own bytes, then the form's own ``entries``."""
+    import hashlib
+
+    from pipelines.model_check import sha256_file
+
+    return {"converter_version": version, "model": name, "source": Path(source).name,
+            "source_sha256": sha256_file(source), "sha256": hashlib.sha256(data).hexdigest(),
+            **entries}
+
+
 def write_form(out: Path, data: bytes, reference: bytes, meta: dict[str, Any]) -> None:
     """A model form (an int8 or float16 copy) with its reference and sidecar, in the
     order a load trusts them: the file, the reference, then the sidecar naming both."""

@@ -39,9 +39,9 @@ import numpy as np
 
 from pipelines.errors import FacefleetError, ModelNotInstalled
 from configs.settings import ImageLimits, Runtime
-from pipelines.install.model_files import checked_reference, ensure_form, write_form
-from pipelines.model_check import (FORMAT_VERSION, INT8_MIN_COSINE, QUANTIZER,
-                                   sha256_file)
+from pipelines.install.model_files import (checked_reference, ensure_form, form_sidecar,
+                                             write_form)
+from pipelines.model_check import (FORMAT_VERSION, INT8_MIN_COSINE, QUANTIZER)
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +153,14 @@ def convert(source: Path, out: Path, name: str, inputs: np.ndarray | None = None
     data = quantize(source, inputs, method=method)
     ref_x = inputs[::max(1, len(inputs) // REFERENCE_FACES)][:REFERENCE_FACES]
     cos, reference = checked_reference(source, data, ref_x, INT8_MIN_COSINE, name, "int8")
-    meta = {
-        "converter_version": CONVERTER_VERSION,
-        "model": name,
-        "source": source.name,
-        "source_sha256": sha256_file(source),
-        "sha256": hashlib.sha256(data).hexdigest(),
+    meta = form_sidecar(CONVERTER_VERSION, name, source, data, **{
         "quantizer": QUANTIZER,
         "format": f"QDQ, int8 weights per channel (symmetric), uint8 activations ({method})",
         "calibration": f"LFW View 1 DevTrain, {len(inputs)} faces, detector {DETECTOR}",
         "calibration_sha256": hashlib.sha256(np.ascontiguousarray(inputs).tobytes()).hexdigest(),
         "reference_min_cosine": round(float(cos.min()), 6),
         "converted_in_s": round(time.perf_counter() - t0, 2),
-    }
+    })
     write_form(out, data, reference, meta)
     log.info("quantised %s -> %s (int8, cosine >= %.4f to float32 on the reference faces) "
              "in %.1f s", source, out, cos.min(), meta["converted_in_s"])
